@@ -1,0 +1,603 @@
+#!/usr/bin/env bash
+#
+# deploy/local/up.sh - install (when missing) and start the local Strata test stack.
+#
+# Starts, on loopback (127.0.0.1) only, the three servers the project's tests need:
+#
+#   clickhouse  Debian's clickhouse-server 18.16, own config under $STRATA_HOME/clickhouse/
+#               (not the system service). Installed with apt-get when missing.
+#   kafka       Tansu, a Kafka-compatible broker with SQLite storage in $STRATA_HOME/tansu/.
+#               Installed with `cargo install tansu --locked --features libsql` when missing.
+#   s3          moto's S3 server (in-memory). Installed with pip (into a venv under
+#               $STRATA_HOME/tools/ when moto_server is not already on PATH).
+#
+# Usage:
+#   deploy/local/up.sh                     # start all three
+#   deploy/local/up.sh clickhouse kafka    # start only the named components
+#   deploy/local/up.sh --help
+#
+# Then, in your shell or CI job:
+#   source "$STRATA_HOME/stack.env"        # exports STRATA_CLICKHOUSE_URL, STRATA_KAFKA_BROKERS,
+#                                          # STRATA_S3_ENDPOINT, AWS_* (moto credentials)
+#
+# Stop with deploy/local/down.sh (same component arguments; --purge also deletes data).
+#
+# Environment (all optional):
+#   STRATA_HOME                         state dir (default: <repo root>/.strata)
+#   STRATA_CLICKHOUSE_HTTP_PORT         default 18123
+#   STRATA_CLICKHOUSE_TCP_PORT          default 19000
+#   STRATA_CLICKHOUSE_INTERSERVER_PORT  default 19009
+#   STRATA_CLICKHOUSE_TIMEZONE          server time zone (default UTC)
+#   STRATA_KAFKA_PORT                   default 19092
+#   STRATA_KAFKA_LOG                    tansu RUST_LOG filter (default: warn)
+#   STRATA_S3_PORT                      default 15000
+#
+# Layout under $STRATA_HOME:
+#   pids/<component>.pid   PID of the server process (session leader started with setsid)
+#   logs/<component>.log   stdout/stderr of the server process
+#   clickhouse/            config.xml, users.xml, data/, tmp/, user_files/, format_schemas/, logs/
+#   tansu/                 working dir of tansu; SQLite database tansu.db
+#   s3/                    working dir of moto_server (moto keeps everything in memory)
+#   tools/                 venv for moto when it had to be installed
+#   stack.env              export lines for the endpoints
+#
+# The script is idempotent: a component whose PID file names a live, healthy process is
+# left alone ("already running"); a stale PID file is removed and the component restarted.
+# It is safe to run non-interactively (CI): it never reads stdin.
+
+set -euo pipefail
+
+readonly LOG_PREFIX="[strata-stack]"
+readonly ALL_COMPONENTS=(clickhouse kafka s3)
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
+STRATA_HOME="${STRATA_HOME:-${REPO_ROOT}/.strata}"
+
+CH_HTTP_PORT="${STRATA_CLICKHOUSE_HTTP_PORT:-18123}"
+CH_TCP_PORT="${STRATA_CLICKHOUSE_TCP_PORT:-19000}"
+CH_INTERSERVER_PORT="${STRATA_CLICKHOUSE_INTERSERVER_PORT:-19009}"
+CH_TIMEZONE="${STRATA_CLICKHOUSE_TIMEZONE:-UTC}"
+KAFKA_PORT="${STRATA_KAFKA_PORT:-19092}"
+KAFKA_LOG="${STRATA_KAFKA_LOG:-warn}"
+S3_PORT="${STRATA_S3_PORT:-15000}"
+
+readonly CH_TIMEOUT=60 KAFKA_TIMEOUT=60 S3_TIMEOUT=30
+
+PID_DIR="${STRATA_HOME}/pids"
+LOG_DIR="${STRATA_HOME}/logs"
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+
+info() { printf '%s %s\n' "${LOG_PREFIX}" "$*"; }
+warn() { printf '%s WARNING: %s\n' "${LOG_PREFIX}" "$*" >&2; }
+die() {
+    printf '%s ERROR: %s\n' "${LOG_PREFIX}" "$*" >&2
+    exit 1
+}
+
+usage() {
+    # Print the header comment (from line 3 up to the first non-comment line).
+    awk 'NR < 3 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"
+}
+
+# Run a command as root (directly when we are root, otherwise through sudo -n).
+as_root() {
+    if [[ "${EUID}" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        die "need root privileges (or passwordless sudo) to run: $*"
+    fi
+}
+
+# apt_install PKG... : install Debian/Ubuntu packages, running apt-get update only when the
+# first attempt fails (e.g. empty or stale package lists).
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        die "apt-get not found: automatic installation of '$*' is only supported on Debian/Ubuntu. Install it manually and re-run."
+    fi
+    info "installing with apt-get: $*"
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" </dev/null; then
+        info "apt-get install failed; running apt-get update and retrying"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" </dev/null ||
+            die "apt-get install $* failed"
+    fi
+}
+
+validate_port() {
+    local name="$1" value="$2"
+    if ! [[ "${value}" =~ ^[0-9]+$ ]] || ((value < 1 || value > 65535)); then
+        die "${name} must be a TCP port number, got '${value}'"
+    fi
+}
+
+# tcp_open PORT : true when something accepts TCP connections on 127.0.0.1:PORT.
+tcp_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# is_alive PID : true when PID is a running (non-zombie) process.
+is_alive() {
+    local pid="$1" state
+    [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "${pid}" 2>/dev/null || return 1
+    state="$(awk '{print $3}' "/proc/${pid}/stat" 2>/dev/null || true)"
+    [[ "${state}" != "Z" ]]
+}
+
+# owned_by PID PATTERN : true when the command line of PID contains PATTERN (protects
+# against PID reuse after a reboot or crash).
+owned_by() {
+    local pid="$1" pattern="$2" cmdline
+    cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
+    [[ "${cmdline}" == *"${pattern}"* ]]
+}
+
+pid_file() { printf '%s/%s.pid' "${PID_DIR}" "$1"; }
+log_file() { printf '%s/%s.log' "${LOG_DIR}" "$1"; }
+
+# read_pid COMPONENT : print the PID recorded for COMPONENT (empty when none).
+read_pid() {
+    local f
+    f="$(pid_file "$1")"
+    if [[ -f "${f}" ]]; then
+        tr -dc '0-9' <"${f}"
+    fi
+}
+
+# running_pid COMPONENT PATTERN : print the PID when the PID file names a live process of
+# ours; remove a stale PID file otherwise.
+running_pid() {
+    local component="$1" pattern="$2" pid
+    pid="$(read_pid "${component}")"
+    if [[ -n "${pid}" ]] && is_alive "${pid}" && owned_by "${pid}" "${pattern}"; then
+        printf '%s' "${pid}"
+        return 0
+    fi
+    if [[ -f "$(pid_file "${component}")" ]]; then
+        # (stderr: this function runs inside a command substitution)
+        info "${component}: removing stale PID file (pid '${pid}' is not running or not ours)" >&2
+        rm -f "$(pid_file "${component}")"
+    fi
+    return 1
+}
+
+# launch COMPONENT WORKDIR CMD... : start CMD detached (new session, no stdin, output to the
+# component log). The process records its own PID before exec'ing CMD, so the PID file
+# names the server itself even if setsid has to fork.
+launch() {
+    local component="$1" workdir="$2"
+    shift 2
+    local pidf logf
+    pidf="$(pid_file "${component}")"
+    logf="$(log_file "${component}")"
+    rm -f "${pidf}"
+    printf '\n===== %s starting %s: %s =====\n' "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "${component}" "$*" >>"${logf}"
+    (
+        cd "${workdir}"
+        # shellcheck disable=SC2016 # $$ and $@ are expanded by the inner shell
+        exec setsid bash -c 'echo $$ >"$0"; exec nohup "$@"' "${pidf}" "$@" </dev/null >>"${logf}" 2>&1
+    ) &
+    # Not a job of ours any more: no "Aborted"/"Killed" job notices from bash.
+    disown "$!" 2>/dev/null || true
+    # Wait (briefly) for the PID file to appear.
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s "${pidf}" ]] && return 0
+        sleep 0.1
+    done
+    die "${component}: process did not start (no PID file); see $(log_file "${component}")"
+}
+
+show_log_tail() {
+    local component="$1" f
+    shift
+    for f in "$(log_file "${component}")" "$@"; do
+        [[ -f "${f}" ]] || continue
+        printf '%s ---- last 30 lines of %s ----\n' "${LOG_PREFIX}" "${f}" >&2
+        tail -n 30 "${f}" >&2 || true
+    done
+}
+
+# wait_healthy COMPONENT TIMEOUT CHECK_FN [EXTRA_LOG...]
+wait_healthy() {
+    local component="$1" timeout="$2" check="$3"
+    shift 3
+    local pid deadline=$((SECONDS + timeout))
+    pid="$(read_pid "${component}")"
+    info "${component}: waiting up to ${timeout}s for it to become healthy (pid ${pid})"
+    while ((SECONDS < deadline)); do
+        if ! is_alive "${pid}"; then
+            show_log_tail "${component}" "$@"
+            rm -f "$(pid_file "${component}")"
+            die "${component}: process ${pid} exited during start-up"
+        fi
+        if "${check}"; then
+            info "${component}: healthy"
+            return 0
+        fi
+        sleep 0.5
+    done
+    show_log_tail "${component}" "$@"
+    die "${component}: not healthy after ${timeout}s (process ${pid} left running; stop it with down.sh)"
+}
+
+# ensure_port_free COMPONENT PORT...
+ensure_port_free() {
+    local component="$1" port
+    shift
+    for port in "$@"; do
+        if tcp_open "${port}"; then
+            die "${component}: port 127.0.0.1:${port} is already in use by another process (not started by this script). Free it or choose another port via the STRATA_* port variables."
+        fi
+    done
+}
+
+need_curl() {
+    command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+}
+
+# ---------------------------------------------------------------------------------------
+# clickhouse
+# ---------------------------------------------------------------------------------------
+
+CH_DIR="${STRATA_HOME}/clickhouse"
+
+clickhouse_bin() {
+    local b
+    for b in "$(command -v clickhouse-server 2>/dev/null || true)" /usr/sbin/clickhouse-server /usr/bin/clickhouse-server; do
+        if [[ -n "${b}" && -x "${b}" ]]; then
+            printf '%s' "${b}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+clickhouse_install() {
+    clickhouse_bin >/dev/null && return 0
+    info "clickhouse: clickhouse-server not found, installing"
+    apt_install clickhouse-server clickhouse-client
+    clickhouse_bin >/dev/null || die "clickhouse: clickhouse-server still not found after installation"
+}
+
+clickhouse_write_config() {
+    mkdir -p "${CH_DIR}"/{data,tmp,user_files,format_schemas,logs}
+    cat >"${CH_DIR}/config.xml" <<EOF
+<?xml version="1.0"?>
+<!-- Generated by deploy/local/up.sh; overwritten on every start. Format: ClickHouse 18.16. -->
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>${CH_DIR}/logs/clickhouse-server.log</log>
+        <errorlog>${CH_DIR}/logs/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>${CH_HTTP_PORT}</http_port>
+    <tcp_port>${CH_TCP_PORT}</tcp_port>
+    <interserver_http_port>${CH_INTERSERVER_PORT}</interserver_http_port>
+    <interserver_http_host>127.0.0.1</interserver_http_host>
+
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <mark_cache_size>268435456</mark_cache_size>
+
+    <path>${CH_DIR}/data/</path>
+    <tmp_path>${CH_DIR}/tmp/</tmp_path>
+    <user_files_path>${CH_DIR}/user_files/</user_files_path>
+    <format_schema_path>${CH_DIR}/format_schemas/</format_schema_path>
+
+    <users_config>${CH_DIR}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>${CH_TIMEZONE}</timezone>
+    <mlock_executable>false</mlock_executable>
+
+    <!-- no include_from / zookeeper / remote_servers: single local node -->
+    <max_table_size_to_drop>0</max_table_size_to_drop>
+    <max_partition_size_to_drop>0</max_partition_size_to_drop>
+</yandex>
+EOF
+    cat >"${CH_DIR}/users.xml" <<'EOF'
+<?xml version="1.0"?>
+<!-- Generated by deploy/local/up.sh; overwritten on every start. -->
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>random</load_balancing>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks replace="replace">
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+EOF
+}
+
+clickhouse_healthy() {
+    [[ "$(curl -sf --max-time 2 "http://127.0.0.1:${CH_HTTP_PORT}/ping" 2>/dev/null)" == Ok* ]]
+}
+
+start_clickhouse() {
+    need_curl
+    local pid
+    if pid="$(running_pid clickhouse clickhouse)"; then
+        if clickhouse_healthy; then
+            info "clickhouse: already running (pid ${pid})"
+            return 0
+        fi
+        wait_healthy clickhouse "${CH_TIMEOUT}" clickhouse_healthy "${CH_DIR}/logs/clickhouse-server.err.log"
+        return 0
+    fi
+    clickhouse_install
+    ensure_port_free clickhouse "${CH_HTTP_PORT}" "${CH_TCP_PORT}" "${CH_INTERSERVER_PORT}"
+    clickhouse_write_config
+    local bin
+    bin="$(clickhouse_bin)"
+    info "clickhouse: starting ${bin} (http ${CH_HTTP_PORT}, tcp ${CH_TCP_PORT})"
+    launch clickhouse "${CH_DIR}" "${bin}" "--config-file=${CH_DIR}/config.xml"
+    wait_healthy clickhouse "${CH_TIMEOUT}" clickhouse_healthy "${CH_DIR}/logs/clickhouse-server.err.log"
+}
+
+# ---------------------------------------------------------------------------------------
+# kafka (tansu)
+# ---------------------------------------------------------------------------------------
+
+TANSU_DIR="${STRATA_HOME}/tansu"
+
+tansu_bin() {
+    local b
+    for b in "$(command -v tansu 2>/dev/null || true)" "${CARGO_HOME:-${HOME}/.cargo}/bin/tansu" "${HOME}/.cargo/bin/tansu"; do
+        if [[ -n "${b}" && -x "${b}" ]]; then
+            printf '%s' "${b}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+tansu_install() {
+    tansu_bin >/dev/null && return 0
+    local cargo
+    cargo="$(command -v cargo 2>/dev/null || true)"
+    [[ -z "${cargo}" && -x "${HOME}/.cargo/bin/cargo" ]] && cargo="${HOME}/.cargo/bin/cargo"
+    [[ -n "${cargo}" ]] || die "kafka: tansu not found and cargo is not installed (install Rust from https://rustup.rs, then re-run)"
+    info "kafka: tansu not found; running 'cargo install tansu --locked --features libsql' (takes several minutes)"
+    info "kafka: build output goes to $(log_file kafka-install)"
+    if ! "${cargo}" install tansu --locked --features libsql </dev/null >"$(log_file kafka-install)" 2>&1; then
+        tail -n 30 "$(log_file kafka-install)" >&2 || true
+        die "kafka: cargo install tansu failed (see $(log_file kafka-install))"
+    fi
+    tansu_bin >/dev/null || die "kafka: tansu still not found after cargo install (is ~/.cargo/bin on PATH?)"
+}
+
+# Send a Kafka ApiVersions (v0) request and check for a well-formed response with
+# error_code 0. Falls back to a plain TCP connect when python3 is unavailable.
+kafka_healthy() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "${KAFKA_PORT}" <<'PY' 2>/dev/null
+import socket, struct, sys
+port = int(sys.argv[1])
+client = b"strata-up"
+# request header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id
+body = struct.pack(">hhih", 18, 0, 4242, len(client)) + client
+with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+    s.settimeout(2)
+    s.sendall(struct.pack(">i", len(body)) + body)
+    def read(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+    (size,) = struct.unpack(">i", read(4))
+    resp = read(size)
+    corr, err = struct.unpack(">ih", resp[:6])
+    sys.exit(0 if corr == 4242 and err == 0 else 1)
+PY
+    else
+        tcp_open "${KAFKA_PORT}"
+    fi
+}
+
+start_kafka() {
+    local pid
+    if pid="$(running_pid kafka tansu)"; then
+        if kafka_healthy; then
+            info "kafka: already running (pid ${pid})"
+            return 0
+        fi
+        wait_healthy kafka "${KAFKA_TIMEOUT}" kafka_healthy
+        return 0
+    fi
+    tansu_install
+    ensure_port_free kafka "${KAFKA_PORT}"
+    mkdir -p "${TANSU_DIR}"
+    local bin
+    bin="$(tansu_bin)"
+    info "kafka: starting ${bin} broker on 127.0.0.1:${KAFKA_PORT} (sqlite storage in ${TANSU_DIR})"
+    # tansu resolves sqlite://tansu.db relative to its working directory.
+    launch kafka "${TANSU_DIR}" env "RUST_LOG=${KAFKA_LOG}" "${bin}" broker \
+        --cluster-id strata-local \
+        --listener-url "tcp://127.0.0.1:${KAFKA_PORT}" \
+        --advertised-listener-url "tcp://127.0.0.1:${KAFKA_PORT}" \
+        --storage-engine "sqlite://tansu.db"
+    wait_healthy kafka "${KAFKA_TIMEOUT}" kafka_healthy
+}
+
+# ---------------------------------------------------------------------------------------
+# s3 (moto)
+# ---------------------------------------------------------------------------------------
+
+S3_DIR="${STRATA_HOME}/s3"
+MOTO_VENV="${STRATA_HOME}/tools/moto-venv"
+
+moto_bin() {
+    local b
+    for b in "$(command -v moto_server 2>/dev/null || true)" "${MOTO_VENV}/bin/moto_server"; do
+        if [[ -n "${b}" && -x "${b}" ]]; then
+            printf '%s' "${b}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+moto_install() {
+    moto_bin >/dev/null && return 0
+    info "s3: moto_server not found; installing 'moto[server]' into ${MOTO_VENV}"
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
+    if ! python3 -m venv "${MOTO_VENV}" >/dev/null 2>&1; then
+        rm -rf "${MOTO_VENV}"
+        # Debian/Ubuntu split venv/ensurepip into a separate package.
+        apt_install python3-venv
+        python3 -m venv "${MOTO_VENV}" || die "s3: cannot create a python venv at ${MOTO_VENV}"
+    fi
+    "${MOTO_VENV}/bin/python" -m pip install -q 'moto[server]' </dev/null ||
+        die "s3: pip install 'moto[server]' failed"
+    moto_bin >/dev/null || die "s3: moto_server still not found after installation"
+}
+
+s3_healthy() {
+    local code
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:${S3_PORT}/" 2>/dev/null || true)"
+    [[ -n "${code}" && "${code}" != "000" ]]
+}
+
+start_s3() {
+    need_curl
+    local pid
+    if pid="$(running_pid s3 moto)"; then
+        if s3_healthy; then
+            info "s3: already running (pid ${pid})"
+            return 0
+        fi
+        wait_healthy s3 "${S3_TIMEOUT}" s3_healthy
+        return 0
+    fi
+    moto_install
+    ensure_port_free s3 "${S3_PORT}"
+    mkdir -p "${S3_DIR}"
+    local bin
+    bin="$(moto_bin)"
+    info "s3: starting ${bin} on 127.0.0.1:${S3_PORT}"
+    launch s3 "${S3_DIR}" "${bin}" -H 127.0.0.1 -p "${S3_PORT}"
+    wait_healthy s3 "${S3_TIMEOUT}" s3_healthy
+}
+
+# ---------------------------------------------------------------------------------------
+# stack.env
+# ---------------------------------------------------------------------------------------
+
+# Keep the existing line for components not started in this run (they may run on
+# non-default ports); (re)compute the lines for the components started now.
+write_stack_env() {
+    local env_file="${STRATA_HOME}/stack.env" tmp
+    local -A value=(
+        [STRATA_CLICKHOUSE_URL]="http://127.0.0.1:${CH_HTTP_PORT}"
+        [STRATA_KAFKA_BROKERS]="127.0.0.1:${KAFKA_PORT}"
+        [STRATA_S3_ENDPOINT]="http://127.0.0.1:${S3_PORT}"
+    )
+    local -A owner=(
+        [STRATA_CLICKHOUSE_URL]=clickhouse
+        [STRATA_KAFKA_BROKERS]=kafka
+        [STRATA_S3_ENDPOINT]=s3
+    )
+    local key line
+    tmp="$(mktemp "${STRATA_HOME}/.stack.env.XXXXXX")"
+    {
+        echo "# Generated by deploy/local/up.sh - source this file: . \"${env_file}\""
+        for key in STRATA_CLICKHOUSE_URL STRATA_KAFKA_BROKERS STRATA_S3_ENDPOINT; do
+            line=""
+            if [[ " ${SELECTED[*]} " != *" ${owner[${key}]} "* && -f "${env_file}" ]]; then
+                line="$(grep -E "^export ${key}=" "${env_file}" | tail -n 1 || true)"
+            fi
+            [[ -n "${line}" ]] || line="export ${key}=${value[${key}]}"
+            echo "${line}"
+        done
+        echo "export AWS_ACCESS_KEY_ID=testing"
+        echo "export AWS_SECRET_ACCESS_KEY=testing"
+        echo "export AWS_REGION=us-east-1"
+    } >"${tmp}"
+    mv -f "${tmp}" "${env_file}"
+}
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+
+SELECTED=()
+for arg in "$@"; do
+    case "${arg}" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        clickhouse | kafka | s3)
+            [[ " ${SELECTED[*]} " == *" ${arg} "* ]] || SELECTED+=("${arg}")
+            ;;
+        *) die "unknown component '${arg}' (expected: ${ALL_COMPONENTS[*]})" ;;
+    esac
+done
+((${#SELECTED[@]})) || SELECTED=("${ALL_COMPONENTS[@]}")
+
+validate_port STRATA_CLICKHOUSE_HTTP_PORT "${CH_HTTP_PORT}"
+validate_port STRATA_CLICKHOUSE_TCP_PORT "${CH_TCP_PORT}"
+validate_port STRATA_CLICKHOUSE_INTERSERVER_PORT "${CH_INTERSERVER_PORT}"
+validate_port STRATA_KAFKA_PORT "${KAFKA_PORT}"
+validate_port STRATA_S3_PORT "${S3_PORT}"
+command -v setsid >/dev/null 2>&1 || die "setsid (util-linux) is required"
+mkdir -p "${PID_DIR}" "${LOG_DIR}"
+info "STRATA_HOME=${STRATA_HOME}; components: ${SELECTED[*]}"
+
+for component in "${SELECTED[@]}"; do
+    "start_${component}"
+done
+
+write_stack_env
+
+info "endpoints:"
+for component in "${SELECTED[@]}"; do
+    case "${component}" in
+        clickhouse) info "  clickhouse  http://127.0.0.1:${CH_HTTP_PORT}  (native tcp 127.0.0.1:${CH_TCP_PORT}, user default, no password)" ;;
+        kafka) info "  kafka       127.0.0.1:${KAFKA_PORT}  (tansu)" ;;
+        s3) info "  s3          http://127.0.0.1:${S3_PORT}  (moto; AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1)" ;;
+    esac
+done
+info "environment written to ${STRATA_HOME}/stack.env (use: . ${STRATA_HOME}/stack.env)"

@@ -1,0 +1,505 @@
+//! Aggregate functions and their mergeable states: the one definition both
+//! layers execute.
+//!
+//! A metric's aggregations compile to an [`AggPlan`]: state *slots* shared
+//! between aggregations over the same field (count, sum, min, max and avg of
+//! `duration_ms` all read one [`NumericState`]), so an open window with
+//! count/sum/min/max costs a few dozen bytes. States are partial aggregates:
+//! [`Accumulator::merge`] combines the states of two partitions or two
+//! windows, which is how the serving layer merges Kafka partitions and
+//! re-aggregates to a coarser granularity.
+
+use std::fmt;
+
+use serde_json::{Map, Value as Json};
+
+use crate::decode::Event;
+use crate::sketch::{DistinctSketch, QuantileSketch};
+use crate::value::FieldType;
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AggFunction {
+    /// Number of events (after the filter).
+    Count,
+    /// Sum of a numeric field.
+    Sum,
+    /// Smallest value of a numeric field.
+    Min,
+    /// Largest value of a numeric field.
+    Max,
+    /// Mean of a numeric field.
+    Avg,
+    /// Number of distinct values of a field (exact up to 4096, then HyperLogLog).
+    CountDistinct,
+    /// Quantiles of a numeric field (DDSketch, 1% relative accuracy).
+    Quantiles,
+}
+
+impl AggFunction {
+    /// Every function with its config name.
+    pub const ALL: [(&'static str, AggFunction); 7] = [
+        ("count", AggFunction::Count),
+        ("sum", AggFunction::Sum),
+        ("min", AggFunction::Min),
+        ("max", AggFunction::Max),
+        ("avg", AggFunction::Avg),
+        ("count_distinct", AggFunction::CountDistinct),
+        ("quantiles", AggFunction::Quantiles),
+    ];
+
+    /// Parses a config name.
+    pub fn parse(name: &str) -> Option<AggFunction> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// Comma-separated names, for messages listing the valid choices.
+    pub fn names() -> String {
+        Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether the function reads a field.
+    pub fn takes_field(self) -> bool {
+        self != AggFunction::Count
+    }
+
+    /// Whether the field must be numeric.
+    pub fn needs_numeric(self) -> bool {
+        matches!(
+            self,
+            AggFunction::Sum | AggFunction::Min | AggFunction::Max | AggFunction::Avg | AggFunction::Quantiles
+        )
+    }
+}
+
+impl fmt::Display for AggFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One configured aggregation of a metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregationDef {
+    /// Output name (column / JSON key).
+    pub name: String,
+    /// Function.
+    pub function: AggFunction,
+    /// Field read, if any: (contract index, name, type).
+    pub field: Option<FieldRef>,
+    /// Requested quantiles (only for `quantiles`), each in (0, 1).
+    pub quantiles: Vec<f64>,
+}
+
+/// A contract field referenced by a metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldRef {
+    /// Position in the contract (and in [`Event::values`]).
+    pub index: usize,
+    /// Field name.
+    pub name: String,
+    /// Field type.
+    pub ty: FieldType,
+}
+
+/// Running count/sum/min/max of one numeric field (nulls skipped).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NumericState {
+    /// Non-null values seen.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Their minimum (meaningless while `count == 0`).
+    pub min: f64,
+    /// Their maximum (meaningless while `count == 0`).
+    pub max: f64,
+}
+
+impl Default for NumericState {
+    fn default() -> Self {
+        NumericState {
+            count: 0,
+            sum: 0.0,
+            min: 0.0,
+            max: 0.0,
+        }
+    }
+}
+
+impl NumericState {
+    /// Adds one value.
+    #[inline]
+    pub fn update(&mut self, v: f64) {
+        if self.count == 0 {
+            self.min = v;
+            self.max = v;
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+
+    /// Folds another partial state in.
+    pub fn merge(&mut self, other: &NumericState) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+}
+
+/// The partial aggregate of one (window, group key): mergeable, serialisable.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Accumulator {
+    /// Events aggregated.
+    pub events: u64,
+    /// One state per numeric slot of the plan.
+    pub numeric: Box<[NumericState]>,
+    /// One sketch per distinct slot of the plan.
+    pub distinct: Box<[DistinctSketch]>,
+    /// One sketch per quantile slot of the plan.
+    pub quantiles: Box<[QuantileSketch]>,
+}
+
+impl Accumulator {
+    /// Folds another accumulator of the same plan in. Associative and
+    /// commutative: the order partitions or windows are merged in does not
+    /// change the result.
+    pub fn merge(&mut self, other: &Accumulator) {
+        self.events += other.events;
+        for (a, b) in self.numeric.iter_mut().zip(other.numeric.iter()) {
+            a.merge(b);
+        }
+        for (a, b) in self.distinct.iter_mut().zip(other.distinct.iter()) {
+            a.merge(b);
+        }
+        for (a, b) in self.quantiles.iter_mut().zip(other.quantiles.iter()) {
+            a.merge(b);
+        }
+    }
+
+    /// Approximate bytes held by this accumulator, inline and on the heap.
+    pub fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + std::mem::size_of_val(&*self.numeric)
+            + self.distinct.iter().map(|d| std::mem::size_of::<DistinctSketch>() + d.mem_bytes()).sum::<usize>()
+            + self.quantiles.iter().map(|q| std::mem::size_of::<QuantileSketch>() + q.mem_bytes()).sum::<usize>()
+    }
+}
+
+/// Where an aggregation reads its state from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Events,
+    Numeric(usize),
+    Distinct(usize),
+    Quantiles(usize),
+}
+
+/// How a column of the storage form is typed in ClickHouse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateColumn {
+    /// Column name.
+    pub name: String,
+    /// ClickHouse type.
+    pub clickhouse_type: &'static str,
+}
+
+/// One output value column of a metric (an aggregation, or one quantile).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputColumn {
+    /// Column / JSON key, e.g. `views`, `latency_p99`.
+    pub name: String,
+    /// The aggregation it comes from.
+    pub aggregation: usize,
+    /// The quantile, for quantile outputs.
+    pub quantile: Option<f64>,
+}
+
+/// The compiled aggregations of a metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggPlan {
+    aggregations: Vec<AggregationDef>,
+    slots: Vec<Slot>,
+    numeric_fields: Vec<FieldRef>,
+    distinct_fields: Vec<FieldRef>,
+    quantile_fields: Vec<FieldRef>,
+}
+
+impl AggPlan {
+    /// Compiles checked aggregation definitions (see config validation).
+    pub fn new(aggregations: Vec<AggregationDef>) -> AggPlan {
+        let mut numeric_fields: Vec<FieldRef> = Vec::new();
+        let mut distinct_fields: Vec<FieldRef> = Vec::new();
+        let mut quantile_fields: Vec<FieldRef> = Vec::new();
+        fn slot_of(fields: &mut Vec<FieldRef>, field: &FieldRef) -> usize {
+            if let Some(i) = fields.iter().position(|f| f.index == field.index) {
+                i
+            } else {
+                fields.push(field.clone());
+                fields.len() - 1
+            }
+        }
+        let slots = aggregations
+            .iter()
+            .map(|a| match (a.function, &a.field) {
+                (AggFunction::Count, _) | (_, None) => Slot::Events,
+                (AggFunction::CountDistinct, Some(f)) => Slot::Distinct(slot_of(&mut distinct_fields, f)),
+                (AggFunction::Quantiles, Some(f)) => Slot::Quantiles(slot_of(&mut quantile_fields, f)),
+                (_, Some(f)) => Slot::Numeric(slot_of(&mut numeric_fields, f)),
+            })
+            .collect();
+        AggPlan {
+            aggregations,
+            slots,
+            numeric_fields,
+            distinct_fields,
+            quantile_fields,
+        }
+    }
+
+    /// The aggregations, in config order.
+    pub fn aggregations(&self) -> &[AggregationDef] {
+        &self.aggregations
+    }
+
+    /// A fresh, empty accumulator.
+    pub fn new_accumulator(&self) -> Accumulator {
+        Accumulator {
+            events: 0,
+            numeric: vec![NumericState::default(); self.numeric_fields.len()].into_boxed_slice(),
+            distinct: vec![DistinctSketch::default(); self.distinct_fields.len()].into_boxed_slice(),
+            quantiles: vec![QuantileSketch::default(); self.quantile_fields.len()].into_boxed_slice(),
+        }
+    }
+
+    /// Adds one event to an accumulator.
+    #[inline]
+    pub fn update(&self, acc: &mut Accumulator, event: &Event) {
+        acc.events += 1;
+        for (state, field) in acc.numeric.iter_mut().zip(&self.numeric_fields) {
+            if let Some(v) = event.values[field.index].as_f64() {
+                state.update(v);
+            }
+        }
+        for (sketch, field) in acc.distinct.iter_mut().zip(&self.distinct_fields) {
+            if let Some(h) = event.values[field.index].distinct_hash() {
+                sketch.insert_hash(h);
+            }
+        }
+        for (sketch, field) in acc.quantiles.iter_mut().zip(&self.quantile_fields) {
+            if let Some(v) = event.values[field.index].as_f64() {
+                sketch.insert(v);
+            }
+        }
+    }
+
+    /// The output columns, in config order; a `quantiles` aggregation named
+    /// `latency` with `[0.5, 0.99]` gives `latency_p50` and `latency_p99`.
+    pub fn output_columns(&self) -> Vec<OutputColumn> {
+        let mut out = Vec::new();
+        for (i, a) in self.aggregations.iter().enumerate() {
+            if a.function == AggFunction::Quantiles {
+                for q in &a.quantiles {
+                    out.push(OutputColumn {
+                        name: format!("{}_{}", a.name, quantile_suffix(*q)),
+                        aggregation: i,
+                        quantile: Some(*q),
+                    });
+                }
+            } else {
+                out.push(OutputColumn {
+                    name: a.name.clone(),
+                    aggregation: i,
+                    quantile: None,
+                });
+            }
+        }
+        out
+    }
+
+    /// Final values of every output column, in [`Self::output_columns`] order.
+    /// Integers stay integers (counts, sums of int fields); empty inputs give
+    /// null for min, max, avg and quantiles.
+    pub fn finalize(&self, acc: &Accumulator) -> Vec<Json> {
+        let mut out = Vec::new();
+        for (a, slot) in self.aggregations.iter().zip(&self.slots) {
+            match (a.function, *slot) {
+                (AggFunction::Count, _) | (_, Slot::Events) => out.push(Json::from(acc.events)),
+                (AggFunction::CountDistinct, Slot::Distinct(i)) => out.push(Json::from(acc.distinct[i].estimate())),
+                (AggFunction::Quantiles, Slot::Quantiles(i)) => {
+                    for q in &a.quantiles {
+                        out.push(acc.quantiles[i].quantile(*q).map_or(Json::Null, Json::from));
+                    }
+                }
+                (function, Slot::Numeric(i)) => {
+                    let s = &acc.numeric[i];
+                    let int_field = a.field.as_ref().is_some_and(|f| f.ty == FieldType::Int);
+                    let number = |v: f64| {
+                        if int_field && v.fract() == 0.0 && v.abs() < 9.0e15 {
+                            Json::from(v as i64)
+                        } else {
+                            Json::from(v)
+                        }
+                    };
+                    out.push(match function {
+                        AggFunction::Sum => number(s.sum),
+                        AggFunction::Min if s.count > 0 => number(s.min),
+                        AggFunction::Max if s.count > 0 => number(s.max),
+                        AggFunction::Avg if s.count > 0 => Json::from(s.sum / s.count as f64),
+                        _ => Json::Null,
+                    });
+                }
+                _ => out.push(Json::Null),
+            }
+        }
+        out
+    }
+
+    /// The storage columns of a partial state, in a fixed order: `agg_events`,
+    /// then per numeric field `agg_<f>_count/_sum/_min/_max`, per distinct field
+    /// `agg_<f>_distinct_hashes/_distinct_hll`, per quantile field
+    /// `agg_<f>_quantile_keys/_quantile_counts`.
+    pub fn state_columns(&self) -> Vec<StateColumn> {
+        let col = |name: String, clickhouse_type| StateColumn { name, clickhouse_type };
+        let mut cols = vec![col("agg_events".into(), "UInt64")];
+        for f in &self.numeric_fields {
+            cols.push(col(format!("agg_{}_count", f.name), "UInt64"));
+            cols.push(col(format!("agg_{}_sum", f.name), "Float64"));
+            cols.push(col(format!("agg_{}_min", f.name), "Float64"));
+            cols.push(col(format!("agg_{}_max", f.name), "Float64"));
+        }
+        for f in &self.distinct_fields {
+            cols.push(col(format!("agg_{}_distinct_hashes", f.name), "Array(UInt64)"));
+            cols.push(col(format!("agg_{}_distinct_hll", f.name), "Array(UInt8)"));
+        }
+        for f in &self.quantile_fields {
+            cols.push(col(format!("agg_{}_quantile_keys", f.name), "Array(Int32)"));
+            cols.push(col(format!("agg_{}_quantile_counts", f.name), "Array(UInt64)"));
+        }
+        cols
+    }
+
+    /// Writes the partial state into `row` under [`Self::state_columns`] names.
+    pub fn write_state(&self, acc: &Accumulator, row: &mut Map<String, Json>) {
+        row.insert("agg_events".into(), Json::from(acc.events));
+        for (f, s) in self.numeric_fields.iter().zip(acc.numeric.iter()) {
+            row.insert(format!("agg_{}_count", f.name), Json::from(s.count));
+            row.insert(format!("agg_{}_sum", f.name), Json::from(s.sum));
+            row.insert(format!("agg_{}_min", f.name), Json::from(s.min));
+            row.insert(format!("agg_{}_max", f.name), Json::from(s.max));
+        }
+        for (f, s) in self.distinct_fields.iter().zip(acc.distinct.iter()) {
+            let (hashes, registers) = s.to_columns();
+            row.insert(format!("agg_{}_distinct_hashes", f.name), Json::from(hashes));
+            row.insert(format!("agg_{}_distinct_hll", f.name), Json::from(registers));
+        }
+        for (f, s) in self.quantile_fields.iter().zip(acc.quantiles.iter()) {
+            let (keys, counts) = s.to_columns();
+            row.insert(format!("agg_{}_quantile_keys", f.name), Json::from(keys));
+            row.insert(format!("agg_{}_quantile_counts", f.name), Json::from(counts));
+        }
+    }
+
+    /// Reads a partial state written by [`Self::write_state`] (e.g. a
+    /// ClickHouse JSONEachRow row; 64-bit integers may arrive quoted).
+    pub fn read_state(&self, row: &Map<String, Json>) -> Result<Accumulator, StateError> {
+        let mut acc = self.new_accumulator();
+        acc.events = get_u64(row, "agg_events")?;
+        for (f, s) in self.numeric_fields.iter().zip(acc.numeric.iter_mut()) {
+            s.count = get_u64(row, &format!("agg_{}_count", f.name))?;
+            s.sum = get_f64(row, &format!("agg_{}_sum", f.name))?;
+            s.min = get_f64(row, &format!("agg_{}_min", f.name))?;
+            s.max = get_f64(row, &format!("agg_{}_max", f.name))?;
+        }
+        for (f, s) in self.distinct_fields.iter().zip(acc.distinct.iter_mut()) {
+            let hashes = get_array(row, &format!("agg_{}_distinct_hashes", f.name), json_u64)?;
+            let registers = get_array(row, &format!("agg_{}_distinct_hll", f.name), |v| {
+                json_u64(v).and_then(|x| u8::try_from(x).ok())
+            })?;
+            *s = DistinctSketch::from_columns(hashes, registers).map_err(|e| StateError {
+                column: format!("agg_{}_distinct", f.name),
+                message: e.to_string(),
+            })?;
+        }
+        for (f, s) in self.quantile_fields.iter().zip(acc.quantiles.iter_mut()) {
+            let keys = get_array(row, &format!("agg_{}_quantile_keys", f.name), |v| {
+                v.as_i64().and_then(|x| i32::try_from(x).ok())
+            })?;
+            let counts = get_array(row, &format!("agg_{}_quantile_counts", f.name), json_u64)?;
+            *s = QuantileSketch::from_columns(keys, counts).map_err(|e| StateError {
+                column: format!("agg_{}_quantile", f.name),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(acc)
+    }
+}
+
+/// `0.5` → `p50`, `0.99` → `p99`, `0.999` → `p999`.
+pub fn quantile_suffix(q: f64) -> String {
+    let digits = format!("{q}");
+    let fraction = digits.strip_prefix("0.").unwrap_or(&digits);
+    let fraction = if fraction.len() == 1 { format!("{fraction}0") } else { fraction.to_string() };
+    format!("p{fraction}")
+}
+
+/// A stored partial state that cannot be read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("state column {column}: {message}")]
+pub struct StateError {
+    /// Column at fault.
+    pub column: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn json_u64(v: &Json) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn get_u64(row: &Map<String, Json>, column: &str) -> Result<u64, StateError> {
+    row.get(column).and_then(json_u64).ok_or_else(|| StateError {
+        column: column.into(),
+        message: "missing or not an unsigned integer".into(),
+    })
+}
+
+fn get_f64(row: &Map<String, Json>, column: &str) -> Result<f64, StateError> {
+    row.get(column)
+        .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+        .ok_or_else(|| StateError {
+            column: column.into(),
+            message: "missing or not a number".into(),
+        })
+}
+
+fn get_array<T>(row: &Map<String, Json>, column: &str, item: impl Fn(&Json) -> Option<T>) -> Result<Vec<T>, StateError> {
+    let err = || StateError {
+        column: column.into(),
+        message: "missing or not an array of the expected element type".into(),
+    };
+    row.get(column)
+        .and_then(Json::as_array)
+        .ok_or_else(err)?
+        .iter()
+        .map(|v| item(v).ok_or_else(err))
+        .collect()
+}

@@ -1,0 +1,1132 @@
+//! `strata.toml`: sources, metrics, sinks, schedules and serving settings.
+//!
+//! The file is parsed strictly (`deny_unknown_fields` everywhere: a typo is an
+//! error, never a silently ignored setting), then a small set of environment
+//! variables override connection settings (see [`ENV_OVERRIDES`]), then every
+//! semantic check runs and *all* problems are reported together, each naming
+//! the path of the field and the fix. The result is a [`Config`] in which
+//! every metric is compiled against its contract ([`MetricDef`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::aggregate::{AggFunction, AggPlan, AggregationDef, FieldRef};
+use crate::contract::{Contract, ContractRegistry, is_identifier};
+use crate::decode::Decoder;
+use crate::duration::DurationMs;
+use crate::filter::{Arity, Condition, Filter, FilterOp};
+use crate::problem::{Problem, Problems};
+use crate::value::{FieldType, Value, parse_rfc3339_ms};
+use crate::window::WindowKind;
+
+/// Column names used by the warehouse tables; group-by fields may not use them.
+pub const RESERVED_COLUMNS: [&str; 12] = [
+    "window_start_ms",
+    "window_end_ms",
+    "window_start",
+    "window_end",
+    "kafka_partition",
+    "version",
+    "retracted",
+    "is_final",
+    "updated_at",
+    "first_offset",
+    "last_offset",
+    "run_id",
+];
+
+/// The file as written, before checks. Durations and enums are strings here
+/// so that a bad value becomes a located [`Problem`], not a parse abort.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where contracts live.
+    #[serde(default)]
+    pub contracts: ContractsSection,
+    /// Kafka connection.
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    /// ClickHouse connection.
+    #[serde(default)]
+    pub clickhouse: ClickHouseSection,
+    /// Master dataset location.
+    #[serde(default)]
+    pub object_store: ObjectStoreSection,
+    /// Speed layer settings.
+    #[serde(default)]
+    pub speed: SpeedSection,
+    /// Archive settings.
+    #[serde(default)]
+    pub archive: ArchiveSection,
+    /// Batch layer settings.
+    #[serde(default)]
+    pub batch: BatchSection,
+    /// REST API settings.
+    #[serde(default)]
+    pub serving: ServingSection,
+    /// Event sources by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, RawSource>,
+    /// Metrics by name.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, RawMetric>,
+}
+
+/// `[contracts]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractsSection {
+    /// Directory of `<name>/v<N>.json` files, relative to the config file.
+    pub dir: String,
+}
+
+impl Default for ContractsSection {
+    fn default() -> Self {
+        ContractsSection {
+            dir: "schemas/contracts".into(),
+        }
+    }
+}
+
+/// `[kafka]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers, `host:port[,host:port]`. Env: `STRATA_KAFKA_BROKERS`.
+    pub brokers: String,
+    /// Client id reported to the brokers.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Extra librdkafka properties (e.g. `"security.protocol" = "SASL_SSL"`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_client_id() -> String {
+    "strata".into()
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: "127.0.0.1:19092".into(),
+            client_id: default_client_id(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[clickhouse]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseSection {
+    /// HTTP endpoint. Env: `STRATA_CLICKHOUSE_URL`.
+    pub url: String,
+    /// Database holding Strata's tables. Env: `STRATA_CLICKHOUSE_DATABASE`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User. Env: `STRATA_CLICKHOUSE_USER`.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Password. Env: `STRATA_CLICKHOUSE_PASSWORD`.
+    #[serde(default)]
+    pub password: String,
+}
+
+fn default_database() -> String {
+    "strata".into()
+}
+fn default_user() -> String {
+    "default".into()
+}
+
+impl Default for ClickHouseSection {
+    fn default() -> Self {
+        ClickHouseSection {
+            url: "http://127.0.0.1:18123".into(),
+            database: default_database(),
+            user: default_user(),
+            password: String::new(),
+        }
+    }
+}
+
+/// `[object_store]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreSection {
+    /// `file://<dir>` (relative paths are relative to the config file) or
+    /// `s3://<bucket>/<prefix>`. Env: `STRATA_OBJECT_STORE_URL`.
+    pub url: String,
+    /// S3 endpoint for S3-compatible stores. Env: `STRATA_S3_ENDPOINT`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3 region. Env: `AWS_REGION`.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+impl Default for ObjectStoreSection {
+    fn default() -> Self {
+        ObjectStoreSection {
+            url: "file://./.strata/lake".into(),
+            endpoint: None,
+            region: None,
+        }
+    }
+}
+
+/// `[speed]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedSection {
+    /// Consumer group shared by all speed processes. Env: `STRATA_SPEED_GROUP_ID`.
+    pub group_id: String,
+    /// How often open windows are written to ClickHouse.
+    pub emit_interval: String,
+    /// A partition without records for this long stops holding the
+    /// operator watermark back.
+    pub idle_timeout: String,
+    /// Prometheus endpoint. Env: `STRATA_SPEED_METRICS_LISTEN`.
+    pub metrics_listen: String,
+}
+
+impl Default for SpeedSection {
+    fn default() -> Self {
+        SpeedSection {
+            group_id: "strata-speed".into(),
+            emit_interval: "1s".into(),
+            idle_timeout: "30s".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[archive]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSection {
+    /// Consumer group of the archiver.
+    pub group_id: String,
+    /// Longest time a file stays open before it is uploaded.
+    pub flush_interval: String,
+    /// Rows per file before it is uploaded.
+    pub max_file_rows: usize,
+}
+
+impl Default for ArchiveSection {
+    fn default() -> Self {
+        ArchiveSection {
+            group_id: "strata-archive".into(),
+            flush_interval: "60s".into(),
+            max_file_rows: 500_000,
+        }
+    }
+}
+
+/// `[batch]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSection {
+    /// Cron expression with seconds (`sec min hour day month weekday`).
+    /// Env: `STRATA_BATCH_SCHEDULE`.
+    pub schedule: String,
+    /// How far before the last batch watermark each run recomputes.
+    pub lookback: String,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        BatchSection {
+            schedule: "0 */10 * * * *".into(),
+            lookback: "2h".into(),
+        }
+    }
+}
+
+/// `[serving]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingSection {
+    /// Listen address. Env: `STRATA_SERVING_LISTEN`.
+    pub listen: String,
+    /// Longest `to - from` a query may ask for.
+    pub max_range: String,
+    /// Most rows a query may return.
+    pub max_rows: usize,
+    /// ClickHouse query timeout.
+    pub query_timeout: String,
+    /// API keys; empty means the API is open (local use only).
+    pub api_keys: Vec<ApiKey>,
+    /// Allowed CORS origins (`*` for any).
+    pub cors_origins: Vec<String>,
+}
+
+/// One API key and the metrics it may read.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who holds the key (for logs).
+    pub name: String,
+    /// The bearer token.
+    pub key: String,
+    /// Metrics the key may read; `["*"]` for all.
+    pub metrics: Vec<String>,
+}
+
+impl Default for ServingSection {
+    fn default() -> Self {
+        ServingSection {
+            listen: "127.0.0.1:8080".into(),
+            max_range: "31d".into(),
+            max_rows: 100_000,
+            query_timeout: "10s".into(),
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// `[sources.<name>]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Kafka topic.
+    pub topic: String,
+    /// Contract name.
+    pub contract: String,
+    /// Contract version events are decoded with; default: the latest.
+    #[serde(default)]
+    pub contract_version: Option<u32>,
+    /// The contract's timestamp field that is the event time.
+    pub event_time_field: String,
+    /// How far behind the newest event an event may be and still count.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness: String,
+    /// Largest accepted payload.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Dead-letter topic; default `<topic>.dlq`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+fn default_lateness() -> String {
+    "0s".into()
+}
+fn default_max_event_bytes() -> usize {
+    64 * 1024
+}
+
+/// `[metrics.<name>]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetric {
+    /// Source name.
+    pub source: String,
+    /// Free text shown by the API.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Conditions every aggregated event meets.
+    #[serde(default)]
+    pub filter: Vec<RawCondition>,
+    /// Window.
+    pub window: RawWindow,
+    /// Group-by fields.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Aggregations.
+    pub aggregations: Vec<RawAggregation>,
+}
+
+/// `window = { kind = "hopping", size = "5m", slide = "1m" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// `tumbling`, `hopping` or `session`.
+    pub kind: String,
+    /// Tumbling and hopping.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Hopping.
+    #[serde(default)]
+    pub slide: Option<String>,
+    /// Session.
+    #[serde(default)]
+    pub gap: Option<String>,
+}
+
+/// One `[[metrics.<name>.aggregations]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregation {
+    /// Output name.
+    pub name: String,
+    /// Function name.
+    pub function: String,
+    /// Field read by the function.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Quantiles, for `quantiles`.
+    #[serde(default)]
+    pub quantiles: Option<Vec<f64>>,
+}
+
+/// One `[[metrics.<name>.filter]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    /// Field name.
+    pub field: String,
+    /// Operator name.
+    pub op: String,
+    /// Operand of comparisons.
+    #[serde(default)]
+    pub value: Option<toml::Value>,
+    /// Operands of `in` / `not_in`.
+    #[serde(default)]
+    pub values: Option<Vec<toml::Value>>,
+}
+
+/// A checked source.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Name in `[sources]`.
+    pub name: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Contract version events are decoded with.
+    pub contract: Arc<Contract>,
+    /// Event-time field position.
+    pub event_time_index: usize,
+    /// Allowed lateness.
+    pub allowed_lateness: DurationMs,
+    /// Largest accepted payload.
+    pub max_event_bytes: usize,
+}
+
+impl Source {
+    /// A decoder for this source's payloads.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.contract.clone(), self.event_time_index, self.max_event_bytes)
+    }
+
+    /// The event-time field's name.
+    pub fn event_time_field(&self) -> &str {
+        &self.contract.fields[self.event_time_index].name
+    }
+}
+
+/// A checked metric: what both layers compute.
+#[derive(Clone, Debug)]
+pub struct MetricDef {
+    /// Name (also the stem of its ClickHouse tables).
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Its source.
+    pub source: Arc<Source>,
+    /// Events that count.
+    pub filter: Filter,
+    /// Windowing.
+    pub window: WindowKind,
+    /// Group-by fields, in config order.
+    pub group_by: Vec<FieldRef>,
+    /// Compiled aggregations.
+    pub plan: AggPlan,
+}
+
+impl MetricDef {
+    /// The group key of an event: its group-by values in order.
+    pub fn group_key(&self, event: &crate::decode::Event) -> Vec<Value> {
+        self.group_by.iter().map(|f| event.values[f.index].clone()).collect()
+    }
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was loaded from (for messages).
+    pub file: String,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// Kafka connection.
+    pub kafka: KafkaSection,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseSection,
+    /// Object store.
+    pub object_store: ObjectStoreSection,
+    /// Speed layer settings, checked.
+    pub speed: SpeedSettings,
+    /// Archive settings, checked.
+    pub archive: ArchiveSettings,
+    /// Batch settings, checked.
+    pub batch: BatchSettings,
+    /// Serving settings, checked.
+    pub serving: ServingSettings,
+    /// Contracts loaded.
+    pub contracts: ContractRegistry,
+    /// Sources by name.
+    pub sources: BTreeMap<String, Arc<Source>>,
+    /// Metrics sorted by name.
+    pub metrics: Vec<Arc<MetricDef>>,
+}
+
+impl Config {
+    /// The metric called `name`.
+    pub fn metric(&self, name: &str) -> Option<&Arc<MetricDef>> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+
+    /// Metric names, comma separated (for messages).
+    pub fn metric_names(&self) -> String {
+        self.metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Checked `[speed]`.
+#[derive(Clone, Debug)]
+pub struct SpeedSettings {
+    /// Consumer group.
+    pub group_id: String,
+    /// Emit interval.
+    pub emit_interval: DurationMs,
+    /// Idle timeout.
+    pub idle_timeout: DurationMs,
+    /// Prometheus endpoint.
+    pub metrics_listen: SocketAddr,
+}
+
+/// Checked `[archive]`.
+#[derive(Clone, Debug)]
+pub struct ArchiveSettings {
+    /// Consumer group.
+    pub group_id: String,
+    /// Flush interval.
+    pub flush_interval: DurationMs,
+    /// Rows per file.
+    pub max_file_rows: usize,
+}
+
+/// Checked `[batch]`.
+#[derive(Clone, Debug)]
+pub struct BatchSettings {
+    /// Cron schedule.
+    pub schedule: cron::Schedule,
+    /// The expression as written.
+    pub schedule_text: String,
+    /// Lookback.
+    pub lookback: DurationMs,
+}
+
+/// Checked `[serving]`.
+#[derive(Clone, Debug)]
+pub struct ServingSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Longest query range.
+    pub max_range: DurationMs,
+    /// Most rows.
+    pub max_rows: usize,
+    /// Query timeout.
+    pub query_timeout: DurationMs,
+    /// API keys.
+    pub api_keys: Vec<ApiKey>,
+    /// CORS origins.
+    pub cors_origins: Vec<String>,
+}
+
+type Setter = fn(&mut RawConfig, String);
+
+/// Environment variables that override connection settings, with the config
+/// path each one replaces. Only deployment-specific settings are overridable:
+/// metric definitions stay in the file so both layers always agree.
+pub const ENV_OVERRIDES: [(&str, &str, Setter); 9] = [
+    ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| c.kafka.brokers = v),
+    ("STRATA_CLICKHOUSE_URL", "clickhouse.url", |c, v| c.clickhouse.url = v),
+    ("STRATA_CLICKHOUSE_DATABASE", "clickhouse.database", |c, v| c.clickhouse.database = v),
+    ("STRATA_CLICKHOUSE_USER", "clickhouse.user", |c, v| c.clickhouse.user = v),
+    ("STRATA_CLICKHOUSE_PASSWORD", "clickhouse.password", |c, v| c.clickhouse.password = v),
+    ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| c.object_store.url = v),
+    ("STRATA_SPEED_METRICS_LISTEN", "speed.metrics_listen", |c, v| c.speed.metrics_listen = v),
+    ("STRATA_BATCH_SCHEDULE", "batch.schedule", |c, v| c.batch.schedule = v),
+    ("STRATA_SERVING_LISTEN", "serving.listen", |c, v| c.serving.listen = v),
+];
+
+/// Loads, overrides from the environment, and checks a config file.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    load_with_env(path, |name| std::env::var(name).ok())
+}
+
+/// [`load`] with an explicit environment (tests).
+pub fn load_with_env(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, Problems> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem::new(
+            &file,
+            "",
+            format!("cannot be read: {e}; pass --config <path to strata.toml>"),
+        )])
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &file, &base_dir, env)
+}
+
+/// Parses and checks config text; `base_dir` resolves relative paths.
+pub fn parse(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
+    let mut raw: RawConfig = toml::from_str(text).map_err(|e| Problems(vec![toml_problem(file, text, &e)]))?;
+    for (name, _, set) in ENV_OVERRIDES {
+        if let Some(value) = env(name) {
+            set(&mut raw, value);
+        }
+    }
+    let contracts_dir = base_dir.join(&raw.contracts.dir);
+    let registry = match ContractRegistry::load_dir(&contracts_dir) {
+        Ok(registry) => Some(registry),
+        Err(problems) => return Err(Problems(problems)),
+    };
+    compile(raw, file, base_dir, registry.unwrap_or_default())
+}
+
+fn toml_problem(file: &str, text: &str, e: &toml::de::Error) -> Problem {
+    let location = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    let message = e.message().trim().replace('\n', " ");
+    Problem::new(file, "", format!("{}{message}", location.unwrap_or_default()))
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(self.file, path, message));
+    }
+
+    fn duration(&mut self, path: &str, text: &str) -> Option<DurationMs> {
+        match text.parse::<DurationMs>() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, path: &str, text: &str) -> Option<DurationMs> {
+        let d = self.duration(path, text)?;
+        if d.0 == 0 {
+            self.push(path, format!("{text:?} must be longer than zero"));
+            return None;
+        }
+        Some(d)
+    }
+
+    fn socket(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("{text:?} is not a listen address; write ip:port, e.g. \"127.0.0.1:8080\""));
+                None
+            }
+        }
+    }
+}
+
+fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegistry) -> Result<Config, Problems> {
+    let mut c = Checker {
+        file,
+        problems: Vec::new(),
+    };
+
+    if raw.kafka.brokers.trim().is_empty() || raw.kafka.brokers.split(',').any(|b| !b.contains(':')) {
+        c.push(
+            "kafka.brokers",
+            format!("{:?} is not a broker list; write host:port[,host:port]", raw.kafka.brokers),
+        );
+    }
+    if !(raw.clickhouse.url.starts_with("http://") || raw.clickhouse.url.starts_with("https://")) {
+        c.push(
+            "clickhouse.url",
+            format!("{:?} is not an HTTP URL; ClickHouse is reached over HTTP, e.g. \"http://127.0.0.1:8123\"", raw.clickhouse.url),
+        );
+    }
+    if !is_identifier(&raw.clickhouse.database) {
+        c.push(
+            "clickhouse.database",
+            format!("{:?} is not a valid database name; use lowercase letters, digits and _", raw.clickhouse.database),
+        );
+    }
+    if !(raw.object_store.url.starts_with("file://") || raw.object_store.url.starts_with("s3://")) {
+        c.push(
+            "object_store.url",
+            format!("{:?} is not supported; use file://<dir> or s3://<bucket>/<prefix>", raw.object_store.url),
+        );
+    }
+
+    let speed = (|| {
+        Some(SpeedSettings {
+            group_id: raw.speed.group_id.clone(),
+            emit_interval: c.positive_duration("speed.emit_interval", &raw.speed.emit_interval)?,
+            idle_timeout: c.positive_duration("speed.idle_timeout", &raw.speed.idle_timeout)?,
+            metrics_listen: c.socket("speed.metrics_listen", &raw.speed.metrics_listen)?,
+        })
+    })();
+    let archive = (|| {
+        if raw.archive.max_file_rows == 0 {
+            c.push("archive.max_file_rows", "must be at least 1");
+        }
+        Some(ArchiveSettings {
+            group_id: raw.archive.group_id.clone(),
+            flush_interval: c.positive_duration("archive.flush_interval", &raw.archive.flush_interval)?,
+            max_file_rows: raw.archive.max_file_rows.max(1),
+        })
+    })();
+    let batch = (|| {
+        let schedule = match cron::Schedule::from_str(&raw.batch.schedule) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                c.push(
+                    "batch.schedule",
+                    format!(
+                        "{:?} is not a cron expression ({e}); write six fields with seconds first, e.g. \"0 */10 * * * *\" for every 10 minutes",
+                        raw.batch.schedule
+                    ),
+                );
+                None
+            }
+        };
+        let lookback = c.duration("batch.lookback", &raw.batch.lookback)?;
+        Some(BatchSettings {
+            schedule: schedule?,
+            schedule_text: raw.batch.schedule.clone(),
+            lookback,
+        })
+    })();
+    let serving = (|| {
+        if raw.serving.max_rows == 0 {
+            c.push("serving.max_rows", "must be at least 1");
+        }
+        Some(ServingSettings {
+            listen: c.socket("serving.listen", &raw.serving.listen)?,
+            max_range: c.positive_duration("serving.max_range", &raw.serving.max_range)?,
+            max_rows: raw.serving.max_rows.max(1),
+            query_timeout: c.positive_duration("serving.query_timeout", &raw.serving.query_timeout)?,
+            api_keys: raw.serving.api_keys.clone(),
+            cors_origins: raw.serving.cors_origins.clone(),
+        })
+    })();
+    for (i, key) in raw.serving.api_keys.iter().enumerate() {
+        for m in &key.metrics {
+            if m != "*" && !raw.metrics.contains_key(m) {
+                c.push(
+                    format!("serving.api_keys[{i}].metrics"),
+                    format!("{m:?} is not a metric; use one of: {} (or \"*\")", raw.metrics.keys().cloned().collect::<Vec<_>>().join(", ")),
+                );
+            }
+        }
+        if key.key.len() < 16 {
+            c.push(format!("serving.api_keys[{i}].key"), "is shorter than 16 characters; use a long random token");
+        }
+    }
+
+    let mut sources = BTreeMap::new();
+    if raw.sources.is_empty() {
+        c.push("sources", "no source is declared; add a [sources.<name>] table with topic, contract and event_time_field");
+    }
+    for (name, s) in &raw.sources {
+        let path = format!("sources.{name}");
+        if let Some(source) = compile_source(&mut c, &path, name, s, &contracts) {
+            sources.insert(name.clone(), Arc::new(source));
+        }
+    }
+
+    let mut metrics = Vec::new();
+    if raw.metrics.is_empty() {
+        c.push("metrics", "no metric is declared; add a [metrics.<name>] table");
+    }
+    for (name, m) in &raw.metrics {
+        let path = format!("metrics.{name}");
+        if !is_identifier(name) {
+            c.push(
+                &path,
+                format!("{name:?} is not a valid metric name; it names ClickHouse tables, so use lowercase letters, digits and _"),
+            );
+        }
+        let Some(source) = sources.get(&m.source).cloned() else {
+            if raw.sources.contains_key(&m.source) {
+                // The source itself is broken and already reported.
+                continue;
+            }
+            c.push(
+                format!("{path}.source"),
+                format!(
+                    "{:?} is not a declared source; use one of: {}",
+                    m.source,
+                    raw.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            continue;
+        };
+        if let Some(metric) = compile_metric(&mut c, &path, name, m, source) {
+            metrics.push(Arc::new(metric));
+        }
+    }
+
+    if !c.problems.is_empty() {
+        return Err(Problems(c.problems));
+    }
+    let (Some(speed), Some(archive), Some(batch), Some(serving)) = (speed, archive, batch, serving) else {
+        unreachable!("every failed section pushed a problem")
+    };
+    Ok(Config {
+        file: file.to_string(),
+        base_dir: base_dir.to_path_buf(),
+        kafka: raw.kafka,
+        clickhouse: raw.clickhouse,
+        object_store: raw.object_store,
+        speed,
+        archive,
+        batch,
+        serving,
+        contracts,
+        sources,
+        metrics,
+    })
+}
+
+fn compile_source(c: &mut Checker<'_>, path: &str, name: &str, s: &RawSource, contracts: &ContractRegistry) -> Option<Source> {
+    if s.topic.trim().is_empty() {
+        c.push(format!("{path}.topic"), "is empty; name the Kafka topic to consume");
+    }
+    let lateness = c.duration(&format!("{path}.allowed_lateness"), &s.allowed_lateness);
+    if s.max_event_bytes == 0 {
+        c.push(format!("{path}.max_event_bytes"), "must be at least 1");
+    }
+    let contract = match s.contract_version {
+        Some(v) => contracts.get(&s.contract, v),
+        None => contracts.latest(&s.contract),
+    };
+    let Some(contract) = contract else {
+        let known: Vec<&str> = contracts.names().collect();
+        if known.contains(&s.contract.as_str()) {
+            let versions: Vec<String> = contracts
+                .versions(&s.contract)
+                .iter()
+                .map(|c| c.version.to_string())
+                .collect();
+            c.push(
+                format!("{path}.contract_version"),
+                format!("contract {:?} has no version {}; available versions: {}", s.contract, s.contract_version.unwrap_or(0), versions.join(", ")),
+            );
+        } else {
+            c.push(
+                format!("{path}.contract"),
+                format!(
+                    "no contract {:?} in the contracts directory; add {}/v1.json or use one of: {}",
+                    s.contract,
+                    s.contract,
+                    if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+                ),
+            );
+        }
+        return None;
+    };
+    let Some(event_time_index) = contract.field_index(&s.event_time_field) else {
+        c.push(
+            format!("{path}.event_time_field"),
+            format!("{:?} is not a field of contract {} (fields: {})", s.event_time_field, contract.label(), contract.field_names()),
+        );
+        return None;
+    };
+    let field = &contract.fields[event_time_index];
+    if field.ty != FieldType::Timestamp || !field.required {
+        c.push(
+            format!("{path}.event_time_field"),
+            format!(
+                "{:?} is a{} {} field; the event time must be a required timestamp field of contract {}",
+                s.event_time_field,
+                if field.required { " required" } else { "n optional" },
+                field.ty,
+                contract.label()
+            ),
+        );
+        return None;
+    }
+    Some(Source {
+        name: name.to_string(),
+        topic: s.topic.clone(),
+        dead_letter_topic: s.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", s.topic)),
+        contract,
+        event_time_index,
+        allowed_lateness: lateness?,
+        max_event_bytes: s.max_event_bytes,
+    })
+}
+
+fn compile_window(c: &mut Checker<'_>, path: &str, w: &RawWindow) -> Option<WindowKind> {
+    let path = format!("{path}.window");
+    let refuse_extra = |c: &mut Checker<'_>, key: &str, present: bool, kind: &str| {
+        if present {
+            c.push(format!("{path}.{key}"), format!("{kind} windows take no {key}; remove it"));
+        }
+    };
+    match w.kind.as_str() {
+        "tumbling" => {
+            refuse_extra(c, "slide", w.slide.is_some(), "tumbling");
+            refuse_extra(c, "gap", w.gap.is_some(), "tumbling");
+            let Some(size) = &w.size else {
+                c.push(&path, "a tumbling window needs size, e.g. size = \"1m\"");
+                return None;
+            };
+            Some(WindowKind::Tumbling {
+                size: c.positive_duration(&format!("{path}.size"), size)?,
+            })
+        }
+        "hopping" => {
+            refuse_extra(c, "gap", w.gap.is_some(), "hopping");
+            let (Some(size_text), Some(slide_text)) = (&w.size, &w.slide) else {
+                c.push(&path, "a hopping window needs size and slide, e.g. size = \"5m\", slide = \"1m\"");
+                return None;
+            };
+            let size = c.positive_duration(&format!("{path}.size"), size_text);
+            let slide = c.positive_duration(&format!("{path}.slide"), slide_text);
+            let (size, slide) = (size?, slide?);
+            if slide > size {
+                c.push(
+                    format!("{path}.slide"),
+                    format!("{slide_text:?} is longer than size {size_text:?}; a hopping window's slide is at most its size"),
+                );
+                return None;
+            }
+            if size.0 % slide.0 != 0 {
+                c.push(
+                    format!("{path}.slide"),
+                    format!("{slide_text:?} does not divide size {size_text:?}; choose a slide that divides the size, e.g. \"1m\""),
+                );
+                return None;
+            }
+            Some(WindowKind::Hopping { size, slide })
+        }
+        "session" => {
+            refuse_extra(c, "size", w.size.is_some(), "session");
+            refuse_extra(c, "slide", w.slide.is_some(), "session");
+            let Some(gap) = &w.gap else {
+                c.push(&path, "a session window needs gap, e.g. gap = \"30m\"");
+                return None;
+            };
+            Some(WindowKind::Session {
+                gap: c.positive_duration(&format!("{path}.gap"), gap)?,
+            })
+        }
+        other => {
+            c.push(
+                format!("{path}.kind"),
+                format!("{other:?} is not a window kind; use \"tumbling\", \"hopping\" or \"session\""),
+            );
+            None
+        }
+    }
+}
+
+fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, source: Arc<Source>) -> Option<MetricDef> {
+    let contract = source.contract.clone();
+    let before = c.problems.len();
+    let window = compile_window(c, path, &m.window);
+
+    let field_ref = |c: &mut Checker<'_>, at: String, field: &str| -> Option<FieldRef> {
+        match contract.field_index(field) {
+            Some(index) => Some(FieldRef {
+                index,
+                name: field.to_string(),
+                ty: contract.fields[index].ty,
+            }),
+            None => {
+                c.push(
+                    at,
+                    format!("{field:?} is not a field of contract {} (fields: {})", contract.label(), contract.field_names()),
+                );
+                None
+            }
+        }
+    };
+
+    let mut group_by = Vec::new();
+    for (i, g) in m.group_by.iter().enumerate() {
+        let at = format!("{path}.group_by[{i}]");
+        let Some(f) = field_ref(c, at.clone(), g) else { continue };
+        if RESERVED_COLUMNS.contains(&g.as_str()) || g.starts_with("agg_") {
+            c.push(&at, format!("{g:?} collides with a column Strata's tables reserve; rename the field in a new contract version"));
+        }
+        if group_by.iter().any(|x: &FieldRef| x.name == *g) {
+            c.push(&at, format!("{g:?} is listed twice; remove one"));
+        }
+        if !contract.fields[f.index].always_present() {
+            c.push(
+                &at,
+                format!(
+                    "{g:?} is optional without a default in contract {}; group-by fields must always have a value, so make it required or give it a default",
+                    contract.label()
+                ),
+            );
+        }
+        group_by.push(f);
+    }
+
+    let mut aggregations = Vec::new();
+    if m.aggregations.is_empty() {
+        c.push(format!("{path}.aggregations"), "is empty; add at least one aggregation, e.g. { name = \"events\", function = \"count\" }");
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (i, a) in m.aggregations.iter().enumerate() {
+        let at = format!("{path}.aggregations[{i}]");
+        if !is_identifier(&a.name) || a.name.starts_with("agg_") || RESERVED_COLUMNS.contains(&a.name.as_str()) {
+            c.push(
+                format!("{at}.name"),
+                format!("{:?} is not a usable output name; use lowercase letters, digits and _, not starting with agg_ nor a reserved column", a.name),
+            );
+        }
+        if names.contains(&a.name) || m.group_by.contains(&a.name) {
+            c.push(format!("{at}.name"), format!("{:?} is used twice in metric {name}; give every output a distinct name", a.name));
+        }
+        names.push(a.name.clone());
+        let Some(function) = AggFunction::parse(&a.function) else {
+            c.push(format!("{at}.function"), format!("{:?} is not an aggregate function; use one of: {}", a.function, AggFunction::names()));
+            continue;
+        };
+        let field = match (&a.field, function.takes_field()) {
+            (Some(_), false) => {
+                c.push(format!("{at}.field"), "count takes no field (it counts events); remove field, or filter with op = \"is_not_null\"");
+                None
+            }
+            (None, true) => {
+                c.push(&at, format!("{function} needs a field, e.g. field = \"duration_ms\""));
+                continue;
+            }
+            (Some(f), true) => {
+                let Some(f) = field_ref(c, format!("{at}.field"), f) else { continue };
+                if function.needs_numeric() && !f.ty.is_numeric() {
+                    c.push(
+                        format!("{at}.field"),
+                        format!("{function} needs a numeric (int or float) field, and {:?} is {}", f.name, f.ty),
+                    );
+                }
+                Some(f)
+            }
+            (None, false) => None,
+        };
+        let quantiles = match (function, &a.quantiles) {
+            (AggFunction::Quantiles, None) => {
+                c.push(&at, "quantiles needs the list of quantiles, e.g. quantiles = [0.5, 0.99]");
+                Vec::new()
+            }
+            (AggFunction::Quantiles, Some(qs)) => {
+                if qs.is_empty() {
+                    c.push(format!("{at}.quantiles"), "is empty; list quantiles in (0, 1), e.g. [0.5, 0.99]");
+                }
+                for q in qs {
+                    if !(*q > 0.0 && *q < 1.0) {
+                        c.push(format!("{at}.quantiles"), format!("{q} is not in (0, 1); write 0.99 for the 99th percentile"));
+                    }
+                }
+                qs.clone()
+            }
+            (_, Some(_)) => {
+                c.push(format!("{at}.quantiles"), format!("only the quantiles function takes quantiles, not {function}; remove it"));
+                Vec::new()
+            }
+            (_, None) => Vec::new(),
+        };
+        aggregations.push(AggregationDef {
+            name: a.name.clone(),
+            function,
+            field,
+            quantiles,
+        });
+    }
+
+    let mut conditions = Vec::new();
+    for (i, cond) in m.filter.iter().enumerate() {
+        let at = format!("{path}.filter[{i}]");
+        let Some(f) = field_ref(c, format!("{at}.field"), &cond.field) else { continue };
+        let Some(op) = FilterOp::parse(&cond.op) else {
+            let ops: Vec<&str> = FilterOp::ALL.iter().map(|(n, _)| *n).collect();
+            c.push(format!("{at}.op"), format!("{:?} is not an operator; use one of: {}", cond.op, ops.join(", ")));
+            continue;
+        };
+        if op.is_ordering() && f.ty == FieldType::Bool {
+            c.push(format!("{at}.op"), format!("{} does not apply to bool field {:?}; use eq or ne", op.name(), f.name));
+        }
+        let operands: Vec<&toml::Value> = match (op.arity(), &cond.value, &cond.values) {
+            (Arity::None, None, None) => Vec::new(),
+            (Arity::One, Some(v), None) => vec![v],
+            (Arity::Many, None, Some(vs)) if !vs.is_empty() => vs.iter().collect(),
+            (arity, _, _) => {
+                let want = match arity {
+                    Arity::None => "no value",
+                    Arity::One => "exactly one `value = ...`",
+                    Arity::Many => "a non-empty `values = [...]`",
+                };
+                c.push(&at, format!("{} takes {want}", op.name()));
+                continue;
+            }
+        };
+        let mut typed = Vec::new();
+        for v in operands {
+            match operand(v, f.ty) {
+                Some(t) => typed.push(t),
+                None => c.push(format!("{at}.value"), format!("{v} is not a {} value, but {:?} is a {} field", f.ty, f.name, f.ty)),
+            }
+        }
+        conditions.push(Condition {
+            field: f.name.clone(),
+            field_index: f.index,
+            op,
+            operands: typed,
+        });
+    }
+
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(MetricDef {
+        name: name.to_string(),
+        description: m.description.clone(),
+        source,
+        filter: Filter { conditions },
+        window: window?,
+        group_by,
+        plan: AggPlan::new(aggregations),
+    })
+}
+
+fn operand(v: &toml::Value, ty: FieldType) -> Option<Value> {
+    match (ty, v) {
+        (FieldType::String, toml::Value::String(s)) => Some(Value::String(s.clone())),
+        (FieldType::Int, toml::Value::Integer(i)) => Some(Value::Int(*i)),
+        (FieldType::Float, toml::Value::Float(f)) => Some(Value::Float(*f)),
+        (FieldType::Float, toml::Value::Integer(i)) => Some(Value::Float(*i as f64)),
+        (FieldType::Bool, toml::Value::Boolean(b)) => Some(Value::Bool(*b)),
+        (FieldType::Timestamp, toml::Value::String(s)) => parse_rfc3339_ms(s).map(Value::Timestamp),
+        (FieldType::Timestamp, toml::Value::Integer(i)) => Some(Value::Timestamp(*i)),
+        _ => None,
+    }
+}

@@ -1,0 +1,570 @@
+//! JSON payload → typed [`Event`], checked against a contract.
+//!
+//! The decoder streams the JSON object once with serde (no intermediate
+//! `serde_json::Value` tree), slotting each key into its contract position,
+//! then converts every slot to the field's declared type. Every error names
+//! the field, the expected type and the value seen, because the message ends
+//! up in a dead-letter header that a producer team has to act on.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::contract::{Contract, FieldSpec, TimestampFormat, UnknownFieldPolicy};
+use crate::value::{FieldType, Value, parse_rfc3339_ms};
+
+/// A decoded, valid event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Event time, epoch milliseconds.
+    pub time_ms: i64,
+    /// One value per contract field, in contract order.
+    pub values: Vec<Value>,
+}
+
+/// The class of a decoding failure; also the `error.kind` dead-letter header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeErrorKind {
+    /// Payload larger than the source's `max_event_bytes`.
+    Oversized,
+    /// Not JSON at all.
+    MalformedJson,
+    /// JSON, but not an object.
+    NotAnObject,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has a value of the wrong JSON type.
+    WrongType,
+    /// A field has the right JSON type but an unacceptable value.
+    InvalidValue,
+    /// A key the contract does not declare (policy `reject`).
+    UnknownField,
+    /// The same key twice.
+    DuplicateField,
+}
+
+impl DecodeErrorKind {
+    /// Stable snake_case name (metrics label and dead-letter header).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeErrorKind::Oversized => "oversized",
+            DecodeErrorKind::MalformedJson => "malformed_json",
+            DecodeErrorKind::NotAnObject => "not_an_object",
+            DecodeErrorKind::MissingField => "missing_field",
+            DecodeErrorKind::WrongType => "wrong_type",
+            DecodeErrorKind::InvalidValue => "invalid_value",
+            DecodeErrorKind::UnknownField => "unknown_field",
+            DecodeErrorKind::DuplicateField => "duplicate_field",
+        }
+    }
+}
+
+/// Why a payload is not a valid event of its contract.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// Class of the failure.
+    pub kind: DecodeErrorKind,
+    /// The field at fault, when there is one.
+    pub field: Option<String>,
+    /// Full human-readable message naming the field, expected type and value.
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(kind: DecodeErrorKind, field: Option<&str>, message: String) -> Self {
+        DecodeError {
+            kind,
+            field: field.map(str::to_string),
+            message,
+        }
+    }
+}
+
+/// Decodes payloads of one contract version for one source.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    contract: Arc<Contract>,
+    event_time_index: usize,
+    max_event_bytes: usize,
+}
+
+impl Decoder {
+    /// A decoder whose event time is the field at `event_time_index` (a
+    /// required timestamp field; config validation guarantees it).
+    pub fn new(contract: Arc<Contract>, event_time_index: usize, max_event_bytes: usize) -> Self {
+        Decoder {
+            contract,
+            event_time_index,
+            max_event_bytes,
+        }
+    }
+
+    /// The contract this decoder checks against.
+    pub fn contract(&self) -> &Arc<Contract> {
+        &self.contract
+    }
+
+    /// Decodes and validates one payload.
+    pub fn decode(&self, payload: &[u8]) -> Result<Event, DecodeError> {
+        if payload.len() > self.max_event_bytes {
+            return Err(DecodeError::new(
+                DecodeErrorKind::Oversized,
+                None,
+                format!(
+                    "event is {} bytes, over the {} byte limit of source contract {}; shrink the event or raise sources.<name>.max_event_bytes",
+                    payload.len(),
+                    self.max_event_bytes,
+                    self.contract.label()
+                ),
+            ));
+        }
+        let contract = &*self.contract;
+        let mut slots: Vec<Option<Raw<'_>>> = vec![None; contract.fields.len()];
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        let seed = ObjectSeed {
+            contract,
+            slots: &mut slots,
+            problem: None,
+        };
+        let problem = match seed.deserialize(&mut deserializer) {
+            Ok(problem) => problem,
+            Err(e) => return Err(json_error(&e, contract)),
+        };
+        if let Err(e) = deserializer.end() {
+            return Err(json_error(&e, contract));
+        }
+        if let Some(problem) = problem {
+            return Err(problem);
+        }
+        let mut values = Vec::with_capacity(slots.len());
+        for (spec, slot) in contract.fields.iter().zip(slots) {
+            values.push(convert(spec, slot, contract)?);
+        }
+        let time_ms = match values.get(self.event_time_index) {
+            Some(Value::Timestamp(t)) => *t,
+            _ => {
+                let name = &contract.fields[self.event_time_index].name;
+                return Err(DecodeError::new(
+                    DecodeErrorKind::MissingField,
+                    Some(name),
+                    format!("field {name:?} (the event time) is missing in {}", contract.label()),
+                ));
+            }
+        };
+        Ok(Event { time_ms, values })
+    }
+}
+
+fn json_error(e: &serde_json::Error, contract: &Contract) -> DecodeError {
+    if e.classify() == serde_json::error::Category::Data {
+        DecodeError::new(
+            DecodeErrorKind::NotAnObject,
+            None,
+            format!("payload is JSON but not an object ({e}); {} events are JSON objects", contract.label()),
+        )
+    } else {
+        DecodeError::new(
+            DecodeErrorKind::MalformedJson,
+            None,
+            format!("payload is not valid JSON: {e}"),
+        )
+    }
+}
+
+/// A JSON scalar as seen on the wire, borrowed from the payload when possible.
+#[derive(Clone, Debug)]
+enum Raw<'a> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl fmt::Display for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Raw::Null => f.write_str("null"),
+            Raw::Bool(b) => write!(f, "bool {b}"),
+            Raw::I64(v) => write!(f, "integer {v}"),
+            Raw::U64(v) => write!(f, "integer {v}"),
+            Raw::F64(v) => write!(f, "number {v}"),
+            Raw::Str(s) => {
+                let shown: String = s.chars().take(60).collect();
+                if shown.len() < s.len() {
+                    write!(f, "string {shown:?}…")
+                } else {
+                    write!(f, "string {shown:?}")
+                }
+            }
+            Raw::Array => f.write_str("an array"),
+            Raw::Object => f.write_str("an object"),
+        }
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Raw<'de>, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw<'de>, E> {
+        Ok(Raw::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw<'de>, E> {
+        Ok(Raw::I64(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw<'de>, E> {
+        Ok(Raw::U64(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw<'de>, E> {
+        Ok(Raw::F64(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw<'de>, E> {
+        Ok(Raw::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Raw::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Raw::Object)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+/// Object keys, borrowed when unescaped.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Streams the top-level object into contract slots. Contract violations
+/// found while streaming (unknown or duplicate keys) are kept as the first
+/// problem and reported after the JSON is known to be well-formed, so a
+/// truncated payload is always reported as malformed.
+struct ObjectSeed<'c, 's, 'de> {
+    contract: &'c Contract,
+    slots: &'s mut Vec<Option<Raw<'de>>>,
+    problem: Option<DecodeError>,
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_, 'de> {
+    type Value = Option<DecodeError>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
+    type Value = Option<DecodeError>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.contract.field_index(&key) {
+                Some(i) => {
+                    let value: Raw<'de> = map.next_value()?;
+                    if self.slots[i].is_some() {
+                        self.problem.get_or_insert_with(|| {
+                            DecodeError::new(
+                                DecodeErrorKind::DuplicateField,
+                                Some(&key),
+                                format!("field {key:?} appears twice; send each field once"),
+                            )
+                        });
+                    }
+                    self.slots[i] = Some(value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                    if self.contract.unknown_fields == UnknownFieldPolicy::Reject {
+                        let contract = self.contract;
+                        self.problem.get_or_insert_with(|| {
+                            DecodeError::new(
+                                DecodeErrorKind::UnknownField,
+                                Some(&key),
+                                format!(
+                                    "field {key:?} is not in contract {} (fields: {}); remove it from the producer or add it to a new contract version",
+                                    contract.label(),
+                                    contract.field_names()
+                                ),
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        Ok(self.problem)
+    }
+}
+
+fn wrong_type(spec: &FieldSpec, raw: &Raw<'_>, contract: &Contract) -> DecodeError {
+    let hint = if spec.coerce {
+        String::new()
+    } else if matches!(raw, Raw::Str(_)) && spec.ty != FieldType::String {
+        "; send a JSON number/bool, or declare \"coerce\": true in the contract".to_string()
+    } else {
+        String::new()
+    };
+    let expected = if spec.ty == FieldType::Timestamp {
+        let formats: Vec<&str> = spec
+            .formats
+            .iter()
+            .map(|f| match f {
+                TimestampFormat::Rfc3339 => "an RFC 3339 string",
+                TimestampFormat::EpochMs => "epoch milliseconds",
+            })
+            .collect();
+        format!("timestamp ({})", formats.join(" or "))
+    } else {
+        spec.ty.name().to_string()
+    };
+    DecodeError::new(
+        DecodeErrorKind::WrongType,
+        Some(&spec.name),
+        format!(
+            "field {:?}: expected {expected}, got {raw} (contract {}){hint}",
+            spec.name,
+            contract.label()
+        ),
+    )
+}
+
+fn convert(spec: &FieldSpec, slot: Option<Raw<'_>>, contract: &Contract) -> Result<Value, DecodeError> {
+    let raw = match slot {
+        None | Some(Raw::Null) => {
+            if spec.required {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::MissingField,
+                    Some(&spec.name),
+                    format!(
+                        "field {:?} ({}) is required by contract {} but {}",
+                        spec.name,
+                        spec.ty,
+                        contract.label(),
+                        if slot.is_none() { "absent" } else { "null" }
+                    ),
+                ));
+            }
+            return Ok(spec.default.clone().unwrap_or(Value::Null));
+        }
+        Some(raw) => raw,
+    };
+    let value = match (spec.ty, &raw) {
+        (FieldType::String, Raw::Str(s)) => Value::String(s.to_string()),
+        (FieldType::String, Raw::I64(v)) if spec.coerce => Value::String(v.to_string()),
+        (FieldType::String, Raw::U64(v)) if spec.coerce => Value::String(v.to_string()),
+        (FieldType::String, Raw::F64(v)) if spec.coerce => Value::String(v.to_string()),
+        (FieldType::String, Raw::Bool(v)) if spec.coerce => Value::String(v.to_string()),
+        (FieldType::Int, Raw::I64(v)) => Value::Int(*v),
+        (FieldType::Int, Raw::U64(v)) => match i64::try_from(*v) {
+            Ok(v) => Value::Int(v),
+            Err(_) => return Err(out_of_range(spec, &raw, contract)),
+        },
+        (FieldType::Int, Raw::F64(v)) if spec.coerce && v.fract() == 0.0 && v.abs() < 9.0e15 => {
+            Value::Int(*v as i64)
+        }
+        (FieldType::Int, Raw::Str(s)) if spec.coerce => match s.trim().parse::<i64>() {
+            Ok(v) => Value::Int(v),
+            Err(_) => return Err(wrong_type(spec, &raw, contract)),
+        },
+        (FieldType::Float, Raw::I64(v)) => Value::Float(*v as f64),
+        (FieldType::Float, Raw::U64(v)) => Value::Float(*v as f64),
+        (FieldType::Float, Raw::F64(v)) => Value::Float(*v),
+        (FieldType::Float, Raw::Str(s)) if spec.coerce => match s.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => Value::Float(v),
+            _ => return Err(wrong_type(spec, &raw, contract)),
+        },
+        (FieldType::Bool, Raw::Bool(v)) => Value::Bool(*v),
+        (FieldType::Bool, Raw::Str(s)) if spec.coerce => match s.trim() {
+            "true" | "1" => Value::Bool(true),
+            "false" | "0" => Value::Bool(false),
+            _ => return Err(wrong_type(spec, &raw, contract)),
+        },
+        (FieldType::Bool, Raw::I64(v)) if spec.coerce && (*v == 0 || *v == 1) => Value::Bool(*v == 1),
+        (FieldType::Bool, Raw::U64(v)) if spec.coerce && *v <= 1 => Value::Bool(*v == 1),
+        (FieldType::Timestamp, Raw::Str(s)) => {
+            if spec.formats.contains(&TimestampFormat::Rfc3339) {
+                if let Some(ms) = parse_rfc3339_ms(s) {
+                    return Ok(Value::Timestamp(ms));
+                }
+            }
+            if spec.formats.contains(&TimestampFormat::EpochMs) && spec.coerce {
+                if let Ok(ms) = s.trim().parse::<i64>() {
+                    return Ok(Value::Timestamp(ms));
+                }
+            }
+            return Err(wrong_type(spec, &raw, contract));
+        }
+        (FieldType::Timestamp, Raw::I64(v)) if spec.formats.contains(&TimestampFormat::EpochMs) => {
+            Value::Timestamp(*v)
+        }
+        (FieldType::Timestamp, Raw::U64(v)) if spec.formats.contains(&TimestampFormat::EpochMs) => {
+            match i64::try_from(*v) {
+                Ok(v) => Value::Timestamp(v),
+                Err(_) => return Err(out_of_range(spec, &raw, contract)),
+            }
+        }
+        _ => return Err(wrong_type(spec, &raw, contract)),
+    };
+    if let (Some(max), Value::String(s)) = (spec.max_length, &value) {
+        if s.len() > max {
+            return Err(DecodeError::new(
+                DecodeErrorKind::InvalidValue,
+                Some(&spec.name),
+                format!(
+                    "field {:?}: {} bytes, over max_length {max} of contract {}",
+                    spec.name,
+                    s.len(),
+                    contract.label()
+                ),
+            ));
+        }
+    }
+    Ok(value)
+}
+
+fn out_of_range(spec: &FieldSpec, raw: &Raw<'_>, contract: &Contract) -> DecodeError {
+    DecodeError::new(
+        DecodeErrorKind::InvalidValue,
+        Some(&spec.name),
+        format!(
+            "field {:?}: {raw} is out of range for {} (contract {})",
+            spec.name,
+            spec.ty,
+            contract.label()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contract() -> Arc<Contract> {
+        let text = r#"{
+            "name": "page_view", "version": 1,
+            "fields": [
+                {"name": "event_time", "type": "timestamp", "required": true, "formats": ["rfc3339", "epoch_ms"]},
+                {"name": "user_id", "type": "string", "required": true, "max_length": 8},
+                {"name": "duration_ms", "type": "int", "default": 0, "coerce": true},
+                {"name": "score", "type": "float"},
+                {"name": "bot", "type": "bool", "default": false}
+            ]
+        }"#;
+        Arc::new(Contract::from_json(text, "t.json", None).unwrap())
+    }
+
+    fn decode(json: &str) -> Result<Event, DecodeError> {
+        Decoder::new(contract(), 0, 200).decode(json.as_bytes())
+    }
+
+    #[test]
+    fn decodes_with_defaults_and_coercions() {
+        let e = decode(r#"{"event_time":"2026-11-22T10:00:00.5Z","user_id":"u1","duration_ms":"42"}"#).unwrap();
+        assert_eq!(e.time_ms, 1_795_341_600_500);
+        assert_eq!(
+            e.values,
+            vec![
+                Value::Timestamp(1_795_341_600_500),
+                Value::String("u1".into()),
+                Value::Int(42),
+                Value::Null,
+                Value::Bool(false)
+            ]
+        );
+        let e = decode(r#"{"event_time":1000,"user_id":"u1","score":3}"#).unwrap();
+        assert_eq!(e.time_ms, 1000);
+        assert_eq!(e.values[2], Value::Int(0));
+        assert_eq!(e.values[3], Value::Float(3.0));
+    }
+
+    #[test]
+    fn errors_name_field_type_and_value() {
+        let e = decode(r#"{"event_time":1,"user_id":"u","score":"abc"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::WrongType);
+        assert_eq!(e.field.as_deref(), Some("score"));
+        assert!(e.message.contains("expected float, got string \"abc\""), "{}", e.message);
+        assert!(e.message.contains("coerce"), "{}", e.message);
+
+        let e = decode(r#"{"event_time":1}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::MissingField);
+        assert!(e.message.contains("\"user_id\" (string) is required"), "{}", e.message);
+
+        let e = decode(r#"{"event_time":1,"user_id":"u","color":"red"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::UnknownField);
+        assert!(e.message.contains("\"color\" is not in contract page_view v1"), "{}", e.message);
+
+        let e = decode(r#"{"event_time":"yesterday","user_id":"u"}"#).unwrap_err();
+        assert!(e.message.contains("expected timestamp (an RFC 3339 string or epoch milliseconds), got string \"yesterday\""), "{}", e.message);
+
+        let e = decode(r#"{"event_time":1,"user_id":"much too long"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::InvalidValue);
+
+        let e = decode(r#"{"event_time":1,"user_id":"u","duration_ms":99999999999999999999}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("duration_ms"));
+
+        let e = decode(r#"{"event_time":1,"user_id":"u","user_id":"v"}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::DuplicateField);
+    }
+
+    #[test]
+    fn malformed_oversized_and_non_objects() {
+        assert_eq!(decode(r#"{"event_time":1,"#).unwrap_err().kind, DecodeErrorKind::MalformedJson);
+        assert_eq!(decode("not json").unwrap_err().kind, DecodeErrorKind::MalformedJson);
+        assert_eq!(decode("[1,2]").unwrap_err().kind, DecodeErrorKind::NotAnObject);
+        assert_eq!(decode(r#"{"event_time":1,"user_id":"u"} x"#).unwrap_err().kind, DecodeErrorKind::MalformedJson);
+        let big = format!(r#"{{"event_time":1,"user_id":"{}"}}"#, "x".repeat(300));
+        let e = decode(&big).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::Oversized);
+        assert!(e.message.contains("over the 200 byte limit"), "{}", e.message);
+    }
+}

@@ -1,0 +1,176 @@
+//! Metric filter predicates: a conjunction of simple conditions on fields.
+//!
+//! ```toml
+//! [[metrics.checkout_value.filter]]
+//! field = "country"
+//! op = "in"
+//! values = ["DE", "FR"]
+//! ```
+//!
+//! Conditions are deliberately not an expression language: each one is
+//! checked against the contract when the config is validated, and the batch
+//! layer translates the same list to column predicates.
+
+use std::fmt;
+
+use crate::decode::Event;
+use crate::value::Value;
+
+/// Comparison operator of a filter condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterOp {
+    /// `field == value`.
+    Eq,
+    /// `field != value` (null never matches).
+    Ne,
+    /// `field < value`.
+    Lt,
+    /// `field <= value`.
+    Le,
+    /// `field > value`.
+    Gt,
+    /// `field >= value`.
+    Ge,
+    /// `field` is one of `values`.
+    In,
+    /// `field` is none of `values` (null never matches).
+    NotIn,
+    /// `field` is null.
+    IsNull,
+    /// `field` is not null.
+    IsNotNull,
+}
+
+impl FilterOp {
+    /// All operators with their config names.
+    pub const ALL: [(&'static str, FilterOp); 10] = [
+        ("eq", FilterOp::Eq),
+        ("ne", FilterOp::Ne),
+        ("lt", FilterOp::Lt),
+        ("le", FilterOp::Le),
+        ("gt", FilterOp::Gt),
+        ("ge", FilterOp::Ge),
+        ("in", FilterOp::In),
+        ("not_in", FilterOp::NotIn),
+        ("is_null", FilterOp::IsNull),
+        ("is_not_null", FilterOp::IsNotNull),
+    ];
+
+    /// Parses a config name.
+    pub fn parse(name: &str) -> Option<FilterOp> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, op)| *op)
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// How many operands the operator takes: 0, 1 (`value`) or many (`values`).
+    pub fn arity(self) -> Arity {
+        match self {
+            FilterOp::IsNull | FilterOp::IsNotNull => Arity::None,
+            FilterOp::In | FilterOp::NotIn => Arity::Many,
+            _ => Arity::One,
+        }
+    }
+
+    /// Whether the operator orders values (refused on booleans).
+    pub fn is_ordering(self) -> bool {
+        matches!(self, FilterOp::Lt | FilterOp::Le | FilterOp::Gt | FilterOp::Ge)
+    }
+}
+
+/// Number of operands of a [`FilterOp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    /// `is_null`, `is_not_null`.
+    None,
+    /// Comparisons: `value = ...`.
+    One,
+    /// Set membership: `values = [...]`.
+    Many,
+}
+
+/// One checked condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Condition {
+    /// Field name (for messages and the batch layer).
+    pub field: String,
+    /// Position of the field in the contract.
+    pub field_index: usize,
+    /// Operator.
+    pub op: FilterOp,
+    /// Operands, typed like the field (empty for null checks).
+    pub operands: Vec<Value>,
+}
+
+/// All conditions of a metric; an event passes when every one holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    /// The conditions, in config order.
+    pub conditions: Vec<Condition>,
+}
+
+impl Filter {
+    /// Whether the event passes the filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.conditions.iter().all(|c| c.matches(event))
+    }
+
+    /// Whether there is no condition (every event passes).
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty()
+    }
+}
+
+impl Condition {
+    /// Whether the condition holds for the event.
+    pub fn matches(&self, event: &Event) -> bool {
+        let value = &event.values[self.field_index];
+        match self.op {
+            FilterOp::IsNull => value.is_null(),
+            FilterOp::IsNotNull => !value.is_null(),
+            _ if value.is_null() => false,
+            FilterOp::In => self.operands.iter().any(|o| compare(value, o) == Some(std::cmp::Ordering::Equal)),
+            FilterOp::NotIn => self.operands.iter().all(|o| compare(value, o) != Some(std::cmp::Ordering::Equal)),
+            op => {
+                let Some(ordering) = self.operands.first().and_then(|o| compare(value, o)) else {
+                    return false;
+                };
+                match op {
+                    FilterOp::Eq => ordering.is_eq(),
+                    FilterOp::Ne => ordering.is_ne(),
+                    FilterOp::Lt => ordering.is_lt(),
+                    FilterOp::Le => ordering.is_le(),
+                    FilterOp::Gt => ordering.is_gt(),
+                    FilterOp::Ge => ordering.is_ge(),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.field, self.op.name())?;
+        for (i, o) in self.operands.iter().enumerate() {
+            write!(f, "{}{o}", if i == 0 { " " } else { ", " })?;
+        }
+        Ok(())
+    }
+}
+
+/// Orders two values of compatible types (ints and floats compare numerically).
+pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+        (Value::Int(a), Value::Int(b)) | (Value::Timestamp(a), Value::Timestamp(b)) => Some(a.cmp(b)),
+        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+        (a, b) => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}

@@ -1,0 +1,455 @@
+//! The ClickHouse side of the contract between the layers: table layout,
+//! client construction, `strata init`, and error classification.
+//!
+//! Every table name and column comes from the metric definitions (never from
+//! user input), so DDL is assembled from identifiers that config validation
+//! has already restricted to `[a-z_][a-z0-9_]*`.
+//!
+//! The SQL sticks to what ClickHouse 18.16 (Debian's package) and current
+//! releases both accept: `ReplacingMergeTree(version)` with `PARTITION BY` /
+//! `ORDER BY`, `ALIAS` columns, no `LowCardinality`, no `DateTime64`, no
+//! Nullable sorting keys.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clickhouse::Client;
+use serde_json::{Map, Value as Json};
+
+use crate::config::{ClickHouseSection, Config, MetricDef};
+use crate::window::WindowKind;
+
+/// Watermarks of both layers, one row per (metric, layer, partition).
+pub const WATERMARKS_TABLE: &str = "strata_watermarks";
+/// One row per batch run and metric.
+pub const BATCH_RUNS_TABLE: &str = "strata_batch_runs";
+
+/// A failure talking to ClickHouse.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    /// The server answered with an error or could not be reached.
+    #[error("ClickHouse {operation} failed: {source}")]
+    ClickHouse {
+        /// What Strata was doing.
+        operation: String,
+        /// The client error.
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    /// The server answered with something Strata cannot read.
+    #[error("ClickHouse {operation} returned unreadable data: {message}")]
+    Decode {
+        /// What Strata was doing.
+        operation: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A table exists with a different layout.
+    #[error("table {table} exists with a different layout: {differences}; drop it (or rename it) and rerun `strata init`, or restore the metric definition it was created from")]
+    Drift {
+        /// The table.
+        table: String,
+        /// What differs.
+        differences: String,
+    },
+}
+
+impl WarehouseError {
+    /// The ClickHouse exception code, when the server sent one.
+    pub fn exception_code(&self) -> Option<u32> {
+        match self {
+            WarehouseError::ClickHouse { source, .. } => exception_code(source),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same request may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WarehouseError::ClickHouse { source, .. } => is_retryable(source),
+            _ => false,
+        }
+    }
+}
+
+/// The `Code: N.` of a ClickHouse exception carried in a client error.
+pub fn exception_code(e: &clickhouse::error::Error) -> Option<u32> {
+    let text = e.to_string();
+    let rest = &text[text.find("Code: ")? + 6..];
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// ClickHouse exception codes that mean the request itself is wrong: sending
+/// it again cannot succeed, so the sink fails loudly instead of retrying.
+/// (Syntax, unknown table/column/identifier, type mismatch, cannot parse
+/// input, too large array, bad arguments, readonly, access denied.)
+pub const NON_RETRYABLE_CODES: [u32; 18] = [
+    6, 16, 26, 27, 32, 33, 36, 38, 41, 43, 44, 47, 53, 60, 62, 81, 164, 497,
+];
+
+/// Whether a client error is worth retrying: network failures, timeouts,
+/// and server errors outside [`NON_RETRYABLE_CODES`] (too many parts, memory
+/// limits, server shutting down, ...).
+pub fn is_retryable(e: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error as E;
+    match e {
+        E::Network(_) | E::TimedOut => true,
+        E::BadResponse(_) => exception_code(e).is_none_or(|code| !NON_RETRYABLE_CODES.contains(&code)),
+        _ => false,
+    }
+}
+
+/// A client for the configured server. Schema validation is off: it relies
+/// on `RowBinaryWithNamesAndTypes`, which ClickHouse 18.16 does not speak.
+pub fn client(section: &ClickHouseSection) -> Client {
+    Client::default()
+        .with_url(section.url.trim_end_matches('/'))
+        .with_user(&section.user)
+        .with_password(&section.password)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None)
+}
+
+fn ch_err(operation: &str) -> impl FnOnce(clickhouse::error::Error) -> WarehouseError + '_ {
+    move |source| WarehouseError::ClickHouse {
+        operation: operation.to_string(),
+        source,
+    }
+}
+
+/// Runs a statement that returns nothing.
+pub async fn execute(client: &Client, sql: &str) -> Result<(), WarehouseError> {
+    client.query_raw(sql).execute().await.map_err(ch_err(sql_head(sql)))
+}
+
+/// Runs a query and returns its rows as JSON objects (`JSONEachRow`, with
+/// 64-bit integers unquoted). `sql` may contain `?` placeholders that
+/// `binds` fill with client-side escaped values.
+pub async fn query_rows(client: &Client, sql: &str, binds: &[&str]) -> Result<Vec<Map<String, Json>>, WarehouseError> {
+    let mut query = client
+        .query(sql)
+        .with_setting("output_format_json_quote_64bit_integers", "0");
+    for b in binds {
+        query = query.bind(*b);
+    }
+    let operation = sql_head(sql);
+    let bytes = query
+        .fetch_bytes("JSONEachRow")
+        .map_err(ch_err(operation))?
+        .collect()
+        .await
+        .map_err(ch_err(operation))?;
+    let mut rows = Vec::new();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Json>(line) {
+            Ok(Json::Object(row)) => rows.push(row),
+            Ok(other) => {
+                return Err(WarehouseError::Decode {
+                    operation: operation.to_string(),
+                    message: format!("expected a JSON object per row, got {other}"),
+                });
+            }
+            Err(e) => {
+                return Err(WarehouseError::Decode {
+                    operation: operation.to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Inserts JSON rows into `database.table` in one request (`JSONEachRow`).
+pub async fn insert_rows(
+    client: &Client,
+    database: &str,
+    table: &str,
+    rows: &[Map<String, Json>],
+    timeout: Duration,
+) -> Result<(), WarehouseError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut body = Vec::with_capacity(rows.len() * 256);
+    for row in rows {
+        // Serialising a Map of JSON values cannot fail.
+        serde_json::to_writer(&mut body, row).map_err(|e| WarehouseError::Decode {
+            operation: format!("insert into {table}"),
+            message: e.to_string(),
+        })?;
+        body.push(b'\n');
+    }
+    let sql = format!("INSERT INTO {} FORMAT JSONEachRow", qualified(database, table));
+    let operation = format!("insert into {database}.{table}");
+    let mut insert = client
+        .insert_formatted_with(sql)
+        .with_timeouts(Some(timeout), Some(timeout));
+    insert.send(body.into()).await.map_err(ch_err(&operation))?;
+    insert.end().await.map_err(ch_err(&operation))
+}
+
+fn sql_head(sql: &str) -> &str {
+    let head = sql.trim_start();
+    match head.char_indices().nth(60) {
+        Some((i, _)) => &head[..i],
+        None => head,
+    }
+}
+
+/// `` `db`.`table` ``.
+pub fn qualified(database: &str, table: &str) -> String {
+    format!("`{database}`.`{table}`")
+}
+
+/// Name of a metric's speed view table.
+pub fn speed_table(metric: &str) -> String {
+    format!("{metric}_speed")
+}
+
+/// Name of a metric's batch view table.
+pub fn batch_table(metric: &str) -> String {
+    format!("{metric}_batch")
+}
+
+/// A table Strata manages: its name, columns and engine clause.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSpec {
+    /// Table name (without database).
+    pub name: String,
+    /// (name, type, extra) — `extra` is e.g. `DEFAULT now()` or `ALIAS ...`.
+    pub columns: Vec<(String, String, String)>,
+    /// Everything after the column list.
+    pub engine: String,
+}
+
+impl TableSpec {
+    /// `CREATE TABLE IF NOT EXISTS ...`.
+    pub fn create_sql(&self, database: &str) -> String {
+        let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", qualified(database, &self.name));
+        for (i, (name, ty, extra)) in self.columns.iter().enumerate() {
+            let sep = if i + 1 == self.columns.len() { "" } else { "," };
+            let extra = if extra.is_empty() { String::new() } else { format!(" {extra}") };
+            let _ = writeln!(sql, "    `{name}` {ty}{extra}{sep}");
+        }
+        let _ = write!(sql, ") {}", self.engine);
+        sql
+    }
+}
+
+fn col(name: &str, ty: &str) -> (String, String, String) {
+    (name.to_string(), ty.to_string(), String::new())
+}
+
+const DAY_PARTITION: &str = "toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))";
+
+fn window_columns(metric: &MetricDef) -> Vec<(String, String, String)> {
+    let mut cols = vec![col("window_start_ms", "Int64"), col("window_end_ms", "Int64")];
+    for g in &metric.group_by {
+        cols.push(col(&g.name, g.ty.clickhouse_type()));
+    }
+    cols
+}
+
+fn alias_columns() -> Vec<(String, String, String)> {
+    vec![
+        (
+            "window_start".into(),
+            "DateTime".into(),
+            "ALIAS toDateTime(intDiv(window_start_ms, 1000))".into(),
+        ),
+        (
+            "window_end".into(),
+            "DateTime".into(),
+            "ALIAS toDateTime(intDiv(window_end_ms, 1000))".into(),
+        ),
+    ]
+}
+
+fn sorting_key(metric: &MetricDef, extra: &[&str]) -> String {
+    let mut key = vec!["window_start_ms".to_string()];
+    key.extend(metric.group_by.iter().map(|g| format!("`{}`", g.name)));
+    key.extend(extra.iter().map(|s| s.to_string()));
+    key.join(", ")
+}
+
+/// The speed view: one row per (window, group key, Kafka partition), an
+/// idempotent upsert whose `version` only grows (see docs/ARCHITECTURE.md).
+/// Session rows whose session merged into another carry `retracted = 1`.
+pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
+    let mut columns = window_columns(metric);
+    columns.push(col("kafka_partition", "Int32"));
+    for c in metric.plan.state_columns() {
+        columns.push(col(&c.name, c.clickhouse_type));
+    }
+    columns.extend([
+        col("first_offset", "Int64"),
+        col("last_offset", "Int64"),
+        col("version", "UInt64"),
+        col("retracted", "UInt8"),
+        col("is_final", "UInt8"),
+        ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+    ]);
+    columns.extend(alias_columns());
+    TableSpec {
+        name: speed_table(&metric.name),
+        columns,
+        engine: format!(
+            "ENGINE = ReplacingMergeTree(version) PARTITION BY {DAY_PARTITION} ORDER BY ({})",
+            sorting_key(metric, &["kafka_partition"])
+        ),
+    }
+}
+
+/// The batch view: one complete row per (window, group key) per batch run;
+/// the newest run wins.
+pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
+    let mut columns = window_columns(metric);
+    for c in metric.plan.state_columns() {
+        columns.push(col(&c.name, c.clickhouse_type));
+    }
+    columns.extend([
+        col("run_id", "UInt64"),
+        col("retracted", "UInt8"),
+        ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+    ]);
+    columns.extend(alias_columns());
+    TableSpec {
+        name: batch_table(&metric.name),
+        columns,
+        engine: format!(
+            "ENGINE = ReplacingMergeTree(run_id) PARTITION BY {DAY_PARTITION} ORDER BY ({})",
+            sorting_key(metric, &[])
+        ),
+    }
+}
+
+/// Watermarks: `layer` is `batch` (partition -1) or `speed` (per partition).
+pub fn watermarks_table_spec() -> TableSpec {
+    TableSpec {
+        name: WATERMARKS_TABLE.into(),
+        columns: vec![
+            col("metric", "String"),
+            col("layer", "String"),
+            col("kafka_partition", "Int32"),
+            col("watermark_ms", "Int64"),
+            col("version", "UInt64"),
+            col("run_id", "UInt64"),
+            ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+        ],
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, layer, kafka_partition)".into(),
+    }
+}
+
+/// The batch run log.
+pub fn batch_runs_table_spec() -> TableSpec {
+    TableSpec {
+        name: BATCH_RUNS_TABLE.into(),
+        columns: vec![
+            col("run_id", "UInt64"),
+            col("metric", "String"),
+            col("status", "String"),
+            col("from_ms", "Int64"),
+            col("to_ms", "Int64"),
+            col("rows_read", "UInt64"),
+            col("rows_written", "UInt64"),
+            col("started_at", "DateTime"),
+            col("finished_at", "DateTime"),
+            col("message", "String"),
+        ],
+        engine: "ENGINE = MergeTree ORDER BY (metric, run_id)".into(),
+    }
+}
+
+/// Every table `strata init` manages for a configuration, in creation order.
+pub fn all_table_specs(config: &Config) -> Vec<TableSpec> {
+    let mut specs = vec![watermarks_table_spec(), batch_runs_table_spec()];
+    for m in &config.metrics {
+        specs.push(speed_table_spec(m));
+        specs.push(batch_table_spec(m));
+    }
+    specs
+}
+
+/// Whether a metric's windows have a fixed length (tumbling, hopping).
+pub fn has_fixed_windows(metric: &MetricDef) -> bool {
+    !matches!(metric.window, WindowKind::Session { .. })
+}
+
+/// What `strata init` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitReport {
+    /// Whether the database was created.
+    pub created_database: bool,
+    /// Tables created.
+    pub created: Vec<String>,
+    /// Tables that already existed with the expected layout.
+    pub unchanged: Vec<String>,
+}
+
+impl InitReport {
+    /// Whether the run changed nothing.
+    pub fn is_noop(&self) -> bool {
+        !self.created_database && self.created.is_empty()
+    }
+}
+
+/// Creates the database and every missing table; checks existing tables
+/// against the expected layout. Idempotent: a second run changes nothing.
+pub async fn init(client: &Client, config: &Config) -> Result<InitReport, WarehouseError> {
+    let database = &config.clickhouse.database;
+    let mut report = InitReport::default();
+    let exists = query_rows(client, "SELECT name FROM system.databases WHERE name = ?", &[database]).await?;
+    if exists.is_empty() {
+        execute(client, &format!("CREATE DATABASE IF NOT EXISTS `{database}`")).await?;
+        report.created_database = true;
+    }
+    for spec in all_table_specs(config) {
+        let existing = query_rows(
+            client,
+            "SELECT name, type FROM system.columns WHERE database = ? AND table = ?",
+            &[database, &spec.name],
+        )
+        .await?;
+        if existing.is_empty() {
+            execute(client, &spec.create_sql(database)).await?;
+            tracing::info!(database = %database, table = %spec.name, "created table");
+            report.created.push(spec.name);
+            continue;
+        }
+        let actual: Vec<(String, String)> = existing
+            .iter()
+            .map(|r| {
+                (
+                    r.get("name").and_then(Json::as_str).unwrap_or_default().to_string(),
+                    r.get("type").and_then(Json::as_str).unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let mut differences = Vec::new();
+        for (name, ty, _) in &spec.columns {
+            match actual.iter().find(|(n, _)| n == name) {
+                None => differences.push(format!("column {name} is missing")),
+                Some((_, t)) if t != ty => differences.push(format!("column {name} is {t}, expected {ty}")),
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &actual {
+            if !spec.columns.iter().any(|(n, _, _)| n == name) {
+                differences.push(format!("column {name} is not in the metric definition"));
+            }
+        }
+        if !differences.is_empty() {
+            return Err(WarehouseError::Drift {
+                table: format!("{database}.{}", spec.name),
+                differences: differences.join("; "),
+            });
+        }
+        report.unchanged.push(spec.name);
+    }
+    Ok(report)
+}

@@ -1,0 +1,411 @@
+//! Event-time window assignment: the one implementation both layers run.
+//!
+//! Windows are half-open intervals `[start, end)` of epoch milliseconds,
+//! aligned to the Unix epoch. An event at exactly a window's end belongs to
+//! the next window. Session windows start as `[t, t + gap)` for every event
+//! and merge while they overlap, so two events belong to one session exactly
+//! when they are less than `gap` apart (an event exactly `gap` after the last
+//! one starts a new session).
+
+use std::collections::BTreeMap;
+
+use crate::duration::DurationMs;
+
+/// How events are grouped in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping windows of `size`.
+    Tumbling {
+        /// Window length.
+        size: DurationMs,
+    },
+    /// Windows of `size` starting every `slide` (`slide` divides `size`).
+    Hopping {
+        /// Window length.
+        size: DurationMs,
+        /// Distance between window starts.
+        slide: DurationMs,
+    },
+    /// Per group key, activity separated by less than `gap`.
+    Session {
+        /// Inactivity that closes a session.
+        gap: DurationMs,
+    },
+}
+
+/// A half-open event-time interval `[start_ms, end_ms)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    /// Inclusive start, epoch ms.
+    pub start_ms: i64,
+    /// Exclusive end, epoch ms.
+    pub end_ms: i64,
+}
+
+impl Window {
+    /// Whether `t` lies in `[start, end)`.
+    pub fn contains(&self, t: i64) -> bool {
+        self.start_ms <= t && t < self.end_ms
+    }
+}
+
+impl WindowKind {
+    /// The kind's name in configuration (`tumbling`, `hopping`, `session`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WindowKind::Tumbling { .. } => "tumbling",
+            WindowKind::Hopping { .. } => "hopping",
+            WindowKind::Session { .. } => "session",
+        }
+    }
+
+    /// The fixed windows containing `t`, ascending by start. For session
+    /// windows this is the single proto-window `[t, t + gap)` that
+    /// [`SessionSet::insert`] merges with its neighbours.
+    pub fn assign(&self, t: i64) -> Windows {
+        match *self {
+            WindowKind::Tumbling { size } => {
+                let size = size.as_i64();
+                let start = t - t.rem_euclid(size);
+                Windows {
+                    next_start: start,
+                    size,
+                    slide: size,
+                    remaining: 1,
+                }
+            }
+            WindowKind::Hopping { size, slide } => {
+                let (size, slide) = (size.as_i64(), slide.as_i64());
+                let last_start = t - t.rem_euclid(slide);
+                let count = size / slide;
+                Windows {
+                    next_start: last_start - (count - 1) * slide,
+                    size,
+                    slide,
+                    remaining: count,
+                }
+            }
+            WindowKind::Session { gap } => Windows {
+                next_start: t,
+                size: gap.as_i64(),
+                slide: gap.as_i64(),
+                remaining: 1,
+            },
+        }
+    }
+
+    /// The longest a window of this kind can be open for a given event, used
+    /// to bound state: the largest `end - t` over the windows of an event.
+    pub fn max_extent_ms(&self) -> i64 {
+        match *self {
+            WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size.as_i64(),
+            WindowKind::Session { gap } => gap.as_i64(),
+        }
+    }
+}
+
+/// Iterator over the windows of one event.
+#[derive(Clone, Debug)]
+pub struct Windows {
+    next_start: i64,
+    size: i64,
+    slide: i64,
+    remaining: i64,
+}
+
+impl Iterator for Windows {
+    type Item = Window;
+
+    fn next(&mut self) -> Option<Window> {
+        if self.remaining <= 0 {
+            return None;
+        }
+        let window = Window {
+            start_ms: self.next_start,
+            end_ms: self.next_start + self.size,
+        };
+        self.next_start += self.slide;
+        self.remaining -= 1;
+        Some(window)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::try_from(self.remaining).unwrap_or(0);
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Windows {}
+
+/// State that two sessions combine when they merge.
+pub trait Mergeable {
+    /// Folds `other` into `self`.
+    fn merge_from(&mut self, other: Self);
+}
+
+/// What one insertion did to a key's sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionChange {
+    /// The session the event now belongs to.
+    pub window: Window,
+    /// Sessions that no longer exist because they merged into `window`
+    /// (including the event's session's own previous extent when its start
+    /// moved). Their rows must be retracted downstream.
+    pub replaced: Vec<Window>,
+}
+
+/// The sessions of one group key: disjoint windows sorted by start.
+#[derive(Clone, Debug)]
+pub struct SessionSet<S> {
+    sessions: BTreeMap<i64, (i64, S)>,
+}
+
+impl<S> Default for SessionSet<S> {
+    fn default() -> Self {
+        SessionSet {
+            sessions: BTreeMap::new(),
+        }
+    }
+}
+
+impl<S: Mergeable> SessionSet<S> {
+    /// Adds an event at `t`: its proto-window `[t, t + gap)` absorbs every
+    /// overlapping session; `apply` then updates the merged state. `empty`
+    /// makes the state of a brand-new session.
+    pub fn insert(
+        &mut self,
+        t: i64,
+        gap: i64,
+        empty: impl FnOnce() -> S,
+        apply: impl FnOnce(&mut S),
+    ) -> SessionChange {
+        let mut start = t;
+        let mut end = t + gap;
+        // Sessions are disjoint and sorted, so the ones overlapping [t, t+gap)
+        // are a contiguous run ending at the last session starting before t+gap.
+        let overlapping: Vec<i64> = self
+            .sessions
+            .range(..end)
+            .rev()
+            .take_while(|(_, (session_end, _))| *session_end > t)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut replaced = Vec::new();
+        let mut state: Option<S> = None;
+        // Merge oldest first so the surviving state is the earliest session's.
+        for session_start in overlapping.into_iter().rev() {
+            let Some((session_end, session_state)) = self.sessions.remove(&session_start) else {
+                continue;
+            };
+            start = start.min(session_start);
+            end = end.max(session_end);
+            replaced.push(Window {
+                start_ms: session_start,
+                end_ms: session_end,
+            });
+            match &mut state {
+                None => state = Some(session_state),
+                Some(s) => s.merge_from(session_state),
+            }
+        }
+        let mut state = state.unwrap_or_else(empty);
+        apply(&mut state);
+        let window = Window {
+            start_ms: start,
+            end_ms: end,
+        };
+        // A session that only grew at its end keeps its identity (its start):
+        // only sessions whose start no longer exists are replaced.
+        replaced.retain(|w| w.start_ms != start);
+        self.sessions.insert(start, (end, state));
+        SessionChange { window, replaced }
+    }
+
+    /// Removes and returns every session that ends at or before `watermark`
+    /// (it can no longer grow: any later event would be late).
+    pub fn drain_closed(&mut self, watermark: i64) -> Vec<(Window, S)> {
+        let closed: Vec<i64> = self
+            .sessions
+            .iter()
+            .filter(|(_, (end, _))| *end <= watermark)
+            .map(|(start, _)| *start)
+            .collect();
+        closed
+            .into_iter()
+            .filter_map(|start| {
+                self.sessions.remove(&start).map(|(end, s)| {
+                    (
+                        Window {
+                            start_ms: start,
+                            end_ms: end,
+                        },
+                        s,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The current sessions.
+    pub fn iter(&self) -> impl Iterator<Item = (Window, &S)> {
+        self.sessions.iter().map(|(start, (end, s))| {
+            (
+                Window {
+                    start_ms: *start,
+                    end_ms: *end,
+                },
+                s,
+            )
+        })
+    }
+
+    /// The session starting at `start`.
+    pub fn get_mut(&mut self, start: i64) -> Option<&mut S> {
+        self.sessions.get_mut(&start).map(|(_, s)| s)
+    }
+
+    /// Number of open sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether there is no open session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+/// Sessions of a whole, time-sorted sequence of one key's event times:
+/// `(window, index of first event, index one past the last event)`.
+/// The batch-layer reference: two consecutive events are in one session iff
+/// their distance is less than `gap`.
+pub fn sessions_of_sorted(times: &[i64], gap: i64) -> Vec<(Window, usize, usize)> {
+    let mut out = Vec::new();
+    let mut first = 0;
+    for i in 1..=times.len() {
+        if i == times.len() || times[i] - times[i - 1] >= gap {
+            if i > first {
+                out.push((
+                    Window {
+                        start_ms: times[first],
+                        end_ms: times[i - 1] + gap,
+                    },
+                    first,
+                    i,
+                ));
+            }
+            first = i;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tumbling(ms: u64) -> WindowKind {
+        WindowKind::Tumbling { size: DurationMs(ms) }
+    }
+
+    #[test]
+    fn boundary_event_belongs_to_next_window() {
+        let w: Vec<Window> = tumbling(60_000).assign(120_000).collect();
+        assert_eq!(w, vec![Window { start_ms: 120_000, end_ms: 180_000 }]);
+        let w: Vec<Window> = tumbling(60_000).assign(119_999).collect();
+        assert_eq!(w, vec![Window { start_ms: 60_000, end_ms: 120_000 }]);
+        let w: Vec<Window> = tumbling(60_000).assign(-1).collect();
+        assert_eq!(w, vec![Window { start_ms: -60_000, end_ms: 0 }]);
+    }
+
+    #[test]
+    fn hopping_windows_in_order() {
+        let kind = WindowKind::Hopping {
+            size: DurationMs(300_000),
+            slide: DurationMs(60_000),
+        };
+        let starts: Vec<i64> = kind.assign(600_000).map(|w| w.start_ms).collect();
+        assert_eq!(starts, vec![360_000, 420_000, 480_000, 540_000, 600_000]);
+        let starts: Vec<i64> = kind.assign(599_999).map(|w| w.start_ms).collect();
+        assert_eq!(starts, vec![300_000, 360_000, 420_000, 480_000, 540_000]);
+    }
+
+    #[derive(Debug, Default, PartialEq)]
+    struct Count(u64);
+    impl Mergeable for Count {
+        fn merge_from(&mut self, other: Self) {
+            self.0 += other.0;
+        }
+    }
+
+    #[test]
+    fn late_event_bridging_two_sessions_merges_them() {
+        let mut set = SessionSet::<Count>::default();
+        set.insert(0, 10, Count::default, |c| c.0 += 1);
+        set.insert(15, 10, Count::default, |c| c.0 += 1);
+        assert_eq!(set.len(), 2);
+        let change = set.insert(8, 10, Count::default, |c| c.0 += 1);
+        assert_eq!(change.window, Window { start_ms: 0, end_ms: 25 });
+        assert_eq!(change.replaced, vec![Window { start_ms: 15, end_ms: 25 }]);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.iter().next().unwrap().1, &Count(3));
+    }
+
+    #[test]
+    fn event_exactly_gap_later_starts_new_session() {
+        let mut set = SessionSet::<Count>::default();
+        set.insert(0, 10, Count::default, |c| c.0 += 1);
+        let change = set.insert(10, 10, Count::default, |c| c.0 += 1);
+        assert_eq!(change.window, Window { start_ms: 10, end_ms: 20 });
+        assert_eq!(set.len(), 2);
+        let change = set.insert(-5, 10, Count::default, |c| c.0 += 1);
+        assert_eq!(change.window, Window { start_ms: -5, end_ms: 10 });
+        assert_eq!(change.replaced, vec![Window { start_ms: 0, end_ms: 10 }]);
+        assert_eq!(set.drain_closed(10).len(), 1);
+        assert_eq!(set.len(), 1);
+    }
+
+    proptest! {
+        /// Every event lands in exactly the windows that contain it.
+        #[test]
+        fn every_event_lands_in_exactly_its_windows(
+            t in -10_000_000i64..10_000_000,
+            slide_units in 1u64..10,
+            multiple in 1u64..8,
+        ) {
+            let slide = slide_units * 1_000;
+            let size = slide * multiple;
+            for kind in [tumbling(size), WindowKind::Hopping { size: DurationMs(size), slide: DurationMs(slide) }] {
+                let step = match kind { WindowKind::Hopping { slide, .. } => slide.as_i64(), _ => size as i64 };
+                let assigned: Vec<Window> = kind.assign(t).collect();
+                // Brute force: every aligned window near t that contains t.
+                let mut expected = Vec::new();
+                let mut start = (t - size as i64).div_euclid(step) * step - step;
+                while start <= t + step {
+                    let w = Window { start_ms: start, end_ms: start + size as i64 };
+                    if w.contains(t) { expected.push(w); }
+                    start += step;
+                }
+                prop_assert_eq!(assigned, expected);
+            }
+        }
+
+        /// Incremental session merging, in any arrival order, equals the
+        /// sort-then-split reference the batch layer uses.
+        #[test]
+        fn sessions_are_order_independent(mut times in proptest::collection::vec(0i64..500, 1..60), gap in 1i64..40) {
+            let mut set = SessionSet::<Count>::default();
+            for &t in &times {
+                set.insert(t, gap, Count::default, |c| c.0 += 1);
+            }
+            let incremental: Vec<(Window, u64)> = set.iter().map(|(w, c)| (w, c.0)).collect();
+            times.sort_unstable();
+            let reference: Vec<(Window, u64)> = sessions_of_sorted(&times, gap)
+                .into_iter()
+                .map(|(w, a, b)| (w, (b - a) as u64))
+                .collect();
+            prop_assert_eq!(incremental, reference);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Kafka client configuration and topic management shared by every command
+//! that talks to the brokers.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use strata_schemas::config::KafkaSection;
+
+use crate::SpeedError;
+
+/// A client config for the configured brokers, with the user's extra
+/// librdkafka properties applied last so they can override Strata's choices.
+pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", &kafka.client_id)
+        // Loopback test brokers and the in-process mock cluster advertise
+        // IPv4 addresses; avoid resolving "localhost" to ::1 first.
+        .set("broker.address.family", "v4");
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Wraps a Kafka error with the operation and the brokers.
+pub fn kafka_err(kafka: &KafkaSection, operation: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> SpeedError {
+    let brokers = kafka.brokers.clone();
+    let operation = operation.into();
+    move |source| SpeedError::Kafka {
+        operation,
+        brokers,
+        source,
+    }
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists. Returns
+/// whether it was created.
+pub async fn ensure_topic(kafka: &KafkaSection, topic: &str, partitions: i32) -> Result<bool, SpeedError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(kafka_err(kafka, "admin client creation"))?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new_topic], &options)
+        .await
+        .map_err(kafka_err(kafka, format!("create topic {topic}")))?;
+    for result in results {
+        match result {
+            Ok(_) => return Ok(true),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
+            Err((name, code)) => {
+                return Err(SpeedError::Kafka {
+                    operation: format!("create topic {name}"),
+                    brokers: kafka.brokers.clone(),
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(false)
+}

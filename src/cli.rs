@@ -1,0 +1,305 @@
+//! Argument parsing and the subcommands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use strata_schemas::clickstream::ClickstreamConfig;
+use strata_schemas::config::{self, Config};
+use strata_schemas::contract::ContractRegistry;
+use strata_schemas::{compat, warehouse};
+
+/// Strata: fresh and trustworthy aggregates from Kafka events, Lambda style.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about)]
+pub struct Args {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = "strata.toml", env = "STRATA_CONFIG")]
+    pub config: PathBuf,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STRATA_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check strata.toml and every contract; print every problem with its fix.
+    Validate,
+    /// Contract tools.
+    Schemas {
+        /// Contract subcommand.
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Create the ClickHouse database and every table the metrics need (idempotent).
+    Init,
+    /// Publish a seeded synthetic clickstream to Kafka.
+    Generate(GenerateArgs),
+}
+
+/// `strata schemas ...`.
+#[derive(Debug, Subcommand)]
+pub enum SchemasCommand {
+    /// Check that every contract version reads every event its previous version accepted.
+    Check {
+        /// Contracts directory (default: contracts.dir of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `strata generate` options.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Source whose topic receives the events (default: the first source).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Topic override.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Records to send.
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+    /// Records per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// PRNG seed: the same seed and options always produce the same records.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 1_000)]
+    pub users: u32,
+    /// Distinct pages.
+    #[arg(long, default_value_t = 50)]
+    pub pages: u32,
+    /// Distinct countries (at most 20).
+    #[arg(long, default_value_t = 8)]
+    pub countries: u32,
+    /// Partitions of the topic if it is created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// Event time of the first record: `now`, RFC 3339, or epoch ms.
+    #[arg(long, default_value = "now")]
+    pub start: String,
+    /// Event-time step between records in ms (default: 1000/rate, or 10).
+    #[arg(long)]
+    pub step_ms: Option<i64>,
+    /// Share of events moved back in time by up to --max-disorder-ms.
+    #[arg(long, default_value_t = 0.1)]
+    pub out_of_order: f64,
+    /// Largest backwards shift of out-of-order events, ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub max_disorder_ms: i64,
+    /// Share of events later than any allowed lateness.
+    #[arg(long, default_value_t = 0.0)]
+    pub late: f64,
+    /// Backwards shift of late events, ms.
+    #[arg(long, default_value_t = 600_000)]
+    pub late_by_ms: i64,
+    /// Share of records that are not JSON.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed: f64,
+    /// Share of records that break the contract.
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid: f64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_tracing(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(args: Args) -> ExitCode {
+    let outcome = match &args.command {
+        Command::Validate => return validate(&args.config),
+        Command::Schemas {
+            command: SchemasCommand::Check { dir },
+        } => return schemas_check(&args.config, dir.as_deref()),
+        Command::Init => init(&args.config).await,
+        Command::Generate(g) => generate(&args.config, g).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|problems| anyhow::anyhow!("{} is invalid:\n{problems}\n(run `strata validate` for the full report)", path.display()))
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            let contracts: usize = config.contracts.names().map(|n| config.contracts.versions(n).len()).sum();
+            println!(
+                "{} is valid: {} source(s), {} metric(s), {} contract version(s)",
+                path.display(),
+                config.sources.len(),
+                config.metrics.len(),
+                contracts
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems.0 {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.0.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            // Read only [contracts] so a broken metric does not block the check.
+            let text = std::fs::read_to_string(config_path).unwrap_or_default();
+            let raw: Option<config::RawConfig> = toml::from_str(&text).ok();
+            let base = config_path.parent().unwrap_or(Path::new("."));
+            base.join(raw.map(|r| r.contracts.dir).unwrap_or_else(|| "schemas/contracts".into()))
+        }
+    };
+    let registry = match ContractRegistry::load_dir(&dir) {
+        Ok(r) => r,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let mut failed = false;
+    for name in registry.names() {
+        let versions = registry.versions(name);
+        if versions.len() == 1 {
+            println!("{name}: v{} (only version)", versions[0].version);
+        }
+        for pair in versions.windows(2) {
+            let problems = compat::check(&pair[0], &pair[1]);
+            if problems.is_empty() {
+                println!("{name}: v{} → v{} compatible", pair[0].version, pair[1].version);
+            } else {
+                failed = true;
+                for p in problems {
+                    eprintln!("{p}");
+                }
+            }
+        }
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+async fn init(path: &Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let client = warehouse::client(&config.clickhouse);
+    let report = warehouse::init(&client, &config)
+        .await
+        .with_context(|| format!("initialising ClickHouse at {}", config.clickhouse.url))?;
+    let db = &config.clickhouse.database;
+    if report.is_noop() {
+        println!("no change: database {db} and its {} tables already exist with the expected layout", report.unchanged.len());
+    } else {
+        if report.created_database {
+            println!("created database {db}");
+        }
+        for t in &report.created {
+            println!("created table {db}.{t}");
+        }
+        if !report.unchanged.is_empty() {
+            println!("{} table(s) already existed unchanged", report.unchanged.len());
+        }
+    }
+    Ok(())
+}
+
+async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let source = match &g.source {
+        Some(name) => config
+            .sources
+            .get(name)
+            .with_context(|| format!("--source {name:?} is not a source; use one of: {}", config.sources.keys().cloned().collect::<Vec<_>>().join(", ")))?,
+        None => config.sources.values().next().context("the config declares no source")?,
+    };
+    let topic = g.topic.clone().unwrap_or_else(|| source.topic.clone());
+    let start_ms = match g.start.as_str() {
+        "now" => chrono::Utc::now().timestamp_millis(),
+        s => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| strata_schemas::value::parse_rfc3339_ms(s))
+            .with_context(|| format!("--start {s:?} is not `now`, RFC 3339 or epoch ms"))?,
+    };
+    for (name, v) in [("--out-of-order", g.out_of_order), ("--late", g.late), ("--malformed", g.malformed), ("--invalid", g.invalid)] {
+        anyhow::ensure!((0.0..=1.0).contains(&v), "{name} {v} is not a share between 0 and 1");
+    }
+    anyhow::ensure!(g.partitions >= 1, "--partitions must be at least 1");
+    let step_ms = g.step_ms.unwrap_or(if g.rate > 0 { (1000 / g.rate).max(1) as i64 } else { 10 });
+    let stream = ClickstreamConfig {
+        seed: g.seed,
+        events: g.events,
+        users: g.users,
+        pages: g.pages,
+        countries: g.countries,
+        partitions: g.partitions,
+        start_ms,
+        step_ms,
+        out_of_order_fraction: g.out_of_order,
+        max_disorder_ms: g.max_disorder_ms,
+        late_fraction: g.late,
+        late_by_ms: g.late_by_ms,
+        malformed_fraction: g.malformed,
+        invalid_fraction: g.invalid,
+        ..ClickstreamConfig::default()
+    };
+    let bar = if g.quiet { ProgressBar::hidden() } else { ProgressBar::new(g.events) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} records  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = strata_speed::generate::generate(&config.kafka, &topic, stream, g.rate, |sent| bar.set_position(sent)).await?;
+    bar.finish_and_clear();
+    println!(
+        "sent {} records to {topic} in {:.1}s ({:.0}/s): {} valid, {} late, {} malformed, {} invalid (seed {})",
+        report.sent,
+        report.elapsed.as_secs_f64(),
+        report.sent as f64 / report.elapsed.as_secs_f64().max(1e-9),
+        report.valid,
+        report.late,
+        report.malformed,
+        report.invalid,
+        g.seed
+    );
+    Ok(())
+}
