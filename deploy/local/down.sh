@@ -25,6 +25,8 @@ readonly STOP_TIMEOUT=20
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 STRATA_HOME="${STRATA_HOME:-${REPO_ROOT}/.strata}"
+# Relative STRATA_HOME values are taken relative to the caller's cwd (servers run elsewhere).
+[[ "${STRATA_HOME}" == /* ]] || STRATA_HOME="${PWD}/${STRATA_HOME}"
 PID_DIR="${STRATA_HOME}/pids"
 LOG_DIR="${STRATA_HOME}/logs"
 

@@ -53,6 +53,8 @@ readonly ALL_COMPONENTS=(clickhouse kafka s3)
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 STRATA_HOME="${STRATA_HOME:-${REPO_ROOT}/.strata}"
+# Relative STRATA_HOME values are taken relative to the caller's cwd (servers run elsewhere).
+[[ "${STRATA_HOME}" == /* ]] || STRATA_HOME="${PWD}/${STRATA_HOME}"
 
 CH_HTTP_PORT="${STRATA_CLICKHOUSE_HTTP_PORT:-18123}"
 CH_TCP_PORT="${STRATA_CLICKHOUSE_TCP_PORT:-19000}"
@@ -430,7 +432,8 @@ with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
     sys.exit(0 if corr == 4242 and err == 0 else 1)
 PY
     else
-        tcp_open "${KAFKA_PORT}"
+        # No python3: accept a TCP connect plus a short grace period.
+        tcp_open "${KAFKA_PORT}" && sleep 1
     fi
 }
 
@@ -451,7 +454,11 @@ start_kafka() {
     bin="$(tansu_bin)"
     info "kafka: starting ${bin} broker on 127.0.0.1:${KAFKA_PORT} (sqlite storage in ${TANSU_DIR})"
     # tansu resolves sqlite://tansu.db relative to its working directory.
-    launch kafka "${TANSU_DIR}" env "RUST_LOG=${KAFKA_LOG}" "${bin}" broker \
+    # Explicit flags override tansu's env fallbacks (CLUSTER_ID, LISTENER_URL, ...); the
+    # optional ones are unset so a stray SCHEMA_REGISTRY / OTLP endpoint cannot leak in.
+    # tansu has no metrics listener of its own (OTLP push only), so only one port is used.
+    launch kafka "${TANSU_DIR}" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        "RUST_LOG=${KAFKA_LOG}" "${bin}" broker \
         --cluster-id strata-local \
         --listener-url "tcp://127.0.0.1:${KAFKA_PORT}" \
         --advertised-listener-url "tcp://127.0.0.1:${KAFKA_PORT}" \

@@ -52,8 +52,9 @@ pub fn check(old: &Contract, new: &Contract) -> Vec<String> {
         for format in &o.formats {
             if o.ty == crate::value::FieldType::Timestamp && !n.formats.contains(format) {
                 problems.push(format!(
-                    "{label}: field {:?} no longer accepts timestamp format {format:?}; keep every format the old version accepted",
-                    o.name
+                    "{label}: field {:?} no longer accepts timestamp format {}; keep every format the old version accepted",
+                    o.name,
+                    format.name()
                 ));
             }
         }

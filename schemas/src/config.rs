@@ -79,7 +79,7 @@ pub struct RawConfig {
 
 /// `[contracts]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ContractsSection {
     /// Directory of `<name>/v<N>.json` files, relative to the config file.
     pub dir: String,
@@ -95,7 +95,7 @@ impl Default for ContractsSection {
 
 /// `[kafka]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaSection {
     /// Bootstrap servers, `host:port[,host:port]`. Env: `STRATA_KAFKA_BROKERS`.
     pub brokers: String,
@@ -123,7 +123,7 @@ impl Default for KafkaSection {
 
 /// `[clickhouse]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClickHouseSection {
     /// HTTP endpoint. Env: `STRATA_CLICKHOUSE_URL`.
     pub url: String,
@@ -158,7 +158,7 @@ impl Default for ClickHouseSection {
 
 /// `[object_store]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ObjectStoreSection {
     /// `file://<dir>` (relative paths are relative to the config file) or
     /// `s3://<bucket>/<prefix>`. Env: `STRATA_OBJECT_STORE_URL`.
@@ -183,7 +183,7 @@ impl Default for ObjectStoreSection {
 
 /// `[speed]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SpeedSection {
     /// Consumer group shared by all speed processes. Env: `STRATA_SPEED_GROUP_ID`.
     pub group_id: String,
@@ -209,7 +209,7 @@ impl Default for SpeedSection {
 
 /// `[archive]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ArchiveSection {
     /// Consumer group of the archiver.
     pub group_id: String,
@@ -231,7 +231,7 @@ impl Default for ArchiveSection {
 
 /// `[batch]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BatchSection {
     /// Cron expression with seconds (`sec min hour day month weekday`).
     /// Env: `STRATA_BATCH_SCHEDULE`.
@@ -251,7 +251,7 @@ impl Default for BatchSection {
 
 /// `[serving]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServingSection {
     /// Listen address. Env: `STRATA_SERVING_LISTEN`.
     pub listen: String,
@@ -704,10 +704,13 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
         let schedule = match cron::Schedule::from_str(&raw.batch.schedule) {
             Ok(s) => Some(s),
             Err(e) => {
+                // The cron error spans lines with a caret; keep its last line.
+                let reason = e.to_string();
+                let reason = reason.lines().last().unwrap_or_default().trim().to_string();
                 c.push(
                     "batch.schedule",
                     format!(
-                        "{:?} is not a cron expression ({e}); write six fields with seconds first, e.g. \"0 */10 * * * *\" for every 10 minutes",
+                        "{:?} is not a cron expression ({reason}); write six fields with seconds first, e.g. \"0 */10 * * * *\" for every 10 minutes",
                         raw.batch.schedule
                     ),
                 );

@@ -52,6 +52,16 @@ pub enum TimestampFormat {
     EpochMs,
 }
 
+impl TimestampFormat {
+    /// The name used in contract files.
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestampFormat::Rfc3339 => "rfc3339",
+            TimestampFormat::EpochMs => "epoch_ms",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ContractFile {
