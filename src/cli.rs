@@ -16,7 +16,13 @@ use strata_schemas::{compat, warehouse};
 #[command(name = "strata", version, about)]
 pub struct Args {
     /// Configuration file.
-    #[arg(long, short, global = true, default_value = "strata.toml", env = "STRATA_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "strata.toml",
+        env = "STRATA_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STRATA_LOG_FORMAT")]
@@ -126,7 +132,9 @@ pub struct GenerateArgs {
 pub fn init_tracing(args: &Args) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -153,13 +161,22 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
-    config::load(path).map_err(|problems| anyhow::anyhow!("{} is invalid:\n{problems}\n(run `strata validate` for the full report)", path.display()))
+    config::load(path).map_err(|problems| {
+        anyhow::anyhow!(
+            "{} is invalid:\n{problems}\n(run `strata validate` for the full report)",
+            path.display()
+        )
+    })
 }
 
 fn validate(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
-            let contracts: usize = config.contracts.names().map(|n| config.contracts.versions(n).len()).sum();
+            let contracts: usize = config
+                .contracts
+                .names()
+                .map(|n| config.contracts.versions(n).len())
+                .sum();
             println!(
                 "{} is valid: {} source(s), {} metric(s), {} contract version(s)",
                 path.display(),
@@ -187,7 +204,10 @@ fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
             let text = std::fs::read_to_string(config_path).unwrap_or_default();
             let raw: Option<config::RawConfig> = toml::from_str(&text).ok();
             let base = config_path.parent().unwrap_or(Path::new("."));
-            base.join(raw.map(|r| r.contracts.dir).unwrap_or_else(|| "schemas/contracts".into()))
+            base.join(
+                raw.map(|r| r.contracts.dir)
+                    .unwrap_or_else(|| "schemas/contracts".into()),
+            )
         }
     };
     let registry = match ContractRegistry::load_dir(&dir) {
@@ -208,7 +228,10 @@ fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
         for pair in versions.windows(2) {
             let problems = compat::check(&pair[0], &pair[1]);
             if problems.is_empty() {
-                println!("{name}: v{} → v{} compatible", pair[0].version, pair[1].version);
+                println!(
+                    "{name}: v{} → v{} compatible",
+                    pair[0].version, pair[1].version
+                );
             } else {
                 failed = true;
                 for p in problems {
@@ -217,7 +240,11 @@ fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn init(path: &Path) -> anyhow::Result<()> {
@@ -228,7 +255,10 @@ async fn init(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("initialising ClickHouse at {}", config.clickhouse.url))?;
     let db = &config.clickhouse.database;
     if report.is_noop() {
-        println!("no change: database {db} and its {} tables already exist with the expected layout", report.unchanged.len());
+        println!(
+            "no change: database {db} and its {} tables already exist with the expected layout",
+            report.unchanged.len()
+        );
     } else {
         if report.created_database {
             println!("created database {db}");
@@ -237,7 +267,10 @@ async fn init(path: &Path) -> anyhow::Result<()> {
             println!("created table {db}.{t}");
         }
         if !report.unchanged.is_empty() {
-            println!("{} table(s) already existed unchanged", report.unchanged.len());
+            println!(
+                "{} table(s) already existed unchanged",
+                report.unchanged.len()
+            );
         }
     }
     Ok(())
@@ -246,11 +279,22 @@ async fn init(path: &Path) -> anyhow::Result<()> {
 async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
     let config = load(path)?;
     let source = match &g.source {
-        Some(name) => config
+        Some(name) => config.sources.get(name).with_context(|| {
+            format!(
+                "--source {name:?} is not a source; use one of: {}",
+                config
+                    .sources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+        None => config
             .sources
-            .get(name)
-            .with_context(|| format!("--source {name:?} is not a source; use one of: {}", config.sources.keys().cloned().collect::<Vec<_>>().join(", ")))?,
-        None => config.sources.values().next().context("the config declares no source")?,
+            .values()
+            .next()
+            .context("the config declares no source")?,
     };
     let topic = g.topic.clone().unwrap_or_else(|| source.topic.clone());
     let start_ms = match g.start.as_str() {
@@ -261,11 +305,22 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
             .or_else(|| strata_schemas::value::parse_rfc3339_ms(s))
             .with_context(|| format!("--start {s:?} is not `now`, RFC 3339 or epoch ms"))?,
     };
-    for (name, v) in [("--out-of-order", g.out_of_order), ("--late", g.late), ("--malformed", g.malformed), ("--invalid", g.invalid)] {
-        anyhow::ensure!((0.0..=1.0).contains(&v), "{name} {v} is not a share between 0 and 1");
+    for (name, v) in [
+        ("--out-of-order", g.out_of_order),
+        ("--late", g.late),
+        ("--malformed", g.malformed),
+        ("--invalid", g.invalid),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&v),
+            "{name} {v} is not a share between 0 and 1"
+        );
     }
     anyhow::ensure!(g.partitions >= 1, "--partitions must be at least 1");
-    let step_ms = g.step_ms.unwrap_or(if g.rate > 0 { (1000 / g.rate).max(1) as i64 } else { 10 });
+    // Event time advances like wall time at the requested rate.
+    let step_ms = g
+        .step_ms
+        .unwrap_or_else(|| 1000u64.checked_div(g.rate).map_or(10, |s| s.max(1) as i64));
     let stream = ClickstreamConfig {
         seed: g.seed,
         events: g.events,
@@ -283,12 +338,21 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
         invalid_fraction: g.invalid,
         ..ClickstreamConfig::default()
     };
-    let bar = if g.quiet { ProgressBar::hidden() } else { ProgressBar::new(g.events) };
+    let bar = if g.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(g.events)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} records  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} records  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = strata_speed::generate::generate(&config.kafka, &topic, stream, g.rate, |sent| bar.set_position(sent)).await?;
+    let report = strata_speed::generate::generate(&config.kafka, &topic, stream, g.rate, |sent| {
+        bar.set_position(sent);
+    })
+    .await?;
     bar.finish_and_clear();
     println!(
         "sent {} records to {topic} in {:.1}s ({:.0}/s): {} valid, {} late, {} malformed, {} invalid (seed {})",

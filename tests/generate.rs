@@ -35,7 +35,10 @@ fn generate_100k_events_and_consume_exactly_them_back() {
         "0.01",
         "--quiet",
     ]));
-    assert!(out.contains(&format!("sent {events} records to {topic}")), "{out}");
+    assert!(
+        out.contains(&format!("sent {events} records to {topic}")),
+        "{out}"
+    );
 
     let expected_config = ClickstreamConfig {
         seed: 7,
@@ -55,7 +58,10 @@ fn generate_100k_events_and_consume_exactly_them_back() {
         *kinds.entry(format!("{:?}", r.kind)).or_insert(0u64) += 1;
         expected.entry(r.partition).or_default().push(r.payload);
     }
-    assert!(kinds[&format!("{:?}", RecordKind::Malformed)] > 500, "{kinds:?}");
+    assert!(
+        kinds[&format!("{:?}", RecordKind::Malformed)] > 500,
+        "{kinds:?}"
+    );
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
@@ -66,7 +72,9 @@ fn generate_100k_events_and_consume_exactly_them_back() {
         .unwrap();
     let mut assignment = TopicPartitionList::new();
     for p in 0..4 {
-        assignment.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset(&topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let mut received: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
@@ -93,6 +101,9 @@ fn generate_100k_events_and_consume_exactly_them_back() {
     assert_eq!(received.len(), 4);
     for (p, payloads) in &expected {
         assert_eq!(received[p].len(), payloads.len(), "partition {p}");
-        assert!(received[p] == *payloads, "partition {p} holds other records or another order");
+        assert!(
+            received[p] == *payloads,
+            "partition {p} holds other records or another order"
+        );
     }
 }

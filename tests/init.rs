@@ -8,8 +8,15 @@ use support::{rows, run_ok, strata_clickhouse_only, unique};
 #[tokio::test]
 async fn init_creates_tables_and_is_idempotent() {
     let database = unique("strata_init");
-    let first = run_ok(strata_clickhouse_only().arg("init").env("STRATA_CLICKHOUSE_DATABASE", &database));
-    assert!(first.contains(&format!("created database {database}")), "{first}");
+    let first = run_ok(
+        strata_clickhouse_only()
+            .arg("init")
+            .env("STRATA_CLICKHOUSE_DATABASE", &database),
+    );
+    assert!(
+        first.contains(&format!("created database {database}")),
+        "{first}"
+    );
     let expected = [
         "active_users_5m_batch",
         "active_users_5m_speed",
@@ -21,13 +28,18 @@ async fn init_creates_tables_and_is_idempotent() {
         "user_sessions_speed",
     ];
     for t in expected {
-        assert!(first.contains(&format!("created table {database}.{t}")), "{t} not created: {first}");
+        assert!(
+            first.contains(&format!("created table {database}.{t}")),
+            "{t} not created: {first}"
+        );
     }
-    let tables: Vec<String> = rows(&format!("SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"))
-        .await
-        .into_iter()
-        .map(|r| r["name"].as_str().unwrap().to_string())
-        .collect();
+    let tables: Vec<String> = rows(&format!(
+        "SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"
+    ))
+    .await
+    .into_iter()
+    .map(|r| r["name"].as_str().unwrap().to_string())
+    .collect();
     assert_eq!(tables, expected);
 
     // Typed group-by columns for Grafana users.
@@ -37,7 +49,12 @@ async fn init_creates_tables_and_is_idempotent() {
     .await;
     let columns: Vec<(String, String)> = columns
         .iter()
-        .map(|r| (r["name"].as_str().unwrap().into(), r["type"].as_str().unwrap().into()))
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().into(),
+                r["type"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         columns,
@@ -49,19 +66,38 @@ async fn init_creates_tables_and_is_idempotent() {
         ]
     );
 
-    let second = run_ok(strata_clickhouse_only().arg("init").env("STRATA_CLICKHOUSE_DATABASE", &database));
-    assert!(second.contains(&format!("no change: database {database} and its 8 tables already exist")), "{second}");
+    let second = run_ok(
+        strata_clickhouse_only()
+            .arg("init")
+            .env("STRATA_CLICKHOUSE_DATABASE", &database),
+    );
+    assert!(
+        second.contains(&format!(
+            "no change: database {database} and its 8 tables already exist"
+        )),
+        "{second}"
+    );
 
     // A table that drifted from its definition is reported, not altered.
     support::clickhouse()
-        .query(&format!("ALTER TABLE {database}.user_sessions_batch ADD COLUMN stray UInt8"))
+        .query(&format!(
+            "ALTER TABLE {database}.user_sessions_batch ADD COLUMN stray UInt8"
+        ))
         .execute()
         .await
         .unwrap();
-    let out = strata_clickhouse_only().arg("init").env("STRATA_CLICKHOUSE_DATABASE", &database).output().unwrap();
+    let out = strata_clickhouse_only()
+        .arg("init")
+        .env("STRATA_CLICKHOUSE_DATABASE", &database)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("user_sessions_batch exists with a different layout: column stray is not in the metric definition"), "{stderr}");
 
-    support::clickhouse().query(&format!("DROP DATABASE {database}")).execute().await.unwrap();
+    support::clickhouse()
+        .query(&format!("DROP DATABASE {database}"))
+        .execute()
+        .await
+        .unwrap();
 }

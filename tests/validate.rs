@@ -21,8 +21,15 @@ fn reference_config_is_valid() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("is valid: 1 source(s), 3 metric(s), 2 contract version(s)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("is valid: 1 source(s), 3 metric(s), 2 contract version(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -37,10 +44,23 @@ fn every_broken_fixture_fails_with_its_message() {
     assert!(fixtures.len() >= 12, "only {} fixtures", fixtures.len());
     for fixture in &fixtures {
         let expects = expectations(fixture);
-        assert!(!expects.is_empty(), "{} has no `# expect:` line", fixture.display());
-        let out = strata().args(["validate", "--config"]).arg(fixture).output().unwrap();
+        assert!(
+            !expects.is_empty(),
+            "{} has no `# expect:` line",
+            fixture.display()
+        );
+        let out = strata()
+            .args(["validate", "--config"])
+            .arg(fixture)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: stderr: {stderr}", fixture.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: stderr: {stderr}",
+            fixture.display()
+        );
         for expect in &expects {
             assert!(
                 stderr.contains(expect.as_str()),
@@ -50,7 +70,11 @@ fn every_broken_fixture_fails_with_its_message() {
         }
         // Every problem line names the file it is in.
         for line in stderr.lines().filter(|l| !l.ends_with("problem(s) found")) {
-            assert!(line.contains(".toml: ") || line.contains(".json: "), "{}: line without file: {line}", fixture.display());
+            assert!(
+                line.contains(".toml: ") || line.contains(".json: "),
+                "{}: line without file: {line}",
+                fixture.display()
+            );
         }
     }
 }
@@ -74,19 +98,30 @@ fn env_overrides_apply_and_are_checked() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("clickhouse.url: \"ftp://nowhere\" is not an HTTP URL"), "{stderr}");
+    assert!(
+        stderr.contains("clickhouse.url: \"ftp://nowhere\" is not an HTTP URL"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn schemas_check_accepts_reference_and_rejects_breaking_versions() {
-    let out = strata().args(["schemas", "check", "--config"]).arg(repo().join("strata.toml")).output().unwrap();
+    let out = strata()
+        .args(["schemas", "check", "--config"])
+        .arg(repo().join("strata.toml"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("page_view: v1 → v2 compatible"));
 
     let dir = tempfile::tempdir().unwrap();
     let contract = dir.path().join("page_view");
     std::fs::create_dir(&contract).unwrap();
-    std::fs::copy(repo().join("schemas/contracts/page_view/v1.json"), contract.join("v1.json")).unwrap();
+    std::fs::copy(
+        repo().join("schemas/contracts/page_view/v1.json"),
+        contract.join("v1.json"),
+    )
+    .unwrap();
     std::fs::write(
         contract.join("v2.json"),
         r#"{"name":"page_view","version":2,"fields":[
@@ -99,7 +134,11 @@ fn schemas_check_accepts_reference_and_rejects_breaking_versions() {
         ]}"#,
     )
     .unwrap();
-    let out = strata().args(["schemas", "check", "--dir"]).arg(dir.path()).output().unwrap();
+    let out = strata()
+        .args(["schemas", "check", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     for expect in [

@@ -63,7 +63,11 @@ impl AggFunction {
 
     /// Comma-separated names, for messages listing the valid choices.
     pub fn names() -> String {
-        Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Whether the function reads a field.
@@ -75,7 +79,11 @@ impl AggFunction {
     pub fn needs_numeric(self) -> bool {
         matches!(
             self,
-            AggFunction::Sum | AggFunction::Min | AggFunction::Max | AggFunction::Avg | AggFunction::Quantiles
+            AggFunction::Sum
+                | AggFunction::Min
+                | AggFunction::Max
+                | AggFunction::Avg
+                | AggFunction::Quantiles
         )
     }
 }
@@ -199,8 +207,16 @@ impl Accumulator {
     pub fn mem_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + std::mem::size_of_val(&*self.numeric)
-            + self.distinct.iter().map(|d| std::mem::size_of::<DistinctSketch>() + d.mem_bytes()).sum::<usize>()
-            + self.quantiles.iter().map(|q| std::mem::size_of::<QuantileSketch>() + q.mem_bytes()).sum::<usize>()
+            + self
+                .distinct
+                .iter()
+                .map(|d| std::mem::size_of::<DistinctSketch>() + d.mem_bytes())
+                .sum::<usize>()
+            + self
+                .quantiles
+                .iter()
+                .map(|q| std::mem::size_of::<QuantileSketch>() + q.mem_bytes())
+                .sum::<usize>()
     }
 }
 
@@ -261,8 +277,12 @@ impl AggPlan {
             .iter()
             .map(|a| match (a.function, &a.field) {
                 (AggFunction::Count, _) | (_, None) => Slot::Events,
-                (AggFunction::CountDistinct, Some(f)) => Slot::Distinct(slot_of(&mut distinct_fields, f)),
-                (AggFunction::Quantiles, Some(f)) => Slot::Quantiles(slot_of(&mut quantile_fields, f)),
+                (AggFunction::CountDistinct, Some(f)) => {
+                    Slot::Distinct(slot_of(&mut distinct_fields, f))
+                }
+                (AggFunction::Quantiles, Some(f)) => {
+                    Slot::Quantiles(slot_of(&mut quantile_fields, f))
+                }
                 (_, Some(f)) => Slot::Numeric(slot_of(&mut numeric_fields, f)),
             })
             .collect();
@@ -285,8 +305,10 @@ impl AggPlan {
         Accumulator {
             events: 0,
             numeric: vec![NumericState::default(); self.numeric_fields.len()].into_boxed_slice(),
-            distinct: vec![DistinctSketch::default(); self.distinct_fields.len()].into_boxed_slice(),
-            quantiles: vec![QuantileSketch::default(); self.quantile_fields.len()].into_boxed_slice(),
+            distinct: vec![DistinctSketch::default(); self.distinct_fields.len()]
+                .into_boxed_slice(),
+            quantiles: vec![QuantileSketch::default(); self.quantile_fields.len()]
+                .into_boxed_slice(),
         }
     }
 
@@ -343,7 +365,9 @@ impl AggPlan {
         for (a, slot) in self.aggregations.iter().zip(&self.slots) {
             match (a.function, *slot) {
                 (AggFunction::Count, _) | (_, Slot::Events) => out.push(Json::from(acc.events)),
-                (AggFunction::CountDistinct, Slot::Distinct(i)) => out.push(Json::from(acc.distinct[i].estimate())),
+                (AggFunction::CountDistinct, Slot::Distinct(i)) => {
+                    out.push(Json::from(acc.distinct[i].estimate()));
+                }
                 (AggFunction::Quantiles, Slot::Quantiles(i)) => {
                     for q in &a.quantiles {
                         out.push(acc.quantiles[i].quantile(*q).map_or(Json::Null, Json::from));
@@ -378,7 +402,10 @@ impl AggPlan {
     /// `agg_<f>_distinct_hashes/_distinct_hll`, per quantile field
     /// `agg_<f>_quantile_keys/_quantile_counts`.
     pub fn state_columns(&self) -> Vec<StateColumn> {
-        let col = |name: String, clickhouse_type| StateColumn { name, clickhouse_type };
+        let col = |name: String, clickhouse_type| StateColumn {
+            name,
+            clickhouse_type,
+        };
         let mut cols = vec![col("agg_events".into(), "UInt64")];
         for f in &self.numeric_fields {
             cols.push(col(format!("agg_{}_count", f.name), "UInt64"));
@@ -387,12 +414,18 @@ impl AggPlan {
             cols.push(col(format!("agg_{}_max", f.name), "Float64"));
         }
         for f in &self.distinct_fields {
-            cols.push(col(format!("agg_{}_distinct_hashes", f.name), "Array(UInt64)"));
+            cols.push(col(
+                format!("agg_{}_distinct_hashes", f.name),
+                "Array(UInt64)",
+            ));
             cols.push(col(format!("agg_{}_distinct_hll", f.name), "Array(UInt8)"));
         }
         for f in &self.quantile_fields {
             cols.push(col(format!("agg_{}_quantile_keys", f.name), "Array(Int32)"));
-            cols.push(col(format!("agg_{}_quantile_counts", f.name), "Array(UInt64)"));
+            cols.push(col(
+                format!("agg_{}_quantile_counts", f.name),
+                "Array(UInt64)",
+            ));
         }
         cols
     }
@@ -408,13 +441,22 @@ impl AggPlan {
         }
         for (f, s) in self.distinct_fields.iter().zip(acc.distinct.iter()) {
             let (hashes, registers) = s.to_columns();
-            row.insert(format!("agg_{}_distinct_hashes", f.name), Json::from(hashes));
-            row.insert(format!("agg_{}_distinct_hll", f.name), Json::from(registers));
+            row.insert(
+                format!("agg_{}_distinct_hashes", f.name),
+                Json::from(hashes),
+            );
+            row.insert(
+                format!("agg_{}_distinct_hll", f.name),
+                Json::from(registers),
+            );
         }
         for (f, s) in self.quantile_fields.iter().zip(acc.quantiles.iter()) {
             let (keys, counts) = s.to_columns();
             row.insert(format!("agg_{}_quantile_keys", f.name), Json::from(keys));
-            row.insert(format!("agg_{}_quantile_counts", f.name), Json::from(counts));
+            row.insert(
+                format!("agg_{}_quantile_counts", f.name),
+                Json::from(counts),
+            );
         }
     }
 
@@ -457,7 +499,11 @@ impl AggPlan {
 pub fn quantile_suffix(q: f64) -> String {
     let digits = format!("{q}");
     let fraction = digits.strip_prefix("0.").unwrap_or(&digits);
-    let fraction = if fraction.len() == 1 { format!("{fraction}0") } else { fraction.to_string() };
+    let fraction = if fraction.len() == 1 {
+        format!("{fraction}0")
+    } else {
+        fraction.to_string()
+    };
     format!("p{fraction}")
 }
 
@@ -472,26 +518,36 @@ pub struct StateError {
 }
 
 fn json_u64(v: &Json) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 fn get_u64(row: &Map<String, Json>, column: &str) -> Result<u64, StateError> {
-    row.get(column).and_then(json_u64).ok_or_else(|| StateError {
-        column: column.into(),
-        message: "missing or not an unsigned integer".into(),
-    })
+    row.get(column)
+        .and_then(json_u64)
+        .ok_or_else(|| StateError {
+            column: column.into(),
+            message: "missing or not an unsigned integer".into(),
+        })
 }
 
 fn get_f64(row: &Map<String, Json>, column: &str) -> Result<f64, StateError> {
     row.get(column)
-        .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+        .and_then(|v| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
         .ok_or_else(|| StateError {
             column: column.into(),
             message: "missing or not a number".into(),
         })
 }
 
-fn get_array<T>(row: &Map<String, Json>, column: &str, item: impl Fn(&Json) -> Option<T>) -> Result<Vec<T>, StateError> {
+fn get_array<T>(
+    row: &Map<String, Json>,
+    column: &str,
+    item: impl Fn(&Json) -> Option<T>,
+) -> Result<Vec<T>, StateError> {
     let err = || StateError {
         column: column.into(),
         message: "missing or not an array of the expected element type".into(),

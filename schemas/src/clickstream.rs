@@ -11,7 +11,8 @@ use crate::value::format_rfc3339_ms;
 
 /// Country codes events are drawn from (the first `countries` are used).
 pub const COUNTRIES: [&str; 20] = [
-    "US", "DE", "FR", "GB", "IN", "BR", "JP", "CA", "AU", "ES", "IT", "NL", "SE", "PL", "MX", "KR", "ZA", "AR", "NO", "FI",
+    "US", "DE", "FR", "GB", "IN", "BR", "JP", "CA", "AU", "ES", "IT", "NL", "SE", "PL", "MX", "KR",
+    "ZA", "AR", "NO", "FI",
 ];
 
 /// What to generate.
@@ -156,7 +157,11 @@ impl Clickstream {
     /// A stream for `config`.
     pub fn new(config: ClickstreamConfig) -> Self {
         let rng = SplitMix64(config.seed);
-        Clickstream { config, rng, seq: 0 }
+        Clickstream {
+            config,
+            rng,
+            seq: 0,
+        }
     }
 
     /// The partition of a user's events.
@@ -191,7 +196,10 @@ impl Iterator for Clickstream {
 
         let user_id = format!("u{user:06}");
         // Page popularity is skewed: low page numbers are visited most.
-        let page = format!("/page/{}", ((page_draw * page_draw) * f64::from(c.pages.max(1))) as u32);
+        let page = format!(
+            "/page/{}",
+            ((page_draw * page_draw) * f64::from(c.pages.max(1))) as u32
+        );
         let country = COUNTRIES[country as usize].to_string();
         let partition = Clickstream::partition_of(&user_id, c.partitions);
         let mut time = c.start_ms + seq as i64 * c.step_ms;
@@ -204,7 +212,8 @@ impl Iterator for Clickstream {
         } else if disorder_draw < c.late_fraction + c.out_of_order_fraction {
             time -= disorder;
         }
-        let referrer = (referrer_draw < c.referrer_fraction).then(|| format!("https://ref{}.example", variant));
+        let referrer =
+            (referrer_draw < c.referrer_fraction).then(|| format!("https://ref{variant}.example"));
         let event = PageView {
             event_time_ms: time,
             user_id: user_id.clone(),
@@ -238,11 +247,23 @@ impl Iterator for Clickstream {
                     json.insert("event_time".into(), serde_json::Value::from("yesterday"));
                 }
             }
-            (RecordKind::Invalid, serde_json::Value::Object(json).to_string().into_bytes(), None)
+            (
+                RecordKind::Invalid,
+                serde_json::Value::Object(json).to_string().into_bytes(),
+                None,
+            )
         } else {
             let json = page_view_json(&event, format_draw);
-            let kind = if late { RecordKind::Late } else { RecordKind::Valid };
-            (kind, serde_json::Value::Object(json).to_string().into_bytes(), Some(event))
+            let kind = if late {
+                RecordKind::Late
+            } else {
+                RecordKind::Valid
+            };
+            (
+                kind,
+                serde_json::Value::Object(json).to_string().into_bytes(),
+                Some(event),
+            )
         };
         Some(GeneratedRecord {
             seq,
@@ -260,15 +281,24 @@ impl Iterator for Clickstream {
 fn page_view_json(e: &PageView, format_draw: f64) -> serde_json::Map<String, serde_json::Value> {
     let mut json = serde_json::Map::new();
     if format_draw < 0.5 {
-        json.insert("event_time".into(), serde_json::Value::from(format_rfc3339_ms(e.event_time_ms)));
+        json.insert(
+            "event_time".into(),
+            serde_json::Value::from(format_rfc3339_ms(e.event_time_ms)),
+        );
     } else {
-        json.insert("event_time".into(), serde_json::Value::from(e.event_time_ms));
+        json.insert(
+            "event_time".into(),
+            serde_json::Value::from(e.event_time_ms),
+        );
     }
     json.insert("user_id".into(), serde_json::Value::from(e.user_id.clone()));
     json.insert("page".into(), serde_json::Value::from(e.page.clone()));
     json.insert("country".into(), serde_json::Value::from(e.country.clone()));
     if format_draw > 0.95 {
-        json.insert("duration_ms".into(), serde_json::Value::from(e.duration_ms.to_string()));
+        json.insert(
+            "duration_ms".into(),
+            serde_json::Value::from(e.duration_ms.to_string()),
+        );
     } else {
         json.insert("duration_ms".into(), serde_json::Value::from(e.duration_ms));
     }
@@ -295,7 +325,12 @@ mod tests {
         let b: Vec<_> = Clickstream::new(config).collect();
         assert_eq!(a, b);
         assert_eq!(a.len(), 500);
-        for kind in [RecordKind::Valid, RecordKind::Late, RecordKind::Malformed, RecordKind::Invalid] {
+        for kind in [
+            RecordKind::Valid,
+            RecordKind::Late,
+            RecordKind::Malformed,
+            RecordKind::Invalid,
+        ] {
             assert!(a.iter().any(|r| r.kind == kind), "no {kind:?} record");
         }
         for r in &a {

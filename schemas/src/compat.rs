@@ -19,7 +19,10 @@ pub fn check(old: &Contract, new: &Contract) -> Vec<String> {
     let mut problems = Vec::new();
     let label = format!("{} → v{}", old.label(), new.version);
     if new.version <= old.version {
-        problems.push(format!("{label}: the new version number must be greater than {}", old.version));
+        problems.push(format!(
+            "{label}: the new version number must be greater than {}",
+            old.version
+        ));
     }
     for o in &old.fields {
         let Some(n) = new.field(&o.name) else {
@@ -78,7 +81,9 @@ pub fn check(old: &Contract, new: &Contract) -> Vec<String> {
             ));
         }
     }
-    if old.unknown_fields == UnknownFieldPolicy::Ignore && new.unknown_fields == UnknownFieldPolicy::Reject {
+    if old.unknown_fields == UnknownFieldPolicy::Ignore
+        && new.unknown_fields == UnknownFieldPolicy::Reject
+    {
         problems.push(format!(
             "{label}: unknown_fields changed ignore → reject, so old events with extra keys would be rejected; keep \"ignore\""
         ));
@@ -111,15 +116,36 @@ mod tests {
     #[test]
     fn breaking_changes_are_named() {
         let old = contract(1, BASE, "");
-        let new = contract(2, r#"{"name":"t","type":"timestamp","required":true},{"name":"n","type":"string"},{"name":"x","type":"int","required":true}"#, "");
+        let new = contract(
+            2,
+            r#"{"name":"t","type":"timestamp","required":true},{"name":"n","type":"string"},{"name":"x","type":"int","required":true}"#,
+            "",
+        );
         let problems = check(&old, &new).join("\n");
-        assert!(problems.contains("field \"n\" changed type int → string"), "{problems}");
-        assert!(problems.contains("field \"n\" no longer coerces"), "{problems}");
-        assert!(problems.contains("added field \"x\" is required"), "{problems}");
+        assert!(
+            problems.contains("field \"n\" changed type int → string"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("field \"n\" no longer coerces"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("added field \"x\" is required"),
+            "{problems}"
+        );
 
         let removed = contract(2, r#"{"name":"t","type":"timestamp","required":true}"#, "");
-        assert!(check(&old, &removed).join("").contains("field \"n\" was removed"));
-        let removed_ignored = contract(2, r#"{"name":"t","type":"timestamp","required":true}"#, r#","unknown_fields":"ignore""#);
+        assert!(
+            check(&old, &removed)
+                .join("")
+                .contains("field \"n\" was removed")
+        );
+        let removed_ignored = contract(
+            2,
+            r#"{"name":"t","type":"timestamp","required":true}"#,
+            r#","unknown_fields":"ignore""#,
+        );
         assert!(check(&old, &removed_ignored).is_empty());
     }
 }

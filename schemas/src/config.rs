@@ -415,7 +415,11 @@ pub struct Source {
 impl Source {
     /// A decoder for this source's payloads.
     pub fn decoder(&self) -> Decoder {
-        Decoder::new(self.contract.clone(), self.event_time_index, self.max_event_bytes)
+        Decoder::new(
+            self.contract.clone(),
+            self.event_time_index,
+            self.max_event_bytes,
+        )
     }
 
     /// The event-time field's name.
@@ -446,7 +450,10 @@ pub struct MetricDef {
 impl MetricDef {
     /// The group key of an event: its group-by values in order.
     pub fn group_key(&self, event: &crate::decode::Event) -> Vec<Value> {
-        self.group_by.iter().map(|f| event.values[f.index].clone()).collect()
+        self.group_by
+            .iter()
+            .map(|f| event.values[f.index].clone())
+            .collect()
     }
 }
 
@@ -487,7 +494,11 @@ impl Config {
 
     /// Metric names, comma separated (for messages).
     pub fn metric_names(&self) -> String {
-        self.metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.metrics
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -549,15 +560,39 @@ type Setter = fn(&mut RawConfig, String);
 /// path each one replaces. Only deployment-specific settings are overridable:
 /// metric definitions stay in the file so both layers always agree.
 pub const ENV_OVERRIDES: [(&str, &str, Setter); 9] = [
-    ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| c.kafka.brokers = v),
-    ("STRATA_CLICKHOUSE_URL", "clickhouse.url", |c, v| c.clickhouse.url = v),
-    ("STRATA_CLICKHOUSE_DATABASE", "clickhouse.database", |c, v| c.clickhouse.database = v),
-    ("STRATA_CLICKHOUSE_USER", "clickhouse.user", |c, v| c.clickhouse.user = v),
-    ("STRATA_CLICKHOUSE_PASSWORD", "clickhouse.password", |c, v| c.clickhouse.password = v),
-    ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| c.object_store.url = v),
-    ("STRATA_SPEED_METRICS_LISTEN", "speed.metrics_listen", |c, v| c.speed.metrics_listen = v),
-    ("STRATA_BATCH_SCHEDULE", "batch.schedule", |c, v| c.batch.schedule = v),
-    ("STRATA_SERVING_LISTEN", "serving.listen", |c, v| c.serving.listen = v),
+    ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| {
+        c.kafka.brokers = v;
+    }),
+    ("STRATA_CLICKHOUSE_URL", "clickhouse.url", |c, v| {
+        c.clickhouse.url = v;
+    }),
+    (
+        "STRATA_CLICKHOUSE_DATABASE",
+        "clickhouse.database",
+        |c, v| c.clickhouse.database = v,
+    ),
+    ("STRATA_CLICKHOUSE_USER", "clickhouse.user", |c, v| {
+        c.clickhouse.user = v;
+    }),
+    (
+        "STRATA_CLICKHOUSE_PASSWORD",
+        "clickhouse.password",
+        |c, v| c.clickhouse.password = v,
+    ),
+    ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| {
+        c.object_store.url = v;
+    }),
+    (
+        "STRATA_SPEED_METRICS_LISTEN",
+        "speed.metrics_listen",
+        |c, v| c.speed.metrics_listen = v,
+    ),
+    ("STRATA_BATCH_SCHEDULE", "batch.schedule", |c, v| {
+        c.batch.schedule = v;
+    }),
+    ("STRATA_SERVING_LISTEN", "serving.listen", |c, v| {
+        c.serving.listen = v;
+    }),
 ];
 
 /// Loads, overrides from the environment, and checks a config file.
@@ -566,7 +601,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 }
 
 /// [`load`] with an explicit environment (tests).
-pub fn load_with_env(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, Problems> {
+pub fn load_with_env(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         Problems(vec![Problem::new(
@@ -586,7 +624,8 @@ pub fn parse(
     base_dir: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, Problems> {
-    let mut raw: RawConfig = toml::from_str(text).map_err(|e| Problems(vec![toml_problem(file, text, &e)]))?;
+    let mut raw: RawConfig =
+        toml::from_str(text).map_err(|e| Problems(vec![toml_problem(file, text, &e)]))?;
     for (name, _, set) in ENV_OVERRIDES {
         if let Some(value) = env(name) {
             set(&mut raw, value);
@@ -608,7 +647,11 @@ fn toml_problem(file: &str, text: &str, e: &toml::de::Error) -> Problem {
         format!("line {line}, column {column}: ")
     });
     let message = e.message().trim().replace('\n', " ");
-    Problem::new(file, "", format!("{}{message}", location.unwrap_or_default()))
+    Problem::new(
+        file,
+        "",
+        format!("{}{message}", location.unwrap_or_default()),
+    )
 }
 
 struct Checker<'a> {
@@ -644,23 +687,37 @@ impl Checker<'_> {
         match text.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.push(path, format!("{text:?} is not a listen address; write ip:port, e.g. \"127.0.0.1:8080\""));
+                self.push(
+                    path,
+                    format!(
+                        "{text:?} is not a listen address; write ip:port, e.g. \"127.0.0.1:8080\""
+                    ),
+                );
                 None
             }
         }
     }
 }
 
-fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegistry) -> Result<Config, Problems> {
+fn compile(
+    raw: RawConfig,
+    file: &str,
+    base_dir: &Path,
+    contracts: ContractRegistry,
+) -> Result<Config, Problems> {
     let mut c = Checker {
         file,
         problems: Vec::new(),
     };
 
-    if raw.kafka.brokers.trim().is_empty() || raw.kafka.brokers.split(',').any(|b| !b.contains(':')) {
+    if raw.kafka.brokers.trim().is_empty() || raw.kafka.brokers.split(',').any(|b| !b.contains(':'))
+    {
         c.push(
             "kafka.brokers",
-            format!("{:?} is not a broker list; write host:port[,host:port]", raw.kafka.brokers),
+            format!(
+                "{:?} is not a broker list; write host:port[,host:port]",
+                raw.kafka.brokers
+            ),
         );
     }
     if !(raw.clickhouse.url.starts_with("http://") || raw.clickhouse.url.starts_with("https://")) {
@@ -672,13 +729,19 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
     if !is_identifier(&raw.clickhouse.database) {
         c.push(
             "clickhouse.database",
-            format!("{:?} is not a valid database name; use lowercase letters, digits and _", raw.clickhouse.database),
+            format!(
+                "{:?} is not a valid database name; use lowercase letters, digits and _",
+                raw.clickhouse.database
+            ),
         );
     }
     if !(raw.object_store.url.starts_with("file://") || raw.object_store.url.starts_with("s3://")) {
         c.push(
             "object_store.url",
-            format!("{:?} is not supported; use file://<dir> or s3://<bucket>/<prefix>", raw.object_store.url),
+            format!(
+                "{:?} is not supported; use file://<dir> or s3://<bucket>/<prefix>",
+                raw.object_store.url
+            ),
         );
     }
 
@@ -696,7 +759,8 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
         }
         Some(ArchiveSettings {
             group_id: raw.archive.group_id.clone(),
-            flush_interval: c.positive_duration("archive.flush_interval", &raw.archive.flush_interval)?,
+            flush_interval: c
+                .positive_duration("archive.flush_interval", &raw.archive.flush_interval)?,
             max_file_rows: raw.archive.max_file_rows.max(1),
         })
     })();
@@ -732,7 +796,8 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
             listen: c.socket("serving.listen", &raw.serving.listen)?,
             max_range: c.positive_duration("serving.max_range", &raw.serving.max_range)?,
             max_rows: raw.serving.max_rows.max(1),
-            query_timeout: c.positive_duration("serving.query_timeout", &raw.serving.query_timeout)?,
+            query_timeout: c
+                .positive_duration("serving.query_timeout", &raw.serving.query_timeout)?,
             api_keys: raw.serving.api_keys.clone(),
             cors_origins: raw.serving.cors_origins.clone(),
         })
@@ -742,12 +807,18 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
             if m != "*" && !raw.metrics.contains_key(m) {
                 c.push(
                     format!("serving.api_keys[{i}].metrics"),
-                    format!("{m:?} is not a metric; use one of: {} (or \"*\")", raw.metrics.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "{m:?} is not a metric; use one of: {} (or \"*\")",
+                        raw.metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 );
             }
         }
         if key.key.len() < 16 {
-            c.push(format!("serving.api_keys[{i}].key"), "is shorter than 16 characters; use a long random token");
+            c.push(
+                format!("serving.api_keys[{i}].key"),
+                "is shorter than 16 characters; use a long random token",
+            );
         }
     }
 
@@ -764,7 +835,10 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
 
     let mut metrics = Vec::new();
     if raw.metrics.is_empty() {
-        c.push("metrics", "no metric is declared; add a [metrics.<name>] table");
+        c.push(
+            "metrics",
+            "no metric is declared; add a [metrics.<name>] table",
+        );
     }
     for (name, m) in &raw.metrics {
         let path = format!("metrics.{name}");
@@ -797,7 +871,8 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
     if !c.problems.is_empty() {
         return Err(Problems(c.problems));
     }
-    let (Some(speed), Some(archive), Some(batch), Some(serving)) = (speed, archive, batch, serving) else {
+    let (Some(speed), Some(archive), Some(batch), Some(serving)) = (speed, archive, batch, serving)
+    else {
         unreachable!("every failed section pushed a problem")
     };
     Ok(Config {
@@ -816,9 +891,18 @@ fn compile(raw: RawConfig, file: &str, base_dir: &Path, contracts: ContractRegis
     })
 }
 
-fn compile_source(c: &mut Checker<'_>, path: &str, name: &str, s: &RawSource, contracts: &ContractRegistry) -> Option<Source> {
+fn compile_source(
+    c: &mut Checker<'_>,
+    path: &str,
+    name: &str,
+    s: &RawSource,
+    contracts: &ContractRegistry,
+) -> Option<Source> {
     if s.topic.trim().is_empty() {
-        c.push(format!("{path}.topic"), "is empty; name the Kafka topic to consume");
+        c.push(
+            format!("{path}.topic"),
+            "is empty; name the Kafka topic to consume",
+        );
     }
     let lateness = c.duration(&format!("{path}.allowed_lateness"), &s.allowed_lateness);
     if s.max_event_bytes == 0 {
@@ -838,7 +922,12 @@ fn compile_source(c: &mut Checker<'_>, path: &str, name: &str, s: &RawSource, co
                 .collect();
             c.push(
                 format!("{path}.contract_version"),
-                format!("contract {:?} has no version {}; available versions: {}", s.contract, s.contract_version.unwrap_or(0), versions.join(", ")),
+                format!(
+                    "contract {:?} has no version {}; available versions: {}",
+                    s.contract,
+                    s.contract_version.unwrap_or(0),
+                    versions.join(", ")
+                ),
             );
         } else {
             c.push(
@@ -847,7 +936,11 @@ fn compile_source(c: &mut Checker<'_>, path: &str, name: &str, s: &RawSource, co
                     "no contract {:?} in the contracts directory; add {}/v1.json or use one of: {}",
                     s.contract,
                     s.contract,
-                    if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
         }
@@ -856,7 +949,12 @@ fn compile_source(c: &mut Checker<'_>, path: &str, name: &str, s: &RawSource, co
     let Some(event_time_index) = contract.field_index(&s.event_time_field) else {
         c.push(
             format!("{path}.event_time_field"),
-            format!("{:?} is not a field of contract {} (fields: {})", s.event_time_field, contract.label(), contract.field_names()),
+            format!(
+                "{:?} is not a field of contract {} (fields: {})",
+                s.event_time_field,
+                contract.label(),
+                contract.field_names()
+            ),
         );
         return None;
     };
@@ -877,7 +975,10 @@ fn compile_source(c: &mut Checker<'_>, path: &str, name: &str, s: &RawSource, co
     Some(Source {
         name: name.to_string(),
         topic: s.topic.clone(),
-        dead_letter_topic: s.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", s.topic)),
+        dead_letter_topic: s
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", s.topic)),
         contract,
         event_time_index,
         allowed_lateness: lateness?,
@@ -889,7 +990,10 @@ fn compile_window(c: &mut Checker<'_>, path: &str, w: &RawWindow) -> Option<Wind
     let path = format!("{path}.window");
     let refuse_extra = |c: &mut Checker<'_>, key: &str, present: bool, kind: &str| {
         if present {
-            c.push(format!("{path}.{key}"), format!("{kind} windows take no {key}; remove it"));
+            c.push(
+                format!("{path}.{key}"),
+                format!("{kind} windows take no {key}; remove it"),
+            );
         }
     };
     match w.kind.as_str() {
@@ -907,7 +1011,10 @@ fn compile_window(c: &mut Checker<'_>, path: &str, w: &RawWindow) -> Option<Wind
         "hopping" => {
             refuse_extra(c, "gap", w.gap.is_some(), "hopping");
             let (Some(size_text), Some(slide_text)) = (&w.size, &w.slide) else {
-                c.push(&path, "a hopping window needs size and slide, e.g. size = \"5m\", slide = \"1m\"");
+                c.push(
+                    &path,
+                    "a hopping window needs size and slide, e.g. size = \"5m\", slide = \"1m\"",
+                );
                 return None;
             };
             let size = c.positive_duration(&format!("{path}.size"), size_text);
@@ -943,14 +1050,22 @@ fn compile_window(c: &mut Checker<'_>, path: &str, w: &RawWindow) -> Option<Wind
         other => {
             c.push(
                 format!("{path}.kind"),
-                format!("{other:?} is not a window kind; use \"tumbling\", \"hopping\" or \"session\""),
+                format!(
+                    "{other:?} is not a window kind; use \"tumbling\", \"hopping\" or \"session\""
+                ),
             );
             None
         }
     }
 }
 
-fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, source: Arc<Source>) -> Option<MetricDef> {
+fn compile_metric(
+    c: &mut Checker<'_>,
+    path: &str,
+    name: &str,
+    m: &RawMetric,
+    source: Arc<Source>,
+) -> Option<MetricDef> {
     let contract = source.contract.clone();
     let before = c.problems.len();
     let window = compile_window(c, path, &m.window);
@@ -965,7 +1080,11 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
             None => {
                 c.push(
                     at,
-                    format!("{field:?} is not a field of contract {} (fields: {})", contract.label(), contract.field_names()),
+                    format!(
+                        "{field:?} is not a field of contract {} (fields: {})",
+                        contract.label(),
+                        contract.field_names()
+                    ),
                 );
                 None
             }
@@ -975,7 +1094,9 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
     let mut group_by = Vec::new();
     for (i, g) in m.group_by.iter().enumerate() {
         let at = format!("{path}.group_by[{i}]");
-        let Some(f) = field_ref(c, at.clone(), g) else { continue };
+        let Some(f) = field_ref(c, at.clone(), g) else {
+            continue;
+        };
         if RESERVED_COLUMNS.contains(&g.as_str()) || g.starts_with("agg_") {
             c.push(&at, format!("{g:?} collides with a column Strata's tables reserve; rename the field in a new contract version"));
         }
@@ -1001,18 +1122,34 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
     let mut names: Vec<String> = Vec::new();
     for (i, a) in m.aggregations.iter().enumerate() {
         let at = format!("{path}.aggregations[{i}]");
-        if !is_identifier(&a.name) || a.name.starts_with("agg_") || RESERVED_COLUMNS.contains(&a.name.as_str()) {
+        if !is_identifier(&a.name)
+            || a.name.starts_with("agg_")
+            || RESERVED_COLUMNS.contains(&a.name.as_str())
+        {
             c.push(
                 format!("{at}.name"),
                 format!("{:?} is not a usable output name; use lowercase letters, digits and _, not starting with agg_ nor a reserved column", a.name),
             );
         }
         if names.contains(&a.name) || m.group_by.contains(&a.name) {
-            c.push(format!("{at}.name"), format!("{:?} is used twice in metric {name}; give every output a distinct name", a.name));
+            c.push(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is used twice in metric {name}; give every output a distinct name",
+                    a.name
+                ),
+            );
         }
         names.push(a.name.clone());
         let Some(function) = AggFunction::parse(&a.function) else {
-            c.push(format!("{at}.function"), format!("{:?} is not an aggregate function; use one of: {}", a.function, AggFunction::names()));
+            c.push(
+                format!("{at}.function"),
+                format!(
+                    "{:?} is not an aggregate function; use one of: {}",
+                    a.function,
+                    AggFunction::names()
+                ),
+            );
             continue;
         };
         let field = match (&a.field, function.takes_field()) {
@@ -1021,15 +1158,23 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
                 None
             }
             (None, true) => {
-                c.push(&at, format!("{function} needs a field, e.g. field = \"duration_ms\""));
+                c.push(
+                    &at,
+                    format!("{function} needs a field, e.g. field = \"duration_ms\""),
+                );
                 continue;
             }
             (Some(f), true) => {
-                let Some(f) = field_ref(c, format!("{at}.field"), f) else { continue };
+                let Some(f) = field_ref(c, format!("{at}.field"), f) else {
+                    continue;
+                };
                 if function.needs_numeric() && !f.ty.is_numeric() {
                     c.push(
                         format!("{at}.field"),
-                        format!("{function} needs a numeric (int or float) field, and {:?} is {}", f.name, f.ty),
+                        format!(
+                            "{function} needs a numeric (int or float) field, and {:?} is {}",
+                            f.name, f.ty
+                        ),
                     );
                 }
                 Some(f)
@@ -1038,22 +1183,36 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
         };
         let quantiles = match (function, &a.quantiles) {
             (AggFunction::Quantiles, None) => {
-                c.push(&at, "quantiles needs the list of quantiles, e.g. quantiles = [0.5, 0.99]");
+                c.push(
+                    &at,
+                    "quantiles needs the list of quantiles, e.g. quantiles = [0.5, 0.99]",
+                );
                 Vec::new()
             }
             (AggFunction::Quantiles, Some(qs)) => {
                 if qs.is_empty() {
-                    c.push(format!("{at}.quantiles"), "is empty; list quantiles in (0, 1), e.g. [0.5, 0.99]");
+                    c.push(
+                        format!("{at}.quantiles"),
+                        "is empty; list quantiles in (0, 1), e.g. [0.5, 0.99]",
+                    );
                 }
                 for q in qs {
                     if !(*q > 0.0 && *q < 1.0) {
-                        c.push(format!("{at}.quantiles"), format!("{q} is not in (0, 1); write 0.99 for the 99th percentile"));
+                        c.push(
+                            format!("{at}.quantiles"),
+                            format!("{q} is not in (0, 1); write 0.99 for the 99th percentile"),
+                        );
                     }
                 }
                 qs.clone()
             }
             (_, Some(_)) => {
-                c.push(format!("{at}.quantiles"), format!("only the quantiles function takes quantiles, not {function}; remove it"));
+                c.push(
+                    format!("{at}.quantiles"),
+                    format!(
+                        "only the quantiles function takes quantiles, not {function}; remove it"
+                    ),
+                );
                 Vec::new()
             }
             (_, None) => Vec::new(),
@@ -1069,14 +1228,30 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
     let mut conditions = Vec::new();
     for (i, cond) in m.filter.iter().enumerate() {
         let at = format!("{path}.filter[{i}]");
-        let Some(f) = field_ref(c, format!("{at}.field"), &cond.field) else { continue };
+        let Some(f) = field_ref(c, format!("{at}.field"), &cond.field) else {
+            continue;
+        };
         let Some(op) = FilterOp::parse(&cond.op) else {
             let ops: Vec<&str> = FilterOp::ALL.iter().map(|(n, _)| *n).collect();
-            c.push(format!("{at}.op"), format!("{:?} is not an operator; use one of: {}", cond.op, ops.join(", ")));
+            c.push(
+                format!("{at}.op"),
+                format!(
+                    "{:?} is not an operator; use one of: {}",
+                    cond.op,
+                    ops.join(", ")
+                ),
+            );
             continue;
         };
         if op.is_ordering() && f.ty == FieldType::Bool {
-            c.push(format!("{at}.op"), format!("{} does not apply to bool field {:?}; use eq or ne", op.name(), f.name));
+            c.push(
+                format!("{at}.op"),
+                format!(
+                    "{} does not apply to bool field {:?}; use eq or ne",
+                    op.name(),
+                    f.name
+                ),
+            );
         }
         let operands: Vec<&toml::Value> = match (op.arity(), &cond.value, &cond.values) {
             (Arity::None, None, None) => Vec::new(),
@@ -1096,7 +1271,13 @@ fn compile_metric(c: &mut Checker<'_>, path: &str, name: &str, m: &RawMetric, so
         for v in operands {
             match operand(v, f.ty) {
                 Some(t) => typed.push(t),
-                None => c.push(format!("{at}.value"), format!("{v} is not a {} value, but {:?} is a {} field", f.ty, f.name, f.ty)),
+                None => c.push(
+                    format!("{at}.value"),
+                    format!(
+                        "{v} is not a {} value, but {:?} is a {} field",
+                        f.ty, f.name, f.ty
+                    ),
+                ),
             }
         }
         conditions.push(Condition {

@@ -173,7 +173,9 @@ impl Contract {
             vec![Problem::new(
                 file,
                 "",
-                format!("is not a valid contract: {e}; see schemas/contracts/README.md for the format"),
+                format!(
+                    "is not a valid contract: {e}; see schemas/contracts/README.md for the format"
+                ),
             )]
         })?;
         let mut problems = Vec::new();
@@ -182,14 +184,20 @@ impl Contract {
                 problems.push(Problem::new(
                     file,
                     "name",
-                    format!("{:?} does not match its directory {name:?}; rename one of them", raw.name),
+                    format!(
+                        "{:?} does not match its directory {name:?}; rename one of them",
+                        raw.name
+                    ),
                 ));
             }
             if raw.version != version {
                 problems.push(Problem::new(
                     file,
                     "version",
-                    format!("{} does not match the file name v{version}.json; make them agree", raw.version),
+                    format!(
+                        "{} does not match the file name v{version}.json; make them agree",
+                        raw.version
+                    ),
                 ));
             }
         }
@@ -197,7 +205,10 @@ impl Contract {
             problems.push(Problem::new(
                 file,
                 "name",
-                format!("{:?} is not a valid name; use lowercase letters, digits and _", raw.name),
+                format!(
+                    "{:?} is not a valid name; use lowercase letters, digits and _",
+                    raw.name
+                ),
             ));
         }
         let mut fields = Vec::with_capacity(raw.fields.len());
@@ -229,17 +240,26 @@ impl Contract {
                 problems.push(Problem::new(
                     file,
                     format!("{path}.formats"),
-                    format!("only timestamp fields take formats, and {:?} is {}", f.name, f.ty),
+                    format!(
+                        "only timestamp fields take formats, and {:?} is {}",
+                        f.name, f.ty
+                    ),
                 ));
             }
             if f.max_length.is_some() && f.ty != FieldType::String {
                 problems.push(Problem::new(
                     file,
                     format!("{path}.max_length"),
-                    format!("only string fields take max_length, and {:?} is {}", f.name, f.ty),
+                    format!(
+                        "only string fields take max_length, and {:?} is {}",
+                        f.name, f.ty
+                    ),
                 ));
             }
-            let formats = f.formats.clone().unwrap_or_else(|| vec![TimestampFormat::Rfc3339]);
+            let formats = f
+                .formats
+                .clone()
+                .unwrap_or_else(|| vec![TimestampFormat::Rfc3339]);
             if f.ty == FieldType::Timestamp && formats.is_empty() {
                 problems.push(Problem::new(
                     file,
@@ -255,7 +275,10 @@ impl Contract {
                         problems.push(Problem::new(
                             file,
                             format!("{path}.default"),
-                            format!("{json} is not a {} value; give a default of the field's type", f.ty),
+                            format!(
+                                "{json} is not a {} value; give a default of the field's type",
+                                f.ty
+                            ),
                         ));
                         None
                     }
@@ -272,7 +295,11 @@ impl Contract {
             });
         }
         if fields.is_empty() {
-            problems.push(Problem::new(file, "fields", "is empty; declare at least the event-time field"));
+            problems.push(Problem::new(
+                file,
+                "fields",
+                "is empty; declare at least the event-time field",
+            ));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -288,7 +315,11 @@ impl Contract {
     }
 }
 
-fn default_value(json: &serde_json::Value, ty: FieldType, formats: &[TimestampFormat]) -> Option<Value> {
+fn default_value(
+    json: &serde_json::Value,
+    ty: FieldType,
+    formats: &[TimestampFormat],
+) -> Option<Value> {
     match ty {
         FieldType::String => json.as_str().map(|s| Value::String(s.to_string())),
         FieldType::Int => json.as_i64().map(Value::Int),
@@ -334,7 +365,9 @@ impl ContractRegistry {
                 return Err(vec![Problem::new(
                     shown,
                     "",
-                    format!("cannot read the contracts directory: {e}; set contracts.dir in strata.toml"),
+                    format!(
+                        "cannot read the contracts directory: {e}; set contracts.dir in strata.toml"
+                    ),
                 )]);
             }
         };
@@ -345,7 +378,11 @@ impl ContractRegistry {
             .collect();
         dirs.sort();
         for contract_dir in dirs {
-            let Some(name) = contract_dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            let Some(name) = contract_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
                 continue;
             };
             let Ok(files) = std::fs::read_dir(&contract_dir) else {
@@ -354,7 +391,10 @@ impl ContractRegistry {
             let mut files: Vec<PathBuf> = files.filter_map(Result::ok).map(|e| e.path()).collect();
             files.sort();
             for file in files {
-                let file_name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let file_name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
                 let shown_file = file.display().to_string();
                 let Some(version) = file_name
                     .strip_prefix('v')

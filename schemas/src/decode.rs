@@ -150,7 +150,10 @@ impl Decoder {
                 return Err(DecodeError::new(
                     DecodeErrorKind::MissingField,
                     Some(name),
-                    format!("field {name:?} (the event time) is missing in {}", contract.label()),
+                    format!(
+                        "field {name:?} (the event time) is missing in {}",
+                        contract.label()
+                    ),
                 ));
             }
         };
@@ -163,7 +166,10 @@ fn json_error(e: &serde_json::Error, contract: &Contract) -> DecodeError {
         DecodeError::new(
             DecodeErrorKind::NotAnObject,
             None,
-            format!("payload is JSON but not an object ({e}); {} events are JSON objects", contract.label()),
+            format!(
+                "payload is JSON but not an object ({e}); {} events are JSON objects",
+                contract.label()
+            ),
         )
     } else {
         DecodeError::new(
@@ -378,7 +384,11 @@ fn wrong_type(spec: &FieldSpec, raw: &Raw<'_>, contract: &Contract) -> DecodeErr
     )
 }
 
-fn convert(spec: &FieldSpec, slot: Option<Raw<'_>>, contract: &Contract) -> Result<Value, DecodeError> {
+fn convert(
+    spec: &FieldSpec,
+    slot: Option<Raw<'_>>,
+    contract: &Contract,
+) -> Result<Value, DecodeError> {
     let raw = match slot {
         None | Some(Raw::Null) => {
             if spec.required {
@@ -429,18 +439,21 @@ fn convert(spec: &FieldSpec, slot: Option<Raw<'_>>, contract: &Contract) -> Resu
             "false" | "0" => Value::Bool(false),
             _ => return Err(wrong_type(spec, &raw, contract)),
         },
-        (FieldType::Bool, Raw::I64(v)) if spec.coerce && (*v == 0 || *v == 1) => Value::Bool(*v == 1),
+        (FieldType::Bool, Raw::I64(v)) if spec.coerce && (*v == 0 || *v == 1) => {
+            Value::Bool(*v == 1)
+        }
         (FieldType::Bool, Raw::U64(v)) if spec.coerce && *v <= 1 => Value::Bool(*v == 1),
         (FieldType::Timestamp, Raw::Str(s)) => {
-            if spec.formats.contains(&TimestampFormat::Rfc3339) {
-                if let Some(ms) = parse_rfc3339_ms(s) {
-                    return Ok(Value::Timestamp(ms));
-                }
+            if spec.formats.contains(&TimestampFormat::Rfc3339)
+                && let Some(ms) = parse_rfc3339_ms(s)
+            {
+                return Ok(Value::Timestamp(ms));
             }
-            if spec.formats.contains(&TimestampFormat::EpochMs) && spec.coerce {
-                if let Ok(ms) = s.trim().parse::<i64>() {
-                    return Ok(Value::Timestamp(ms));
-                }
+            if spec.formats.contains(&TimestampFormat::EpochMs)
+                && spec.coerce
+                && let Ok(ms) = s.trim().parse::<i64>()
+            {
+                return Ok(Value::Timestamp(ms));
             }
             return Err(wrong_type(spec, &raw, contract));
         }
@@ -455,19 +468,19 @@ fn convert(spec: &FieldSpec, slot: Option<Raw<'_>>, contract: &Contract) -> Resu
         }
         _ => return Err(wrong_type(spec, &raw, contract)),
     };
-    if let (Some(max), Value::String(s)) = (spec.max_length, &value) {
-        if s.len() > max {
-            return Err(DecodeError::new(
-                DecodeErrorKind::InvalidValue,
-                Some(&spec.name),
-                format!(
-                    "field {:?}: {} bytes, over max_length {max} of contract {}",
-                    spec.name,
-                    s.len(),
-                    contract.label()
-                ),
-            ));
-        }
+    if let (Some(max), Value::String(s)) = (spec.max_length, &value)
+        && s.len() > max
+    {
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidValue,
+            Some(&spec.name),
+            format!(
+                "field {:?}: {} bytes, over max_length {max} of contract {}",
+                spec.name,
+                s.len(),
+                contract.label()
+            ),
+        ));
     }
     Ok(value)
 }
@@ -509,7 +522,9 @@ mod tests {
 
     #[test]
     fn decodes_with_defaults_and_coercions() {
-        let e = decode(r#"{"event_time":"2026-11-22T10:00:00.5Z","user_id":"u1","duration_ms":"42"}"#).unwrap();
+        let e =
+            decode(r#"{"event_time":"2026-11-22T10:00:00.5Z","user_id":"u1","duration_ms":"42"}"#)
+                .unwrap();
         assert_eq!(e.time_ms, 1_795_341_600_500);
         assert_eq!(
             e.values,
@@ -532,16 +547,29 @@ mod tests {
         let e = decode(r#"{"event_time":1,"user_id":"u","score":"abc"}"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::WrongType);
         assert_eq!(e.field.as_deref(), Some("score"));
-        assert!(e.message.contains("expected float, got string \"abc\""), "{}", e.message);
+        assert!(
+            e.message.contains("expected float, got string \"abc\""),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("coerce"), "{}", e.message);
 
         let e = decode(r#"{"event_time":1}"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::MissingField);
-        assert!(e.message.contains("\"user_id\" (string) is required"), "{}", e.message);
+        assert!(
+            e.message.contains("\"user_id\" (string) is required"),
+            "{}",
+            e.message
+        );
 
         let e = decode(r#"{"event_time":1,"user_id":"u","color":"red"}"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::UnknownField);
-        assert!(e.message.contains("\"color\" is not in contract page_view v1"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("\"color\" is not in contract page_view v1"),
+            "{}",
+            e.message
+        );
 
         let e = decode(r#"{"event_time":"yesterday","user_id":"u"}"#).unwrap_err();
         assert!(e.message.contains("expected timestamp (an RFC 3339 string or epoch milliseconds), got string \"yesterday\""), "{}", e.message);
@@ -549,7 +577,8 @@ mod tests {
         let e = decode(r#"{"event_time":1,"user_id":"much too long"}"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::InvalidValue);
 
-        let e = decode(r#"{"event_time":1,"user_id":"u","duration_ms":99999999999999999999}"#).unwrap_err();
+        let e = decode(r#"{"event_time":1,"user_id":"u","duration_ms":99999999999999999999}"#)
+            .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("duration_ms"));
 
         let e = decode(r#"{"event_time":1,"user_id":"u","user_id":"v"}"#).unwrap_err();
@@ -558,13 +587,31 @@ mod tests {
 
     #[test]
     fn malformed_oversized_and_non_objects() {
-        assert_eq!(decode(r#"{"event_time":1,"#).unwrap_err().kind, DecodeErrorKind::MalformedJson);
-        assert_eq!(decode("not json").unwrap_err().kind, DecodeErrorKind::MalformedJson);
-        assert_eq!(decode("[1,2]").unwrap_err().kind, DecodeErrorKind::NotAnObject);
-        assert_eq!(decode(r#"{"event_time":1,"user_id":"u"} x"#).unwrap_err().kind, DecodeErrorKind::MalformedJson);
+        assert_eq!(
+            decode(r#"{"event_time":1,"#).unwrap_err().kind,
+            DecodeErrorKind::MalformedJson
+        );
+        assert_eq!(
+            decode("not json").unwrap_err().kind,
+            DecodeErrorKind::MalformedJson
+        );
+        assert_eq!(
+            decode("[1,2]").unwrap_err().kind,
+            DecodeErrorKind::NotAnObject
+        );
+        assert_eq!(
+            decode(r#"{"event_time":1,"user_id":"u"} x"#)
+                .unwrap_err()
+                .kind,
+            DecodeErrorKind::MalformedJson
+        );
         let big = format!(r#"{{"event_time":1,"user_id":"{}"}}"#, "x".repeat(300));
         let e = decode(&big).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::Oversized);
-        assert!(e.message.contains("over the 200 byte limit"), "{}", e.message);
+        assert!(
+            e.message.contains("over the 200 byte limit"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -21,7 +21,9 @@ const UNITS: [(&str, u64); 5] = [
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a duration: {reason}; write a number with a unit, e.g. \"500ms\", \"30s\", \"5m\", \"1h30m\", \"1d\"")]
+#[error(
+    "{input:?} is not a duration: {reason}; write a number with a unit, e.g. \"500ms\", \"30s\", \"5m\", \"1h30m\", \"1d\""
+)]
 pub struct ParseDurationError {
     /// The text that was parsed.
     pub input: String,
@@ -93,7 +95,7 @@ impl fmt::Display for DurationMs {
             return f.write_str("0s");
         }
         for (name, factor) in UNITS {
-            if self.0 % factor == 0 {
+            if self.0.is_multiple_of(factor) {
                 return write!(f, "{}{name}", self.0 / factor);
             }
         }
@@ -116,7 +118,10 @@ mod tests {
         assert_eq!("500ms".parse::<DurationMs>().unwrap(), DurationMs(500));
         assert_eq!("30s".parse::<DurationMs>().unwrap(), DurationMs(30_000));
         assert_eq!("5m".parse::<DurationMs>().unwrap(), DurationMs(300_000));
-        assert_eq!("1h30m".parse::<DurationMs>().unwrap(), DurationMs(5_400_000));
+        assert_eq!(
+            "1h30m".parse::<DurationMs>().unwrap(),
+            DurationMs(5_400_000)
+        );
         assert_eq!("1d".parse::<DurationMs>().unwrap(), DurationMs(86_400_000));
     }
 

@@ -58,7 +58,10 @@ impl FilterOp {
 
     /// Parses a config name.
     pub fn parse(name: &str) -> Option<FilterOp> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, op)| *op)
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, op)| *op)
     }
 
     /// The config name.
@@ -80,7 +83,10 @@ impl FilterOp {
 
     /// Whether the operator orders values (refused on booleans).
     pub fn is_ordering(self) -> bool {
-        matches!(self, FilterOp::Lt | FilterOp::Le | FilterOp::Gt | FilterOp::Ge)
+        matches!(
+            self,
+            FilterOp::Lt | FilterOp::Le | FilterOp::Gt | FilterOp::Ge
+        )
     }
 }
 
@@ -135,8 +141,14 @@ impl Condition {
             FilterOp::IsNull => value.is_null(),
             FilterOp::IsNotNull => !value.is_null(),
             _ if value.is_null() => false,
-            FilterOp::In => self.operands.iter().any(|o| compare(value, o) == Some(std::cmp::Ordering::Equal)),
-            FilterOp::NotIn => self.operands.iter().all(|o| compare(value, o) != Some(std::cmp::Ordering::Equal)),
+            FilterOp::In => self
+                .operands
+                .iter()
+                .any(|o| compare(value, o) == Some(std::cmp::Ordering::Equal)),
+            FilterOp::NotIn => self
+                .operands
+                .iter()
+                .all(|o| compare(value, o) != Some(std::cmp::Ordering::Equal)),
             op => {
                 let Some(ordering) = self.operands.first().and_then(|o| compare(value, o)) else {
                     return false;
@@ -169,7 +181,9 @@ impl fmt::Display for Condition {
 pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
         (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
-        (Value::Int(a), Value::Int(b)) | (Value::Timestamp(a), Value::Timestamp(b)) => Some(a.cmp(b)),
+        (Value::Int(a), Value::Int(b)) | (Value::Timestamp(a), Value::Timestamp(b)) => {
+            Some(a.cmp(b))
+        }
         (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
         (a, b) => a.as_f64()?.partial_cmp(&b.as_f64()?),
     }

@@ -21,7 +21,11 @@ pub struct Problem {
 
 impl Problem {
     /// A problem at `path` in `file`.
-    pub fn new(file: impl Into<String>, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        file: impl Into<String>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             file: file.into(),
             path: path.into(),

@@ -45,7 +45,9 @@ pub enum WarehouseError {
         message: String,
     },
     /// A table exists with a different layout.
-    #[error("table {table} exists with a different layout: {differences}; drop it (or rename it) and rerun `strata init`, or restore the metric definition it was created from")]
+    #[error(
+        "table {table} exists with a different layout: {differences}; drop it (or rename it) and rerun `strata init`, or restore the metric definition it was created from"
+    )]
     Drift {
         /// The table.
         table: String,
@@ -98,7 +100,9 @@ pub fn is_retryable(e: &clickhouse::error::Error) -> bool {
     use clickhouse::error::Error as E;
     match e {
         E::Network(_) | E::TimedOut => true,
-        E::BadResponse(_) => exception_code(e).is_none_or(|code| !NON_RETRYABLE_CODES.contains(&code)),
+        E::BadResponse(_) => {
+            exception_code(e).is_none_or(|code| !NON_RETRYABLE_CODES.contains(&code))
+        }
         _ => false,
     }
 }
@@ -123,13 +127,21 @@ fn ch_err(operation: &str) -> impl FnOnce(clickhouse::error::Error) -> Warehouse
 
 /// Runs a statement that returns nothing.
 pub async fn execute(client: &Client, sql: &str) -> Result<(), WarehouseError> {
-    client.query_raw(sql).execute().await.map_err(ch_err(sql_head(sql)))
+    client
+        .query_raw(sql)
+        .execute()
+        .await
+        .map_err(ch_err(sql_head(sql)))
 }
 
 /// Runs a query and returns its rows as JSON objects (`JSONEachRow`, with
 /// 64-bit integers unquoted). `sql` may contain `?` placeholders that
 /// `binds` fill with client-side escaped values.
-pub async fn query_rows(client: &Client, sql: &str, binds: &[&str]) -> Result<Vec<Map<String, Json>>, WarehouseError> {
+pub async fn query_rows(
+    client: &Client,
+    sql: &str,
+    binds: &[&str],
+) -> Result<Vec<Map<String, Json>>, WarehouseError> {
     let mut query = client
         .query(sql)
         .with_setting("output_format_json_quote_64bit_integers", "0");
@@ -184,7 +196,10 @@ pub async fn insert_rows(
         })?;
         body.push(b'\n');
     }
-    let sql = format!("INSERT INTO {} FORMAT JSONEachRow", qualified(database, table));
+    let sql = format!(
+        "INSERT INTO {} FORMAT JSONEachRow",
+        qualified(database, table)
+    );
     let operation = format!("insert into {database}.{table}");
     let mut insert = client
         .insert_formatted_with(sql)
@@ -230,10 +245,17 @@ pub struct TableSpec {
 impl TableSpec {
     /// `CREATE TABLE IF NOT EXISTS ...`.
     pub fn create_sql(&self, database: &str) -> String {
-        let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (\n", qualified(database, &self.name));
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n",
+            qualified(database, &self.name)
+        );
         for (i, (name, ty, extra)) in self.columns.iter().enumerate() {
             let sep = if i + 1 == self.columns.len() { "" } else { "," };
-            let extra = if extra.is_empty() { String::new() } else { format!(" {extra}") };
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" {extra}")
+            };
             let _ = writeln!(sql, "    `{name}` {ty}{extra}{sep}");
         }
         let _ = write!(sql, ") {}", self.engine);
@@ -248,7 +270,10 @@ fn col(name: &str, ty: &str) -> (String, String, String) {
 const DAY_PARTITION: &str = "toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))";
 
 fn window_columns(metric: &MetricDef) -> Vec<(String, String, String)> {
-    let mut cols = vec![col("window_start_ms", "Int64"), col("window_end_ms", "Int64")];
+    let mut cols = vec![
+        col("window_start_ms", "Int64"),
+        col("window_end_ms", "Int64"),
+    ];
     for g in &metric.group_by {
         cols.push(col(&g.name, g.ty.clickhouse_type()));
     }
@@ -292,7 +317,11 @@ pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
         col("version", "UInt64"),
         col("retracted", "UInt8"),
         col("is_final", "UInt8"),
-        ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+        (
+            "updated_at".into(),
+            "DateTime".into(),
+            "DEFAULT now()".into(),
+        ),
     ]);
     columns.extend(alias_columns());
     TableSpec {
@@ -315,7 +344,11 @@ pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
     columns.extend([
         col("run_id", "UInt64"),
         col("retracted", "UInt8"),
-        ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+        (
+            "updated_at".into(),
+            "DateTime".into(),
+            "DEFAULT now()".into(),
+        ),
     ]);
     columns.extend(alias_columns());
     TableSpec {
@@ -339,9 +372,14 @@ pub fn watermarks_table_spec() -> TableSpec {
             col("watermark_ms", "Int64"),
             col("version", "UInt64"),
             col("run_id", "UInt64"),
-            ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+            (
+                "updated_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
         ],
-        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, layer, kafka_partition)".into(),
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, layer, kafka_partition)"
+            .into(),
     }
 }
 
@@ -403,9 +441,18 @@ impl InitReport {
 pub async fn init(client: &Client, config: &Config) -> Result<InitReport, WarehouseError> {
     let database = &config.clickhouse.database;
     let mut report = InitReport::default();
-    let exists = query_rows(client, "SELECT name FROM system.databases WHERE name = ?", &[database]).await?;
+    let exists = query_rows(
+        client,
+        "SELECT name FROM system.databases WHERE name = ?",
+        &[database],
+    )
+    .await?;
     if exists.is_empty() {
-        execute(client, &format!("CREATE DATABASE IF NOT EXISTS `{database}`")).await?;
+        execute(
+            client,
+            &format!("CREATE DATABASE IF NOT EXISTS `{database}`"),
+        )
+        .await?;
         report.created_database = true;
     }
     for spec in all_table_specs(config) {
@@ -425,8 +472,14 @@ pub async fn init(client: &Client, config: &Config) -> Result<InitReport, Wareho
             .iter()
             .map(|r| {
                 (
-                    r.get("name").and_then(Json::as_str).unwrap_or_default().to_string(),
-                    r.get("type").and_then(Json::as_str).unwrap_or_default().to_string(),
+                    r.get("name")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    r.get("type")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect();
@@ -434,7 +487,9 @@ pub async fn init(client: &Client, config: &Config) -> Result<InitReport, Wareho
         for (name, ty, _) in &spec.columns {
             match actual.iter().find(|(n, _)| n == name) {
                 None => differences.push(format!("column {name} is missing")),
-                Some((_, t)) if t != ty => differences.push(format!("column {name} is {t}, expected {ty}")),
+                Some((_, t)) if t != ty => {
+                    differences.push(format!("column {name} is {t}, expected {ty}"));
+                }
                 Some(_) => {}
             }
         }

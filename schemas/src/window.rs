@@ -306,17 +306,37 @@ mod tests {
     use proptest::prelude::*;
 
     fn tumbling(ms: u64) -> WindowKind {
-        WindowKind::Tumbling { size: DurationMs(ms) }
+        WindowKind::Tumbling {
+            size: DurationMs(ms),
+        }
     }
 
     #[test]
     fn boundary_event_belongs_to_next_window() {
         let w: Vec<Window> = tumbling(60_000).assign(120_000).collect();
-        assert_eq!(w, vec![Window { start_ms: 120_000, end_ms: 180_000 }]);
+        assert_eq!(
+            w,
+            vec![Window {
+                start_ms: 120_000,
+                end_ms: 180_000
+            }]
+        );
         let w: Vec<Window> = tumbling(60_000).assign(119_999).collect();
-        assert_eq!(w, vec![Window { start_ms: 60_000, end_ms: 120_000 }]);
+        assert_eq!(
+            w,
+            vec![Window {
+                start_ms: 60_000,
+                end_ms: 120_000
+            }]
+        );
         let w: Vec<Window> = tumbling(60_000).assign(-1).collect();
-        assert_eq!(w, vec![Window { start_ms: -60_000, end_ms: 0 }]);
+        assert_eq!(
+            w,
+            vec![Window {
+                start_ms: -60_000,
+                end_ms: 0
+            }]
+        );
     }
 
     #[test]
@@ -346,8 +366,20 @@ mod tests {
         set.insert(15, 10, Count::default, |c| c.0 += 1);
         assert_eq!(set.len(), 2);
         let change = set.insert(8, 10, Count::default, |c| c.0 += 1);
-        assert_eq!(change.window, Window { start_ms: 0, end_ms: 25 });
-        assert_eq!(change.replaced, vec![Window { start_ms: 15, end_ms: 25 }]);
+        assert_eq!(
+            change.window,
+            Window {
+                start_ms: 0,
+                end_ms: 25
+            }
+        );
+        assert_eq!(
+            change.replaced,
+            vec![Window {
+                start_ms: 15,
+                end_ms: 25
+            }]
+        );
         assert_eq!(set.len(), 1);
         assert_eq!(set.iter().next().unwrap().1, &Count(3));
     }
@@ -357,11 +389,29 @@ mod tests {
         let mut set = SessionSet::<Count>::default();
         set.insert(0, 10, Count::default, |c| c.0 += 1);
         let change = set.insert(10, 10, Count::default, |c| c.0 += 1);
-        assert_eq!(change.window, Window { start_ms: 10, end_ms: 20 });
+        assert_eq!(
+            change.window,
+            Window {
+                start_ms: 10,
+                end_ms: 20
+            }
+        );
         assert_eq!(set.len(), 2);
         let change = set.insert(-5, 10, Count::default, |c| c.0 += 1);
-        assert_eq!(change.window, Window { start_ms: -5, end_ms: 10 });
-        assert_eq!(change.replaced, vec![Window { start_ms: 0, end_ms: 10 }]);
+        assert_eq!(
+            change.window,
+            Window {
+                start_ms: -5,
+                end_ms: 10
+            }
+        );
+        assert_eq!(
+            change.replaced,
+            vec![Window {
+                start_ms: 0,
+                end_ms: 10
+            }]
+        );
         assert_eq!(set.drain_closed(10).len(), 1);
         assert_eq!(set.len(), 1);
     }

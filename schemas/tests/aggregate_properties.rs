@@ -19,19 +19,36 @@ fn reference_config() -> Config {
 
 /// (time offset ms, user, page, country, duration, partition)
 fn events_strategy() -> impl Strategy<Value = Vec<(i64, u8, u8, u8, i64, u8)>> {
-    proptest::collection::vec((0i64..1_800_000, 0u8..40, 0u8..5, 0u8..3, 0i64..5_000, 0u8..4), 1..200)
+    proptest::collection::vec(
+        (
+            0i64..1_800_000,
+            0u8..40,
+            0u8..5,
+            0u8..3,
+            0i64..5_000,
+            0u8..4,
+        ),
+        1..200,
+    )
 }
 
-fn event(metric: &MetricDef, (t, user, page, country, duration, _): (i64, u8, u8, u8, i64, u8)) -> Event {
+fn event(
+    metric: &MetricDef,
+    (t, user, page, country, duration, _): (i64, u8, u8, u8, i64, u8),
+) -> Event {
     let c = &metric.source.contract;
     let mut values = vec![Value::Null; c.fields.len()];
     let time = 1_795_341_600_000 + t;
     values[c.field_index("event_time").unwrap()] = Value::Timestamp(time);
     values[c.field_index("user_id").unwrap()] = Value::String(format!("u{user}"));
     values[c.field_index("page").unwrap()] = Value::String(format!("/p{page}"));
-    values[c.field_index("country").unwrap()] = Value::String(["DE", "FR", "US"][country as usize].into());
+    values[c.field_index("country").unwrap()] =
+        Value::String(["DE", "FR", "US"][country as usize].into());
     values[c.field_index("duration_ms").unwrap()] = Value::Int(duration);
-    Event { time_ms: time, values }
+    Event {
+        time_ms: time,
+        values,
+    }
 }
 
 type View = BTreeMap<(Window, Vec<String>), Accumulator>;
@@ -39,7 +56,13 @@ type View = BTreeMap<(Window, Vec<String>), Accumulator>;
 /// Aggregates events into (window, group key) → accumulator, using the
 /// shared window assignment and session merging.
 fn aggregate(metric: &MetricDef, events: &[Event]) -> View {
-    let key = |e: &Event| metric.group_key(e).iter().map(ToString::to_string).collect::<Vec<_>>();
+    let key = |e: &Event| {
+        metric
+            .group_key(e)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
     let mut view = View::new();
     match metric.window {
         WindowKind::Session { gap } => {
@@ -61,7 +84,11 @@ fn aggregate(metric: &MetricDef, events: &[Event]) -> View {
         kind => {
             for e in events {
                 for w in kind.assign(e.time_ms) {
-                    metric.plan.update(view.entry((w, key(e))).or_insert_with(|| metric.plan.new_accumulator()), e);
+                    metric.plan.update(
+                        view.entry((w, key(e)))
+                            .or_insert_with(|| metric.plan.new_accumulator()),
+                        e,
+                    );
                 }
             }
         }
@@ -186,15 +213,42 @@ proptest! {
 fn reference_metrics_finalize_to_expected_values() {
     let config = reference_config();
     let m = config.metric("page_views_per_minute").unwrap();
-    let events: Vec<Event> = [(0, 1, 0, 0, 100, 0), (1_000, 2, 0, 0, 300, 1), (59_999, 1, 0, 0, 200, 2), (60_000, 1, 0, 0, 50, 0)]
-        .into_iter()
-        .map(|r| event(m, r))
-        .collect();
+    let events: Vec<Event> = [
+        (0, 1, 0, 0, 100, 0),
+        (1_000, 2, 0, 0, 300, 1),
+        (59_999, 1, 0, 0, 200, 2),
+        (60_000, 1, 0, 0, 50, 0),
+    ]
+    .into_iter()
+    .map(|r| event(m, r))
+    .collect();
     let view = aggregate(m, &events);
     let first = view.iter().next().unwrap();
-    assert_eq!(first.0.0, Window { start_ms: 1_795_341_600_000, end_ms: 1_795_341_660_000 });
-    assert_eq!(m.plan.finalize(first.1), vec![serde_json::json!(3), serde_json::json!(600), serde_json::json!(200.0)]);
-    assert_eq!(view.len(), 2, "the event at exactly 1m belongs to the next window");
-    let names: Vec<String> = m.plan.output_columns().into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        first.0.0,
+        Window {
+            start_ms: 1_795_341_600_000,
+            end_ms: 1_795_341_660_000
+        }
+    );
+    assert_eq!(
+        m.plan.finalize(first.1),
+        vec![
+            serde_json::json!(3),
+            serde_json::json!(600),
+            serde_json::json!(200.0)
+        ]
+    );
+    assert_eq!(
+        view.len(),
+        2,
+        "the event at exactly 1m belongs to the next window"
+    );
+    let names: Vec<String> = m
+        .plan
+        .output_columns()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     assert_eq!(names, ["views", "total_duration_ms", "avg_duration_ms"]);
 }

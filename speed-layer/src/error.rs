@@ -6,7 +6,9 @@ use strata_schemas::warehouse::WarehouseError;
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
     /// A Kafka client operation failed.
-    #[error("Kafka {operation} failed: {source}; check kafka.brokers ({brokers}) and that the broker is up")]
+    #[error(
+        "Kafka {operation} failed: {source}; check kafka.brokers ({brokers}) and that the broker is up"
+    )]
     Kafka {
         /// What Strata was doing.
         operation: String,

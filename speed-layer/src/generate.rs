@@ -78,13 +78,13 @@ pub async fn generate(
                 .payload(&record.payload);
             producer.send(message, Duration::from_secs(60)).await
         });
-        if in_flight.len() >= MAX_IN_FLIGHT {
-            if let Some(result) = in_flight.next().await {
-                result.map_err(|(e, _)| kafka_err(kafka, format!("produce to {topic}"))(e))?;
-                report.sent += 1;
-                if report.sent % 1_000 == 0 {
-                    progress(report.sent);
-                }
+        if in_flight.len() >= MAX_IN_FLIGHT
+            && let Some(result) = in_flight.next().await
+        {
+            result.map_err(|(e, _)| kafka_err(kafka, format!("produce to {topic}"))(e))?;
+            report.sent += 1;
+            if report.sent % 1_000 == 0 {
+                progress(report.sent);
             }
         }
     }

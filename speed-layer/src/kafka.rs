@@ -28,7 +28,10 @@ pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
 }
 
 /// Wraps a Kafka error with the operation and the brokers.
-pub fn kafka_err(kafka: &KafkaSection, operation: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> SpeedError {
+pub fn kafka_err(
+    kafka: &KafkaSection,
+    operation: impl Into<String>,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> SpeedError {
     let brokers = kafka.brokers.clone();
     let operation = operation.into();
     move |source| SpeedError::Kafka {
@@ -40,7 +43,11 @@ pub fn kafka_err(kafka: &KafkaSection, operation: impl Into<String>) -> impl FnO
 
 /// Creates `topic` with `partitions` partitions unless it exists. Returns
 /// whether it was created.
-pub async fn ensure_topic(kafka: &KafkaSection, topic: &str, partitions: i32) -> Result<bool, SpeedError> {
+pub async fn ensure_topic(
+    kafka: &KafkaSection,
+    topic: &str,
+    partitions: i32,
+) -> Result<bool, SpeedError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(kafka_err(kafka, "admin client creation"))?;
@@ -50,7 +57,7 @@ pub async fn ensure_topic(kafka: &KafkaSection, topic: &str, partitions: i32) ->
         .create_topics([&new_topic], &options)
         .await
         .map_err(kafka_err(kafka, format!("create topic {topic}")))?;
-    for result in results {
+    if let Some(result) = results.into_iter().next() {
         match result {
             Ok(_) => return Ok(true),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),

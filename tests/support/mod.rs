@@ -58,7 +58,12 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 100_000)
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 100_000
+    )
 }
 
 /// The `strata` binary with the reference config and the local endpoints.
@@ -83,7 +88,11 @@ pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("strata runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
     stdout
 }
 
