@@ -1,6 +1,8 @@
 //! Argument parsing and the subcommands.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -56,6 +58,50 @@ pub enum Command {
     Init,
     /// Publish a seeded synthetic clickstream to Kafka.
     Generate(GenerateArgs),
+    /// Run the speed layer: consume, window, write to ClickHouse until SIGTERM/SIGINT.
+    Speed,
+    /// Dead-letter tools.
+    Dlq {
+        /// Dead-letter subcommand.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// `strata dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-publish a range of dead letters (payloads unchanged) once the producer or contract is fixed.
+    Replay(ReplayArgs),
+}
+
+/// `strata dlq replay` options.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Source whose dead-letter topic is replayed (default: the first source).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Topic to publish to (default: the source topic).
+    #[arg(long)]
+    pub to_topic: Option<String>,
+    /// Only this partition of the dead-letter topic.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// First dead-letter offset (inclusive).
+    #[arg(long)]
+    pub from_offset: Option<i64>,
+    /// Last dead-letter offset (exclusive).
+    #[arg(long)]
+    pub to_offset: Option<i64>,
+    /// Earliest dead-letter time (RFC 3339 or epoch ms, inclusive).
+    #[arg(long)]
+    pub from_time: Option<String>,
+    /// Latest dead-letter time (RFC 3339 or epoch ms, exclusive).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `strata schemas ...`.
@@ -150,6 +196,10 @@ pub async fn run(args: Args) -> ExitCode {
         } => return schemas_check(&args.config, dir.as_deref()),
         Command::Init => init(&args.config).await,
         Command::Generate(g) => generate(&args.config, g).await,
+        Command::Speed => speed(&args.config).await,
+        Command::Dlq {
+            command: DlqCommand::Replay(r),
+        } => dlq_replay(&args.config, r).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -364,6 +414,102 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
         report.malformed,
         report.invalid,
         g.seed
+    );
+    Ok(())
+}
+
+/// A flag set by the first SIGINT or SIGTERM.
+fn shutdown_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    set.store(true, Ordering::Relaxed);
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        set.store(true, Ordering::Relaxed);
+    });
+    flag
+}
+
+async fn speed(path: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(load(path)?);
+    let report = strata_speed::run::run(config, shutdown_flag()).await?;
+    println!(
+        "speed layer stopped cleanly: {} records read, {} dead letters, {} rows written",
+        report.records, report.dead_letters, report.rows_written
+    );
+    Ok(())
+}
+
+fn parse_time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<i64>> {
+    text.as_deref()
+        .map(|s| {
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| strata_schemas::value::parse_rfc3339_ms(s))
+                .with_context(|| format!("{flag} {s:?} is not RFC 3339 or epoch ms"))
+        })
+        .transpose()
+}
+
+async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let source = match &r.source {
+        Some(name) => config.sources.get(name).with_context(|| {
+            format!(
+                "--source {name:?} is not a source; use one of: {}",
+                config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?,
+        None => config.sources.values().next().context("the config declares no source")?,
+    }
+    .clone();
+    let range = strata_speed::dlq::ReplayRange {
+        partition: r.partition,
+        from_offset: r.from_offset,
+        to_offset: r.to_offset,
+        from_time_ms: parse_time("--from-time", &r.from_time)?,
+        to_time_ms: parse_time("--to-time", &r.to_time)?,
+    };
+    let target = r.to_topic.clone().unwrap_or_else(|| source.topic.clone());
+    let kafka = config.kafka.clone();
+    let quiet = r.quiet;
+    let dlq_topic = source.dead_letter_topic.clone();
+    let (dlq, to) = (dlq_topic.clone(), target.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} dead letters scanned  eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let report = strata_speed::dlq::replay(&kafka, &dlq, &to, &range, |scanned, total| {
+            bar.set_length(total);
+            bar.set_position(scanned);
+        });
+        bar.finish_and_clear();
+        report
+    })
+    .await??;
+    println!(
+        "replayed {} of {} scanned dead letters from {dlq_topic} to {target}",
+        report.replayed, report.scanned
     );
     Ok(())
 }

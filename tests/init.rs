@@ -23,6 +23,7 @@ async fn init_creates_tables_and_is_idempotent() {
         "page_views_per_minute_batch",
         "page_views_per_minute_speed",
         "strata_batch_runs",
+        "strata_speed_checkpoints",
         "strata_watermarks",
         "user_sessions_batch",
         "user_sessions_speed",
@@ -73,7 +74,7 @@ async fn init_creates_tables_and_is_idempotent() {
     );
     assert!(
         second.contains(&format!(
-            "no change: database {database} and its 8 tables already exist"
+            "no change: database {database} and its 9 tables already exist"
         )),
         "{second}"
     );

@@ -5,8 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The binary without the connection overrides a test environment may carry
+/// (`scripts/test.sh` exports the local stack's endpoints).
 fn strata() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    for (name, _, _) in strata_schemas::config::ENV_OVERRIDES {
+        cmd.env_remove(name);
+    }
+    cmd
 }
 
 fn repo() -> PathBuf {

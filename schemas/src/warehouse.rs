@@ -23,6 +23,8 @@ use crate::window::WindowKind;
 pub const WATERMARKS_TABLE: &str = "strata_watermarks";
 /// One row per batch run and metric.
 pub const BATCH_RUNS_TABLE: &str = "strata_batch_runs";
+/// Speed-layer restart points, one row per (consumer group, topic, partition).
+pub const SPEED_CHECKPOINTS_TABLE: &str = "strata_speed_checkpoints";
 
 /// A failure talking to ClickHouse.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +218,13 @@ fn sql_head(sql: &str) -> &str {
     }
 }
 
+/// The current time as a ClickHouse `DateTime` literal (UTC). Written
+/// explicitly because ClickHouse 18.16 fills columns omitted from
+/// `JSONEachRow` with zero values, not with their `DEFAULT` expressions.
+pub fn now_datetime() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
 /// `` `db`.`table` ``.
 pub fn qualified(database: &str, table: &str) -> String {
     format!("`{database}`.`{table}`")
@@ -403,9 +412,36 @@ pub fn batch_runs_table_spec() -> TableSpec {
     }
 }
 
+/// Speed-layer checkpoints: where a partition's consumption restarts
+/// (`next_offset`), the partition's max event time before that offset (so
+/// the replay sees the same watermarks as the first pass), and the
+/// watermark up to which every window is final and already written. The
+/// newest checkpoint (highest `next_offset`) wins; every checkpoint ever
+/// written is a valid restart point (docs/ARCHITECTURE.md).
+pub fn speed_checkpoints_table_spec() -> TableSpec {
+    TableSpec {
+        name: SPEED_CHECKPOINTS_TABLE.into(),
+        columns: vec![
+            col("group_id", "String"),
+            col("topic", "String"),
+            col("kafka_partition", "Int32"),
+            col("next_offset", "Int64"),
+            col("replay_max_event_ms", "Int64"),
+            col("final_watermark_ms", "Int64"),
+            col("version", "UInt64"),
+            ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+        ],
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (group_id, topic, kafka_partition)".into(),
+    }
+}
+
 /// Every table `strata init` manages for a configuration, in creation order.
 pub fn all_table_specs(config: &Config) -> Vec<TableSpec> {
-    let mut specs = vec![watermarks_table_spec(), batch_runs_table_spec()];
+    let mut specs = vec![
+        watermarks_table_spec(),
+        batch_runs_table_spec(),
+        speed_checkpoints_table_spec(),
+    ];
     for m in &config.metrics {
         specs.push(speed_table_spec(m));
         specs.push(batch_table_spec(m));

@@ -259,6 +259,19 @@ impl<S: Mergeable> SessionSet<S> {
         })
     }
 
+    /// The current sessions, with mutable state.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Window, &mut S)> {
+        self.sessions.iter_mut().map(|(start, (end, s))| {
+            (
+                Window {
+                    start_ms: *start,
+                    end_ms: *end,
+                },
+                s,
+            )
+        })
+    }
+
     /// The session starting at `start`.
     pub fn get_mut(&mut self, start: i64) -> Option<&mut S> {
         self.sessions.get_mut(&start).map(|(_, s)| s)

@@ -3,11 +3,22 @@
 //! The speed layer of Strata's Lambda architecture, and the Kafka plumbing
 //! the other commands share:
 //!
+//! - [`run`]: `strata speed`, the consumer-group loop;
+//! - [`state`]: per-partition window state, deterministic and replayable;
+//! - [`sink`], [`checkpoint`]: ClickHouse writes with retries, checkpoints;
+//! - [`dlq`]: dead letters and their replay;
+//! - [`metrics`]: every exported metric;
 //! - [`kafka`]: client configuration, topic creation;
 //! - [`generate`]: `strata generate`, the seeded clickstream producer.
 
+pub mod checkpoint;
+pub mod dlq;
 pub mod error;
 pub mod generate;
 pub mod kafka;
+pub mod metrics;
+pub mod run;
+pub mod sink;
+pub mod state;
 
 pub use error::SpeedError;

@@ -1,0 +1,108 @@
+//! Every metric the speed layer exports, in one place, with its name, unit
+//! and meaning. Exposed in Prometheus text format on `speed.metrics_listen`.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Records read, by topic and partition.
+pub const RECORDS_IN: &str = "strata_speed_records_in_total";
+/// Records that failed decoding or validation, by topic and error kind.
+pub const DECODE_ERRORS: &str = "strata_speed_decode_errors_total";
+/// Records written to a dead-letter topic, by topic.
+pub const DEAD_LETTERS: &str = "strata_speed_dead_letters_total";
+/// Events too late for at least one of their windows, by metric.
+pub const LATE_EVENTS: &str = "strata_speed_late_events_total";
+/// Records skipped because an earlier pass already processed them.
+pub const DUPLICATES_SKIPPED: &str = "strata_speed_duplicates_skipped_total";
+/// Wall-clock time minus the operator watermark, seconds, by topic.
+pub const WATERMARK_DELAY: &str = "strata_speed_watermark_delay_seconds";
+/// Operator watermark (min over active partitions), epoch ms, by topic.
+pub const WATERMARK: &str = "strata_speed_watermark_ms";
+/// Consumer lag in records, by topic and partition.
+pub const CONSUMER_LAG: &str = "strata_speed_consumer_lag";
+/// Open (window, group key) states held in memory.
+pub const WINDOW_STATE: &str = "strata_speed_open_windows";
+/// Windows that became final.
+pub const WINDOWS_FINALIZED: &str = "strata_speed_windows_finalized_total";
+/// ClickHouse insert batches, by table and outcome.
+pub const SINK_BATCHES: &str = "strata_speed_sink_batches_total";
+/// Rows written to ClickHouse, by table.
+pub const SINK_ROWS: &str = "strata_speed_sink_rows_total";
+/// ClickHouse insert latency, seconds.
+pub const SINK_LATENCY: &str = "strata_speed_sink_latency_seconds";
+/// Retried ClickHouse inserts, by table.
+pub const SINK_RETRIES: &str = "strata_speed_sink_retries_total";
+/// Times consumption was paused because ClickHouse was unavailable.
+pub const BACKPRESSURE_PAUSES: &str = "strata_speed_backpressure_pauses_total";
+/// Partitions currently assigned to this process.
+pub const ASSIGNED_PARTITIONS: &str = "strata_speed_assigned_partitions";
+/// Checkpoints stored.
+pub const CHECKPOINTS: &str = "strata_speed_checkpoints_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and describes every
+/// metric. Returns the handle that renders the exposition text.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Another recorder may already be installed (several layers in one
+            // process, e.g. the demo); the handle still renders ours.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(RECORDS_IN, "Records read from Kafka, by topic and partition.");
+    describe_counter!(DECODE_ERRORS, "Records that failed decoding or contract validation, by topic and kind.");
+    describe_counter!(DEAD_LETTERS, "Records written to the dead-letter topic, by source topic.");
+    describe_counter!(LATE_EVENTS, "Events too late for a window (left to the batch layer), by metric.");
+    describe_counter!(DUPLICATES_SKIPPED, "Redelivered records skipped because they were already processed.");
+    describe_gauge!(WATERMARK_DELAY, "Wall clock minus the operator watermark, seconds, by topic.");
+    describe_gauge!(WATERMARK, "Operator watermark (min over active partitions), epoch ms, by topic.");
+    describe_gauge!(CONSUMER_LAG, "Records between the consumer position and the partition end.");
+    describe_gauge!(WINDOW_STATE, "Open (window, group key) states held in memory.");
+    describe_counter!(WINDOWS_FINALIZED, "Windows that became final.");
+    describe_counter!(SINK_BATCHES, "ClickHouse insert batches, by table and outcome.");
+    describe_counter!(SINK_ROWS, "Rows written to ClickHouse, by table.");
+    describe_histogram!(SINK_LATENCY, "ClickHouse insert latency in seconds, by table.");
+    describe_counter!(SINK_RETRIES, "Retried ClickHouse inserts, by table.");
+    describe_counter!(BACKPRESSURE_PAUSES, "Times consumption paused because ClickHouse was failing.");
+    describe_gauge!(ASSIGNED_PARTITIONS, "Partitions assigned to this process.");
+    describe_counter!(CHECKPOINTS, "Checkpoints stored.");
+}
+
+/// Serves `GET /metrics` (any path, really) in Prometheus text format until
+/// the task is dropped. A deliberately tiny HTTP/1.1 responder: the speed
+/// layer needs nothing more and should not pull a web framework in.
+pub async fn serve(listen: SocketAddr, handle: PrometheusHandle) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(listen = %listen, "metrics endpoint listening");
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 2048];
+            let _ = socket.read(&mut request).await;
+            let body = handle.render();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

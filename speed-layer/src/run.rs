@@ -1,0 +1,552 @@
+//! `strata speed`: the consumer loop.
+//!
+//! One dedicated thread polls a Kafka consumer-group member, decodes each
+//! record, applies it to its partition's [`PartitionState`], and every
+//! `emit_interval` flushes: dead letters acknowledged, rows written to
+//! ClickHouse, then checkpoints, then (for lag monitoring only) the Kafka
+//! commit. ClickHouse I/O runs on the async runtime through `block_on`,
+//! which is why the loop lives on its own thread: the rebalance callback,
+//! which must load checkpoints before a partition's first fetch, runs inside
+//! `poll` on this same thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde_json::{Map, Value as Json};
+use strata_schemas::config::{Config, Source};
+use strata_schemas::warehouse::{self, WATERMARKS_TABLE};
+use strata_schemas::{Decoder, MetricDef};
+use tokio::runtime::Handle;
+
+use crate::SpeedError;
+use crate::checkpoint;
+use crate::dlq::{DeadLetters, Origin};
+use crate::kafka::{client_config, ensure_topic, kafka_err};
+use crate::metrics as m;
+use crate::sink::{Backoff, insert_once};
+use crate::state::{Checkpoint, PartitionState};
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpeedReport {
+    /// Records read.
+    pub records: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// Rows written.
+    pub rows_written: u64,
+}
+
+enum PartitionEvent {
+    Assigned(String, i32, Checkpoint),
+    Revoked(String, i32),
+}
+
+/// The consumer context: loads checkpoints when partitions are assigned, so
+/// consumption starts exactly at each partition's checkpoint.
+struct SpeedContext {
+    runtime: Handle,
+    client: Client,
+    database: String,
+    group_id: String,
+    events: Mutex<Vec<PartitionEvent>>,
+    fatal: Mutex<Option<String>>,
+}
+
+impl ClientContext for SpeedContext {}
+
+impl ConsumerContext for SpeedContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut by_topic: HashMap<String, HashMap<i32, Checkpoint>> = HashMap::new();
+                for mut elem in tpl.elements() {
+                    let topic = elem.topic().to_string();
+                    if !by_topic.contains_key(&topic) {
+                        match self.load_with_retries(&topic) {
+                            Ok(cks) => {
+                                by_topic.insert(topic.clone(), cks);
+                            }
+                            Err(e) => {
+                                // Without its checkpoint a partition could be
+                                // double counted: stop instead.
+                                *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(format!("cannot load checkpoints of {topic}: {e}"));
+                                return;
+                            }
+                        }
+                    }
+                    let partition = elem.partition();
+                    let checkpoint = by_topic[&topic].get(&partition).copied();
+                    let start = match checkpoint {
+                        Some(ck) => {
+                            let _ = elem.set_offset(Offset::Offset(ck.next_offset));
+                            ck
+                        }
+                        None => {
+                            let _ = elem.set_offset(Offset::Beginning);
+                            Checkpoint::fresh(0)
+                        }
+                    };
+                    tracing::info!(topic = %topic, partition, next_offset = start.next_offset, "partition assigned");
+                    self.events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(PartitionEvent::Assigned(topic, partition, start));
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                for elem in tpl.elements() {
+                    tracing::info!(topic = %elem.topic(), partition = elem.partition(), "partition revoked");
+                    self.events
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(PartitionEvent::Revoked(elem.topic().to_string(), elem.partition()));
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl SpeedContext {
+    fn load_with_retries(&self, topic: &str) -> Result<HashMap<i32, Checkpoint>, String> {
+        let mut backoff = Backoff::default();
+        let mut last = String::new();
+        for _ in 0..8 {
+            match self
+                .runtime
+                .block_on(checkpoint::load(&self.client, &self.database, &self.group_id, topic))
+            {
+                Ok(cks) => return Ok(cks),
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "loading checkpoints failed, retrying");
+                    last = e.to_string();
+                    std::thread::sleep(backoff.next_delay());
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+struct Assigned {
+    source: Arc<Source>,
+    decoder: Decoder,
+    state: PartitionState,
+    last_record: Instant,
+    lag: i64,
+}
+
+struct Speed {
+    config: Arc<Config>,
+    runtime: Handle,
+    client: Client,
+    consumer: BaseConsumer<SpeedContext>,
+    dead_letters: DeadLetters,
+    sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
+    partitions: HashMap<(String, i32), Assigned>,
+    shutdown: Arc<AtomicBool>,
+    report: SpeedReport,
+    paused: bool,
+}
+
+/// Runs the speed layer until `shutdown` is set, then flushes, commits and
+/// returns.
+pub async fn run(config: Arc<Config>, shutdown: Arc<AtomicBool>) -> Result<SpeedReport, SpeedError> {
+    let handle = m::install();
+    let listen = config.speed.metrics_listen;
+    let metrics_server = tokio::spawn(async move {
+        if let Err(e) = m::serve(listen, handle).await {
+            tracing::error!(listen = %listen, error = %e, "metrics endpoint failed");
+        }
+    });
+    let client = warehouse::client(&config.clickhouse);
+    // Fail early, with the fix, when `strata init` was not run.
+    let tables = warehouse::query_rows(
+        &client,
+        "SELECT name FROM system.tables WHERE database = ? AND name = ?",
+        &[&config.clickhouse.database, warehouse::SPEED_CHECKPOINTS_TABLE],
+    )
+    .await?;
+    if tables.is_empty() {
+        return Err(SpeedError::Usage(format!(
+            "table {}.{} does not exist; run `strata init` first",
+            config.clickhouse.database,
+            warehouse::SPEED_CHECKPOINTS_TABLE
+        )));
+    }
+    let mut sources = HashMap::new();
+    for source in config.sources.values() {
+        let metrics: Vec<Arc<MetricDef>> = config
+            .metrics
+            .iter()
+            .filter(|m| m.source.name == source.name)
+            .cloned()
+            .collect();
+        if metrics.is_empty() {
+            continue;
+        }
+        let partitions = topic_partitions(&config, &source.topic).await?.max(1);
+        ensure_topic(&config.kafka, &source.dead_letter_topic, partitions).await?;
+        sources.insert(source.topic.clone(), (source.clone(), metrics));
+    }
+    let runtime = Handle::current();
+    let result = tokio::task::spawn_blocking(move || -> Result<SpeedReport, SpeedError> {
+        let mut speed = Speed::new(config, runtime, client, sources, shutdown)?;
+        speed.run_loop()?;
+        Ok(speed.report)
+    })
+    .await
+    .map_err(|e| SpeedError::Usage(format!("speed loop panicked: {e}")))?;
+    metrics_server.abort();
+    result
+}
+
+async fn topic_partitions(config: &Config, topic: &str) -> Result<i32, SpeedError> {
+    let kafka = config.kafka.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&kafka)
+            .create()
+            .map_err(kafka_err(&kafka, "metadata client creation"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(kafka_err(&kafka, format!("metadata of {topic}")))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .map(|t| t.partitions().len() as i32)
+            .sum())
+    })
+    .await
+    .map_err(|e| SpeedError::Usage(e.to_string()))?
+}
+
+impl Speed {
+    fn new(
+        config: Arc<Config>,
+        runtime: Handle,
+        client: Client,
+        sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, SpeedError> {
+        let context = SpeedContext {
+            runtime: runtime.clone(),
+            client: client.clone(),
+            database: config.clickhouse.database.clone(),
+            group_id: config.speed.group_id.clone(),
+            events: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+        };
+        let mut kafka_config = client_config(&config.kafka);
+        kafka_config
+            .set("group.id", &config.speed.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Fast failover when a process dies; overridable in [kafka.properties].
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        for (key, value) in &config.kafka.properties {
+            kafka_config.set(key, value);
+        }
+        let consumer: BaseConsumer<SpeedContext> = kafka_config
+            .create_with_context(context)
+            .map_err(kafka_err(&config.kafka, "consumer creation"))?;
+        let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(kafka_err(&config.kafka, format!("subscribe to {topics:?}")))?;
+        tracing::info!(topics = ?topics, group_id = %config.speed.group_id, "speed layer subscribed");
+        let dead_letters = DeadLetters::new(&config.kafka)?;
+        Ok(Speed {
+            config,
+            runtime,
+            client,
+            consumer,
+            dead_letters,
+            sources,
+            partitions: HashMap::new(),
+            shutdown,
+            report: SpeedReport::default(),
+            paused: false,
+        })
+    }
+
+    fn run_loop(&mut self) -> Result<(), SpeedError> {
+        let emit_interval = Duration::from_millis(self.config.speed.emit_interval.0);
+        let mut last_emit = Instant::now();
+        let mut last_lag = Instant::now();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            self.poll_once(Duration::from_millis(50))?;
+            if last_emit.elapsed() >= emit_interval {
+                self.flush()?;
+                last_emit = Instant::now();
+            }
+            if last_lag.elapsed() >= Duration::from_secs(10) {
+                self.update_lag();
+                last_lag = Instant::now();
+            }
+        }
+        tracing::info!("shutting down: final flush and commit");
+        self.flush()?;
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Polls once, handling rebalances and at most one record.
+    fn poll_once(&mut self, timeout: Duration) -> Result<(), SpeedError> {
+        let message = self.consumer.poll(timeout);
+        handle_partition_events(&self.consumer, &mut self.partitions, &self.sources)?;
+        let Some(message) = message else { return Ok(()) };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                // Transient broker errors are retried by librdkafka itself.
+                tracing::warn!(error = %e, "consumer error");
+                return Ok(());
+            }
+        };
+        let key = (message.topic().to_string(), message.partition());
+        let Some(assigned) = self.partitions.get_mut(&key) else {
+            return Ok(());
+        };
+        let offset = message.offset();
+        metrics::counter!(m::RECORDS_IN, "topic" => key.0.clone(), "partition" => key.1.to_string()).increment(1);
+        self.report.records += 1;
+        if assigned.state.is_duplicate(offset) {
+            metrics::counter!(m::DUPLICATES_SKIPPED).increment(1);
+            return Ok(());
+        }
+        assigned.last_record = Instant::now();
+        let payload = message.payload().unwrap_or_default();
+        match assigned.decoder.decode(payload) {
+            Ok(event) => {
+                let outcome = assigned.state.apply(offset, &event);
+                if outcome.late > 0 {
+                    metrics::counter!(m::LATE_EVENTS, "topic" => key.0.clone()).increment(u64::from(outcome.late));
+                }
+            }
+            Err(error) => {
+                metrics::counter!(m::DECODE_ERRORS, "topic" => key.0.clone(), "kind" => error.kind.as_str()).increment(1);
+                let origin = Origin {
+                    topic: &key.0,
+                    partition: key.1,
+                    offset,
+                    timestamp: message.timestamp().to_millis(),
+                    key: message.key(),
+                };
+                self.dead_letters.send(&assigned.source, origin, payload, &error)?;
+                metrics::counter!(m::DEAD_LETTERS, "topic" => key.0.clone()).increment(1);
+                self.report.dead_letters += 1;
+                assigned.state.skip(offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every changed window, then the checkpoints, then commits.
+    fn flush(&mut self) -> Result<(), SpeedError> {
+        let mut tables: HashMap<String, Vec<Map<String, Json>>> = HashMap::new();
+        let mut checkpoints = Vec::new();
+        let mut watermarks = Vec::new();
+        let mut open = 0;
+        let mut finalized = 0;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now = Json::from(warehouse::now_datetime());
+        for ((topic, partition), assigned) in &mut self.partitions {
+            let emission = assigned.state.emit();
+            finalized += emission.finalized;
+            let (_, metrics) = &self.sources[topic];
+            for mut row in emission.rows {
+                row.row.insert("updated_at".into(), now.clone());
+                tables
+                    .entry(warehouse::speed_table(&metrics[row.metric].name))
+                    .or_default()
+                    .push(row.row);
+            }
+            let mut ck = checkpoint::row(&self.config.speed.group_id, topic, *partition, &emission.checkpoint);
+            ck.insert("updated_at".into(), now.clone());
+            checkpoints.push(ck);
+            for metric in metrics {
+                let mut row = Map::new();
+                row.insert("metric".into(), Json::from(metric.name.clone()));
+                row.insert("layer".into(), Json::from("speed"));
+                row.insert("kafka_partition".into(), Json::from(*partition));
+                row.insert("watermark_ms".into(), Json::from(assigned.state.watermark()));
+                row.insert("version".into(), Json::from(now_ms));
+                row.insert("run_id".into(), Json::from(0));
+                row.insert("updated_at".into(), now.clone());
+                watermarks.push(row);
+            }
+            open += assigned.state.open_windows();
+        }
+        metrics::gauge!(m::WINDOW_STATE).set(open as f64);
+        metrics::counter!(m::WINDOWS_FINALIZED).increment(finalized);
+        self.publish_watermark_gauges();
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
+        // Dead letters first: a checkpoint must never pass a record that is
+        // neither in a window nor safely in the dead-letter topic.
+        self.dead_letters.flush()?;
+        let mut names: Vec<String> = tables.keys().cloned().collect();
+        names.sort();
+        for table in names {
+            let rows = &tables[&table];
+            self.write_with_retry(&table, rows)?;
+            self.report.rows_written += rows.len() as u64;
+        }
+        self.write_with_retry(warehouse::SPEED_CHECKPOINTS_TABLE, &checkpoints)?;
+        metrics::counter!(m::CHECKPOINTS).increment(checkpoints.len() as u64);
+        self.write_with_retry(WATERMARKS_TABLE, &watermarks)?;
+        self.commit(&checkpoints);
+        Ok(())
+    }
+
+    /// Kafka commits mirror the checkpoints so standard lag tools see
+    /// progress; correctness never depends on them.
+    fn commit(&self, checkpoints: &[Map<String, Json>]) {
+        let mut tpl = TopicPartitionList::new();
+        for ck in checkpoints {
+            if let (Some(topic), Some(partition), Some(offset)) = (
+                ck.get("topic").and_then(Json::as_str),
+                ck.get("kafka_partition").and_then(Json::as_i64),
+                ck.get("next_offset").and_then(Json::as_i64),
+            ) && self.partitions.contains_key(&(topic.to_string(), partition as i32))
+            {
+                let _ = tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "kafka commit failed (checkpoints are authoritative)");
+        }
+    }
+
+    /// Inserts with retries; while ClickHouse fails, consumption is paused
+    /// (the consumer keeps polling so it stays in its group).
+    fn write_with_retry(&mut self, table: &str, rows: &[Map<String, Json>]) -> Result<(), SpeedError> {
+        let mut backoff = Backoff::default();
+        let database = self.config.clickhouse.database.clone();
+        loop {
+            let result = self
+                .runtime
+                .block_on(insert_once(&self.client, &database, table, rows));
+            match result {
+                Ok(()) => {
+                    if self.paused {
+                        self.set_paused(false);
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() => {
+                    metrics::counter!(m::SINK_RETRIES, "table" => table.to_string()).increment(1);
+                    if !self.paused {
+                        metrics::counter!(m::BACKPRESSURE_PAUSES).increment(1);
+                        tracing::warn!(table, error = %e, "ClickHouse write failed; pausing consumption and retrying");
+                        self.set_paused(true);
+                    }
+                    let until = Instant::now() + backoff.next_delay();
+                    while Instant::now() < until {
+                        // Keep group membership alive; records already
+                        // fetched are still applied to state.
+                        self.poll_once(Duration::from_millis(20))?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            tracing::info!("ClickHouse writes succeed again; resuming consumption");
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "pause/resume failed");
+        }
+        self.paused = paused;
+    }
+
+    fn publish_watermark_gauges(&self) {
+        let idle = Duration::from_millis(self.config.speed.idle_timeout.0);
+        let mut operator: HashMap<&str, i64> = HashMap::new();
+        for ((topic, _), assigned) in &self.partitions {
+            // An idle partition stops holding the operator watermark back.
+            let wm = assigned.state.watermark();
+            if assigned.last_record.elapsed() > idle || wm == i64::MIN {
+                continue;
+            }
+            operator
+                .entry(topic.as_str())
+                .and_modify(|w| *w = (*w).min(wm))
+                .or_insert(wm);
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for (topic, wm) in operator {
+            metrics::gauge!(m::WATERMARK, "topic" => topic.to_string()).set(wm as f64);
+            metrics::gauge!(m::WATERMARK_DELAY, "topic" => topic.to_string()).set(now_ms.saturating_sub(wm) as f64 / 1000.0);
+        }
+    }
+
+    fn update_lag(&mut self) {
+        for ((topic, partition), assigned) in &mut self.partitions {
+            if let Ok((_, high)) = self.consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
+                assigned.lag = (high - assigned.state.next_offset()).max(0);
+                metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(assigned.lag as f64);
+            }
+        }
+    }
+}
+
+/// Applies the assignments and revocations the rebalance callback queued.
+fn handle_partition_events(
+consumer: &BaseConsumer<SpeedContext>,
+partitions: &mut HashMap<(String, i32), Assigned>,
+sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
+) -> Result<(), SpeedError> {
+    if let Some(fatal) = consumer.context().fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(SpeedError::Usage(fatal));
+    }
+    let events: Vec<PartitionEvent> =
+        std::mem::take(&mut *consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
+    for event in events {
+        match event {
+            PartitionEvent::Assigned(topic, partition, checkpoint) => {
+                let Some((source, metrics)) = sources.get(&topic) else { continue };
+                let state = PartitionState::new(partition, source.allowed_lateness.as_i64(), metrics, checkpoint);
+                partitions.insert(
+                    (topic, partition),
+                    Assigned {
+                        source: source.clone(),
+                        decoder: source.decoder(),
+                        state,
+                        last_record: Instant::now(),
+                        lag: 0,
+                    },
+                );
+            }
+            PartitionEvent::Revoked(topic, partition) => {
+                // Open windows are dropped: the next owner rebuilds them
+                // from the last checkpoint, identically.
+                partitions.remove(&(topic, partition));
+            }
+        }
+    }
+    metrics::gauge!(m::ASSIGNED_PARTITIONS).set(partitions.len() as f64);
+    Ok(())
+}
+
