@@ -1,9 +1,9 @@
 //! Argument parsing and the subcommands.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -426,15 +426,16 @@ fn shutdown_flag() -> Arc<AtomicBool> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    set.store(true, Ordering::Relaxed);
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        set.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -475,10 +476,19 @@ async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
         Some(name) => config.sources.get(name).with_context(|| {
             format!(
                 "--source {name:?} is not a source; use one of: {}",
-                config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                config
+                    .sources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?,
-        None => config.sources.values().next().context("the config declares no source")?,
+        None => config
+            .sources
+            .values()
+            .next()
+            .context("the config declares no source")?,
     }
     .clone();
     let range = strata_speed::dlq::ReplayRange {
@@ -494,10 +504,16 @@ async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
     let dlq_topic = source.dead_letter_topic.clone();
     let (dlq, to) = (dlq_topic.clone(), target.clone());
     let report = tokio::task::spawn_blocking(move || {
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} dead letters scanned  eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} {bar:40} {pos}/{len} dead letters scanned  eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let report = strata_speed::dlq::replay(&kafka, &dlq, &to, &range, |scanned, total| {
             bar.set_length(total);

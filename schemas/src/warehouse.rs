@@ -429,9 +429,14 @@ pub fn speed_checkpoints_table_spec() -> TableSpec {
             col("replay_max_event_ms", "Int64"),
             col("final_watermark_ms", "Int64"),
             col("version", "UInt64"),
-            ("updated_at".into(), "DateTime".into(), "DEFAULT now()".into()),
+            (
+                "updated_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
         ],
-        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (group_id, topic, kafka_partition)".into(),
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (group_id, topic, kafka_partition)"
+            .into(),
     }
 }
 

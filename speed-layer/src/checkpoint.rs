@@ -52,15 +52,29 @@ pub async fn load(
 }
 
 /// The row storing `checkpoint`.
-pub fn row(group_id: &str, topic: &str, partition: i32, checkpoint: &Checkpoint) -> Map<String, Json> {
+pub fn row(
+    group_id: &str,
+    topic: &str,
+    partition: i32,
+    checkpoint: &Checkpoint,
+) -> Map<String, Json> {
     let mut row = Map::new();
     row.insert("group_id".into(), Json::from(group_id));
     row.insert("topic".into(), Json::from(topic));
     row.insert("kafka_partition".into(), Json::from(partition));
     row.insert("next_offset".into(), Json::from(checkpoint.next_offset));
-    row.insert("replay_max_event_ms".into(), Json::from(checkpoint.replay_max_event_ms));
-    row.insert("final_watermark_ms".into(), Json::from(checkpoint.final_watermark_ms));
+    row.insert(
+        "replay_max_event_ms".into(),
+        Json::from(checkpoint.replay_max_event_ms),
+    );
+    row.insert(
+        "final_watermark_ms".into(),
+        Json::from(checkpoint.final_watermark_ms),
+    );
     // Offsets only grow along a partition, whichever process owns it.
-    row.insert("version".into(), Json::from(checkpoint.next_offset.max(0) as u64));
+    row.insert(
+        "version".into(),
+        Json::from(checkpoint.next_offset.max(0) as u64),
+    );
     row
 }

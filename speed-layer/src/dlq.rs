@@ -11,8 +11,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use strata_schemas::config::{KafkaSection, Source};
 use strata_schemas::DecodeError;
+use strata_schemas::config::{KafkaSection, Source};
 
 use crate::SpeedError;
 use crate::kafka::{client_config, kafka_err};
@@ -100,22 +100,55 @@ impl DeadLetters {
     }
 
     /// Queues one dead letter (payload unchanged, key kept, reasons in headers).
-    pub fn send(&self, source: &Source, origin: Origin<'_>, payload: &[u8], error: &DecodeError) -> Result<(), SpeedError> {
+    pub fn send(
+        &self,
+        source: &Source,
+        origin: Origin<'_>,
+        payload: &[u8],
+        error: &DecodeError,
+    ) -> Result<(), SpeedError> {
         let partition = origin.partition.to_string();
         let offset = origin.offset.to_string();
         let timestamp = origin.timestamp.map(|t| t.to_string()).unwrap_or_default();
         let version = source.contract.version.to_string();
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: headers::ERROR_KIND, value: Some(error.kind.as_str()) })
-            .insert(Header { key: headers::ERROR_MESSAGE, value: Some(error.message.as_str()) })
-            .insert(Header { key: headers::CONTRACT, value: Some(source.contract.name.as_str()) })
-            .insert(Header { key: headers::CONTRACT_VERSION, value: Some(version.as_str()) })
-            .insert(Header { key: headers::SOURCE_TOPIC, value: Some(origin.topic) })
-            .insert(Header { key: headers::SOURCE_PARTITION, value: Some(partition.as_str()) })
-            .insert(Header { key: headers::SOURCE_OFFSET, value: Some(offset.as_str()) })
-            .insert(Header { key: headers::SOURCE_TIMESTAMP, value: Some(timestamp.as_str()) });
+            .insert(Header {
+                key: headers::ERROR_KIND,
+                value: Some(error.kind.as_str()),
+            })
+            .insert(Header {
+                key: headers::ERROR_MESSAGE,
+                value: Some(error.message.as_str()),
+            })
+            .insert(Header {
+                key: headers::CONTRACT,
+                value: Some(source.contract.name.as_str()),
+            })
+            .insert(Header {
+                key: headers::CONTRACT_VERSION,
+                value: Some(version.as_str()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_TOPIC,
+                value: Some(origin.topic),
+            })
+            .insert(Header {
+                key: headers::SOURCE_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_OFFSET,
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: headers::SOURCE_TIMESTAMP,
+                value: Some(timestamp.as_str()),
+            });
         if let Some(field) = &error.field {
-            headers = headers.insert(Header { key: headers::ERROR_FIELD, value: Some(field.as_str()) });
+            headers = headers.insert(Header {
+                key: headers::ERROR_FIELD,
+                value: Some(field.as_str()),
+            });
         }
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&source.dead_letter_topic)
             .payload(payload)
@@ -127,29 +160,47 @@ impl DeadLetters {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     // The local queue is full: let the background thread drain it.
                     record = r;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(kafka_err(&self.kafka, format!("dead letter to {}", source.dead_letter_topic))(e)),
+                Err((e, _)) => {
+                    return Err(kafka_err(
+                        &self.kafka,
+                        format!("dead letter to {}", source.dead_letter_topic),
+                    )(e));
+                }
             }
         }
     }
 
-    /// Waits until every queued dead letter is acknowledged; fails if any
-    /// delivery failed, so the caller does not checkpoint past it.
-    pub fn flush(&self) -> Result<(), SpeedError> {
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(kafka_err(&self.kafka, "dead-letter flush"))?;
+    /// Waits up to `timeout` for every queued dead letter to be
+    /// acknowledged: `Ok(true)` when all are, `Ok(false)` when some are still
+    /// in flight (call again), an error if any delivery failed, so the caller
+    /// does not checkpoint past it.
+    pub fn flush(&self, timeout: Duration) -> Result<bool, SpeedError> {
+        match self.producer.flush(timeout) {
+            Ok(()) => {}
+            Err(rdkafka::error::KafkaError::Flush(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            )) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(kafka_err(&self.kafka, "dead-letter flush")(e)),
+        }
         let failed = self.tracker.failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             return Err(SpeedError::Usage(format!(
                 "{failed} dead letter(s) could not be delivered; not checkpointing past them (check the dead-letter topic exists and the broker accepts writes)"
             )));
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -173,8 +224,12 @@ impl ReplayRange {
         self.partition.is_none_or(|p| p == partition)
             && self.from_offset.is_none_or(|o| offset >= o)
             && self.to_offset.is_none_or(|o| offset < o)
-            && self.from_time_ms.is_none_or(|t| timestamp.is_some_and(|ts| ts >= t))
-            && self.to_time_ms.is_none_or(|t| timestamp.is_some_and(|ts| ts < t))
+            && self
+                .from_time_ms
+                .is_none_or(|t| timestamp.is_some_and(|ts| ts >= t))
+            && self
+                .to_time_ms
+                .is_none_or(|t| timestamp.is_some_and(|ts| ts < t))
     }
 }
 
@@ -212,7 +267,9 @@ pub fn replay(
         .filter(|p| range.partition.is_none_or(|x| x == *p))
         .collect();
     if partitions.is_empty() {
-        return Err(SpeedError::Usage(format!("dead-letter topic {dlq_topic} has no partitions (does it exist?)")));
+        return Err(SpeedError::Usage(format!(
+            "dead-letter topic {dlq_topic} has no partitions (does it exist?)"
+        )));
     }
     let mut ends = std::collections::HashMap::new();
     let mut total = 0u64;
@@ -239,7 +296,9 @@ pub fn replay(
     if ends.is_empty() {
         return Ok(report);
     }
-    consumer.assign(&assignment).map_err(kafka_err(kafka, "assign"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(kafka_err(kafka, "assign"))?;
     let mut remaining = ends.clone();
     let mut idle = 0;
     while !remaining.is_empty() && idle < 100 {
@@ -250,7 +309,9 @@ pub fn replay(
         idle = 0;
         let message = message.map_err(kafka_err(kafka, format!("read {dlq_topic}")))?;
         let (p, offset) = (message.partition(), message.offset());
-        let Some(end) = remaining.get(&p).copied() else { continue };
+        let Some(end) = remaining.get(&p).copied() else {
+            continue;
+        };
         if offset >= end {
             remaining.remove(&p);
             continue;
@@ -263,14 +324,22 @@ pub fn replay(
             let from = format!("{dlq_topic}/{p}/{offset}");
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(target)
                 .payload(message.payload().unwrap_or_default())
-                .headers(OwnedHeaders::new().insert(Header { key: headers::REPLAYED_FROM, value: Some(from.as_str()) }));
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: headers::REPLAYED_FROM,
+                    value: Some(from.as_str()),
+                }));
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
                         record = r;
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -283,7 +352,9 @@ pub fn replay(
             progress(report.scanned, total);
         }
     }
-    producer.flush(Duration::from_secs(30)).map_err(kafka_err(kafka, "replay flush"))?;
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(kafka_err(kafka, "replay flush"))?;
     progress(report.scanned, total);
     Ok(report)
 }

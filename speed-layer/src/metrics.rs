@@ -51,7 +51,9 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -65,21 +67,57 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(RECORDS_IN, "Records read from Kafka, by topic and partition.");
-    describe_counter!(DECODE_ERRORS, "Records that failed decoding or contract validation, by topic and kind.");
-    describe_counter!(DEAD_LETTERS, "Records written to the dead-letter topic, by source topic.");
-    describe_counter!(LATE_EVENTS, "Events too late for a window (left to the batch layer), by metric.");
-    describe_counter!(DUPLICATES_SKIPPED, "Redelivered records skipped because they were already processed.");
-    describe_gauge!(WATERMARK_DELAY, "Wall clock minus the operator watermark, seconds, by topic.");
-    describe_gauge!(WATERMARK, "Operator watermark (min over active partitions), epoch ms, by topic.");
-    describe_gauge!(CONSUMER_LAG, "Records between the consumer position and the partition end.");
-    describe_gauge!(WINDOW_STATE, "Open (window, group key) states held in memory.");
+    describe_counter!(
+        RECORDS_IN,
+        "Records read from Kafka, by topic and partition."
+    );
+    describe_counter!(
+        DECODE_ERRORS,
+        "Records that failed decoding or contract validation, by topic and kind."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records written to the dead-letter topic, by source topic."
+    );
+    describe_counter!(
+        LATE_EVENTS,
+        "Events too late for a window (left to the batch layer), by metric."
+    );
+    describe_counter!(
+        DUPLICATES_SKIPPED,
+        "Redelivered records skipped because they were already processed."
+    );
+    describe_gauge!(
+        WATERMARK_DELAY,
+        "Wall clock minus the operator watermark, seconds, by topic."
+    );
+    describe_gauge!(
+        WATERMARK,
+        "Operator watermark (min over active partitions), epoch ms, by topic."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records between the consumer position and the partition end."
+    );
+    describe_gauge!(
+        WINDOW_STATE,
+        "Open (window, group key) states held in memory."
+    );
     describe_counter!(WINDOWS_FINALIZED, "Windows that became final.");
-    describe_counter!(SINK_BATCHES, "ClickHouse insert batches, by table and outcome.");
+    describe_counter!(
+        SINK_BATCHES,
+        "ClickHouse insert batches, by table and outcome."
+    );
     describe_counter!(SINK_ROWS, "Rows written to ClickHouse, by table.");
-    describe_histogram!(SINK_LATENCY, "ClickHouse insert latency in seconds, by table.");
+    describe_histogram!(
+        SINK_LATENCY,
+        "ClickHouse insert latency in seconds, by table."
+    );
     describe_counter!(SINK_RETRIES, "Retried ClickHouse inserts, by table.");
-    describe_counter!(BACKPRESSURE_PAUSES, "Times consumption paused because ClickHouse was failing.");
+    describe_counter!(
+        BACKPRESSURE_PAUSES,
+        "Times consumption paused because ClickHouse was failing."
+    );
     describe_gauge!(ASSIGNED_PARTITIONS, "Partitions assigned to this process.");
     describe_counter!(CHECKPOINTS, "Checkpoints stored.");
 }

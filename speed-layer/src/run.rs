@@ -58,7 +58,21 @@ struct SpeedContext {
     fatal: Mutex<Option<String>>,
 }
 
-impl ClientContext for SpeedContext {}
+impl ClientContext for SpeedContext {
+    /// Consumer lag from librdkafka's statistics: computed from the high
+    /// watermarks fetch responses already carry, so measuring lag costs no
+    /// extra broker request.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SpeedContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -103,10 +117,9 @@ impl ConsumerContext for SpeedContext {
             Rebalance::Revoke(tpl) => {
                 for elem in tpl.elements() {
                     tracing::info!(topic = %elem.topic(), partition = elem.partition(), "partition revoked");
-                    self.events
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(PartitionEvent::Revoked(elem.topic().to_string(), elem.partition()));
+                    self.events.lock().unwrap_or_else(|p| p.into_inner()).push(
+                        PartitionEvent::Revoked(elem.topic().to_string(), elem.partition()),
+                    );
                 }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -119,10 +132,12 @@ impl SpeedContext {
         let mut backoff = Backoff::default();
         let mut last = String::new();
         for _ in 0..8 {
-            match self
-                .runtime
-                .block_on(checkpoint::load(&self.client, &self.database, &self.group_id, topic))
-            {
+            match self.runtime.block_on(checkpoint::load(
+                &self.client,
+                &self.database,
+                &self.group_id,
+                topic,
+            )) {
                 Ok(cks) => return Ok(cks),
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "loading checkpoints failed, retrying");
@@ -140,7 +155,6 @@ struct Assigned {
     decoder: Decoder,
     state: PartitionState,
     last_record: Instant,
-    lag: i64,
 }
 
 struct Speed {
@@ -154,11 +168,15 @@ struct Speed {
     shutdown: Arc<AtomicBool>,
     report: SpeedReport,
     paused: bool,
+    last_commit: Instant,
 }
 
 /// Runs the speed layer until `shutdown` is set, then flushes, commits and
 /// returns.
-pub async fn run(config: Arc<Config>, shutdown: Arc<AtomicBool>) -> Result<SpeedReport, SpeedError> {
+pub async fn run(
+    config: Arc<Config>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<SpeedReport, SpeedError> {
     let handle = m::install();
     let listen = config.speed.metrics_listen;
     let metrics_server = tokio::spawn(async move {
@@ -171,7 +189,10 @@ pub async fn run(config: Arc<Config>, shutdown: Arc<AtomicBool>) -> Result<Speed
     let tables = warehouse::query_rows(
         &client,
         "SELECT name FROM system.tables WHERE database = ? AND name = ?",
-        &[&config.clickhouse.database, warehouse::SPEED_CHECKPOINTS_TABLE],
+        &[
+            &config.clickhouse.database,
+            warehouse::SPEED_CHECKPOINTS_TABLE,
+        ],
     )
     .await?;
     if tables.is_empty() {
@@ -216,7 +237,7 @@ async fn topic_partitions(config: &Config, topic: &str) -> Result<i32, SpeedErro
             .create()
             .map_err(kafka_err(&kafka, "metadata client creation"))?;
         let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
             .map_err(kafka_err(&kafka, format!("metadata of {topic}")))?;
         Ok(metadata
             .topics()
@@ -250,9 +271,23 @@ impl Speed {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            // Fast failover when a process dies; overridable in [kafka.properties].
+            // Fast failover when a process dies (its partitions move after
+            // 10 s); overridable in [kafka.properties]. The loop polls every
+            // 50 ms, and keeps polling while ClickHouse retries, so a short
+            // max poll interval only ever evicts a truly stuck process.
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // A dead member is only evicted when this much time passes, so
+            // it bounds the failover time after a crash. The loop never
+            // blocks longer than a poll: ClickHouse writes run on the async
+            // runtime while the loop keeps polling.
+            .set("max.poll.interval.ms", "10000")
+            // Small fetches keep the per-record latency low and the brokers'
+            // responses short (an SQLite-backed broker stalls on a large
+            // response to a consumer that died mid-fetch).
+            .set("fetch.max.bytes", "1048576")
+            .set("max.partition.fetch.bytes", "262144")
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &config.kafka.properties {
             kafka_config.set(key, value);
         }
@@ -276,22 +311,41 @@ impl Speed {
             shutdown,
             report: SpeedReport::default(),
             paused: false,
+            last_commit: Instant::now(),
         })
     }
 
     fn run_loop(&mut self) -> Result<(), SpeedError> {
         let emit_interval = Duration::from_millis(self.config.speed.emit_interval.0);
         let mut last_emit = Instant::now();
-        let mut last_lag = Instant::now();
+        let mut unassigned_since = Instant::now();
+        let mut rejoin_after = Duration::from_secs(15);
         while !self.shutdown.load(Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;
+            // Some Kafka-compatible brokers (seen with Tansu 0.6) keep a
+            // member that died during a rebalance as the group leader until
+            // another JoinGroup arrives; the survivors then heartbeat happily
+            // with no partitions. Rejoining after a while with nothing
+            // assigned lets the broker evict the dead member. The delay
+            // doubles (capped) so an instance that is idle by design (more
+            // instances than partitions) rarely disturbs the group.
+            if self.partitions.is_empty() {
+                if unassigned_since.elapsed() >= rejoin_after {
+                    tracing::warn!(
+                        after_s = rejoin_after.as_secs(),
+                        "no partition assigned; rejoining the consumer group"
+                    );
+                    self.rejoin()?;
+                    unassigned_since = Instant::now();
+                    rejoin_after = (rejoin_after * 2).min(Duration::from_secs(600));
+                }
+            } else {
+                unassigned_since = Instant::now();
+                rejoin_after = Duration::from_secs(15);
+            }
             if last_emit.elapsed() >= emit_interval {
                 self.flush()?;
                 last_emit = Instant::now();
-            }
-            if last_lag.elapsed() >= Duration::from_secs(10) {
-                self.update_lag();
-                last_lag = Instant::now();
             }
         }
         tracing::info!("shutting down: final flush and commit");
@@ -300,11 +354,23 @@ impl Speed {
         Ok(())
     }
 
+    fn rejoin(&mut self) -> Result<(), SpeedError> {
+        let topics: Vec<String> = self.sources.keys().cloned().collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.unsubscribe();
+        self.consumer.subscribe(&topics).map_err(kafka_err(
+            &self.config.kafka,
+            format!("resubscribe to {topics:?}"),
+        ))
+    }
+
     /// Polls once, handling rebalances and at most one record.
     fn poll_once(&mut self, timeout: Duration) -> Result<(), SpeedError> {
         let message = self.consumer.poll(timeout);
         handle_partition_events(&self.consumer, &mut self.partitions, &self.sources)?;
-        let Some(message) = message else { return Ok(()) };
+        let Some(message) = message else {
+            return Ok(());
+        };
         let message = match message {
             Ok(message) => message,
             Err(e) => {
@@ -330,7 +396,8 @@ impl Speed {
             Ok(event) => {
                 let outcome = assigned.state.apply(offset, &event);
                 if outcome.late > 0 {
-                    metrics::counter!(m::LATE_EVENTS, "topic" => key.0.clone()).increment(u64::from(outcome.late));
+                    metrics::counter!(m::LATE_EVENTS, "topic" => key.0.clone())
+                        .increment(u64::from(outcome.late));
                 }
             }
             Err(error) => {
@@ -342,7 +409,8 @@ impl Speed {
                     timestamp: message.timestamp().to_millis(),
                     key: message.key(),
                 };
-                self.dead_letters.send(&assigned.source, origin, payload, &error)?;
+                self.dead_letters
+                    .send(&assigned.source, origin, payload, &error)?;
                 metrics::counter!(m::DEAD_LETTERS, "topic" => key.0.clone()).increment(1);
                 self.report.dead_letters += 1;
                 assigned.state.skip(offset);
@@ -371,7 +439,12 @@ impl Speed {
                     .or_default()
                     .push(row.row);
             }
-            let mut ck = checkpoint::row(&self.config.speed.group_id, topic, *partition, &emission.checkpoint);
+            let mut ck = checkpoint::row(
+                &self.config.speed.group_id,
+                topic,
+                *partition,
+                &emission.checkpoint,
+            );
             ck.insert("updated_at".into(), now.clone());
             checkpoints.push(ck);
             for metric in metrics {
@@ -379,7 +452,10 @@ impl Speed {
                 row.insert("metric".into(), Json::from(metric.name.clone()));
                 row.insert("layer".into(), Json::from("speed"));
                 row.insert("kafka_partition".into(), Json::from(*partition));
-                row.insert("watermark_ms".into(), Json::from(assigned.state.watermark()));
+                row.insert(
+                    "watermark_ms".into(),
+                    Json::from(assigned.state.watermark()),
+                );
                 row.insert("version".into(), Json::from(now_ms));
                 row.insert("run_id".into(), Json::from(0));
                 row.insert("updated_at".into(), now.clone());
@@ -395,7 +471,10 @@ impl Speed {
         }
         // Dead letters first: a checkpoint must never pass a record that is
         // neither in a window nor safely in the dead-letter topic.
-        self.dead_letters.flush()?;
+        while !self.dead_letters.flush(Duration::from_millis(100))? {
+            // Keep the group membership alive while the broker acknowledges.
+            self.poll_once(Duration::from_millis(5))?;
+        }
         let mut names: Vec<String> = tables.keys().cloned().collect();
         names.sort();
         for table in names {
@@ -406,12 +485,17 @@ impl Speed {
         self.write_with_retry(warehouse::SPEED_CHECKPOINTS_TABLE, &checkpoints)?;
         metrics::counter!(m::CHECKPOINTS).increment(checkpoints.len() as u64);
         self.write_with_retry(WATERMARKS_TABLE, &watermarks)?;
-        self.commit(&checkpoints);
+        if self.last_commit.elapsed() >= Duration::from_secs(10)
+            || self.shutdown.load(Ordering::Relaxed)
+        {
+            self.commit(&checkpoints);
+            self.last_commit = Instant::now();
+        }
         Ok(())
     }
 
-    /// Kafka commits mirror the checkpoints so standard lag tools see
-    /// progress; correctness never depends on them.
+    /// Kafka commits mirror the checkpoints (every 10 s, and on shutdown) so
+    /// standard lag tools see progress; correctness never depends on them.
     fn commit(&self, checkpoints: &[Map<String, Json>]) {
         let mut tpl = TopicPartitionList::new();
         for ck in checkpoints {
@@ -419,7 +503,9 @@ impl Speed {
                 ck.get("topic").and_then(Json::as_str),
                 ck.get("kafka_partition").and_then(Json::as_i64),
                 ck.get("next_offset").and_then(Json::as_i64),
-            ) && self.partitions.contains_key(&(topic.to_string(), partition as i32))
+            ) && self
+                .partitions
+                .contains_key(&(topic.to_string(), partition as i32))
             {
                 let _ = tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset));
             }
@@ -433,13 +519,32 @@ impl Speed {
 
     /// Inserts with retries; while ClickHouse fails, consumption is paused
     /// (the consumer keeps polling so it stays in its group).
-    fn write_with_retry(&mut self, table: &str, rows: &[Map<String, Json>]) -> Result<(), SpeedError> {
+    fn write_with_retry(
+        &mut self,
+        table: &str,
+        rows: &[Map<String, Json>],
+    ) -> Result<(), SpeedError> {
         let mut backoff = Backoff::default();
         let database = self.config.clickhouse.database.clone();
         loop {
+            let (client, db, name, batch) = (
+                self.client.clone(),
+                database.clone(),
+                table.to_string(),
+                rows.to_vec(),
+            );
+            let task = self
+                .runtime
+                .spawn(async move { insert_once(&client, &db, &name, &batch).await });
+            // Keep polling while the write is in flight so the group never
+            // sees this member as stuck.
+            while !task.is_finished() {
+                self.poll_once(Duration::from_millis(5))?;
+            }
             let result = self
                 .runtime
-                .block_on(insert_once(&self.client, &database, table, rows));
+                .block_on(task)
+                .map_err(|e| SpeedError::Usage(format!("ClickHouse write task failed: {e}")))?;
             match result {
                 Ok(()) => {
                     if self.paused {
@@ -467,7 +572,9 @@ impl Speed {
     }
 
     fn set_paused(&mut self, paused: bool) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
         let result = if paused {
             self.consumer.pause(&assignment)
         } else {
@@ -497,37 +604,46 @@ impl Speed {
         let now_ms = chrono::Utc::now().timestamp_millis();
         for (topic, wm) in operator {
             metrics::gauge!(m::WATERMARK, "topic" => topic.to_string()).set(wm as f64);
-            metrics::gauge!(m::WATERMARK_DELAY, "topic" => topic.to_string()).set(now_ms.saturating_sub(wm) as f64 / 1000.0);
-        }
-    }
-
-    fn update_lag(&mut self) {
-        for ((topic, partition), assigned) in &mut self.partitions {
-            if let Ok((_, high)) = self.consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
-                assigned.lag = (high - assigned.state.next_offset()).max(0);
-                metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
-                    .set(assigned.lag as f64);
-            }
+            metrics::gauge!(m::WATERMARK_DELAY, "topic" => topic.to_string())
+                .set(now_ms.saturating_sub(wm) as f64 / 1000.0);
         }
     }
 }
 
 /// Applies the assignments and revocations the rebalance callback queued.
 fn handle_partition_events(
-consumer: &BaseConsumer<SpeedContext>,
-partitions: &mut HashMap<(String, i32), Assigned>,
-sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
+    consumer: &BaseConsumer<SpeedContext>,
+    partitions: &mut HashMap<(String, i32), Assigned>,
+    sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
 ) -> Result<(), SpeedError> {
-    if let Some(fatal) = consumer.context().fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(fatal) = consumer
+        .context()
+        .fatal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(SpeedError::Usage(fatal));
     }
-    let events: Vec<PartitionEvent> =
-        std::mem::take(&mut *consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
+    let events: Vec<PartitionEvent> = std::mem::take(
+        &mut *consumer
+            .context()
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
     for event in events {
         match event {
             PartitionEvent::Assigned(topic, partition, checkpoint) => {
-                let Some((source, metrics)) = sources.get(&topic) else { continue };
-                let state = PartitionState::new(partition, source.allowed_lateness.as_i64(), metrics, checkpoint);
+                let Some((source, metrics)) = sources.get(&topic) else {
+                    continue;
+                };
+                let state = PartitionState::new(
+                    partition,
+                    source.allowed_lateness.as_i64(),
+                    metrics,
+                    checkpoint,
+                );
                 partitions.insert(
                     (topic, partition),
                     Assigned {
@@ -535,7 +651,6 @@ sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
                         decoder: source.decoder(),
                         state,
                         last_record: Instant::now(),
-                        lag: 0,
                     },
                 );
             }
@@ -549,4 +664,3 @@ sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
     metrics::gauge!(m::ASSIGNED_PARTITIONS).set(partitions.len() as f64);
     Ok(())
 }
-

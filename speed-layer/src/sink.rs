@@ -49,16 +49,19 @@ pub async fn insert_once(
     rows: &[Map<String, Json>],
 ) -> Result<(), WarehouseError> {
     let started = Instant::now();
-    let result = warehouse::insert_rows(client, database, table, rows, Duration::from_secs(30)).await;
+    let result =
+        warehouse::insert_rows(client, database, table, rows, Duration::from_secs(10)).await;
     let outcome = match &result {
         Ok(()) => "ok",
         Err(e) if e.is_retryable() => "retryable_error",
         Err(_) => "error",
     };
-    metrics::counter!(m::SINK_BATCHES, "table" => table.to_string(), "outcome" => outcome).increment(1);
+    metrics::counter!(m::SINK_BATCHES, "table" => table.to_string(), "outcome" => outcome)
+        .increment(1);
     if result.is_ok() {
         metrics::counter!(m::SINK_ROWS, "table" => table.to_string()).increment(rows.len() as u64);
-        metrics::histogram!(m::SINK_LATENCY, "table" => table.to_string()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::SINK_LATENCY, "table" => table.to_string())
+            .record(started.elapsed().as_secs_f64());
     }
     result
 }

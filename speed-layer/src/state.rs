@@ -190,6 +190,10 @@ pub struct PartitionState {
     lateness_ms: i64,
     next_offset: i64,
     max_event_ms: i64,
+    /// Windows ending at or before this were final before this partition
+    /// was (re)started from its checkpoint: never recreated, never touched.
+    restored_floor_ms: i64,
+    /// The highest watermark emitted so far (the next checkpoint's floor).
     final_watermark_ms: i64,
     metrics: Vec<MetricWindows>,
 }
@@ -197,12 +201,18 @@ pub struct PartitionState {
 impl PartitionState {
     /// State for `partition`, starting from `checkpoint`, computing `metrics`
     /// (all of the same source).
-    pub fn new(partition: i32, lateness_ms: i64, metrics: &[Arc<MetricDef>], checkpoint: Checkpoint) -> Self {
+    pub fn new(
+        partition: i32,
+        lateness_ms: i64,
+        metrics: &[Arc<MetricDef>],
+        checkpoint: Checkpoint,
+    ) -> Self {
         PartitionState {
             partition,
             lateness_ms,
             next_offset: checkpoint.next_offset,
             max_event_ms: checkpoint.replay_max_event_ms,
+            restored_floor_ms: checkpoint.final_watermark_ms,
             final_watermark_ms: checkpoint.final_watermark_ms,
             metrics: metrics
                 .iter()
@@ -215,10 +225,12 @@ impl PartitionState {
                             open: HashMap::new(),
                             retracted: Vec::new(),
                         },
-                        WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => Windows::Fixed {
-                            size_ms: size.as_i64(),
-                            open: BTreeMap::new(),
-                        },
+                        WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => {
+                            Windows::Fixed {
+                                size_ms: size.as_i64(),
+                                open: BTreeMap::new(),
+                            }
+                        }
                     },
                 })
                 .collect(),
@@ -251,7 +263,7 @@ impl PartitionState {
     pub fn apply(&mut self, offset: i64, event: &Event) -> ApplyOutcome {
         let watermark = self.watermark();
         let max_before = self.max_event_ms;
-        let floor = self.final_watermark_ms;
+        let floor = self.restored_floor_ms;
         let mut outcome = ApplyOutcome::default();
         for mw in &mut self.metrics {
             let metric = &*mw.metric;
@@ -264,8 +276,9 @@ impl PartitionState {
                 Windows::Fixed { open, .. } => {
                     let mut late = false;
                     for w in metric.window.assign(t) {
-                        if w.end_ms <= floor {
-                            // Final and written by an earlier incarnation.
+                        if w.end_ms <= floor && w.end_ms > watermark {
+                            // Final and written before the restart; the
+                            // replayed watermark has not caught up yet.
                             continue;
                         }
                         if w.end_ms <= watermark {
@@ -273,9 +286,12 @@ impl PartitionState {
                             continue;
                         }
                         let key = mw.keys.intern(metric, event);
-                        let (meta, acc) = open
-                            .entry((w.start_ms, key))
-                            .or_insert_with(|| (WindowMeta::new(offset, max_before), metric.plan.new_accumulator()));
+                        let (meta, acc) = open.entry((w.start_ms, key)).or_insert_with(|| {
+                            (
+                                WindowMeta::new(offset, max_before),
+                                metric.plan.new_accumulator(),
+                            )
+                        });
                         metric.plan.update(acc, event);
                         meta.last_offset = offset;
                         meta.dirty = true;
@@ -337,7 +353,7 @@ impl PartitionState {
     /// final windows, and computes the checkpoint those rows make valid.
     pub fn emit(&mut self) -> Emission {
         let watermark = self.watermark();
-        let floor = self.final_watermark_ms;
+        let floor = self.restored_floor_ms;
         let partition = self.partition;
         let mut rows = Vec::new();
         let mut finalized = 0;
@@ -363,7 +379,15 @@ impl PartitionState {
                         if meta.dirty || is_final {
                             rows.push(SpeedRow {
                                 metric: index,
-                                row: row(metric, &mw.keys.values[key as usize], partition, window, meta, acc, is_final),
+                                row: row(
+                                    metric,
+                                    &mw.keys.values[key as usize],
+                                    partition,
+                                    window,
+                                    meta,
+                                    acc,
+                                    is_final,
+                                ),
                             });
                             meta.dirty = false;
                         }
@@ -378,14 +402,22 @@ impl PartitionState {
                         open.remove(&k);
                     }
                 }
-                Windows::Session { open, retracted, .. } => {
+                Windows::Session {
+                    open, retracted, ..
+                } => {
                     for (window, key, version) in retracted.drain(..) {
                         // A session inside the final floor is a partial replay
                         // of a session already final: never touch its row.
                         if window.end_ms > floor {
                             rows.push(SpeedRow {
                                 metric: index,
-                                row: tombstone(metric, &mw.keys.values[key as usize], partition, window, version),
+                                row: tombstone(
+                                    metric,
+                                    &mw.keys.values[key as usize],
+                                    partition,
+                                    window,
+                                    version,
+                                ),
                             });
                         }
                     }
@@ -395,7 +427,15 @@ impl PartitionState {
                             if window.end_ms > floor {
                                 rows.push(SpeedRow {
                                     metric: index,
-                                    row: row(metric, &mw.keys.values[key as usize], partition, window, &entry.meta, &entry.acc, true),
+                                    row: row(
+                                        metric,
+                                        &mw.keys.values[key as usize],
+                                        partition,
+                                        window,
+                                        &entry.meta,
+                                        &entry.acc,
+                                        true,
+                                    ),
                                 });
                             }
                         }
@@ -406,7 +446,15 @@ impl PartitionState {
                                 if window.end_ms > floor {
                                     rows.push(SpeedRow {
                                         metric: index,
-                                        row: row(metric, &mw.keys.values[key as usize], partition, window, &entry.meta, &entry.acc, false),
+                                        row: row(
+                                            metric,
+                                            &mw.keys.values[key as usize],
+                                            partition,
+                                            window,
+                                            &entry.meta,
+                                            &entry.acc,
+                                            false,
+                                        ),
                                     });
                                 }
                             }
@@ -437,7 +485,12 @@ impl PartitionState {
     }
 }
 
-fn base_row(metric: &MetricDef, key: &[Value], partition: i32, window: Window) -> Map<String, Json> {
+fn base_row(
+    metric: &MetricDef,
+    key: &[Value],
+    partition: i32,
+    window: Window,
+) -> Map<String, Json> {
     let mut row = Map::new();
     row.insert("window_start_ms".into(), Json::from(window.start_ms));
     row.insert("window_end_ms".into(), Json::from(window.end_ms));
@@ -462,13 +515,22 @@ fn row(
     row.insert("first_offset".into(), Json::from(meta.first_offset));
     row.insert("last_offset".into(), Json::from(meta.last_offset));
     // The version only grows: a later offset, or the same offset turned final.
-    row.insert("version".into(), Json::from(meta.last_offset as u64 * 2 + u64::from(is_final)));
+    row.insert(
+        "version".into(),
+        Json::from(meta.last_offset as u64 * 2 + u64::from(is_final)),
+    );
     row.insert("retracted".into(), Json::from(0));
     row.insert("is_final".into(), Json::from(u8::from(is_final)));
     row
 }
 
-fn tombstone(metric: &MetricDef, key: &[Value], partition: i32, window: Window, version: u64) -> Map<String, Json> {
+fn tombstone(
+    metric: &MetricDef,
+    key: &[Value],
+    partition: i32,
+    window: Window,
+    version: u64,
+) -> Map<String, Json> {
     let mut row = base_row(metric, key, partition, window);
     row.insert("version".into(), Json::from(version));
     row.insert("retracted".into(), Json::from(1));

@@ -120,3 +120,247 @@ pub async fn rows(sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> 
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect()
 }
+
+/// An isolated environment: its own topic, consumer group, ClickHouse
+/// database and config file, so tests run in parallel on shared servers.
+pub struct TestEnv {
+    /// Holds the config file and logs.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// Source topic.
+    pub topic: String,
+    /// ClickHouse database.
+    pub database: String,
+    /// Port of the speed layer's Prometheus endpoint.
+    pub metrics_port: u16,
+}
+
+impl TestEnv {
+    /// A fresh environment named after `name`; `extra` is appended to the
+    /// generated config (e.g. `[kafka.properties]`).
+    pub fn new(name: &str, extra: &str) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = unique(name);
+        let database = unique(&format!("strata_{name}"));
+        let group = unique(&format!("{name}_speed"));
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = std::fs::read_to_string(repo().join("strata.toml")).unwrap();
+        let contracts = repo().join("schemas/contracts");
+        let text = text
+            .replace(
+                "dir = \"schemas/contracts\"",
+                &format!("dir = {:?}", contracts.display().to_string()),
+            )
+            .replace("topic = \"page_views\"", &format!("topic = {topic:?}"))
+            .replace(
+                "group_id = \"strata-speed\"",
+                &format!("group_id = {group:?}"),
+            )
+            .replace(
+                "metrics_listen = \"127.0.0.1:9464\"",
+                &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+            );
+        let config = dir.path().join("strata.toml");
+        std::fs::write(&config, format!("{text}\n{extra}\n")).unwrap();
+        TestEnv {
+            dir,
+            config,
+            topic,
+            database,
+            metrics_port,
+        }
+    }
+
+    /// `strata` with this environment's config and endpoints.
+    pub fn strata(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("--config").arg(&self.config);
+        cmd.env("STRATA_CLICKHOUSE_URL", clickhouse_url());
+        cmd.env("STRATA_KAFKA_BROKERS", kafka_brokers());
+        cmd.env("STRATA_CLICKHOUSE_DATABASE", &self.database);
+        cmd.env("RUST_LOG", "info,rdkafka=warn");
+        cmd
+    }
+
+    /// Runs `strata init`.
+    pub fn init(&self) {
+        run_ok(self.strata().arg("init"));
+    }
+
+    /// Starts `strata speed` in the background, logging to `speed-<n>.log`.
+    pub fn spawn_speed(&self, n: usize) -> std::process::Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("speed-{n}.log"))).unwrap();
+        self.strata()
+            .arg("speed")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// The log of speed process `n`.
+    pub fn speed_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("speed-{n}.log"))).unwrap_or_default()
+    }
+
+    /// The speed layer's Prometheus text.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// Sum of every sample of Prometheus counter `name` in `text`.
+    pub fn counter(text: &str, name: &str) -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Generates `config` into this environment's topic.
+    pub fn generate(&self, config: &strata_schemas::clickstream::ClickstreamConfig) {
+        let c = config;
+        run_ok(self.strata().args([
+            "generate",
+            "--quiet",
+            "--seed",
+            &c.seed.to_string(),
+            "--events",
+            &c.events.to_string(),
+            "--users",
+            &c.users.to_string(),
+            "--pages",
+            &c.pages.to_string(),
+            "--countries",
+            &c.countries.to_string(),
+            "--partitions",
+            &c.partitions.to_string(),
+            "--start",
+            &c.start_ms.to_string(),
+            "--step-ms",
+            &c.step_ms.to_string(),
+            "--out-of-order",
+            &c.out_of_order_fraction.to_string(),
+            "--max-disorder-ms",
+            &c.max_disorder_ms.to_string(),
+            "--late",
+            &c.late_fraction.to_string(),
+            "--late-by-ms",
+            &c.late_by_ms.to_string(),
+            "--malformed",
+            &c.malformed_fraction.to_string(),
+            "--invalid",
+            &c.invalid_fraction.to_string(),
+        ]));
+    }
+
+    /// The speed view of the three reference metrics, partitions merged.
+    pub async fn speed_view(&self) -> expected::Expected {
+        let db = &self.database;
+        let mut view = expected::Expected::default();
+        for r in rows(&format!(
+            "SELECT window_start_ms, page, country, sum(agg_events) AS c, sum(agg_duration_ms_sum) AS s \
+             FROM {db}.page_views_per_minute_speed FINAL WHERE retracted = 0 GROUP BY window_start_ms, page, country"
+        ))
+        .await
+        {
+            let c = r["c"].as_u64().unwrap();
+            view.counted += c;
+            view.per_minute.insert(
+                (r["window_start_ms"].as_i64().unwrap(), r["page"].as_str().unwrap().into(), r["country"].as_str().unwrap().into()),
+                (c, r["s"].as_f64().unwrap() as i64),
+            );
+        }
+        for r in rows(&format!(
+            "SELECT window_start_ms, country, length(groupUniqArrayArray(agg_user_id_distinct_hashes)) AS u \
+             FROM {db}.active_users_5m_speed FINAL WHERE retracted = 0 GROUP BY window_start_ms, country"
+        ))
+        .await
+        {
+            view.active_users
+                .insert((r["window_start_ms"].as_i64().unwrap(), r["country"].as_str().unwrap().into()), r["u"].as_u64().unwrap());
+        }
+        for r in rows(&format!(
+            "SELECT user_id, window_start_ms, window_end_ms, sum(agg_events) AS c, sum(agg_duration_ms_sum) AS s \
+             FROM {db}.user_sessions_speed FINAL WHERE retracted = 0 GROUP BY user_id, window_start_ms, window_end_ms"
+        ))
+        .await
+        {
+            view.sessions.insert(
+                (
+                    r["user_id"].as_str().unwrap().into(),
+                    r["window_start_ms"].as_i64().unwrap(),
+                    r["window_end_ms"].as_i64().unwrap(),
+                ),
+                (r["c"].as_u64().unwrap(), r["s"].as_f64().unwrap() as i64),
+            );
+        }
+        view
+    }
+
+    /// Events counted so far in the speed view of page_views_per_minute and
+    /// user_sessions (the progress probe of the speed tests).
+    pub async fn speed_progress(&self) -> (u64, u64) {
+        let db = &self.database;
+        let one = |sql: String| async move {
+            rows(&sql)
+                .await
+                .first()
+                .and_then(|r| r["c"].as_u64())
+                .unwrap_or(0)
+        };
+        (
+            one(format!("SELECT sum(agg_events) AS c FROM {db}.page_views_per_minute_speed FINAL WHERE retracted = 0")).await,
+            one(format!("SELECT sum(agg_events) AS c FROM {db}.user_sessions_speed FINAL WHERE retracted = 0")).await,
+        )
+    }
+
+    /// Drops the database.
+    pub async fn drop_database(&self) {
+        let _ = clickhouse()
+            .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
+            .execute()
+            .await;
+    }
+}
+
+/// SIGTERM, then waits; returns the exit code.
+pub fn terminate(child: &mut std::process::Child) -> Option<i32> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    child.wait().ok().and_then(|s| s.code())
+}
+
+/// Polls `probe` every 250 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    false
+}
+
+pub mod expected;
