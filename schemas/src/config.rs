@@ -187,6 +187,9 @@ impl Default for ObjectStoreSection {
 pub struct SpeedSection {
     /// Consumer group shared by all speed processes. Env: `STRATA_SPEED_GROUP_ID`.
     pub group_id: String,
+    /// Key of this pipeline's checkpoints in ClickHouse (default: the
+    /// group id). Keeping it when the group id changes keeps the progress.
+    pub checkpoint_namespace: Option<String>,
     /// How often open windows are written to ClickHouse.
     pub emit_interval: String,
     /// A partition without records for this long stops holding the
@@ -200,6 +203,7 @@ impl Default for SpeedSection {
     fn default() -> Self {
         SpeedSection {
             group_id: "strata-speed".into(),
+            checkpoint_namespace: None,
             emit_interval: "1s".into(),
             idle_timeout: "30s".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -507,6 +511,8 @@ impl Config {
 pub struct SpeedSettings {
     /// Consumer group.
     pub group_id: String,
+    /// Checkpoint key.
+    pub checkpoint_namespace: String,
     /// Emit interval.
     pub emit_interval: DurationMs,
     /// Idle timeout.
@@ -559,7 +565,7 @@ type Setter = fn(&mut RawConfig, String);
 /// Environment variables that override connection settings, with the config
 /// path each one replaces. Only deployment-specific settings are overridable:
 /// metric definitions stay in the file so both layers always agree.
-pub const ENV_OVERRIDES: [(&str, &str, Setter); 9] = [
+pub const ENV_OVERRIDES: [(&str, &str, Setter); 10] = [
     ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| {
         c.kafka.brokers = v;
     }),
@@ -581,6 +587,9 @@ pub const ENV_OVERRIDES: [(&str, &str, Setter); 9] = [
     ),
     ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| {
         c.object_store.url = v;
+    }),
+    ("STRATA_SPEED_GROUP_ID", "speed.group_id", |c, v| {
+        c.speed.group_id = v;
     }),
     (
         "STRATA_SPEED_METRICS_LISTEN",
@@ -748,6 +757,11 @@ fn compile(
     let speed = (|| {
         Some(SpeedSettings {
             group_id: raw.speed.group_id.clone(),
+            checkpoint_namespace: raw
+                .speed
+                .checkpoint_namespace
+                .clone()
+                .unwrap_or_else(|| raw.speed.group_id.clone()),
             emit_interval: c.positive_duration("speed.emit_interval", &raw.speed.emit_interval)?,
             idle_timeout: c.positive_duration("speed.idle_timeout", &raw.speed.idle_timeout)?,
             metrics_listen: c.socket("speed.metrics_listen", &raw.speed.metrics_listen)?,

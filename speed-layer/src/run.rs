@@ -261,7 +261,7 @@ impl Speed {
             runtime: runtime.clone(),
             client: client.clone(),
             database: config.clickhouse.database.clone(),
-            group_id: config.speed.group_id.clone(),
+            group_id: config.speed.checkpoint_namespace.clone(),
             events: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
         };
@@ -440,7 +440,7 @@ impl Speed {
                     .push(row.row);
             }
             let mut ck = checkpoint::row(
-                &self.config.speed.group_id,
+                &self.config.speed.checkpoint_namespace,
                 topic,
                 *partition,
                 &emission.checkpoint,

@@ -193,14 +193,44 @@ impl TestEnv {
     }
 
     /// Starts `strata speed` in the background, logging to `speed-<n>.log`.
-    pub fn spawn_speed(&self, n: usize) -> std::process::Child {
+    pub fn spawn_speed(&self, n: usize) -> ChildGuard {
         let log = std::fs::File::create(self.dir.path().join(format!("speed-{n}.log"))).unwrap();
-        self.strata()
-            .arg("speed")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        ChildGuard(
+            self.strata()
+                .arg("speed")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Starts `strata speed` in consumer group `group` (unique per test).
+    pub fn spawn_speed_in_group(&self, n: usize, group: &str) -> ChildGuard {
+        let log = std::fs::File::create(self.dir.path().join(format!("speed-{n}.log"))).unwrap();
+        ChildGuard(
+            self.strata()
+                .arg("speed")
+                .env("STRATA_SPEED_GROUP_ID", format!("{}-{group}", self.topic))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Pins the checkpoint namespace (independent of the group id).
+    pub fn set_checkpoint_namespace(&self, namespace: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen(
+            "[speed]\n",
+            &format!(
+                "[speed]\ncheckpoint_namespace = {:?}\n",
+                format!("{}-{namespace}", self.topic)
+            ),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// The log of speed process `n`.
@@ -335,6 +365,30 @@ impl TestEnv {
             .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
             .execute()
             .await;
+    }
+}
+
+/// A child process that is killed when the guard drops (a failing test must
+/// not leave a consumer running against the shared servers).
+pub struct ChildGuard(pub std::process::Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
