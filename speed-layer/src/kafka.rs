@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use strata_schemas::config::KafkaSection;
 
@@ -39,6 +40,28 @@ pub fn kafka_err(
         brokers,
         source,
     }
+}
+
+/// Whether `topic` exists with at least one partition (a metadata request
+/// from a consumer, which never auto-creates topics).
+pub async fn topic_exists(kafka: &KafkaSection, topic: &str) -> Result<bool, SpeedError> {
+    let kafka = kafka.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&kafka)
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(kafka_err(&kafka, "metadata client creation"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(30))
+            .map_err(kafka_err(&kafka, format!("metadata of {topic}")))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+    })
+    .await
+    .map_err(|e| SpeedError::Usage(format!("metadata task failed: {e}")))?
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists. Returns

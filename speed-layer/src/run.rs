@@ -214,7 +214,13 @@ pub async fn run(
             continue;
         }
         let partitions = topic_partitions(&config, &source.topic).await?.max(1);
-        ensure_topic(&config.kafka, &source.dead_letter_topic, partitions).await?;
+        // Dead-letter topics are often managed by whoever owns the cluster
+        // (and some brokers refuse CreateTopics): a failed creation is
+        // reported, not fatal. If the topic really is missing, dead-letter
+        // deliveries fail and the checkpoint stops before them.
+        if let Err(e) = ensure_topic(&config.kafka, &source.dead_letter_topic, partitions).await {
+            tracing::warn!(topic = %source.dead_letter_topic, error = %e, "could not create the dead-letter topic; create it or grant CreateTopics");
+        }
         sources.insert(source.topic.clone(), (source.clone(), metrics));
     }
     let runtime = Handle::current();

@@ -106,7 +106,41 @@ pub fn clickhouse() -> clickhouse::Client {
 
 /// Rows of a query as JSON objects.
 pub async fn rows(sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let bytes = clickhouse()
+    rows_at(&clickhouse_url(), sql).await
+}
+
+/// Rows of a query on the ClickHouse at `url` (empty if it is down).
+pub async fn try_rows_at(
+    url: &str,
+    sql: &str,
+) -> Option<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let client = clickhouse::Client::default()
+        .with_url(url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    let bytes = client
+        .query(sql)
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .fetch_bytes("JSONEachRow")
+        .ok()?
+        .collect()
+        .await
+        .ok()?;
+    Some(
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect(),
+    )
+}
+
+/// Rows of a query on the ClickHouse at `url`.
+pub async fn rows_at(url: &str, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let bytes = clickhouse::Client::default()
+        .with_url(url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None)
         .query(sql)
         .with_setting("output_format_json_quote_64bit_integers", "0")
         .fetch_bytes("JSONEachRow")
@@ -134,6 +168,10 @@ pub struct TestEnv {
     pub database: String,
     /// Port of the speed layer's Prometheus endpoint.
     pub metrics_port: u16,
+    /// ClickHouse this environment uses (default: the shared one).
+    pub clickhouse_url: String,
+    /// Kafka brokers this environment uses (default: the shared Tansu).
+    pub kafka_brokers: String,
 }
 
 impl TestEnv {
@@ -173,6 +211,8 @@ impl TestEnv {
             topic,
             database,
             metrics_port,
+            clickhouse_url: clickhouse_url(),
+            kafka_brokers: kafka_brokers(),
         }
     }
 
@@ -180,8 +220,8 @@ impl TestEnv {
     pub fn strata(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
         cmd.arg("--config").arg(&self.config);
-        cmd.env("STRATA_CLICKHOUSE_URL", clickhouse_url());
-        cmd.env("STRATA_KAFKA_BROKERS", kafka_brokers());
+        cmd.env("STRATA_CLICKHOUSE_URL", &self.clickhouse_url);
+        cmd.env("STRATA_KAFKA_BROKERS", &self.kafka_brokers);
         cmd.env("STRATA_CLICKHOUSE_DATABASE", &self.database);
         cmd.env("RUST_LOG", "info,rdkafka=warn");
         cmd
@@ -263,8 +303,17 @@ impl TestEnv {
 
     /// Generates `config` into this environment's topic.
     pub fn generate(&self, config: &strata_schemas::clickstream::ClickstreamConfig) {
+        run_ok(&mut self.generate_command(config));
+    }
+
+    /// The `strata generate` command for `config` (add `--rate` to pace it).
+    pub fn generate_command(
+        &self,
+        config: &strata_schemas::clickstream::ClickstreamConfig,
+    ) -> Command {
         let c = config;
-        run_ok(self.strata().args([
+        let mut cmd = self.strata();
+        cmd.args([
             "generate",
             "--quiet",
             "--seed",
@@ -295,14 +344,16 @@ impl TestEnv {
             &c.malformed_fraction.to_string(),
             "--invalid",
             &c.invalid_fraction.to_string(),
-        ]));
+        ]);
+        cmd
     }
 
     /// The speed view of the three reference metrics, partitions merged.
     pub async fn speed_view(&self) -> expected::Expected {
         let db = &self.database;
         let mut view = expected::Expected::default();
-        for r in rows(&format!(
+        let url = &self.clickhouse_url;
+        for r in rows_at(url, &format!(
             "SELECT window_start_ms, page, country, sum(agg_events) AS c, sum(agg_duration_ms_sum) AS s \
              FROM {db}.page_views_per_minute_speed FINAL WHERE retracted = 0 GROUP BY window_start_ms, page, country"
         ))
@@ -315,7 +366,7 @@ impl TestEnv {
                 (c, r["s"].as_f64().unwrap() as i64),
             );
         }
-        for r in rows(&format!(
+        for r in rows_at(url, &format!(
             "SELECT window_start_ms, country, length(groupUniqArrayArray(agg_user_id_distinct_hashes)) AS u \
              FROM {db}.active_users_5m_speed FINAL WHERE retracted = 0 GROUP BY window_start_ms, country"
         ))
@@ -324,7 +375,7 @@ impl TestEnv {
             view.active_users
                 .insert((r["window_start_ms"].as_i64().unwrap(), r["country"].as_str().unwrap().into()), r["u"].as_u64().unwrap());
         }
-        for r in rows(&format!(
+        for r in rows_at(url, &format!(
             "SELECT user_id, window_start_ms, window_end_ms, sum(agg_events) AS c, sum(agg_duration_ms_sum) AS s \
              FROM {db}.user_sessions_speed FINAL WHERE retracted = 0 GROUP BY user_id, window_start_ms, window_end_ms"
         ))
@@ -346,12 +397,15 @@ impl TestEnv {
     /// user_sessions (the progress probe of the speed tests).
     pub async fn speed_progress(&self) -> (u64, u64) {
         let db = &self.database;
-        let one = |sql: String| async move {
-            rows(&sql)
-                .await
-                .first()
-                .and_then(|r| r["c"].as_u64())
-                .unwrap_or(0)
+        let url = self.clickhouse_url.clone();
+        let one = |sql: String| {
+            let url = url.clone();
+            async move {
+                try_rows_at(&url, &sql)
+                    .await
+                    .and_then(|rows| rows.first().and_then(|r| r["c"].as_u64()))
+                    .unwrap_or(0)
+            }
         };
         (
             one(format!("SELECT sum(agg_events) AS c FROM {db}.page_views_per_minute_speed FINAL WHERE retracted = 0")).await,
