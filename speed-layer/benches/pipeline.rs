@@ -99,10 +99,7 @@ fn main() {
         }
         best_decode = best_decode.max(rate(input.len(), started));
     }
-    println!(
-        "decode only:                          {:>10.0} events/s",
-        best_decode
-    );
+    println!("decode only:                          {best_decode:>10.0} events/s");
 
     let all = config.metrics.clone();
     let mut best_all: f64 = 0.0;

@@ -11,6 +11,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use strata_schemas::config::KafkaSection;
 
 use crate::SpeedError;
+use crate::error::KafkaFailure;
 
 /// A client config for the configured brokers, with the user's extra
 /// librdkafka properties applied last so they can override Strata's choices.
@@ -35,10 +36,12 @@ pub fn kafka_err(
 ) -> impl FnOnce(rdkafka::error::KafkaError) -> SpeedError {
     let brokers = kafka.brokers.clone();
     let operation = operation.into();
-    move |source| SpeedError::Kafka {
-        operation,
-        brokers,
-        source,
+    move |source| {
+        SpeedError::Kafka(Box::new(KafkaFailure {
+            operation,
+            brokers,
+            source,
+        }))
     }
 }
 
@@ -85,11 +88,9 @@ pub async fn ensure_topic(
             Ok(_) => return Ok(true),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
             Err((name, code)) => {
-                return Err(SpeedError::Kafka {
-                    operation: format!("create topic {name}"),
-                    brokers: kafka.brokers.clone(),
-                    source: rdkafka::error::KafkaError::AdminOp(code),
-                });
+                return Err(kafka_err(kafka, format!("create topic {name}"))(
+                    rdkafka::error::KafkaError::AdminOp(code),
+                ));
             }
         }
     }
