@@ -38,11 +38,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
   log "cargo nextest run"
-  cargo nextest run --workspace --all-targets --locked --no-fail-fast "$@"
+  cargo nextest run --workspace --locked --no-fail-fast "$@"
   # nextest does not run doctests.
   cargo test --workspace --doc --locked
 else
   log "cargo test (install cargo-nextest for faster, isolated runs)"
-  cargo test --workspace --all-targets --locked --no-fail-fast "$@"
+  cargo test --workspace --locked --no-fail-fast "$@"
 fi
 log "all tests passed in $(( $(date +%s) - started ))s"
