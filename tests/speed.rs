@@ -69,7 +69,7 @@ fn assert_views_equal(actual: &Expected, expected: &Expected) {
 /// with SIGTERM (which flushes) and checks it exited cleanly.
 async fn finish(env: &TestEnv, child: &mut std::process::Child, expected: &Expected, n: usize) {
     let session_events: u64 = expected.sessions.values().map(|v| v.0).sum();
-    let done = wait_until(Duration::from_secs(240), || async {
+    let done = wait_until(Duration::from_secs(400), || async {
         env.speed_progress().await == (expected.counted, session_events)
     })
     .await;
