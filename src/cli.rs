@@ -328,24 +328,7 @@ async fn init(path: &Path) -> anyhow::Result<()> {
 
 async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
     let config = load(path)?;
-    let source = match &g.source {
-        Some(name) => config.sources.get(name).with_context(|| {
-            format!(
-                "--source {name:?} is not a source; use one of: {}",
-                config
-                    .sources
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?,
-        None => config
-            .sources
-            .values()
-            .next()
-            .context("the config declares no source")?,
-    };
+    let source = pick_source(&config, &g.source)?;
     let topic = g.topic.clone().unwrap_or_else(|| source.topic.clone());
     let start_ms = match g.start.as_str() {
         "now" => chrono::Utc::now().timestamp_millis(),
@@ -472,25 +455,7 @@ fn parse_time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<i64>> 
 
 async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
     let config = load(path)?;
-    let source = match &r.source {
-        Some(name) => config.sources.get(name).with_context(|| {
-            format!(
-                "--source {name:?} is not a source; use one of: {}",
-                config
-                    .sources
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?,
-        None => config
-            .sources
-            .values()
-            .next()
-            .context("the config declares no source")?,
-    }
-    .clone();
+    let source = pick_source(&config, &r.source)?.clone();
     let range = strata_speed::dlq::ReplayRange {
         partition: r.partition,
         from_offset: r.from_offset,
@@ -528,4 +493,29 @@ async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
         report.replayed, report.scanned
     );
     Ok(())
+}
+
+/// The source named by `--source`, or the first one.
+fn pick_source<'a>(
+    config: &'a Config,
+    name: &Option<String>,
+) -> anyhow::Result<&'a std::sync::Arc<strata_schemas::Source>> {
+    match name {
+        Some(name) => config.sources.get(name).with_context(|| {
+            format!(
+                "--source {name:?} is not a source; use one of: {}",
+                config
+                    .sources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+        None => config
+            .sources
+            .values()
+            .next()
+            .context("the config declares no source"),
+    }
 }

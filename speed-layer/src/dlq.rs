@@ -157,27 +157,10 @@ impl DeadLetters {
         if let Some(key) = origin.key {
             record = record.key(key);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    // The local queue is full: let the background thread drain it.
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    return Err(kafka_err(
-                        &self.kafka,
-                        format!("dead letter to {}", source.dead_letter_topic),
-                    )(e));
-                }
-            }
-        }
+        send_waiting(&self.producer, record).map_err(kafka_err(
+            &self.kafka,
+            format!("dead letter to {}", source.dead_letter_topic),
+        ))
     }
 
     /// Waits up to `timeout` for every queued dead letter to be
@@ -331,21 +314,8 @@ pub fn replay(
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(kafka_err(kafka, format!("replay to {target}"))(e)),
-                }
-            }
+            send_waiting(&producer, record)
+                .map_err(kafka_err(kafka, format!("replay to {target}")))?;
             report.replayed += 1;
         }
         if report.scanned % 100 == 0 {
@@ -357,6 +327,29 @@ pub fn replay(
         .map_err(kafka_err(kafka, "replay flush"))?;
     progress(report.scanned, total);
     Ok(report)
+}
+
+/// Sends one record; when the local queue is full, waits for the
+/// background thread to drain it instead of failing.
+fn send_waiting(
+    producer: &ThreadedProducer<DeliveryTracker>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Reads the string value of header `name`.

@@ -45,9 +45,9 @@ pub fn kafka_err(
     }
 }
 
-/// Whether `topic` exists with at least one partition (a metadata request
-/// from a consumer, which never auto-creates topics).
-pub async fn topic_exists(kafka: &KafkaSection, topic: &str) -> Result<bool, SpeedError> {
+/// Number of partitions of `topic` (0 when it does not exist), from a
+/// consumer's metadata request, which never auto-creates topics.
+pub async fn partition_count(kafka: &KafkaSection, topic: &str) -> Result<i32, SpeedError> {
     let kafka = kafka.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -61,7 +61,9 @@ pub async fn topic_exists(kafka: &KafkaSection, topic: &str) -> Result<bool, Spe
         Ok(metadata
             .topics()
             .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .sum())
     })
     .await
     .map_err(|e| SpeedError::Usage(format!("metadata task failed: {e}")))?

@@ -26,7 +26,7 @@ use tokio::runtime::Handle;
 use crate::SpeedError;
 use crate::checkpoint;
 use crate::dlq::{DeadLetters, Origin};
-use crate::kafka::{client_config, ensure_topic, kafka_err};
+use crate::kafka::{client_config, ensure_topic, kafka_err, partition_count};
 use crate::metrics as m;
 use crate::sink::{Backoff, insert_once};
 use crate::state::{Checkpoint, PartitionState};
@@ -213,7 +213,7 @@ pub async fn run(
         if metrics.is_empty() {
             continue;
         }
-        let partitions = topic_partitions(&config, &source.topic).await?.max(1);
+        let partitions = partition_count(&config.kafka, &source.topic).await?.max(1);
         // Dead-letter topics are often managed by whoever owns the cluster
         // (and some brokers refuse CreateTopics): a failed creation is
         // reported, not fatal. If the topic really is missing, dead-letter
@@ -233,26 +233,6 @@ pub async fn run(
     .map_err(|e| SpeedError::Usage(format!("speed loop panicked: {e}")))?;
     metrics_server.abort();
     result
-}
-
-async fn topic_partitions(config: &Config, topic: &str) -> Result<i32, SpeedError> {
-    let kafka = config.kafka.clone();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config(&kafka)
-            .create()
-            .map_err(kafka_err(&kafka, "metadata client creation"))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(30))
-            .map_err(kafka_err(&kafka, format!("metadata of {topic}")))?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .map(|t| t.partitions().len() as i32)
-            .sum())
-    })
-    .await
-    .map_err(|e| SpeedError::Usage(e.to_string()))?
 }
 
 impl Speed {
