@@ -60,12 +60,80 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Run the speed layer: consume, window, write to ClickHouse until SIGTERM/SIGINT.
     Speed,
+    /// Archive every valid event as Parquet in the master dataset until SIGTERM/SIGINT.
+    Archive,
+    /// The batch layer: recompute the batch view from the archive.
+    Batch {
+        /// Batch subcommand.
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+    /// Compare the batch view with the speed view, window by window.
+    Reconcile(ReconcileArgs),
+    /// Serve the REST API (batch view merged with speed view) until SIGTERM/SIGINT.
+    Serve,
     /// Dead-letter tools.
     Dlq {
         /// Dead-letter subcommand.
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+/// `strata batch ...`.
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Run on the cron schedule of batch.schedule (or once with --once).
+    Run {
+        /// Run every metric once, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Only this metric (with --once).
+        #[arg(long)]
+        metric: Option<String>,
+    },
+    /// Recompute a range of windows below the batch watermark; resumable.
+    Backfill {
+        /// Metric to recompute.
+        #[arg(long)]
+        metric: String,
+        /// First window start (RFC 3339 or epoch ms, inclusive).
+        #[arg(long)]
+        from: String,
+        /// Last window start (RFC 3339 or epoch ms, exclusive).
+        #[arg(long)]
+        to: String,
+        /// Each chunk of this length is published as its own run.
+        #[arg(long, default_value = "1h")]
+        chunk: String,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+/// `strata reconcile` options.
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// Metric to compare.
+    #[arg(long)]
+    pub metric: String,
+    /// First window start (RFC 3339 or epoch ms, inclusive).
+    #[arg(long)]
+    pub from: String,
+    /// Last window start (RFC 3339 or epoch ms, exclusive).
+    #[arg(long)]
+    pub to: String,
+    /// Most difference rows printed.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Also write the difference counts in Prometheus text format to this
+    /// file (for node_exporter's textfile collector).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Exit with status 3 when any window differs.
+    #[arg(long)]
+    pub fail_on_difference: bool,
 }
 
 /// `strata dlq ...`.
@@ -163,6 +231,10 @@ pub struct GenerateArgs {
     /// Backwards shift of late events, ms.
     #[arg(long, default_value_t = 600_000)]
     pub late_by_ms: i64,
+    /// Change the active users every this many ms of event time (0: never),
+    /// so user sessions end during the stream.
+    #[arg(long, default_value_t = 0)]
+    pub cohort_ms: i64,
     /// Share of records that are not JSON.
     #[arg(long, default_value_t = 0.0)]
     pub malformed: f64,
@@ -197,6 +269,26 @@ pub async fn run(args: Args) -> ExitCode {
         Command::Init => init(&args.config).await,
         Command::Generate(g) => generate(&args.config, g).await,
         Command::Speed => speed(&args.config).await,
+        Command::Archive => archive(&args.config).await,
+        Command::Serve => serve(&args.config).await,
+        Command::Batch {
+            command: BatchCommand::Run { once, metric },
+        } => batch_run(&args.config, *once, metric.as_deref()).await,
+        Command::Batch {
+            command:
+                BatchCommand::Backfill {
+                    metric,
+                    from,
+                    to,
+                    chunk,
+                    quiet,
+                },
+        } => batch_backfill(&args.config, metric, from, to, chunk, *quiet).await,
+        Command::Reconcile(r) => match reconcile(&args.config, r).await {
+            Ok(true) => return ExitCode::from(3),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Dlq {
             command: DlqCommand::Replay(r),
         } => dlq_replay(&args.config, r).await,
@@ -369,6 +461,7 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
         late_by_ms: g.late_by_ms,
         malformed_fraction: g.malformed,
         invalid_fraction: g.invalid,
+        cohort_ms: g.cohort_ms,
         ..ClickstreamConfig::default()
     };
     let bar = if g.quiet {
@@ -440,6 +533,154 @@ async fn speed(path: &Path) -> anyhow::Result<()> {
         report.records, report.dead_letters, report.rows_written
     );
     Ok(())
+}
+
+async fn archive(path: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(load(path)?);
+    let report = strata_batch::archive::run(config, shutdown_flag()).await?;
+    println!(
+        "archive stopped cleanly: {} records read, {} events archived in {} files, {} invalid records skipped",
+        report.records, report.events, report.files, report.invalid
+    );
+    Ok(())
+}
+
+async fn serve(path: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(load(path)?);
+    let flag = shutdown_flag();
+    let shutdown = async move {
+        while !flag.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let listen = config.serving.listen;
+    strata_serving::serve(config, shutdown)
+        .await
+        .with_context(|| format!("serving on {listen}"))?;
+    println!("API stopped cleanly");
+    Ok(())
+}
+
+async fn batch_run(path: &Path, once: bool, metric: Option<&str>) -> anyhow::Result<()> {
+    let config = Arc::new(load(path)?);
+    let ctx = strata_batch::run::BatchContext::new(config)?;
+    if !once {
+        anyhow::ensure!(
+            metric.is_none(),
+            "--metric only applies with --once; the schedule runs every metric"
+        );
+        strata_batch::schedule::run_scheduled(ctx, shutdown_flag()).await?;
+        return Ok(());
+    }
+    for r in strata_batch::run::run_once(&ctx, metric).await? {
+        match r.skipped {
+            Some(reason) => println!("{}: skipped: {reason}", r.metric),
+            None => println!(
+                "{}: run {} published windows [{}, {}), {} events read, {} rows written, batch watermark {}",
+                r.metric,
+                r.run_id,
+                strata_schemas::value::format_rfc3339_ms(r.from_ms),
+                strata_schemas::value::format_rfc3339_ms(r.to_ms),
+                r.events_read,
+                r.rows_written,
+                r.watermark_ms
+                    .map_or_else(|| "none".into(), strata_schemas::value::format_rfc3339_ms)
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn required_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    parse_time(flag, &Some(text.to_string()))?.with_context(|| format!("{flag} is required"))
+}
+
+async fn batch_backfill(
+    path: &Path,
+    metric: &str,
+    from: &str,
+    to: &str,
+    chunk: &str,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let config = Arc::new(load(path)?);
+    let from = required_time("--from", from)?;
+    let to = required_time("--to", to)?;
+    let chunk_ms = chunk
+        .parse::<strata_schemas::DurationMs>()
+        .map_err(|e| anyhow::anyhow!("--chunk {chunk:?}: {e}"))?
+        .as_i64();
+    let ctx = strata_batch::run::BatchContext::new(config)?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let reports =
+        strata_batch::run::backfill(&ctx, metric, from, to, chunk_ms, |done, total, r| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(format!(
+                "{} events, {} rows{}",
+                r.events_read,
+                r.rows_written,
+                if r.skipped.is_some() {
+                    " (already done)"
+                } else {
+                    ""
+                }
+            ));
+        })
+        .await?;
+    bar.finish_and_clear();
+    let events: u64 = reports.iter().map(|r| r.events_read).sum();
+    let rows: u64 = reports.iter().map(|r| r.rows_written).sum();
+    let resumed = reports.iter().filter(|r| r.skipped.is_some()).count();
+    println!(
+        "backfill of {metric} done: {} chunks ({resumed} already published), {events} events read, {rows} rows written",
+        reports.len()
+    );
+    Ok(())
+}
+
+/// Returns whether differences were found and `--fail-on-difference` was given.
+async fn reconcile(path: &Path, r: &ReconcileArgs) -> anyhow::Result<bool> {
+    let config = Arc::new(load(path)?);
+    let from = required_time("--from", &r.from)?;
+    let to = required_time("--to", &r.to)?;
+    anyhow::ensure!(from < to, "--from must be before --to");
+    let ctx = strata_batch::run::BatchContext::new(config.clone())?;
+    let report = strata_batch::reconcile::reconcile(&ctx, &r.metric, from, to).await?;
+    let metric = config
+        .metrics
+        .iter()
+        .find(|m| m.name == r.metric)
+        .context("metric vanished")?;
+    print!(
+        "{}",
+        strata_batch::reconcile::render(metric, &report, r.limit)
+    );
+    if let Some(file) = &r.metrics_file {
+        let mut text = String::from(
+            "# HELP strata_reconcile_differences Windows that differ between the batch and speed views.\n# TYPE strata_reconcile_differences gauge\n",
+        );
+        for (kind, n) in [
+            ("only_batch", report.only_batch()),
+            ("only_speed", report.only_speed()),
+            ("values", report.value_mismatches()),
+        ] {
+            text.push_str(&format!(
+                "strata_reconcile_differences{{metric=\"{}\",kind=\"{kind}\"}} {n}\n",
+                r.metric
+            ));
+        }
+        std::fs::write(file, text).with_context(|| format!("write {}", file.display()))?;
+    }
+    Ok(r.fail_on_difference && !report.differences.is_empty())
 }
 
 fn parse_time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<i64>> {

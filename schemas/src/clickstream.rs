@@ -50,6 +50,10 @@ pub struct ClickstreamConfig {
     pub invalid_fraction: f64,
     /// Share of valid events carrying the optional v2 field `referrer`.
     pub referrer_fraction: f64,
+    /// When positive, the active users change every `cohort_ms` of event
+    /// time (each cohort has its own `users` ids), so sessions end and close
+    /// during the stream; 0 keeps one population for the whole stream.
+    pub cohort_ms: i64,
 }
 
 impl Default for ClickstreamConfig {
@@ -70,6 +74,7 @@ impl Default for ClickstreamConfig {
             malformed_fraction: 0.0,
             invalid_fraction: 0.0,
             referrer_fraction: 0.3,
+            cohort_ms: 0,
         }
     }
 }
@@ -194,6 +199,12 @@ impl Iterator for Clickstream {
         let format_draw = rng.unit();
         let variant = rng.below(4);
 
+        let cohort = if c.cohort_ms > 0 {
+            (seq as i64 * c.step_ms) / c.cohort_ms
+        } else {
+            0
+        };
+        let user = cohort as u64 * u64::from(c.users.max(1)) + user;
         let user_id = format!("u{user:06}");
         // Page popularity is skewed: low page numbers are visited most.
         let page = format!(

@@ -221,6 +221,8 @@ pub struct ArchiveSection {
     pub flush_interval: String,
     /// Rows per file before it is uploaded.
     pub max_file_rows: usize,
+    /// Prometheus endpoint of `strata archive`. Env: `STRATA_ARCHIVE_METRICS_LISTEN`.
+    pub metrics_listen: String,
 }
 
 impl Default for ArchiveSection {
@@ -229,6 +231,7 @@ impl Default for ArchiveSection {
             group_id: "strata-archive".into(),
             flush_interval: "60s".into(),
             max_file_rows: 500_000,
+            metrics_listen: "127.0.0.1:9465".into(),
         }
     }
 }
@@ -242,6 +245,8 @@ pub struct BatchSection {
     pub schedule: String,
     /// How far before the last batch watermark each run recomputes.
     pub lookback: String,
+    /// Prometheus endpoint of `strata batch run`. Env: `STRATA_BATCH_METRICS_LISTEN`.
+    pub metrics_listen: String,
 }
 
 impl Default for BatchSection {
@@ -249,6 +254,7 @@ impl Default for BatchSection {
         BatchSection {
             schedule: "0 */10 * * * *".into(),
             lookback: "2h".into(),
+            metrics_listen: "127.0.0.1:9466".into(),
         }
     }
 }
@@ -530,6 +536,8 @@ pub struct ArchiveSettings {
     pub flush_interval: DurationMs,
     /// Rows per file.
     pub max_file_rows: usize,
+    /// Prometheus endpoint.
+    pub metrics_listen: SocketAddr,
 }
 
 /// Checked `[batch]`.
@@ -541,6 +549,8 @@ pub struct BatchSettings {
     pub schedule_text: String,
     /// Lookback.
     pub lookback: DurationMs,
+    /// Prometheus endpoint.
+    pub metrics_listen: SocketAddr,
 }
 
 /// Checked `[serving]`.
@@ -565,7 +575,7 @@ type Setter = fn(&mut RawConfig, String);
 /// Environment variables that override connection settings, with the config
 /// path each one replaces. Only deployment-specific settings are overridable:
 /// metric definitions stay in the file so both layers always agree.
-pub const ENV_OVERRIDES: [(&str, &str, Setter); 10] = [
+pub const ENV_OVERRIDES: [(&str, &str, Setter); 15] = [
     ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| {
         c.kafka.brokers = v;
     }),
@@ -588,6 +598,15 @@ pub const ENV_OVERRIDES: [(&str, &str, Setter); 10] = [
     ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| {
         c.object_store.url = v;
     }),
+    ("STRATA_S3_ENDPOINT", "object_store.endpoint", |c, v| {
+        c.object_store.endpoint = Some(v);
+    }),
+    ("AWS_REGION", "object_store.region", |c, v| {
+        c.object_store.region = Some(v);
+    }),
+    ("STRATA_ARCHIVE_GROUP_ID", "archive.group_id", |c, v| {
+        c.archive.group_id = v;
+    }),
     ("STRATA_SPEED_GROUP_ID", "speed.group_id", |c, v| {
         c.speed.group_id = v;
     }),
@@ -595,6 +614,16 @@ pub const ENV_OVERRIDES: [(&str, &str, Setter); 10] = [
         "STRATA_SPEED_METRICS_LISTEN",
         "speed.metrics_listen",
         |c, v| c.speed.metrics_listen = v,
+    ),
+    (
+        "STRATA_ARCHIVE_METRICS_LISTEN",
+        "archive.metrics_listen",
+        |c, v| c.archive.metrics_listen = v,
+    ),
+    (
+        "STRATA_BATCH_METRICS_LISTEN",
+        "batch.metrics_listen",
+        |c, v| c.batch.metrics_listen = v,
     ),
     ("STRATA_BATCH_SCHEDULE", "batch.schedule", |c, v| {
         c.batch.schedule = v;
@@ -776,6 +805,7 @@ fn compile(
             flush_interval: c
                 .positive_duration("archive.flush_interval", &raw.archive.flush_interval)?,
             max_file_rows: raw.archive.max_file_rows.max(1),
+            metrics_listen: c.socket("archive.metrics_listen", &raw.archive.metrics_listen)?,
         })
     })();
     let batch = (|| {
@@ -800,6 +830,7 @@ fn compile(
             schedule: schedule?,
             schedule_text: raw.batch.schedule.clone(),
             lookback,
+            metrics_listen: c.socket("batch.metrics_listen", &raw.batch.metrics_listen)?,
         })
     })();
     let serving = (|| {

@@ -131,6 +131,11 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty()
     }
+
+    /// Contract positions of the fields the conditions read.
+    pub fn field_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.conditions.iter().map(|c| c.field_index)
+    }
 }
 
 impl Condition {

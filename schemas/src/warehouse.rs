@@ -402,6 +402,7 @@ pub fn batch_runs_table_spec() -> TableSpec {
             col("status", "String"),
             col("from_ms", "Int64"),
             col("to_ms", "Int64"),
+            col("watermark_ms", "Int64"),
             col("rows_read", "UInt64"),
             col("rows_written", "UInt64"),
             col("started_at", "DateTime"),
@@ -452,6 +453,204 @@ pub fn all_table_specs(config: &Config) -> Vec<TableSpec> {
         specs.push(batch_table_spec(m));
     }
     specs
+}
+
+/// Which rows of a view a reader wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The batch view as of a published run: for every (window, key) the row
+    /// of the newest *published* run up to `run_id` (rows of a run that
+    /// never finished are invisible).
+    Batch {
+        /// Newest run to see.
+        run_id: u64,
+    },
+    /// The speed view: for every (window, key, Kafka partition) the row with
+    /// the highest version.
+    Speed,
+}
+
+/// SQL reading the current rows of a metric's view with window start in
+/// `[from_ms, to_ms)`, retracted rows left out. Deduplicates with `argMax`
+/// instead of `FINAL` so it reads a consistent snapshot on every ClickHouse
+/// version. One `?` placeholder (the metric name, for the batch view) must
+/// be bound. Identifiers come only from the metric definition; the two
+/// bounds are integers.
+pub fn view_sql(
+    database: &str,
+    metric: &MetricDef,
+    view: View,
+    from_ms: i64,
+    to_ms: i64,
+) -> String {
+    let mut keys = vec!["window_start_ms".to_string()];
+    keys.extend(metric.group_by.iter().map(|g| format!("`{}`", g.name)));
+    let (table, version) = match view {
+        View::Batch { .. } => (batch_table(&metric.name), "run_id"),
+        View::Speed => {
+            keys.push("kafka_partition".into());
+            (speed_table(&metric.name), "version")
+        }
+    };
+    let mut values = vec!["window_end_ms".to_string()];
+    values.extend(metric.plan.state_columns().into_iter().map(|c| c.name));
+    if view == View::Speed {
+        values.push("is_final".into());
+    }
+    let mut select = keys.clone();
+    for v in &values {
+        select.push(format!("argMax(`{v}`, {version}) AS `_v_{v}`"));
+    }
+    select.push(format!("argMax(retracted, {version}) AS `_retracted`"));
+    let mut filter = format!("window_start_ms >= {from_ms} AND window_start_ms < {to_ms}");
+    if let View::Batch { run_id } = view {
+        let _ = write!(
+            filter,
+            " AND run_id IN (SELECT run_id FROM {} WHERE metric = ? AND status = 'published' AND run_id <= {run_id})",
+            qualified(database, BATCH_RUNS_TABLE)
+        );
+    }
+    format!(
+        "SELECT {} FROM {} WHERE {filter} GROUP BY {} HAVING `_retracted` = 0",
+        select.join(", "),
+        qualified(database, &table),
+        keys.join(", ")
+    )
+}
+
+/// Renames the `_v_<column>` fields of a [`view_sql`] row back to `<column>`.
+pub fn unprefix_view_row(row: Map<String, Json>) -> Map<String, Json> {
+    row.into_iter()
+        .filter(|(k, _)| k != "_retracted")
+        .map(|(k, v)| match k.strip_prefix("_v_") {
+            Some(name) => (name.to_string(), v),
+            None => (k, v),
+        })
+        .collect()
+}
+
+/// One (window, group key) of a view, its Kafka partitions merged.
+#[derive(Clone, Debug)]
+pub struct ViewRow {
+    /// Window start, epoch ms.
+    pub start_ms: i64,
+    /// Window end, epoch ms (the largest over partitions, for sessions).
+    pub end_ms: i64,
+    /// Group-by values as stored, in config order.
+    pub key: Vec<Json>,
+    /// The merged partial state.
+    pub acc: crate::aggregate::Accumulator,
+    /// Whether the window can no longer change (always true for batch rows).
+    pub is_final: bool,
+}
+
+/// Reads a view with window start in `[from_ms, to_ms)` and merges the
+/// partials of each (window, group key) with [`Accumulator::merge`] (so
+/// distinct and quantile sketches merge, never add). Ordered by start, then key.
+///
+/// [`Accumulator::merge`]: crate::aggregate::Accumulator::merge
+pub async fn read_view(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+    view: View,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<ViewRow>, WarehouseError> {
+    let sql = view_sql(database, metric, view, from_ms, to_ms);
+    let binds: &[&str] = match view {
+        View::Batch { .. } => &[&metric.name],
+        View::Speed => &[],
+    };
+    let rows = query_rows(client, &sql, binds).await?;
+    let mut merged: std::collections::BTreeMap<(i64, String), ViewRow> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        let row = unprefix_view_row(row);
+        let start = row
+            .get("window_start_ms")
+            .and_then(json_i64)
+            .unwrap_or_default();
+        let end = row
+            .get("window_end_ms")
+            .and_then(json_i64)
+            .unwrap_or_default();
+        let key: Vec<Json> = metric
+            .group_by
+            .iter()
+            .map(|g| row.get(&g.name).cloned().unwrap_or(Json::Null))
+            .collect();
+        let acc = metric
+            .plan
+            .read_state(&row)
+            .map_err(|e| WarehouseError::Decode {
+                operation: format!("read {} view of {}", view_name(view), metric.name),
+                message: e.to_string(),
+            })?;
+        let is_final = match view {
+            View::Batch { .. } => true,
+            View::Speed => row.get("is_final").and_then(json_u64).unwrap_or(0) == 1,
+        };
+        let text = serde_json::to_string(&key).unwrap_or_default();
+        match merged.entry((start, text)) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let v = e.get_mut();
+                v.acc.merge(&acc);
+                v.end_ms = v.end_ms.max(end);
+                v.is_final &= is_final;
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(ViewRow {
+                    start_ms: start,
+                    end_ms: end,
+                    key,
+                    acc,
+                    is_final,
+                });
+            }
+        }
+    }
+    Ok(merged.into_values().collect())
+}
+
+fn view_name(view: View) -> &'static str {
+    match view {
+        View::Batch { .. } => "batch",
+        View::Speed => "speed",
+    }
+}
+
+/// The newest published batch run of a metric: `(run_id, watermark_ms)`.
+pub async fn published_batch(
+    client: &Client,
+    database: &str,
+    metric: &str,
+) -> Result<Option<(u64, i64)>, WarehouseError> {
+    let rows = query_rows(
+        client,
+        &format!(
+            "SELECT run_id, watermark_ms FROM {} WHERE metric = ? AND status = 'published' ORDER BY run_id DESC LIMIT 1",
+            qualified(database, BATCH_RUNS_TABLE)
+        ),
+        &[metric],
+    )
+    .await?;
+    Ok(rows.first().and_then(|r| {
+        Some((
+            json_u64(r.get("run_id")?)?,
+            json_i64(r.get("watermark_ms")?)?,
+        ))
+    }))
+}
+
+/// A JSON number or numeric string as `i64` (ClickHouse may quote 64-bit integers).
+pub fn json_i64(v: &Json) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// A JSON number or numeric string as `u64`.
+pub fn json_u64(v: &Json) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
 /// Whether a metric's windows have a fixed length (tumbling, hopping).
@@ -547,5 +746,149 @@ pub async fn init(client: &Client, config: &Config) -> Result<InitReport, Wareho
         }
         report.unchanged.push(spec.name);
     }
+    for metric in &config.metrics {
+        let name = merged_view(&metric.name);
+        let existing = query_rows(
+            client,
+            "SELECT name FROM system.columns WHERE database = ? AND table = ?",
+            &[database, &name],
+        )
+        .await?;
+        let actual: Vec<&str> = existing
+            .iter()
+            .filter_map(|r| r.get("name").and_then(Json::as_str))
+            .collect();
+        let expected = merged_view_columns(metric);
+        if actual == expected {
+            report.unchanged.push(name);
+            continue;
+        }
+        // A view stores nothing: replacing it loses nothing.
+        if !actual.is_empty() {
+            execute(
+                client,
+                &format!("DROP TABLE IF EXISTS {}", qualified(database, &name)),
+            )
+            .await?;
+        }
+        execute(client, &merged_view_sql(database, metric)).await?;
+        tracing::info!(database = %database, view = %name, "created merged view");
+        report.created.push(name);
+    }
     Ok(report)
+}
+
+/// Name of a metric's merged (batch + speed) ClickHouse view.
+pub fn merged_view(metric: &str) -> String {
+    format!("{metric}_merged")
+}
+
+/// The columns of the merged view, in order.
+pub fn merged_view_columns(metric: &MetricDef) -> Vec<String> {
+    let mut cols = vec![
+        "window_start_ms".to_string(),
+        "window_end_ms".to_string(),
+        "window_start".to_string(),
+        "window_end".to_string(),
+    ];
+    cols.extend(metric.group_by.iter().map(|g| g.name.clone()));
+    cols.extend(metric.plan.output_columns().into_iter().map(|c| c.name));
+    cols.push("source".to_string());
+    cols
+}
+
+/// `CREATE VIEW` of the merged answer for Grafana and SQL users: windows
+/// before the newest published batch watermark from that run of the batch
+/// view, the others from the speed view, partitions merged. It gives the
+/// API's numbers for count, sum, avg, min and max; `count_distinct` is the
+/// exact union of the stored hashes (equal to the API while each partial
+/// holds at most 4096 distinct values, below the sketch's exact limit), and
+/// quantiles are left to the API (null here).
+pub fn merged_view_sql(database: &str, metric: &MetricDef) -> String {
+    use crate::aggregate::AggFunction;
+    let name = metric.name.replace('\'', "");
+    let runs = format!(
+        "(SELECT run_id FROM {} WHERE metric = '{name}' AND status = 'published')",
+        qualified(database, BATCH_RUNS_TABLE)
+    );
+    let watermark = format!(
+        "(SELECT max(watermark_ms) FROM {} WHERE metric = '{name}' AND status = 'published')",
+        qualified(database, BATCH_RUNS_TABLE)
+    );
+    let groups: Vec<String> = metric
+        .group_by
+        .iter()
+        .map(|g| format!("`{}`", g.name))
+        .collect();
+    let states: Vec<String> = metric
+        .plan
+        .state_columns()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let dedup = |version: &str, extra_key: &str| {
+        let mut select = vec!["window_start_ms".to_string()];
+        select.extend(groups.iter().cloned());
+        select.push(format!(
+            "argMax(window_end_ms, {version}) AS s_window_end_ms"
+        ));
+        for c in &states {
+            select.push(format!("argMax(`{c}`, {version}) AS `s_{c}`"));
+        }
+        select.push(format!("argMax(retracted, {version}) AS s_retracted"));
+        let mut key = vec!["window_start_ms".to_string()];
+        key.extend(groups.iter().cloned());
+        if !extra_key.is_empty() {
+            key.push(extra_key.to_string());
+        }
+        (select.join(", "), key.join(", "))
+    };
+    let (batch_select, batch_key) = dedup("run_id", "");
+    let (speed_select, speed_key) = dedup("version", "kafka_partition");
+    let batch = format!(
+        "SELECT {batch_select}, 'batch' AS s_source FROM {} WHERE run_id IN {runs} AND window_start_ms < {watermark} GROUP BY {batch_key} HAVING s_retracted = 0",
+        qualified(database, &batch_table(&metric.name))
+    );
+    let speed = format!(
+        "SELECT {speed_select}, 'speed' AS s_source FROM {} WHERE window_start_ms >= {watermark} GROUP BY {speed_key} HAVING s_retracted = 0",
+        qualified(database, &speed_table(&metric.name))
+    );
+    let mut outer = vec![
+        "window_start_ms".to_string(),
+        "max(s_window_end_ms) AS window_end_ms".to_string(),
+        "toDateTime(intDiv(window_start_ms, 1000)) AS window_start".to_string(),
+        "toDateTime(intDiv(max(s_window_end_ms), 1000)) AS window_end".to_string(),
+    ];
+    outer.extend(groups.iter().cloned());
+    for c in metric.plan.output_columns() {
+        let a = &metric.plan.aggregations()[c.aggregation];
+        let f = a.field.as_ref().map(|f| f.name.clone()).unwrap_or_default();
+        let expr = match a.function {
+            AggFunction::Count => "sum(s_agg_events)".to_string(),
+            AggFunction::Sum => format!("sum(`s_agg_{f}_sum`)"),
+            AggFunction::Avg => format!(
+                "if(sum(`s_agg_{f}_count`) > 0, sum(`s_agg_{f}_sum`) / sum(`s_agg_{f}_count`), NULL)"
+            ),
+            AggFunction::Min => format!(
+                "if(sum(`s_agg_{f}_count`) > 0, minIf(`s_agg_{f}_min`, `s_agg_{f}_count` > 0), NULL)"
+            ),
+            AggFunction::Max => format!(
+                "if(sum(`s_agg_{f}_count`) > 0, maxIf(`s_agg_{f}_max`, `s_agg_{f}_count` > 0), NULL)"
+            ),
+            AggFunction::CountDistinct => {
+                format!("length(groupUniqArrayArray(`s_agg_{f}_distinct_hashes`))")
+            }
+            AggFunction::Quantiles => "CAST(NULL AS Nullable(Float64))".to_string(),
+        };
+        outer.push(format!("{expr} AS `{}`", c.name));
+    }
+    outer.push("any(s_source) AS source".to_string());
+    let mut key = vec!["window_start_ms".to_string()];
+    key.extend(groups.iter().cloned());
+    format!(
+        "CREATE VIEW IF NOT EXISTS {} AS SELECT {} FROM ({batch} UNION ALL {speed}) GROUP BY {}",
+        qualified(database, &merged_view(&metric.name)),
+        outer.join(", "),
+        key.join(", ")
+    )
 }

@@ -1,1 +1,441 @@
-//! placeholder
+//! # strata-serving
+//!
+//! `strata serve`: the REST API over every metric of `strata.toml`,
+//! merging the batch view (windows before the batch watermark) with the
+//! speed view (windows from it on).
+//!
+//! - [`query`]: parameters, checked against the metric definitions;
+//! - [`merge`]: reading both views and merging them exactly once;
+//! - [`format`]: JSON, CSV and Arrow IPC answers;
+//! - [`cache`]: the in-process cache behind `latest`;
+//! - [`openapi`]: the OpenAPI document, generated from the metric definitions;
+//! - [`metrics`]: every exported metric.
+//!
+//! User text never reaches SQL: identifiers come from the metric
+//! definitions, time bounds are parsed integers, metric names are bound
+//! parameters, and filters are applied to the rows read.
+
+pub mod cache;
+pub mod error;
+pub mod format;
+pub mod merge;
+pub mod metrics;
+pub mod openapi;
+pub mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use clickhouse::Client;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::Value as Json;
+use strata_schemas::config::ApiKey;
+use strata_schemas::value::format_rfc3339_ms;
+use strata_schemas::{Config, MetricDef, warehouse};
+
+use crate::cache::LatestCache;
+use crate::error::ApiError;
+use crate::query::Format;
+
+/// Longest accepted query string, in bytes.
+const MAX_QUERY_BYTES: usize = 8 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    client: Client,
+    cache: Arc<LatestCache>,
+    prometheus: PrometheusHandle,
+}
+
+/// The identity a request authenticated as.
+#[derive(Clone)]
+struct Caller(Option<Arc<ApiKey>>);
+
+impl Caller {
+    fn may_read(&self, metric: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(key) => key.metrics.iter().any(|m| m == "*" || m == metric),
+        }
+    }
+}
+
+/// Builds the router (also used by tests in-process).
+pub fn router(config: &Arc<Config>, cache: Arc<LatestCache>) -> Router {
+    let client = warehouse::client(&config.clickhouse);
+    let state = AppState {
+        prometheus: metrics::install(),
+        config: config.clone(),
+        client,
+        cache,
+    };
+    let api = Router::new()
+        .route("/v1/metrics", get(list_metrics))
+        .route("/v1/metrics/{metric}/query", get(query_metric))
+        .route("/v1/metrics/{metric}/latest", get(latest))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let mut router = Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(openapi_doc))
+        .route("/docs", get(docs))
+        .route("/", get(docs))
+        .fallback(|| async { ApiError::NotFound("no such route; see /docs".into()) })
+        .layer(middleware::from_fn(observe))
+        .with_state(state);
+    if !config.serving.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = config
+            .serving
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        router = router.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([axum::http::Method::GET])
+                .allow_headers([header::AUTHORIZATION]),
+        );
+    }
+    router
+}
+
+/// Runs the API on `serving.listen` until `shutdown` resolves.
+pub async fn serve(
+    config: Arc<Config>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let cache = Arc::new(LatestCache::default());
+    let refresher = tokio::spawn(cache.clone().keep_fresh(
+        config.clone(),
+        warehouse::client(&config.clickhouse),
+        Duration::from_secs(1),
+    ));
+    let listener = tokio::net::TcpListener::bind(config.serving.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, metrics = config.metrics.len(), "serving API listening");
+    let app = router(&config, cache);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    refresher.abort();
+    result.map(|()| addr)
+}
+
+/// Counts and times every request by route and status.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ::metrics::counter!(metrics::REQUESTS, "route" => route.clone(), "status" => status)
+        .increment(1);
+    ::metrics::histogram!(metrics::REQUEST_LATENCY, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Bearer API keys: without configured keys the API is open.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let keys = &state.config.serving.api_keys;
+    if keys.is_empty() {
+        request.extensions_mut().insert(Caller(None));
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::Unauthorized("missing API key: send Authorization: Bearer <key>".into())
+            .into_response();
+    };
+    let found = keys
+        .iter()
+        .find(|k| constant_time_eq(k.key.as_bytes(), presented.as_bytes()));
+    match found {
+        Some(key) => {
+            request
+                .extensions_mut()
+                .insert(Caller(Some(Arc::new(key.clone()))));
+            next.run(request).await
+        }
+        None => ApiError::Unauthorized("unknown API key".into()).into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn find_metric(state: &AppState, caller: &Caller, name: &str) -> Result<Arc<MetricDef>, ApiError> {
+    let metric = state
+        .config
+        .metrics
+        .iter()
+        .find(|m| m.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "unknown metric {:?}; metrics: {}",
+                query::truncate(name),
+                state
+                    .config
+                    .metrics
+                    .iter()
+                    .filter(|m| caller.may_read(&m.name))
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    if !caller.may_read(&metric.name) {
+        return Err(ApiError::Forbidden(format!(
+            "this API key may not read metric {}",
+            metric.name
+        )));
+    }
+    Ok(metric)
+}
+
+fn pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::bad(format!(
+            "the query string is longer than {MAX_QUERY_BYTES} bytes"
+        )));
+    }
+    Ok(form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect())
+}
+
+async fn with_timeout<T>(
+    state: &AppState,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let limit = Duration::from_millis(state.config.serving.query_timeout.0);
+    tokio::time::timeout(limit, work).await.map_err(|_| {
+        ApiError::Timeout(format!(
+            "the query took longer than serving.query_timeout ({} ms); narrow the range or the groups",
+            limit.as_millis()
+        ))
+    })?
+}
+
+async fn list_metrics(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let mut out = Vec::new();
+    for metric in state
+        .config
+        .metrics
+        .iter()
+        .filter(|m| caller.may_read(&m.name))
+    {
+        let db = &state.config.clickhouse.database;
+        let batch = with_timeout(&state, merge::batch_state(&state.client, db, metric)).await?;
+        let speed = with_timeout(&state, merge::speed_watermark(&state.client, db, metric)).await?;
+        out.push(openapi::describe_metric(metric, batch.map(|b| b.1), speed));
+    }
+    Ok(axum::Json(serde_json::json!({ "metrics": out })).into_response())
+}
+
+async fn query_metric(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let metric = find_metric(&state, &caller, &name)?;
+    let spec = query::parse(&metric, &state.config.serving, &pairs(raw)?)?;
+    let answer = with_timeout(
+        &state,
+        merge::answer(
+            &state.client,
+            &state.config.clickhouse.database,
+            &metric,
+            &spec,
+        ),
+    )
+    .await?;
+    Ok(match spec.format {
+        Format::Json => axum::Json(format::json(&metric, &spec, &answer)).into_response(),
+        Format::Csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            format::csv(&metric, &spec, &answer),
+        )
+            .into_response(),
+        Format::Arrow => (
+            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+            format::arrow(&metric, &spec, &answer)?,
+        )
+            .into_response(),
+    })
+}
+
+async fn latest(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let metric = find_metric(&state, &caller, &name)?;
+    let pairs = pairs(raw)?;
+    let names: Vec<&str> = metric.group_by.iter().map(|g| g.name.as_str()).collect();
+    for (k, _) in &pairs {
+        if !names.contains(&k.as_str()) {
+            return Err(ApiError::bad(format!(
+                "unknown parameter {:?}; latest takes every group-by field of {}: {}",
+                query::truncate(k),
+                metric.name,
+                names.join(", ")
+            )));
+        }
+    }
+    let mut key = Vec::new();
+    for g in &metric.group_by {
+        let values: Vec<&String> = pairs
+            .iter()
+            .filter(|(k, _)| k == &g.name)
+            .map(|(_, v)| v)
+            .collect();
+        match values.as_slice() {
+            [v] if !v.is_empty() => key.push(query::typed_value(&g.name, g.ty, v)?),
+            [] => {
+                return Err(ApiError::bad(format!(
+                    "parameter {} is required: latest needs every group-by field of {} ({})",
+                    g.name,
+                    metric.name,
+                    names.join(", ")
+                )));
+            }
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "parameter {} must be given once, not empty",
+                    g.name
+                )));
+            }
+        }
+    }
+    let key_text = serde_json::to_string(&key).unwrap_or_default();
+    match state.cache.get(&metric.name, &key_text) {
+        Some(body) => Ok((
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()),
+        None if !state.cache.is_warm(&metric.name) => {
+            Err(ApiError::Warehouse(warehouse::WarehouseError::Decode {
+                operation: "latest".into(),
+                message: "the cache is not filled yet; retry in a second".into(),
+            }))
+        }
+        None => Err(ApiError::NotFound(format!(
+            "no recent window of {} for {}",
+            metric.name,
+            query::truncate(&key_text)
+        ))),
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let ping = tokio::time::timeout(
+        Duration::from_secs(2),
+        warehouse::query_rows(&state.client, "SELECT 1 AS one", &[]),
+    )
+    .await;
+    match ping {
+        Ok(Ok(_)) => axum::Json(serde_json::json!({
+            "status": "ready",
+            "clickhouse": "reachable",
+            "config": state.config.file,
+            "metrics": state.config.metrics.len(),
+        }))
+        .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not ready", "clickhouse": e.to_string()})),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                serde_json::json!({"status": "not ready", "clickhouse": "no answer within 2 s"}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
+}
+
+async fn openapi_doc(State(state): State<AppState>) -> axum::Json<Json> {
+    axum::Json(openapi::document(&state.config))
+}
+
+async fn docs(State(state): State<AppState>, headers: HeaderMap) -> Html<String> {
+    let _ = headers;
+    let mut items = String::new();
+    for m in &state.config.metrics {
+        let fields: Vec<&str> = m.group_by.iter().map(|g| g.name.as_str()).collect();
+        let aggs: Vec<String> = m
+            .plan
+            .output_columns()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        items.push_str(&format!(
+            "<li><code>{}</code> — {} window; group by {}; aggregations {}<br><code>GET /v1/metrics/{}/query?from=2026-11-22T10:00:00Z&amp;to=2026-11-22T11:00:00Z</code></li>\n",
+            html_escape(&m.name),
+            m.window.name(),
+            html_escape(&fields.join(", ")),
+            html_escape(&aggs.join(", ")),
+            html_escape(&m.name)
+        ));
+    }
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Strata API</title></head><body>\
+         <h1>Strata API</h1><p>Batch view before the batch watermark, speed view after it. \
+         Machine-readable description: <a href=\"/openapi.json\">/openapi.json</a>. Generated {}.</p>\
+         <h2>Metrics</h2><ul>{items}</ul>\
+         <h2>Endpoints</h2><ul><li><code>GET /v1/metrics</code></li>\
+         <li><code>GET /v1/metrics/{{metric}}/query?from&amp;to[&amp;group_by][&amp;&lt;field&gt;=v…][&amp;granularity][&amp;top&amp;order_by][&amp;limit][&amp;format=json|csv|arrow]</code></li>\
+         <li><code>GET /v1/metrics/{{metric}}/latest?&lt;field&gt;=&lt;value&gt;…</code></li>\
+         <li><code>GET /healthz</code>, <code>GET /readyz</code>, <code>GET /metrics</code></li></ul></body></html>",
+        format_rfc3339_ms(chrono::Utc::now().timestamp_millis())
+    ))
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -40,6 +40,11 @@ pub fn endpoint(name: &str) -> String {
     );
 }
 
+/// Like [`endpoint`], but `None` when it is defined nowhere.
+pub fn optional_endpoint(name: &str) -> Option<String> {
+    std::panic::catch_unwind(|| endpoint(name)).ok()
+}
+
 /// ClickHouse HTTP URL.
 pub fn clickhouse_url() -> String {
     endpoint("STRATA_CLICKHOUSE_URL")
@@ -135,6 +140,100 @@ pub async fn try_rows_at(
     )
 }
 
+/// Runs a statement (INSERT, ALTER...) on the ClickHouse at `url`.
+pub async fn execute_at(url: &str, sql: &str) {
+    clickhouse::Client::default()
+        .with_url(url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None)
+        .query(sql)
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// An HTTP answer: status, lower-cased headers, body.
+pub struct HttpAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: std::collections::HashMap<String, String>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the tests need no client library): `target` is
+/// sent as is, so tests can send raw, hostile request targets.
+pub fn http_get(port: u16, target: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP answer to {target}: {:?}",
+                String::from_utf8_lossy(&raw)
+            )
+        });
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let headers: std::collections::HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).trim(), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[end + 2 + size + 2..];
+        }
+        body = out;
+    }
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// Rows of a query on the ClickHouse at `url`.
 pub async fn rows_at(url: &str, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
     let bytes = clickhouse::Client::default()
@@ -172,6 +271,16 @@ pub struct TestEnv {
     pub clickhouse_url: String,
     /// Kafka brokers this environment uses (default: the shared Tansu).
     pub kafka_brokers: String,
+    /// The master dataset's directory (`object_store.url` is `file://` it).
+    pub lake: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestEnv {
@@ -182,11 +291,8 @@ impl TestEnv {
         let topic = unique(name);
         let database = unique(&format!("strata_{name}"));
         let group = unique(&format!("{name}_speed"));
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let metrics_port = free_port();
+        let lake = dir.path().join("lake");
         let text = std::fs::read_to_string(repo().join("strata.toml")).unwrap();
         let contracts = repo().join("schemas/contracts");
         let text = text
@@ -202,6 +308,27 @@ impl TestEnv {
             .replace(
                 "metrics_listen = \"127.0.0.1:9464\"",
                 &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+            )
+            .replace(
+                "url = \"file://./.strata/lake\"",
+                &format!("url = \"file://{}\"", lake.display()),
+            )
+            .replace(
+                "group_id = \"strata-archive\"",
+                &format!("group_id = {:?}", unique(&format!("{name}_archive"))),
+            )
+            .replace("flush_interval = \"60s\"", "flush_interval = \"1s\"")
+            .replace(
+                "metrics_listen = \"127.0.0.1:9465\"",
+                &format!("metrics_listen = \"127.0.0.1:{}\"", free_port()),
+            )
+            .replace(
+                "metrics_listen = \"127.0.0.1:9466\"",
+                &format!("metrics_listen = \"127.0.0.1:{}\"", free_port()),
+            )
+            .replace(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"127.0.0.1:{}\"", free_port()),
             );
         let config = dir.path().join("strata.toml");
         std::fs::write(&config, format!("{text}\n{extra}\n")).unwrap();
@@ -213,6 +340,7 @@ impl TestEnv {
             metrics_port,
             clickhouse_url: clickhouse_url(),
             kafka_brokers: kafka_brokers(),
+            lake,
         }
     }
 
@@ -224,6 +352,16 @@ impl TestEnv {
         cmd.env("STRATA_KAFKA_BROKERS", &self.kafka_brokers);
         cmd.env("STRATA_CLICKHOUSE_DATABASE", &self.database);
         cmd.env("RUST_LOG", "info,rdkafka=warn");
+        for name in [
+            "STRATA_S3_ENDPOINT",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+        ] {
+            if let Some(v) = optional_endpoint(name) {
+                cmd.env(name, v);
+            }
+        }
         cmd
     }
 
@@ -257,6 +395,41 @@ impl TestEnv {
                 .spawn()
                 .unwrap(),
         )
+    }
+
+    /// Starts `strata <command>` in the background, logging to `<log>.log`.
+    pub fn spawn(&self, command: &[&str], log: &str) -> ChildGuard {
+        let file = std::fs::File::create(self.dir.path().join(format!("{log}.log"))).unwrap();
+        ChildGuard(
+            self.strata()
+                .args(command)
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// The log written by [`Self::spawn`].
+    pub fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{log}.log"))).unwrap_or_default()
+    }
+
+    /// Events committed by the archive: the sum of `events` over the
+    /// progress objects of source `page_views`.
+    pub fn archived_events(&self) -> u64 {
+        let dir = self
+            .lake
+            .join("_strata/archive/page_views")
+            .join(&self.topic);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter_map(|v| v["events"].as_u64())
+            .sum()
     }
 
     /// Pins the checkpoint namespace (independent of the group id).
@@ -344,6 +517,8 @@ impl TestEnv {
             &c.malformed_fraction.to_string(),
             "--invalid",
             &c.invalid_fraction.to_string(),
+            "--cohort-ms",
+            &c.cohort_ms.to_string(),
         ]);
         cmd
     }

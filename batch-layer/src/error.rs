@@ -1,0 +1,81 @@
+//! Errors of the archive and the batch layer.
+
+use strata_schemas::warehouse::WarehouseError;
+use strata_speed::SpeedError;
+
+/// A failure of `strata archive`, `strata batch` or `strata reconcile`.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The object store refused or failed an operation.
+    #[error(
+        "object store {operation} failed: {source}; check object_store.url and, for S3, the endpoint and AWS credentials"
+    )]
+    Store {
+        /// What Strata was doing.
+        operation: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A Parquet file could not be written.
+    #[error("Parquet {operation} failed: {source}")]
+    Parquet {
+        /// What Strata was doing.
+        operation: String,
+        /// The writer's error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// A Parquet file of the archive could not be read.
+    #[error(
+        "reading {path} failed: {message}; the file is not a Strata archive file or is damaged"
+    )]
+    Read {
+        /// The object.
+        path: String,
+        /// Polars' message.
+        message: String,
+    },
+    /// Kafka (shared plumbing with the speed layer).
+    #[error(transparent)]
+    Kafka(Box<SpeedError>),
+    /// ClickHouse.
+    #[error(transparent)]
+    Warehouse(Box<WarehouseError>),
+    /// The command's arguments or the stored state do not make sense.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl BatchError {
+    /// Wraps an object store error with the operation.
+    pub fn store(operation: impl Into<String>, source: object_store::Error) -> Self {
+        BatchError::Store {
+            operation: operation.into(),
+            source,
+        }
+    }
+
+    /// Wraps a Parquet error with the operation.
+    pub fn parquet(operation: impl Into<String>, source: parquet::errors::ParquetError) -> Self {
+        BatchError::Parquet {
+            operation: operation.into(),
+            source,
+        }
+    }
+}
+
+impl From<WarehouseError> for BatchError {
+    fn from(e: WarehouseError) -> Self {
+        BatchError::Warehouse(Box::new(e))
+    }
+}
+
+impl From<SpeedError> for BatchError {
+    fn from(e: SpeedError) -> Self {
+        match e {
+            SpeedError::Warehouse(w) => BatchError::Warehouse(w),
+            other => BatchError::Kafka(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! `strata batch run` and `strata batch backfill`: recompute the batch view
+//! from the master dataset and publish it.
+//!
+//! A run of one metric:
+//! 1. reads the newest *published* run `(P, W_old)` and the archive horizon
+//!    `H` (min over partitions of the newest archived event − allowed
+//!    lateness): every event before `H` is in the archive;
+//! 2. picks the new watermark `W`: for fixed windows the largest window
+//!    boundary such that every window starting before it ends by `H`; for
+//!    sessions the start of the earliest session that could still grow (or
+//!    `H`), so no session is ever cut; `W` never moves back;
+//! 3. recomputes every window starting in `[W_old − lookback, W)` (from
+//!    the archive's first hour on the first run) and inserts it under a new
+//!    run id `R`, with retraction rows for windows of earlier runs that no
+//!    longer exist (merged sessions);
+//! 4. publishes: one row in `strata_batch_runs` with status `published`
+//!    and watermark `W`. Readers only see rows of published runs
+//!    ([`strata_schemas::warehouse::view_sql`]), so a run killed before this
+//!    step changes nothing, and a rerun of the same range writes the same
+//!    rows under a newer id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use serde_json::{Map, Value as Json};
+use strata_schemas::warehouse::{self, BATCH_RUNS_TABLE, View, WATERMARKS_TABLE};
+use strata_schemas::{Config, MetricDef, Value, WindowKind};
+
+use crate::BatchError;
+use crate::compute::{EventFrame, Recomputed, recompute};
+use crate::lake::{Lake, hour_of};
+use crate::metrics as m;
+
+/// Rows per INSERT into the batch view.
+const INSERT_CHUNK: usize = 20_000;
+
+/// What one metric's run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    /// Metric.
+    pub metric: String,
+    /// Run id (0 when nothing was run).
+    pub run_id: u64,
+    /// Windows recomputed, `[from_ms, to_ms)` by start.
+    pub from_ms: i64,
+    /// End of the recomputed range.
+    pub to_ms: i64,
+    /// Batch watermark after the run.
+    pub watermark_ms: Option<i64>,
+    /// Events read.
+    pub events_read: u64,
+    /// Rows written (including retractions).
+    pub rows_written: u64,
+    /// Why nothing was done, if so.
+    pub skipped: Option<String>,
+}
+
+/// The handles a run needs.
+#[derive(Clone)]
+pub struct BatchContext {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Master dataset.
+    pub lake: Lake,
+    /// ClickHouse.
+    pub client: Client,
+}
+
+impl BatchContext {
+    /// Opens the lake and the ClickHouse client of `config`.
+    pub fn new(config: Arc<Config>) -> Result<BatchContext, BatchError> {
+        let lake = Lake::open(&config.object_store, &config.base_dir)?;
+        let client = warehouse::client(&config.clickhouse);
+        Ok(BatchContext {
+            config,
+            lake,
+            client,
+        })
+    }
+
+    fn database(&self) -> &str {
+        &self.config.clickhouse.database
+    }
+
+    fn metric(&self, name: &str) -> Result<Arc<MetricDef>, BatchError> {
+        self.config
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                BatchError::Usage(format!(
+                    "unknown metric {name:?}; the metrics of {} are: {}",
+                    self.config.file,
+                    self.config
+                        .metrics
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+}
+
+/// One scheduled run over every metric (or only `only`).
+pub async fn run_once(
+    ctx: &BatchContext,
+    only: Option<&str>,
+) -> Result<Vec<RunReport>, BatchError> {
+    let metrics: Vec<Arc<MetricDef>> = match only {
+        Some(name) => vec![ctx.metric(name)?],
+        None => ctx.config.metrics.clone(),
+    };
+    let mut reports = Vec::new();
+    for metric in metrics {
+        let started = Instant::now();
+        let result = run_metric(ctx, &metric).await;
+        metrics::histogram!(m::BATCH_RUN_DURATION, "metric" => metric.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(m::BATCH_RUNS, "metric" => metric.name.clone(), "outcome" => outcome)
+            .increment(1);
+        let report = result?;
+        match &report.skipped {
+            Some(reason) => {
+                tracing::info!(metric = %metric.name, reason = %reason, "batch run skipped");
+            }
+            None => tracing::info!(
+                metric = %metric.name,
+                run_id = report.run_id,
+                from_ms = report.from_ms,
+                to_ms = report.to_ms,
+                watermark_ms = report.watermark_ms,
+                events_read = report.events_read,
+                rows_written = report.rows_written,
+                seconds = started.elapsed().as_secs_f64(),
+                "batch run published"
+            ),
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// The archive horizon of a metric's source: every event before it is in
+/// the archive. `None` when nothing was archived yet.
+pub async fn archive_horizon(
+    ctx: &BatchContext,
+    metric: &MetricDef,
+) -> Result<Option<i64>, BatchError> {
+    let progress = ctx.lake.all_progress(&metric.source.name).await?;
+    let idle_ms = ctx.config.speed.idle_timeout.as_i64();
+    let now = chrono::Utc::now().timestamp_millis();
+    let lateness = metric.source.allowed_lateness.as_i64();
+    let mut horizon: Option<i64> = None;
+    let mut newest: Option<i64> = None;
+    for p in progress.values() {
+        if p.max_event_ms == i64::MIN {
+            continue;
+        }
+        newest = Some(newest.map_or(p.max_event_ms, |n: i64| n.max(p.max_event_ms)));
+        // An idle partition (no record for idle_timeout) does not hold the
+        // horizon back, as in the speed layer.
+        if now - p.last_record_at_ms > idle_ms && p.last_record_at_ms > 0 {
+            continue;
+        }
+        let h = p.max_event_ms - lateness;
+        horizon = Some(horizon.map_or(h, |x: i64| x.min(h)));
+    }
+    // Every partition idle: the newest event bounds what is complete.
+    Ok(horizon.or(newest.map(|n| n - lateness)))
+}
+
+async fn run_metric(ctx: &BatchContext, metric: &Arc<MetricDef>) -> Result<RunReport, BatchError> {
+    let mut report = RunReport {
+        metric: metric.name.clone(),
+        run_id: 0,
+        from_ms: 0,
+        to_ms: 0,
+        watermark_ms: None,
+        events_read: 0,
+        rows_written: 0,
+        skipped: None,
+    };
+    let published = warehouse::published_batch(&ctx.client, ctx.database(), &metric.name).await?;
+    report.watermark_ms = published.map(|p| p.1);
+    let Some(horizon) = archive_horizon(ctx, metric).await? else {
+        report.skipped = Some("the archive holds no event of this metric's source yet".into());
+        return Ok(report);
+    };
+    let Some(first_hour) = ctx.lake.first_hour(&metric.source.name).await? else {
+        report.skipped = Some("the archive holds no data file yet".into());
+        return Ok(report);
+    };
+    let lookback = ctx.config.batch.lookback.as_i64();
+    let from = match published {
+        Some((_, w)) => w.saturating_sub(lookback).max(first_hour),
+        None => first_hour,
+    };
+    let to = match metric.window {
+        WindowKind::Tumbling { size } => floor_to(horizon, size.as_i64()),
+        WindowKind::Hopping { size, slide } => {
+            floor_to(horizon - size.as_i64() + slide.as_i64(), slide.as_i64())
+        }
+        // Refined after the recompute (open sessions).
+        WindowKind::Session { .. } => horizon,
+    };
+    let to = to.max(published.map_or(i64::MIN, |p| p.1));
+    recompute_and_publish(ctx, metric, from, to, horizon, published, true, &mut report).await?;
+    Ok(report)
+}
+
+fn floor_to(t: i64, step: i64) -> i64 {
+    t - t.rem_euclid(step)
+}
+
+/// Aligns a range start down so it never cuts a window or a session.
+async fn align_from(
+    ctx: &BatchContext,
+    metric: &MetricDef,
+    from: i64,
+    published: Option<(u64, i64)>,
+) -> Result<i64, BatchError> {
+    Ok(match metric.window {
+        WindowKind::Tumbling { size } => floor_to(from, size.as_i64()),
+        WindowKind::Hopping { slide, .. } => floor_to(from, slide.as_i64()),
+        WindowKind::Session { .. } => {
+            // Start at the earliest published session that spans `from`, so
+            // a session is recomputed whole or not at all.
+            let Some((run_id, _)) = published else {
+                return Ok(from);
+            };
+            let sql = format!(
+                "SELECT min(window_start_ms) AS s, count() AS n FROM ({}) WHERE `_v_window_end_ms` > {from}",
+                warehouse::view_sql(
+                    ctx.database(),
+                    metric,
+                    View::Batch { run_id },
+                    i64::MIN,
+                    from
+                )
+            );
+            let rows = warehouse::query_rows(&ctx.client, &sql, &[&metric.name]).await?;
+            match rows.first() {
+                Some(r) if r.get("n").and_then(warehouse::json_u64).unwrap_or(0) > 0 => r
+                    .get("s")
+                    .and_then(warehouse::json_i64)
+                    .map_or(from, |s| s.min(from)),
+                _ => from,
+            }
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn recompute_and_publish(
+    ctx: &BatchContext,
+    metric: &Arc<MetricDef>,
+    from: i64,
+    to: i64,
+    horizon: i64,
+    published: Option<(u64, i64)>,
+    advance_watermark: bool,
+    report: &mut RunReport,
+) -> Result<(), BatchError> {
+    let from = align_from(ctx, metric, from, published).await?;
+    report.from_ms = from;
+    report.to_ms = to;
+    if from >= to {
+        report.skipped = Some(format!(
+            "nothing to recompute: range [{from}, {to}) is empty (archive horizon {horizon})"
+        ));
+        return Ok(());
+    }
+    // Events that can fall in a window starting in [from, to).
+    let events_to = match metric.window {
+        WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => to + size.as_i64(),
+        WindowKind::Session { .. } => horizon,
+    };
+    let frames = read_frames(ctx, metric, from, events_to).await?;
+    let started = Instant::now();
+    let metric_for_task = metric.clone();
+    let recomputed: Recomputed = tokio::task::spawn_blocking(move || {
+        recompute(&metric_for_task, &frames, from, events_to, from, to)
+    })
+    .await
+    .map_err(|e| BatchError::Usage(format!("recompute task failed: {e}")))?;
+    tracing::debug!(metric = %metric.name, events = recomputed.events_read, windows = recomputed.windows.len(), seconds = started.elapsed().as_secs_f64(), "recomputed");
+    metrics::counter!(m::BATCH_ROWS_READ, "metric" => metric.name.clone())
+        .increment(recomputed.events_read);
+    report.events_read = recomputed.events_read;
+    let mut watermark = to;
+    if let (WindowKind::Session { .. }, Some(open)) =
+        (metric.window, recomputed.first_open_session_ms)
+    {
+        watermark = watermark.min(open);
+    }
+    let watermark = watermark.max(published.map_or(i64::MIN, |p| p.1));
+    // Sessions starting at or after the watermark belong to the speed view.
+    let windows: Vec<_> = recomputed
+        .windows
+        .into_iter()
+        .filter(|w| w.window.start_ms < watermark || !advance_watermark)
+        .collect();
+    let run_id = next_run_id(ctx, &metric.name).await?;
+    report.run_id = run_id;
+    let now = Json::from(warehouse::now_datetime());
+    let mut rows = Vec::with_capacity(windows.len());
+    let mut present: BTreeSet<(i64, String)> = BTreeSet::new();
+    for w in &windows {
+        let mut row = Map::new();
+        row.insert("window_start_ms".into(), Json::from(w.window.start_ms));
+        row.insert("window_end_ms".into(), Json::from(w.window.end_ms));
+        for (g, v) in metric.group_by.iter().zip(&w.key) {
+            row.insert(g.name.clone(), v.to_json());
+        }
+        metric.plan.write_state(&w.acc, &mut row);
+        row.insert("run_id".into(), Json::from(run_id));
+        row.insert("retracted".into(), Json::from(0));
+        row.insert("updated_at".into(), now.clone());
+        present.insert((w.window.start_ms, key_text(&w.key)));
+        rows.push(row);
+    }
+    // Windows of earlier runs in the range that no longer exist (sessions
+    // merged by late events) are retracted by this run.
+    let upper = if advance_watermark { watermark } else { to };
+    if let Some((published_run, _)) = published {
+        let sql = warehouse::view_sql(
+            ctx.database(),
+            metric,
+            View::Batch {
+                run_id: published_run,
+            },
+            from,
+            upper,
+        );
+        for old in warehouse::query_rows(&ctx.client, &sql, &[&metric.name]).await? {
+            let old = warehouse::unprefix_view_row(old);
+            let start = old
+                .get("window_start_ms")
+                .and_then(warehouse::json_i64)
+                .unwrap_or_default();
+            let key: Vec<Value> = metric
+                .group_by
+                .iter()
+                .map(|g| json_to_value(old.get(&g.name)))
+                .collect();
+            if present.contains(&(start, key_text(&key))) {
+                continue;
+            }
+            let mut row = Map::new();
+            row.insert("window_start_ms".into(), Json::from(start));
+            row.insert(
+                "window_end_ms".into(),
+                old.get("window_end_ms")
+                    .cloned()
+                    .unwrap_or(Json::from(start)),
+            );
+            for g in &metric.group_by {
+                row.insert(
+                    g.name.clone(),
+                    old.get(&g.name).cloned().unwrap_or(Json::Null),
+                );
+            }
+            metric
+                .plan
+                .write_state(&metric.plan.new_accumulator(), &mut row);
+            row.insert("run_id".into(), Json::from(run_id));
+            row.insert("retracted".into(), Json::from(1));
+            row.insert("updated_at".into(), now.clone());
+            rows.push(row);
+        }
+    }
+    let table = warehouse::batch_table(&metric.name);
+    let started_at = warehouse::now_datetime();
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        warehouse::insert_rows(
+            &ctx.client,
+            ctx.database(),
+            &table,
+            chunk,
+            Duration::from_secs(120),
+        )
+        .await?;
+    }
+    report.rows_written = rows.len() as u64;
+    metrics::counter!(m::BATCH_ROWS_WRITTEN, "metric" => metric.name.clone())
+        .increment(report.rows_written);
+    // The commit point: one row, atomically visible.
+    let published_watermark = if advance_watermark {
+        watermark
+    } else {
+        published.map_or(i64::MIN, |p| p.1)
+    };
+    let mut run = Map::new();
+    run.insert("run_id".into(), Json::from(run_id));
+    run.insert("metric".into(), Json::from(metric.name.clone()));
+    run.insert("status".into(), Json::from("published"));
+    run.insert("from_ms".into(), Json::from(from));
+    run.insert("to_ms".into(), Json::from(upper));
+    run.insert("watermark_ms".into(), Json::from(published_watermark));
+    run.insert("rows_read".into(), Json::from(report.events_read));
+    run.insert("rows_written".into(), Json::from(report.rows_written));
+    run.insert("started_at".into(), Json::from(started_at));
+    run.insert("finished_at".into(), Json::from(warehouse::now_datetime()));
+    run.insert(
+        "message".into(),
+        Json::from(if advance_watermark {
+            "scheduled"
+        } else {
+            "backfill"
+        }),
+    );
+    warehouse::insert_rows(
+        &ctx.client,
+        ctx.database(),
+        BATCH_RUNS_TABLE,
+        &[run],
+        Duration::from_secs(30),
+    )
+    .await?;
+    report.watermark_ms = Some(published_watermark);
+    // Mirror for dashboards; readers use the run log above.
+    let mut wm = Map::new();
+    wm.insert("metric".into(), Json::from(metric.name.clone()));
+    wm.insert("layer".into(), Json::from("batch"));
+    wm.insert("kafka_partition".into(), Json::from(-1));
+    wm.insert("watermark_ms".into(), Json::from(published_watermark));
+    wm.insert("version".into(), Json::from(run_id));
+    wm.insert("run_id".into(), Json::from(run_id));
+    wm.insert("updated_at".into(), now);
+    warehouse::insert_rows(
+        &ctx.client,
+        ctx.database(),
+        WATERMARKS_TABLE,
+        &[wm],
+        Duration::from_secs(30),
+    )
+    .await?;
+    metrics::gauge!(m::BATCH_WATERMARK, "metric" => metric.name.clone())
+        .set(published_watermark as f64);
+    Ok(())
+}
+
+fn key_text(key: &[Value]) -> String {
+    key.iter()
+        .map(|v| v.to_json().to_string())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+fn json_to_value(v: Option<&Json>) -> Value {
+    match v {
+        Some(Json::String(s)) => Value::String(s.clone()),
+        Some(Json::Number(n)) => n
+            .as_i64()
+            .map(Value::Int)
+            .or_else(|| n.as_f64().map(Value::Float))
+            .unwrap_or(Value::Null),
+        Some(Json::Bool(b)) => Value::Bool(*b),
+        _ => Value::Null,
+    }
+}
+
+/// Run ids grow: wall-clock milliseconds, or one more than the last id.
+async fn next_run_id(ctx: &BatchContext, metric: &str) -> Result<u64, BatchError> {
+    let rows = warehouse::query_rows(
+        &ctx.client,
+        &format!(
+            "SELECT max(run_id) AS r FROM {} WHERE metric = ?",
+            warehouse::qualified(ctx.database(), BATCH_RUNS_TABLE)
+        ),
+        &[metric],
+    )
+    .await?;
+    let last = rows
+        .first()
+        .and_then(|r| r.get("r"))
+        .and_then(warehouse::json_u64)
+        .unwrap_or(0);
+    let batch_rows = warehouse::query_rows(
+        &ctx.client,
+        &format!(
+            "SELECT max(run_id) AS r FROM {}",
+            warehouse::qualified(ctx.database(), &warehouse::batch_table(metric))
+        ),
+        &[],
+    )
+    .await?;
+    let last_rows = batch_rows
+        .first()
+        .and_then(|r| r.get("r"))
+        .and_then(warehouse::json_u64)
+        .unwrap_or(0);
+    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    Ok(now.max(last.max(last_rows) + 1))
+}
+
+/// Reads, with Polars, the archive files of the metric's source that can
+/// hold events in `[from_ms, to_ms)`.
+async fn read_frames(
+    ctx: &BatchContext,
+    metric: &MetricDef,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<EventFrame>, BatchError> {
+    let source = &metric.source.name;
+    let progress = ctx.lake.all_progress(source).await?;
+    let files = ctx
+        .lake
+        .committed_files(source, hour_of(from_ms), to_ms, &progress)
+        .await?;
+    let mut frames = Vec::with_capacity(files.len());
+    // Downloads overlap with decoding: up to 8 in flight.
+    let mut pending = futures::stream::iter(files.into_iter().map(|f| {
+        let lake = ctx.lake.clone();
+        async move {
+            let bytes = lake.get(&f.path).await?;
+            Ok::<_, BatchError>((f, bytes))
+        }
+    }))
+    .buffered(8);
+    use futures::StreamExt;
+    let mut decode_tasks = Vec::new();
+    while let Some(item) = pending.next().await {
+        let (file, bytes) = item?;
+        let metric = Arc::new(metric.clone());
+        decode_tasks.push(tokio::task::spawn_blocking(move || {
+            EventFrame::read(&metric, file.path.as_ref(), bytes)
+        }));
+    }
+    for task in decode_tasks {
+        frames.push(
+            task.await
+                .map_err(|e| BatchError::Usage(format!("read task failed: {e}")))??,
+        );
+    }
+    Ok(frames)
+}
+
+/// `strata batch backfill`: recompute `[from, to)` (clamped below the
+/// published watermark, which a backfill never moves) in chunks of
+/// `chunk_ms`, each published as its own run. A chunk already published by
+/// an earlier attempt of the same backfill (same range in the run log) is
+/// skipped, so a crashed backfill resumes where it stopped.
+pub async fn backfill(
+    ctx: &BatchContext,
+    metric_name: &str,
+    from: i64,
+    to: i64,
+    chunk_ms: i64,
+    mut on_chunk: impl FnMut(usize, usize, &RunReport),
+) -> Result<Vec<RunReport>, BatchError> {
+    let metric = ctx.metric(metric_name)?;
+    if from >= to {
+        return Err(BatchError::Usage(format!(
+            "--from ({from}) must be before --to ({to})"
+        )));
+    }
+    let published = warehouse::published_batch(&ctx.client, ctx.database(), &metric.name).await?;
+    let Some((_, watermark)) = published else {
+        return Err(BatchError::Usage(format!(
+            "metric {} has no published batch run yet; run `strata batch run --once` first (a backfill only recomputes windows below the batch watermark)",
+            metric.name
+        )));
+    };
+    let to = to.min(watermark);
+    let Some(horizon) = archive_horizon(ctx, &metric).await? else {
+        return Err(BatchError::Usage("the archive is empty".into()));
+    };
+    let done: HashMap<(i64, i64), u64> = warehouse::query_rows(
+        &ctx.client,
+        &format!(
+            "SELECT from_ms, to_ms, max(run_id) AS r FROM {} WHERE metric = ? AND status = 'published' AND message = 'backfill' GROUP BY from_ms, to_ms",
+            warehouse::qualified(ctx.database(), BATCH_RUNS_TABLE)
+        ),
+        &[&metric.name],
+    )
+    .await?
+    .iter()
+    .filter_map(|r| {
+        Some((
+            (
+                r.get("from_ms").and_then(warehouse::json_i64)?,
+                r.get("to_ms").and_then(warehouse::json_i64)?,
+            ),
+            r.get("r").and_then(warehouse::json_u64)?,
+        ))
+    })
+    .collect();
+    let chunk_ms = chunk_ms.max(1);
+    let mut chunks = Vec::new();
+    let mut start = from;
+    while start < to {
+        let end = (start + chunk_ms).min(to);
+        chunks.push((start, end));
+        start = end;
+    }
+    let total = chunks.len();
+    let mut reports = Vec::new();
+    for (i, (start, end)) in chunks.into_iter().enumerate() {
+        let mut report = RunReport {
+            metric: metric.name.clone(),
+            run_id: 0,
+            from_ms: start,
+            to_ms: end,
+            watermark_ms: Some(watermark),
+            events_read: 0,
+            rows_written: 0,
+            skipped: None,
+        };
+        let aligned = align_from(ctx, &metric, start, published).await?;
+        if let Some(run_id) = done.get(&(aligned, end)) {
+            report.run_id = *run_id;
+            report.skipped = Some("already published by an earlier attempt".into());
+        } else {
+            let current =
+                warehouse::published_batch(&ctx.client, ctx.database(), &metric.name).await?;
+            recompute_and_publish(
+                ctx,
+                &metric,
+                start,
+                end,
+                horizon,
+                current,
+                false,
+                &mut report,
+            )
+            .await?;
+        }
+        on_chunk(i + 1, total, &report);
+        reports.push(report);
+    }
+    Ok(reports)
+}

@@ -1,0 +1,162 @@
+//! The `latest` cache: for every metric, the newest window of each group
+//! key, pre-rendered as JSON and refreshed from the speed view every
+//! second, so `GET /v1/metrics/{metric}/latest` never waits on ClickHouse.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use serde_json::{Map, Value as Json};
+use strata_schemas::value::format_rfc3339_ms;
+use strata_schemas::warehouse::{self, View};
+use strata_schemas::{Config, MetricDef, WindowKind};
+
+use crate::metrics as m;
+
+/// A pre-rendered JSON body.
+pub type Body = Arc<str>;
+
+#[derive(Default)]
+struct MetricCache {
+    refreshed: Option<Instant>,
+    /// Group key (JSON array text) → rendered row.
+    rows: HashMap<String, Body>,
+}
+
+/// Newest window per group key, per metric.
+#[derive(Default)]
+pub struct LatestCache {
+    metrics: RwLock<HashMap<String, MetricCache>>,
+}
+
+impl LatestCache {
+    /// The rendered row of `key` (a JSON array of the group-by values).
+    pub fn get(&self, metric: &str, key: &str) -> Option<Body> {
+        let guard = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        guard.get(metric)?.rows.get(key).cloned()
+    }
+
+    /// Whether the metric's cache was ever filled.
+    pub fn is_warm(&self, metric: &str) -> bool {
+        let guard = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+        guard.get(metric).is_some_and(|c| c.refreshed.is_some())
+    }
+
+    /// Refreshes one metric from the speed view.
+    pub async fn refresh(
+        &self,
+        client: &Client,
+        database: &str,
+        metric: &MetricDef,
+    ) -> Result<usize, warehouse::WarehouseError> {
+        let newest = warehouse::query_rows(
+            client,
+            &format!(
+                "SELECT max(window_start_ms) AS s, count() AS n FROM {}",
+                warehouse::qualified(database, &warehouse::speed_table(&metric.name))
+            ),
+            &[],
+        )
+        .await?;
+        let mut rows = HashMap::new();
+        let has_rows = newest
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(warehouse::json_u64)
+            .unwrap_or(0)
+            > 0;
+        if has_rows {
+            let newest = newest[0]
+                .get("s")
+                .and_then(warehouse::json_i64)
+                .unwrap_or(0);
+            // Every key active in the last few windows (sessions: gaps).
+            let span = match metric.window {
+                WindowKind::Session { gap } => gap.as_i64() * 4,
+                _ => metric.window.max_extent_ms() * 3,
+            };
+            let view = warehouse::read_view(
+                client,
+                database,
+                metric,
+                View::Speed,
+                newest - span,
+                newest + 1,
+            )
+            .await?;
+            let names: Vec<&str> = metric.group_by.iter().map(|g| g.name.as_str()).collect();
+            let outputs = metric.plan.output_columns();
+            let mut newest_by_key: HashMap<String, &warehouse::ViewRow> = HashMap::new();
+            for row in &view {
+                let key = serde_json::to_string(&row.key).unwrap_or_default();
+                match newest_by_key.get(&key) {
+                    Some(existing) if existing.start_ms >= row.start_ms => {}
+                    _ => {
+                        newest_by_key.insert(key, row);
+                    }
+                }
+            }
+            for (key, row) in newest_by_key {
+                let mut o = Map::new();
+                o.insert("metric".into(), Json::from(metric.name.clone()));
+                o.insert(
+                    "window_start".into(),
+                    Json::from(format_rfc3339_ms(row.start_ms)),
+                );
+                o.insert(
+                    "window_end".into(),
+                    Json::from(format_rfc3339_ms(row.end_ms)),
+                );
+                for (name, v) in names.iter().zip(&row.key) {
+                    o.insert((*name).to_string(), v.clone());
+                }
+                for (c, v) in outputs.iter().zip(metric.plan.finalize(&row.acc)) {
+                    o.insert(c.name.clone(), v);
+                }
+                o.insert("source".into(), Json::from("speed"));
+                o.insert("final".into(), Json::from(row.is_final));
+                rows.insert(key, Arc::from(Json::Object(o).to_string()));
+            }
+        }
+        let n = rows.len();
+        metrics::gauge!(m::LATEST_CACHE_ENTRIES, "metric" => metric.name.clone()).set(n as f64);
+        let mut guard = self.metrics.write().unwrap_or_else(|p| p.into_inner());
+        guard.insert(
+            metric.name.clone(),
+            MetricCache {
+                refreshed: Some(Instant::now()),
+                rows,
+            },
+        );
+        Ok(n)
+    }
+
+    /// Refreshes every metric each `interval`, forever.
+    pub async fn keep_fresh(
+        self: Arc<Self>,
+        config: Arc<Config>,
+        client: Client,
+        interval: Duration,
+    ) {
+        loop {
+            for metric in &config.metrics {
+                if let Err(e) = self
+                    .refresh(&client, &config.clickhouse.database, metric)
+                    .await
+                {
+                    tracing::debug!(metric = %metric.name, error = %e, "latest cache refresh failed");
+                }
+                let age = {
+                    let guard = self.metrics.read().unwrap_or_else(|p| p.into_inner());
+                    guard
+                        .get(&metric.name)
+                        .and_then(|c| c.refreshed)
+                        .map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64())
+                };
+                metrics::gauge!(m::LATEST_CACHE_AGE, "metric" => metric.name.clone()).set(age);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The merged answer: batch view before the batch watermark, speed view
+//! from it on, re-keyed and re-aggregated with the shared merge code.
+//!
+//! The watermark `W` and the run id `P` of the newest published batch run
+//! are read once per query. Windows starting before `W` come from run `P`
+//! of the batch view, windows starting at or after `W` from the speed view:
+//! every window exactly once, whatever the batch layer publishes meanwhile
+//! (a newer run only becomes visible to the next query).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use clickhouse::Client;
+use serde_json::Value as Json;
+use strata_schemas::warehouse::{self, View, ViewRow};
+use strata_schemas::{Accumulator, MetricDef};
+
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::query::QuerySpec;
+
+/// Which view a row comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The batch view (always final).
+    Batch,
+    /// The speed view.
+    Speed,
+}
+
+impl Source {
+    /// `batch` / `speed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Batch => "batch",
+            Source::Speed => "speed",
+        }
+    }
+}
+
+/// One row of an answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnswerRow {
+    /// Window (or granularity bucket) start, epoch ms.
+    pub start_ms: i64,
+    /// Its end.
+    pub end_ms: i64,
+    /// Values of the kept group-by fields, in config order.
+    pub key: Vec<Json>,
+    /// One value per output column of the metric.
+    pub values: Vec<Json>,
+    /// Where it comes from (`speed` if any part of a bucket does).
+    pub source: Source,
+    /// Whether it can no longer change.
+    pub is_final: bool,
+}
+
+/// A whole answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// Batch watermark used (`None`: no batch run published yet).
+    pub batch_watermark: Option<i64>,
+    /// Speed watermark (min over partitions), if the speed layer reported one.
+    pub speed_watermark: Option<i64>,
+    /// Rows ordered by start, then key.
+    pub rows: Vec<AnswerRow>,
+    /// Whether `limit` cut rows off.
+    pub truncated: bool,
+}
+
+/// The batch watermark and run of a metric, read once per query.
+pub async fn batch_state(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+) -> Result<Option<(u64, i64)>, ApiError> {
+    Ok(warehouse::published_batch(client, database, &metric.name).await?)
+}
+
+/// The speed layer's watermark for a metric: min over its partitions.
+pub async fn speed_watermark(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+) -> Result<Option<i64>, ApiError> {
+    let rows = warehouse::query_rows(
+        client,
+        &format!(
+            "SELECT kafka_partition, argMax(watermark_ms, version) AS w FROM {} WHERE metric = ? AND layer = 'speed' GROUP BY kafka_partition",
+            warehouse::qualified(database, warehouse::WATERMARKS_TABLE)
+        ),
+        &[&metric.name],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get("w").and_then(warehouse::json_i64))
+        .filter(|w| *w > i64::MIN)
+        .min())
+}
+
+async fn timed_view(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+    view: View,
+    from: i64,
+    to: i64,
+) -> Result<Vec<ViewRow>, ApiError> {
+    let started = Instant::now();
+    let rows = warehouse::read_view(client, database, metric, view, from, to).await?;
+    let label = match view {
+        View::Batch { .. } => "batch",
+        View::Speed => "speed",
+    };
+    metrics::histogram!(m::CLICKHOUSE_QUERY, "view" => label)
+        .record(started.elapsed().as_secs_f64());
+    Ok(rows)
+}
+
+/// Answers a checked query.
+pub async fn answer(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+    spec: &QuerySpec,
+) -> Result<Answer, ApiError> {
+    let batch = batch_state(client, database, metric).await?;
+    let speed_watermark = speed_watermark(client, database, metric).await?;
+    let boundary = batch.map_or(i64::MIN, |b| b.1);
+    let mut parts: Vec<(Source, ViewRow)> = Vec::new();
+    if let Some((run_id, w)) = batch
+        && spec.from_ms < w
+    {
+        for row in timed_view(
+            client,
+            database,
+            metric,
+            View::Batch { run_id },
+            spec.from_ms,
+            spec.to_ms.min(w),
+        )
+        .await?
+        {
+            parts.push((Source::Batch, row));
+        }
+    }
+    let speed_from = spec.from_ms.max(boundary);
+    if speed_from < spec.to_ms {
+        for row in timed_view(
+            client,
+            database,
+            metric,
+            View::Speed,
+            speed_from,
+            spec.to_ms,
+        )
+        .await?
+        {
+            parts.push((Source::Speed, row));
+        }
+    }
+    let mut answer = merge(metric, spec, parts);
+    answer.batch_watermark = batch.map(|b| b.1);
+    answer.speed_watermark = speed_watermark;
+    Ok(answer)
+}
+
+fn json_eq(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Json::String(x), Json::Number(_)) => x.parse::<f64>().ok() == b.as_f64(),
+        _ => a == b,
+    }
+}
+
+struct Bucket {
+    end_ms: i64,
+    key: Vec<Json>,
+    acc: Accumulator,
+    source: Source,
+    is_final: bool,
+}
+
+/// Filters, re-keys, re-aggregates, ranks and limits view rows.
+pub fn merge(metric: &MetricDef, spec: &QuerySpec, parts: Vec<(Source, ViewRow)>) -> Answer {
+    let mut buckets: BTreeMap<(i64, String), Bucket> = BTreeMap::new();
+    'rows: for (source, row) in parts {
+        for (index, accepted) in &spec.filters {
+            let value = &row.key[*index];
+            if !accepted.iter().any(|a| json_eq(value, a)) {
+                continue 'rows;
+            }
+        }
+        let (start, end) = match spec.granularity_ms {
+            Some(g) => {
+                let s = row.start_ms - row.start_ms.rem_euclid(g);
+                (s, s + g)
+            }
+            None => (row.start_ms, row.end_ms),
+        };
+        let key: Vec<Json> = spec.group_by.iter().map(|i| row.key[*i].clone()).collect();
+        let text = serde_json::to_string(&key).unwrap_or_default();
+        match buckets.entry((start, text)) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let b = e.get_mut();
+                b.acc.merge(&row.acc);
+                b.end_ms = b.end_ms.max(end);
+                b.is_final &= row.is_final;
+                if source == Source::Speed {
+                    b.source = Source::Speed;
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Bucket {
+                    end_ms: end,
+                    key,
+                    acc: row.acc,
+                    source,
+                    is_final: row.is_final,
+                });
+            }
+        }
+    }
+    let mut rows: Vec<AnswerRow> = buckets
+        .into_iter()
+        .map(|((start, _), b)| AnswerRow {
+            start_ms: start,
+            end_ms: b.end_ms,
+            values: metric.plan.finalize(&b.acc),
+            key: b.key,
+            source: b.source,
+            is_final: b.is_final,
+        })
+        .collect();
+    if let (Some(top), Some(order)) = (spec.top, spec.order_by) {
+        let mut ranked: Vec<AnswerRow> = Vec::with_capacity(rows.len());
+        let mut i = 0;
+        while i < rows.len() {
+            let start = rows[i].start_ms;
+            let mut j = i;
+            while j < rows.len() && rows[j].start_ms == start {
+                j += 1;
+            }
+            let mut window: Vec<AnswerRow> = rows[i..j].to_vec();
+            window.sort_by(|a, b| {
+                compare_desc(&a.values[order], &b.values[order]).then_with(|| {
+                    serde_json::to_string(&a.key)
+                        .unwrap_or_default()
+                        .cmp(&serde_json::to_string(&b.key).unwrap_or_default())
+                })
+            });
+            window.truncate(top);
+            ranked.extend(window);
+            i = j;
+        }
+        rows = ranked;
+    }
+    let truncated = rows.len() > spec.limit;
+    rows.truncate(spec.limit);
+    Answer {
+        batch_watermark: None,
+        speed_watermark: None,
+        rows,
+        truncated,
+    }
+}
+
+/// Descending by number, nulls last.
+fn compare_desc(a: &Json, b: &Json) -> Ordering {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => y.partial_cmp(&x).unwrap_or(Ordering::Equal),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}

@@ -1,0 +1,38 @@
+//! Every metric the serving layer exports, in one place (rendered by the
+//! recorder shared with the other layers, on `GET /metrics`).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+/// Requests, by route and status.
+pub const REQUESTS: &str = "strata_serving_requests_total";
+/// Request latency, seconds, by route.
+pub const REQUEST_LATENCY: &str = "strata_serving_request_seconds";
+/// ClickHouse query time, seconds, by view.
+pub const CLICKHOUSE_QUERY: &str = "strata_serving_clickhouse_query_seconds";
+/// Entries of the `latest` cache, by metric.
+pub const LATEST_CACHE_ENTRIES: &str = "strata_serving_latest_cache_entries";
+/// Age of the `latest` cache, seconds, by metric.
+pub const LATEST_CACHE_AGE: &str = "strata_serving_latest_cache_age_seconds";
+
+/// Installs the recorder and describes the metrics.
+pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
+    let handle = strata_speed::metrics::install();
+    describe_counter!(REQUESTS, "HTTP requests, by route and status.");
+    describe_histogram!(
+        REQUEST_LATENCY,
+        "HTTP request latency in seconds, by route."
+    );
+    describe_histogram!(
+        CLICKHOUSE_QUERY,
+        "ClickHouse query time in seconds, by view."
+    );
+    describe_gauge!(
+        LATEST_CACHE_ENTRIES,
+        "Group keys in the latest-window cache, by metric."
+    );
+    describe_gauge!(
+        LATEST_CACHE_AGE,
+        "Seconds since the latest-window cache was refreshed, by metric."
+    );
+    handle
+}
