@@ -1,0 +1,1056 @@
+//! The serving API (`strata serve`, a separate process) against real
+//! ClickHouse: views filled with known partials (as the speed and batch
+//! layers write them, plus stale versions and rows the merge must ignore),
+//! answers compared with aggregates computed independently from the events.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+use strata_schemas::warehouse;
+use strata_schemas::{Config, Event, MetricDef, WindowKind};
+use support::{HttpAnswer, TestEnv, http_get, rows_at, wait_until};
+
+const S: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
+const MINUTE: i64 = 60_000;
+const W1: i64 = S + 30 * MINUTE;
+const W2: i64 = S + 40 * MINUTE;
+const PAGES: [&str; 4] = ["/", "/cart", "/docs", "/pricing"];
+const COUNTRIES: [&str; 3] = ["DE", "FR", "JP"];
+
+#[derive(Clone, Debug)]
+struct View {
+    time: i64,
+    user: String,
+    page: &'static str,
+    country: &'static str,
+    duration: i64,
+}
+
+/// 60 minutes of page views; users 0..37 come and go, so sessions (gap
+/// 30 min) both close and stay open.
+fn events() -> Vec<View> {
+    let mut out = Vec::new();
+    for m in 0..60i64 {
+        for i in 0..20i64 {
+            let user = (m * 13 + i * 5) % 37;
+            // Users above 30 are only active in the first 10 minutes.
+            if user > 30 && m >= 10 {
+                continue;
+            }
+            out.push(View {
+                time: S + m * MINUTE + i * 2_000,
+                user: format!("u{user:03}"),
+                page: PAGES[((m * 7 + i) % 4) as usize],
+                country: COUNTRIES[((i * 3 + m) % 3) as usize],
+                duration: m * 100 + i * 7,
+            });
+        }
+    }
+    out
+}
+
+fn partition_of(user: &str) -> i32 {
+    i32::from(user.as_bytes()[3] % 2)
+}
+
+/// (minute, page, country) → (views, total duration).
+fn expected_per_minute(events: &[View]) -> BTreeMap<(i64, String, String), (u64, i64)> {
+    let mut out: BTreeMap<(i64, String, String), (u64, i64)> = BTreeMap::new();
+    for e in events {
+        let minute = e.time - e.time.rem_euclid(MINUTE);
+        let v = out
+            .entry((minute, e.page.into(), e.country.into()))
+            .or_default();
+        v.0 += 1;
+        v.1 += e.duration;
+    }
+    out
+}
+
+/// (5-minute window start every minute, country) → distinct users.
+fn expected_active(events: &[View]) -> BTreeMap<(i64, String), u64> {
+    let mut users: BTreeMap<(i64, String), BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        let minute = e.time - e.time.rem_euclid(MINUTE);
+        for k in 0..5 {
+            users
+                .entry((minute - k * MINUTE, e.country.into()))
+                .or_default()
+                .insert(e.user.clone());
+        }
+    }
+    users
+        .into_iter()
+        .map(|(k, v)| (k, v.len() as u64))
+        .collect()
+}
+
+/// (user, start, end) → (page views, total duration), gap 30 minutes.
+fn expected_sessions(events: &[View]) -> BTreeMap<(String, i64, i64), (u64, i64)> {
+    let gap = 30 * MINUTE;
+    let mut by_user: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for e in events {
+        by_user
+            .entry(e.user.clone())
+            .or_default()
+            .push((e.time, e.duration));
+    }
+    let mut out = BTreeMap::new();
+    for (user, mut times) in by_user {
+        times.sort_unstable();
+        let (mut start, mut last, mut n, mut total) = (times[0].0, times[0].0, 0, 0);
+        for (t, d) in times {
+            if t - last >= gap {
+                out.insert((user.clone(), start, last + gap), (n, total));
+                (start, n, total) = (t, 0, 0);
+            }
+            last = t;
+            n += 1;
+            total += d;
+        }
+        out.insert((user, start, last + gap), (n, total));
+    }
+    out
+}
+
+fn event_of(config: &Config, v: &View) -> Event {
+    let source = &config.sources["page_views"];
+    let json = serde_json::json!({
+        "event_time": v.time, "user_id": v.user, "page": v.page,
+        "country": v.country, "duration_ms": v.duration
+    });
+    source
+        .decoder()
+        .decode(json.to_string().as_bytes())
+        .unwrap()
+}
+
+type Partials = BTreeMap<
+    (i64, String, i32),
+    (
+        strata_schemas::Window,
+        Vec<strata_schemas::Value>,
+        strata_schemas::Accumulator,
+    ),
+>;
+
+/// Partial states per (window, key, partition), computed with the shared
+/// aggregate code (what the layers store; the expected values above are
+/// computed without it).
+fn partials(config: &Config, metric: &MetricDef, events: &[View]) -> Partials {
+    let mut out = Partials::new();
+    match metric.window {
+        WindowKind::Session { gap } => {
+            let mut by_user: BTreeMap<String, Vec<&View>> = BTreeMap::new();
+            for e in events {
+                by_user.entry(e.user.clone()).or_default().push(e);
+            }
+            for (_, mut vs) in by_user {
+                vs.sort_by_key(|v| v.time);
+                let times: Vec<i64> = vs.iter().map(|v| v.time).collect();
+                for (w, a, b) in strata_schemas::window::sessions_of_sorted(&times, gap.as_i64()) {
+                    let mut acc = metric.plan.new_accumulator();
+                    let mut key = Vec::new();
+                    for v in &vs[a..b] {
+                        let e = event_of(config, v);
+                        key = metric.group_key(&e);
+                        metric.plan.update(&mut acc, &e);
+                    }
+                    let p = partition_of(&vs[a].user);
+                    out.insert((w.start_ms, format!("{key:?}"), p), (w, key, acc));
+                }
+            }
+        }
+        _ => {
+            for v in events {
+                let e = event_of(config, v);
+                let key = metric.group_key(&e);
+                for w in metric.window.assign(v.time) {
+                    let entry = out
+                        .entry((w.start_ms, format!("{key:?}"), partition_of(&v.user)))
+                        .or_insert_with(|| (w, key.clone(), metric.plan.new_accumulator()));
+                    metric.plan.update(&mut entry.2, &e);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn base_row(
+    metric: &MetricDef,
+    w: strata_schemas::Window,
+    key: &[strata_schemas::Value],
+    acc: &strata_schemas::Accumulator,
+) -> Map<String, Json> {
+    let mut row = Map::new();
+    row.insert("window_start_ms".into(), Json::from(w.start_ms));
+    row.insert("window_end_ms".into(), Json::from(w.end_ms));
+    for (g, v) in metric.group_by.iter().zip(key) {
+        row.insert(g.name.clone(), v.to_json());
+    }
+    metric.plan.write_state(acc, &mut row);
+    row.insert("retracted".into(), Json::from(0));
+    row.insert("updated_at".into(), Json::from(warehouse::now_datetime()));
+    row
+}
+
+fn inflated(metric: &MetricDef, acc: &strata_schemas::Accumulator) -> strata_schemas::Accumulator {
+    let mut bad = acc.clone();
+    for _ in 0..999 {
+        bad.merge(acc);
+    }
+    let _ = metric;
+    bad
+}
+
+async fn insert(env: &TestEnv, table: &str, rows: &[Map<String, Json>]) {
+    let client = clickhouse::Client::default()
+        .with_url(&env.clickhouse_url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    warehouse::insert_rows(&client, &env.database, table, rows, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+async fn publish(env: &TestEnv, metric: &str, run_id: u64, watermark: i64) {
+    let mut run = Map::new();
+    for (k, v) in [
+        ("run_id", Json::from(run_id)),
+        ("metric", Json::from(metric)),
+        ("status", Json::from("published")),
+        ("from_ms", Json::from(S)),
+        ("to_ms", Json::from(watermark)),
+        ("watermark_ms", Json::from(watermark)),
+        ("rows_read", Json::from(0)),
+        ("rows_written", Json::from(0)),
+        ("started_at", Json::from(warehouse::now_datetime())),
+        ("finished_at", Json::from(warehouse::now_datetime())),
+        ("message", Json::from("test")),
+    ] {
+        run.insert(k.into(), v);
+    }
+    insert(env, warehouse::BATCH_RUNS_TABLE, &[run]).await;
+}
+
+/// Fills both views of every metric:
+/// - speed: every window, per partition, final version 10 plus a stale
+///   version 5 with inflated values; windows before W1 inflated (the API
+///   must take them from the batch view);
+/// - batch run 1000 (published, watermark W1): correct windows before W2,
+///   inflated ones from W2 on (beyond the watermark: never read);
+/// - batch run 5000: inflated everywhere, never published (a dead run).
+async fn fill(env: &TestEnv, config: &Config, events: &[View]) {
+    for metric in &config.metrics {
+        let parts = partials(config, metric, events);
+        let mut speed = Vec::new();
+        let mut merged: BTreeMap<
+            (i64, String),
+            (
+                strata_schemas::Window,
+                Vec<strata_schemas::Value>,
+                strata_schemas::Accumulator,
+            ),
+        > = BTreeMap::new();
+        for ((start, key_text, partition), (w, key, acc)) in &parts {
+            let good = if *start < W1 {
+                inflated(metric, acc)
+            } else {
+                acc.clone()
+            };
+            for (version, state) in [(10u64, &good), (5u64, &inflated(metric, acc))] {
+                let mut row = base_row(metric, *w, key, state);
+                row.insert("kafka_partition".into(), Json::from(*partition));
+                row.insert("first_offset".into(), Json::from(0));
+                row.insert("last_offset".into(), Json::from(0));
+                row.insert("version".into(), Json::from(version));
+                row.insert(
+                    "is_final".into(),
+                    Json::from(u8::from(w.end_ms <= S + 50 * MINUTE)),
+                );
+                speed.push(row);
+            }
+            merged
+                .entry((*start, key_text.clone()))
+                .and_modify(|e| e.2.merge(acc))
+                .or_insert_with(|| (*w, key.clone(), acc.clone()));
+        }
+        insert(env, &warehouse::speed_table(&metric.name), &speed).await;
+        let mut batch = Vec::new();
+        for ((start, _), (w, key, acc)) in &merged {
+            let state = if *start < W2 {
+                acc.clone()
+            } else {
+                inflated(metric, acc)
+            };
+            let mut row = base_row(metric, *w, key, &state);
+            row.insert("run_id".into(), Json::from(1000u64));
+            batch.push(row);
+            let mut dead = base_row(metric, *w, key, &inflated(metric, acc));
+            dead.insert("run_id".into(), Json::from(5000u64));
+            batch.push(dead);
+        }
+        insert(env, &warehouse::batch_table(&metric.name), &batch).await;
+        publish(env, &metric.name, 1000, W1).await;
+    }
+}
+
+/// Run 3000, published with watermark W2: correct batch windows before W2.
+async fn advance(env: &TestEnv, config: &Config, events: &[View]) {
+    for metric in &config.metrics {
+        let parts = partials(config, metric, events);
+        let mut merged: BTreeMap<
+            (i64, String),
+            (
+                strata_schemas::Window,
+                Vec<strata_schemas::Value>,
+                strata_schemas::Accumulator,
+            ),
+        > = BTreeMap::new();
+        for ((start, key_text, _), (w, key, acc)) in &parts {
+            merged
+                .entry((*start, key_text.clone()))
+                .and_modify(|e| e.2.merge(acc))
+                .or_insert_with(|| (*w, key.clone(), acc.clone()));
+        }
+        let rows: Vec<_> = merged
+            .values()
+            .filter(|(w, _, _)| w.start_ms < W2)
+            .map(|(w, key, acc)| {
+                let mut row = base_row(metric, *w, key, acc);
+                row.insert("run_id".into(), Json::from(3000u64));
+                row
+            })
+            .collect();
+        insert(env, &warehouse::batch_table(&metric.name), &rows).await;
+        publish(env, &metric.name, 3000, W2).await;
+    }
+}
+
+fn port_of(env: &TestEnv) -> u16 {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    text.split("[serving]")
+        .nth(1)
+        .and_then(|s| s.split("listen = \"127.0.0.1:").nth(1))
+        .and_then(|s| s.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap()
+}
+
+async fn start_server(env: &TestEnv) -> (support::ChildGuard, u16) {
+    let port = port_of(env);
+    let child = env.spawn(&["serve"], "serve");
+    let up = wait_until(Duration::from_secs(60), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(port, "/readyz", &[]).status == 200
+    })
+    .await;
+    assert!(up, "serve did not become ready:\n{}", env.log("serve"));
+    (child, port)
+}
+
+fn query(port: u16, metric: &str, params: &str) -> HttpAnswer {
+    http_get(port, &format!("/v1/metrics/{metric}/query?{params}"), &[])
+}
+
+fn rows(answer: &HttpAnswer) -> Vec<Map<String, Json>> {
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer.json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_object().unwrap().clone())
+        .collect()
+}
+
+fn ms(text: &Json) -> i64 {
+    strata_schemas::value::parse_rfc3339_ms(text.as_str().unwrap()).unwrap()
+}
+
+fn per_minute_of(rows: &[Map<String, Json>]) -> BTreeMap<(i64, String, String), (u64, i64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                (
+                    ms(&r["window_start"]),
+                    r["page"].as_str().unwrap().into(),
+                    r["country"].as_str().unwrap().into(),
+                ),
+                (
+                    r["views"].as_u64().unwrap(),
+                    r["total_duration_ms"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn check_sources(rows: &[Map<String, Json>], watermark: i64) {
+    for r in rows {
+        let start = ms(&r["window_start"]);
+        let want = if start < watermark { "batch" } else { "speed" };
+        assert_eq!(r["source"], want, "window {start}: {r:?}");
+        if want == "batch" {
+            assert_eq!(r["final"], true);
+        }
+    }
+}
+
+const RANGE: &str = "from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z";
+
+#[tokio::test]
+async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
+    let env = TestEnv::new("serving", "");
+    env.init();
+    let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
+    let events = events();
+    fill(&env, &config, &events).await;
+    let (_server, port) = start_server(&env).await;
+
+    // Tumbling metric, every (minute, page, country), exactly once.
+    let want = expected_per_minute(&events);
+    let answer = query(port, "page_views_per_minute", RANGE);
+    let body = answer.json();
+    assert_eq!(body["batch_watermark"], "2026-11-22T10:30:00.000Z");
+    let got = rows(&answer);
+    assert_eq!(got.len(), want.len(), "one row per window and group");
+    assert_eq!(per_minute_of(&got), want);
+    check_sources(&got, W1);
+    for r in &got {
+        let avg = r["avg_duration_ms"].as_f64().unwrap();
+        let expected = r["total_duration_ms"].as_f64().unwrap() / r["views"].as_f64().unwrap();
+        assert!((avg - expected).abs() < 1e-9, "{r:?}");
+    }
+
+    // Hopping distinct counts and sessions.
+    let active = rows(&query(port, "active_users_5m", RANGE));
+    let got_active: BTreeMap<(i64, String), u64> = active
+        .iter()
+        .map(|r| {
+            (
+                (
+                    ms(&r["window_start"]),
+                    r["country"].as_str().unwrap().into(),
+                ),
+                r["active_users"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want_active: BTreeMap<_, _> = expected_active(&events)
+        .into_iter()
+        .filter(|((s, _), _)| *s >= S && *s < S + 60 * MINUTE)
+        .collect();
+    assert_eq!(got_active, want_active);
+    check_sources(&active, W1);
+    let sessions = rows(&query(
+        port,
+        "user_sessions",
+        "from=2026-11-22T09:00:00Z&to=2026-11-22T11:00:00Z",
+    ));
+    let got_sessions: BTreeMap<(String, i64, i64), (u64, i64)> = sessions
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["user_id"].as_str().unwrap().into(),
+                    ms(&r["window_start"]),
+                    ms(&r["window_end"]),
+                ),
+                (
+                    r["page_views"].as_u64().unwrap(),
+                    r["total_duration_ms"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got_sessions, expected_sessions(&events));
+    check_sources(&sessions, W1);
+
+    // The watermark advances between two queries: same numbers, more batch.
+    advance(&env, &config, &events).await;
+    let after = rows(&query(port, "page_views_per_minute", RANGE));
+    assert_eq!(per_minute_of(&after), want);
+    check_sources(&after, W2);
+
+    // /v1/metrics lists every metric with its watermark.
+    let list = http_get(port, "/v1/metrics", &[]).json();
+    let names: Vec<&str> = list["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["active_users_5m", "page_views_per_minute", "user_sessions"]
+    );
+    assert_eq!(
+        list["metrics"][1]["batch_watermark"],
+        "2026-11-22T10:40:00.000Z"
+    );
+
+    // The ClickHouse merged view returns what the API returns.
+    let db = &env.database;
+    let view = rows_at(&env.clickhouse_url, &format!(
+        "SELECT window_start_ms, page, country, views, total_duration_ms, avg_duration_ms, source FROM {db}.page_views_per_minute_merged \
+         WHERE window_start_ms >= {S} AND window_start_ms < {}",
+        S + 60 * MINUTE
+    ))
+    .await;
+    let from_view: BTreeMap<(i64, String, String), (u64, i64)> = view
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["window_start_ms"].as_i64().unwrap(),
+                    r["page"].as_str().unwrap().into(),
+                    r["country"].as_str().unwrap().into(),
+                ),
+                (
+                    r["views"].as_u64().unwrap(),
+                    r["total_duration_ms"].as_f64().unwrap() as i64,
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(from_view, per_minute_of(&after));
+    for r in &view {
+        let want = if r["window_start_ms"].as_i64().unwrap() < W2 {
+            "batch"
+        } else {
+            "speed"
+        };
+        assert_eq!(r["source"], want);
+    }
+    let view_active = rows_at(&env.clickhouse_url, &format!(
+        "SELECT window_start_ms, country, active_users FROM {db}.active_users_5m_merged WHERE window_start_ms >= {S} AND window_start_ms < {}",
+        S + 60 * MINUTE
+    ))
+    .await;
+    let from_view: BTreeMap<(i64, String), u64> = view_active
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["window_start_ms"].as_i64().unwrap(),
+                    r["country"].as_str().unwrap().into(),
+                ),
+                r["active_users"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(from_view, want_active);
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn reaggregation_subsets_filters_top_n_and_formats() {
+    let env = TestEnv::new("serving_shapes", "");
+    env.init();
+    let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
+    let events = events();
+    fill(&env, &config, &events).await;
+    let (_server, port) = start_server(&env).await;
+    let per_minute = expected_per_minute(&events);
+
+    // granularity=5m over (page, country).
+    let mut want: BTreeMap<(i64, String, String), (u64, i64)> = BTreeMap::new();
+    for ((m, p, c), (n, d)) in &per_minute {
+        let b = want
+            .entry((m - m.rem_euclid(5 * MINUTE), p.clone(), c.clone()))
+            .or_default();
+        b.0 += n;
+        b.1 += d;
+    }
+    let got = rows(&query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&granularity=5m"),
+    ));
+    assert_eq!(per_minute_of(&got), want);
+    assert!(
+        got.iter()
+            .all(|r| ms(&r["window_end"]) - ms(&r["window_start"]) == 5 * MINUTE)
+    );
+
+    // group_by=country with a set-membership filter.
+    let mut want: BTreeMap<(i64, String), (u64, i64)> = BTreeMap::new();
+    for ((m, _, c), (n, d)) in &per_minute {
+        if c == "DE" || c == "JP" {
+            let b = want.entry((*m, c.clone())).or_default();
+            b.0 += n;
+            b.1 += d;
+        }
+    }
+    let got = rows(&query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&group_by=country&country=DE&country=JP"),
+    ));
+    assert!(
+        got.iter().all(|r| !r.contains_key("page")),
+        "page merged away"
+    );
+    let got: BTreeMap<(i64, String), (u64, i64)> = got
+        .iter()
+        .map(|r| {
+            (
+                (
+                    ms(&r["window_start"]),
+                    r["country"].as_str().unwrap().into(),
+                ),
+                (
+                    r["views"].as_u64().unwrap(),
+                    r["total_duration_ms"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // top=2 groups per window by views (ties: key order).
+    let mut by_minute: BTreeMap<i64, Vec<(u64, String, String)>> = BTreeMap::new();
+    for ((m, p, c), (n, _)) in &per_minute {
+        by_minute
+            .entry(*m)
+            .or_default()
+            .push((*n, p.clone(), c.clone()));
+    }
+    let mut want = Vec::new();
+    for (m, mut groups) in by_minute {
+        groups.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
+        for g in groups.into_iter().take(2) {
+            want.push((m, g.1, g.2, g.0));
+        }
+    }
+    let got: Vec<(i64, String, String, u64)> = rows(&query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&top=2&order_by=views"),
+    ))
+    .iter()
+    .map(|r| {
+        (
+            ms(&r["window_start"]),
+            r["page"].as_str().unwrap().into(),
+            r["country"].as_str().unwrap().into(),
+            r["views"].as_u64().unwrap(),
+        )
+    })
+    .collect();
+    assert_eq!(got, want);
+
+    // limit cuts and says so.
+    let limited = query(port, "page_views_per_minute", &format!("{RANGE}&limit=7"));
+    assert_eq!(rows(&limited).len(), 7);
+    assert_eq!(limited.json()["truncated"], true);
+
+    // CSV: same rows as JSON.
+    let json_rows = rows(&query(port, "page_views_per_minute", RANGE));
+    let csv = query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&format=csv"),
+    );
+    assert_eq!(csv.status, 200);
+    assert!(csv.headers["content-type"].starts_with("text/csv"));
+    let text = csv.text();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "window_start,window_end,page,country,views,total_duration_ms,avg_duration_ms,source,final"
+    );
+    let csv_rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(csv_rows.len(), json_rows.len());
+    for (c, j) in csv_rows.iter().zip(&json_rows) {
+        assert_eq!(c[0], j["window_start"].as_str().unwrap());
+        assert_eq!(c[2], j["page"].as_str().unwrap());
+        assert_eq!(c[4].parse::<u64>().unwrap(), j["views"].as_u64().unwrap());
+        assert_eq!(c[7], j["source"].as_str().unwrap());
+    }
+
+    // Arrow IPC stream: typed columns with the same values.
+    let arrow_answer = query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&format=arrow"),
+    );
+    assert_eq!(arrow_answer.status, 200);
+    assert_eq!(
+        arrow_answer.headers["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
+    let reader = arrow::ipc::reader::StreamReader::try_new(
+        std::io::Cursor::new(arrow_answer.body.clone()),
+        None,
+    )
+    .unwrap();
+    let mut views = Vec::new();
+    let mut pages = Vec::new();
+    for batch in reader {
+        use arrow::array::AsArray;
+        let batch = batch.unwrap();
+        views.extend(
+            batch
+                .column_by_name("views")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .values()
+                .iter()
+                .copied(),
+        );
+        pages.extend(
+            batch
+                .column_by_name("page")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string()),
+        );
+    }
+    assert_eq!(
+        views,
+        json_rows
+            .iter()
+            .map(|r| r["views"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        pages,
+        json_rows
+            .iter()
+            .map(|r| r["page"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    );
+
+    // granularity is refused where windows cannot be re-aggregated.
+    let refused = query(port, "active_users_5m", &format!("{RANGE}&granularity=10m"));
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused
+            .text()
+            .contains("only supported for tumbling windows"),
+        "{}",
+        refused.text()
+    );
+
+    // latest: the newest window of one key, from the in-process cache.
+    let (newest, (n, d)) = per_minute
+        .iter()
+        .filter(|((_, p, c), _)| p == "/cart" && c == "FR")
+        .map(|((m, _, _), v)| (*m, *v))
+        .max()
+        .unwrap();
+    let mut latest = http_get(
+        port,
+        "/v1/metrics/page_views_per_minute/latest?page=%2Fcart&country=FR",
+        &[],
+    );
+    for _ in 0..50 {
+        if latest.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        latest = http_get(
+            port,
+            "/v1/metrics/page_views_per_minute/latest?page=%2Fcart&country=FR",
+            &[],
+        );
+    }
+    let latest = latest.json();
+    assert_eq!(ms(&latest["window_start"]), newest);
+    assert_eq!(
+        (
+            latest["views"].as_u64().unwrap(),
+            latest["total_duration_ms"].as_i64().unwrap()
+        ),
+        (n, d)
+    );
+    let missing = http_get(
+        port,
+        "/v1/metrics/page_views_per_minute/latest?page=%2Fcart",
+        &[],
+    );
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing.text().contains("country is required"),
+        "{}",
+        missing.text()
+    );
+    env.drop_database().await;
+}
+
+/// Every table of the database with its row count.
+async fn snapshot(env: &TestEnv) -> Vec<(String, u64)> {
+    let tables = rows_at(&env.clickhouse_url, &format!(
+        "SELECT name FROM system.tables WHERE database = '{}' AND engine NOT LIKE '%View%' ORDER BY name",
+        env.database
+    ))
+    .await;
+    let mut out = Vec::new();
+    for t in tables {
+        let name = t["name"].as_str().unwrap().to_string();
+        let n = rows_at(
+            &env.clickhouse_url,
+            &format!("SELECT count() AS n FROM {}.`{name}`", env.database),
+        )
+        .await;
+        out.push((name, n[0]["n"].as_u64().unwrap()));
+    }
+    out
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn hostile_input_gets_4xx_and_leaves_clickhouse_untouched() {
+    let env = TestEnv::new("serving_hostile", "");
+    env.init();
+    let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
+    fill(&env, &config, &events()).await;
+    let (_server, port) = start_server(&env).await;
+    let before = snapshot(&env).await;
+    let hostile = [
+        "' OR 1=1 --",
+        "1; DROP TABLE strata_batch_runs",
+        "page_views_per_minute_batch`; DROP DATABASE x; --",
+        "\u{0}",
+        "😀🔥",
+        "ﾟ･✿ヾ╲(｡◕‿◕｡)╱✿･ﾟ",
+        "99999999999999999999999999999",
+        "-9223372036854775809",
+        "1e308",
+        "NaN",
+        ",,,",
+        "%",
+        &"A".repeat(5000),
+    ];
+    let reserved = [
+        "from",
+        "to",
+        "group_by",
+        "granularity",
+        "top",
+        "order_by",
+        "limit",
+        "format",
+    ];
+    let mut checked = 0;
+    for name in reserved {
+        for value in &hostile {
+            let mut params: Vec<(String, String)> = vec![
+                ("from".into(), "2026-11-22T10:00:00Z".into()),
+                ("to".into(), "2026-11-22T11:00:00Z".into()),
+            ];
+            params.retain(|(k, _)| k != name);
+            params.push((name.into(), (*value).to_string()));
+            if name == "top" {
+                params.push(("order_by".into(), "views".into()));
+            }
+            let qs: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", encode(v)))
+                .collect();
+            let answer = query(port, "page_views_per_minute", &qs.join("&"));
+            assert_eq!(answer.status, 400, "{name}={value:?}: {}", answer.text());
+            assert!(
+                answer.json()["error"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty())
+            );
+            checked += 1;
+        }
+        // Empty and repeated.
+        let empty = query(port, "page_views_per_minute", &format!("{RANGE}&{name}="));
+        assert_eq!(empty.status, 400, "{name} empty: {}", empty.text());
+        let repeated = query(
+            port,
+            "page_views_per_minute",
+            &format!("from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z&{name}=1&{name}=2"),
+        );
+        assert_eq!(repeated.status, 400, "{name} repeated: {}", repeated.text());
+    }
+    // Filter values are data: hostile strings match nothing, never reach SQL as text.
+    for value in &hostile[..6] {
+        let answer = query(
+            port,
+            "page_views_per_minute",
+            &format!("{RANGE}&country={}", encode(value)),
+        );
+        assert_eq!(answer.status, 200, "country={value:?}: {}", answer.text());
+        assert_eq!(rows(&answer).len(), 0);
+    }
+    // Unknown parameters and fields list the valid choices.
+    let unknown = query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&colour=red"),
+    );
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown.text().contains("page, country"),
+        "{}",
+        unknown.text()
+    );
+    let bad_group = query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&group_by=page,user_id"),
+    );
+    assert_eq!(bad_group.status, 400);
+    assert!(
+        bad_group.text().contains("choose from: page, country"),
+        "{}",
+        bad_group.text()
+    );
+    let bad_order = query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&top=3&order_by=sum(1)"),
+    );
+    assert!(
+        bad_order
+            .text()
+            .contains("views, total_duration_ms, avg_duration_ms"),
+        "{}",
+        bad_order.text()
+    );
+    // Time range checks.
+    for (params, fragment) in [
+        (
+            "from=2026-11-22T11:00:00Z&to=2026-11-22T10:00:00Z",
+            "must be before",
+        ),
+        ("from=2026-11-22T10:00:00Z", "to is required"),
+        (
+            "from=2020-01-01T00:00:00Z&to=2026-11-22T10:00:00Z",
+            "serving.max_range",
+        ),
+        ("from=yesterday&to=2026-11-22T10:00:00Z", "not a time"),
+    ] {
+        let answer = query(port, "page_views_per_minute", params);
+        assert_eq!(answer.status, 400, "{params}");
+        assert!(
+            answer.text().contains(fragment),
+            "{params}: {}",
+            answer.text()
+        );
+    }
+    // Hostile metric names and paths.
+    for path in [
+        "/v1/metrics/page_views_per_minute'%20OR%201=1--/query?from=0&to=1",
+        "/v1/metrics/..%2F..%2Fetc%2Fpasswd/query?from=0&to=1",
+        "/v1/metrics/%F0%9F%98%80/latest?x=1",
+    ] {
+        let answer = http_get(port, path, &[]);
+        assert!(
+            (400..500).contains(&answer.status),
+            "{path}: {}",
+            answer.status
+        );
+    }
+    let huge = http_get(
+        port,
+        &format!(
+            "/v1/metrics/page_views_per_minute/query?{RANGE}&page={}",
+            "x".repeat(9000)
+        ),
+        &[],
+    );
+    assert!((400..500).contains(&huge.status), "{}", huge.status);
+    assert!(checked >= 100);
+    assert_eq!(snapshot(&env).await, before, "no table changed");
+    // The server still answers correctly.
+    assert_eq!(
+        per_minute_of(&rows(&query(port, "page_views_per_minute", RANGE))),
+        expected_per_minute(&events())
+    );
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn api_keys_gate_metrics() {
+    let env = TestEnv::new("serving_auth", "");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "api_keys = []",
+        "api_keys = [{ name = \"dashboards\", key = \"k-dash-0123456789\", metrics = [\"page_views_per_minute\"] }, { name = \"ops\", key = \"k-ops-0123456789\", metrics = [\"*\"] }]",
+    );
+    std::fs::write(&env.config, text).unwrap();
+    env.init();
+    let (_server, port) = start_server(&env).await;
+    let path = format!("/v1/metrics/page_views_per_minute/query?{RANGE}");
+    assert_eq!(http_get(port, &path, &[]).status, 401);
+    assert_eq!(
+        http_get(port, &path, &[("Authorization", "Bearer wrong")]).status,
+        401
+    );
+    assert_eq!(
+        http_get(port, &path, &[("Authorization", "k-dash-0123456789")]).status,
+        401
+    );
+    assert_eq!(
+        http_get(
+            port,
+            &path,
+            &[("Authorization", "Bearer k-dash-0123456789")]
+        )
+        .status,
+        200
+    );
+    let other = format!("/v1/metrics/active_users_5m/query?{RANGE}");
+    let forbidden = http_get(
+        port,
+        &other,
+        &[("Authorization", "Bearer k-dash-0123456789")],
+    );
+    assert_eq!(forbidden.status, 403);
+    assert!(
+        forbidden
+            .text()
+            .contains("may not read metric active_users_5m")
+    );
+    assert_eq!(
+        http_get(
+            port,
+            &other,
+            &[("Authorization", "Bearer k-ops-0123456789")]
+        )
+        .status,
+        200
+    );
+    let listed = http_get(
+        port,
+        "/v1/metrics",
+        &[("Authorization", "Bearer k-dash-0123456789")],
+    )
+    .json();
+    assert_eq!(listed["metrics"].as_array().unwrap().len(), 1);
+    for open in ["/healthz", "/metrics", "/readyz", "/openapi.json"] {
+        assert_eq!(http_get(port, open, &[]).status, 200, "{open}");
+    }
+    let metrics_text = http_get(port, "/metrics", &[]).text();
+    assert!(
+        metrics_text.contains("strata_serving_requests_total"),
+        "{metrics_text}"
+    );
+    assert!(metrics_text.contains("status=\"401\""), "{metrics_text}");
+    let doc = http_get(port, "/openapi.json", &[]).json();
+    assert!(
+        doc["paths"]["/v1/metrics/page_views_per_minute/query"]["get"]["parameters"].is_array()
+    );
+    env.drop_database().await;
+}
