@@ -72,6 +72,9 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Serve the REST API (batch view merged with speed view) until SIGTERM/SIGINT.
     Serve,
+    /// Run the whole platform in one process on local defaults: generator,
+    /// speed layer, archive, batch layer (every minute) and API.
+    Demo(crate::demo::DemoArgs),
     /// Dead-letter tools.
     Dlq {
         /// Dead-letter subcommand.
@@ -271,6 +274,10 @@ pub async fn run(args: Args) -> ExitCode {
         Command::Speed => speed(&args.config).await,
         Command::Archive => archive(&args.config).await,
         Command::Serve => serve(&args.config).await,
+        Command::Demo(d) => match load(&args.config) {
+            Ok(config) => crate::demo::run(config, d, shutdown_flag()).await,
+            Err(e) => Err(e),
+        },
         Command::Batch {
             command: BatchCommand::Run { once, metric },
         } => batch_run(&args.config, *once, metric.as_deref()).await,

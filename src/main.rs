@@ -5,6 +5,7 @@
 //! 1 the input (config, contracts, arguments) is invalid, 2 a runtime failure.
 
 mod cli;
+mod demo;
 
 use std::process::ExitCode;
 

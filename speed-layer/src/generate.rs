@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
@@ -81,6 +82,16 @@ pub async fn generate(
         if in_flight.len() >= MAX_IN_FLIGHT
             && let Some(result) = in_flight.next().await
         {
+            result.map_err(|(e, _)| kafka_err(kafka, format!("produce to {topic}"))(e))?;
+            report.sent += 1;
+            if report.sent % 1_000 == 0 {
+                progress(report.sent);
+            }
+        }
+        // A send is only handed to librdkafka when its future is polled:
+        // poll the set now, so a paced stream leaves at its pace instead of
+        // in bursts of MAX_IN_FLIGHT.
+        while let Some(Some(result)) = in_flight.next().now_or_never() {
             result.map_err(|(e, _)| kafka_err(kafka, format!("produce to {topic}"))(e))?;
             report.sent += 1;
             if report.sent % 1_000 == 0 {
