@@ -36,44 +36,6 @@ fn stream(events: u64, seed: u64, late_fraction: f64) -> ClickstreamConfig {
     }
 }
 
-fn valid(records: &[GeneratedRecord]) -> u64 {
-    records.iter().filter(|r| r.event.is_some()).count() as u64
-}
-
-/// Runs `strata archive` until every valid event is committed, then stops
-/// it with SIGTERM and checks it exited cleanly.
-async fn archive_all(env: &TestEnv, expected_events: u64) {
-    let mut archive = env.spawn(&["archive"], "archive");
-    let done = wait_until(Duration::from_secs(300), || async {
-        env.archived_events() == expected_events
-    })
-    .await;
-    assert!(
-        done,
-        "archive stuck at {} of {expected_events} events; log:\n{}",
-        env.archived_events(),
-        env.log("archive")
-    );
-    assert_eq!(terminate(&mut archive.0), Some(0), "{}", env.log("archive"));
-}
-
-/// (run id, watermark) of the newest published run of `metric`.
-async fn published(env: &TestEnv, metric: &str) -> (u64, i64) {
-    let rows = rows_at(
-        &env.clickhouse_url,
-        &format!(
-            "SELECT run_id, watermark_ms FROM {}.strata_batch_runs WHERE metric = '{metric}' AND status = 'published' ORDER BY run_id DESC LIMIT 1",
-            env.database
-        ),
-    )
-    .await;
-    assert_eq!(rows.len(), 1, "{metric} has a published run");
-    (
-        rows[0]["run_id"].as_u64().unwrap(),
-        rows[0]["watermark_ms"].as_i64().unwrap(),
-    )
-}
-
 /// The batch view as the test reads it itself: for each (window, key) the
 /// row of the newest published run, retractions dropped.
 async fn batch_view(env: &TestEnv) -> Expected {
@@ -255,7 +217,7 @@ async fn batch_view_equals_independent_aggregates_including_late_events() {
     let config = stream(20_000, 21, 0.02);
     env.generate(&config);
     let records: Vec<_> = Clickstream::new(config).collect();
-    archive_all(&env, valid(&records)).await;
+    env.archive_all(support::valid(&records)).await;
     assert_eq!(
         archived_records(&env),
         sent_records(&records),
@@ -264,9 +226,9 @@ async fn batch_view_equals_independent_aggregates_including_late_events() {
 
     let out = run_ok(env.strata().args(["batch", "run", "--once"]));
     assert!(out.contains("page_views_per_minute: run "), "{out}");
-    let (_, wm_minute) = published(&env, "page_views_per_minute").await;
-    let (_, wm_active) = published(&env, "active_users_5m").await;
-    let (_, wm_sessions) = published(&env, "user_sessions").await;
+    let (_, wm_minute) = env.published("page_views_per_minute").await;
+    let (_, wm_active) = env.published("active_users_5m").await;
+    let (_, wm_sessions) = env.published("user_sessions").await;
     // The newest event is at about start + 100 min; lateness is 30 s.
     let last = records
         .iter()
@@ -302,7 +264,7 @@ async fn batch_view_equals_independent_aggregates_including_late_events() {
 
     // A rerun of the same range changes no value and keeps the watermark.
     run_ok(env.strata().args(["batch", "run", "--once"]));
-    assert_eq!(published(&env, "page_views_per_minute").await.1, wm_minute);
+    assert_eq!(env.published("page_views_per_minute").await.1, wm_minute);
     assert_same(&batch_view(&env).await, &want);
 
     // A run that dies before publishing (rows inserted, no run-log row)
@@ -329,9 +291,13 @@ async fn reconcile_reports_no_difference_without_late_events() {
     env.generate(&config);
     let records: Vec<_> = Clickstream::new(config).collect();
     let speed_expected = expected::compute(&records, Some(30_000));
-    assert_eq!(speed_expected.counted, valid(&records), "no late event");
+    assert_eq!(
+        speed_expected.counted,
+        support::valid(&records),
+        "no late event"
+    );
     let mut speed = env.spawn_speed(0);
-    archive_all(&env, valid(&records)).await;
+    env.archive_all(support::valid(&records)).await;
     let session_events: u64 = speed_expected.sessions.values().map(|v| v.0).sum();
     assert!(
         wait_until(Duration::from_secs(300), || async {
@@ -344,7 +310,7 @@ async fn reconcile_reports_no_difference_without_late_events() {
     assert_eq!(terminate(&mut speed.0), Some(0));
     run_ok(env.strata().args(["batch", "run", "--once"]));
     for metric in ["page_views_per_minute", "active_users_5m", "user_sessions"] {
-        let (_, wm) = published(&env, metric).await;
+        let (_, wm) = env.published(metric).await;
         let out = run_ok(env.strata().args([
             "reconcile",
             "--metric",
@@ -384,7 +350,7 @@ async fn archive_killed_during_uploads_stores_every_event_once() {
     let config = stream(30_000, 8, 0.02);
     env.generate(&config);
     let records: Vec<_> = Clickstream::new(config).collect();
-    let total = valid(&records);
+    let total = support::valid(&records);
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for round in 0..4 {
         let mut archive = env.spawn(&["archive"], &format!("archive-{round}"));
@@ -401,7 +367,7 @@ async fn archive_killed_during_uploads_stores_every_event_once() {
         archive.0.kill().unwrap();
         archive.0.wait().unwrap();
     }
-    archive_all(&env, total).await;
+    env.archive_all(total).await;
     assert_eq!(archived_records(&env), sent_records(&records));
     let log = env.log("archive-1") + &env.log("archive-2") + &env.log("archive-3");
     assert!(log.contains("archive partition assigned"), "{log}");
@@ -435,7 +401,7 @@ async fn archive_and_batch_on_s3() {
     // Progress lives in the bucket: follow the archive's own metrics.
     assert!(
         wait_until(Duration::from_secs(120), || async {
-            scrape_events(&env) == valid(&records)
+            scrape_events(&env) == support::valid(&records)
         })
         .await,
         "archive to S3 stuck; log:\n{}",
@@ -443,9 +409,9 @@ async fn archive_and_batch_on_s3() {
     );
     assert_eq!(terminate(&mut archive.0), Some(0), "{}", env.log("archive"));
     run_ok(env.strata().args(["batch", "run", "--once"]));
-    let (_, wm_minute) = published(&env, "page_views_per_minute").await;
-    let (_, wm_active) = published(&env, "active_users_5m").await;
-    let (_, wm_sessions) = published(&env, "user_sessions").await;
+    let (_, wm_minute) = env.published("page_views_per_minute").await;
+    let (_, wm_active) = env.published("active_users_5m").await;
+    let (_, wm_sessions) = env.published("user_sessions").await;
     let want = below(
         &expected::compute(&records, None),
         wm_minute,

@@ -196,9 +196,12 @@ async fn run_metric(ctx: &BatchContext, metric: &Arc<MetricDef>) -> Result<RunRe
         return Ok(report);
     };
     let lookback = ctx.config.batch.lookback.as_i64();
+    // Windows that can hold the archive's first events start up to one
+    // window extent before its first hour (hopping windows reach back).
+    let earliest = first_hour - metric.window.max_extent_ms();
     let from = match published {
-        Some((_, w)) => w.saturating_sub(lookback).max(first_hour),
-        None => first_hour,
+        Some((_, w)) => w.saturating_sub(lookback).max(earliest),
+        None => earliest,
     };
     let to = match metric.window {
         WindowKind::Tumbling { size } => floor_to(horizon, size.as_i64()),

@@ -45,6 +45,11 @@ pub fn optional_endpoint(name: &str) -> Option<String> {
     std::panic::catch_unwind(|| endpoint(name)).ok()
 }
 
+/// Valid events among generated records.
+pub fn valid(records: &[strata_schemas::clickstream::GeneratedRecord]) -> u64 {
+    records.iter().filter(|r| r.event.is_some()).count() as u64
+}
+
 /// ClickHouse HTTP URL.
 pub fn clickhouse_url() -> String {
     endpoint("STRATA_CLICKHOUSE_URL")
@@ -430,6 +435,45 @@ impl TestEnv {
             .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .filter_map(|v| v["events"].as_u64())
             .sum()
+    }
+
+    /// Runs `strata archive` until every valid event is committed, then
+    /// stops it with SIGTERM and checks it exited cleanly.
+    pub async fn archive_all(&self, expected_events: u64) {
+        let mut archive = self.spawn(&["archive"], "archive");
+        let done = wait_until(std::time::Duration::from_secs(300), || async {
+            self.archived_events() == expected_events
+        })
+        .await;
+        assert!(
+            done,
+            "archive stuck at {} of {expected_events} events; log:\n{}",
+            self.archived_events(),
+            self.log("archive")
+        );
+        assert_eq!(
+            terminate(&mut archive.0),
+            Some(0),
+            "{}",
+            self.log("archive")
+        );
+    }
+
+    /// (run id, watermark) of the newest published batch run of `metric`.
+    pub async fn published(&self, metric: &str) -> (u64, i64) {
+        let rows = rows_at(
+            &self.clickhouse_url,
+            &format!(
+                "SELECT run_id, watermark_ms FROM {}.strata_batch_runs WHERE metric = '{metric}' AND status = 'published' ORDER BY run_id DESC LIMIT 1",
+                self.database
+            ),
+        )
+        .await;
+        assert_eq!(rows.len(), 1, "{metric} has a published run");
+        (
+            rows[0]["run_id"].as_u64().unwrap(),
+            rows[0]["watermark_ms"].as_i64().unwrap(),
+        )
     }
 
     /// Pins the checkpoint namespace (independent of the group id).
