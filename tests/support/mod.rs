@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod views;
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,0 +1,266 @@
+//! The Grafana provisioning in deploy/grafana: every ClickHouse panel's SQL,
+//! with the Grafana macros expanded for a fixed range, runs on the real
+//! ClickHouse over known data and returns the expected columns and values;
+//! every Prometheus panel names metrics Strata really exports.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value as Json};
+use support::views::{MINUTE, S, W1, events, expected_active, expected_sessions, fill};
+use support::{TestEnv, repo, rows_at};
+
+fn dashboards() -> Vec<(String, Json)> {
+    let dir = repo().join("deploy/grafana/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let json: Json =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        out.push((
+            path.file_name().unwrap().to_string_lossy().to_string(),
+            json,
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(out.len(), 2, "two dashboards");
+    out
+}
+
+/// (dashboard, panel title, datasource type, query text).
+fn targets() -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for (file, dash) in dashboards() {
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let kind = t["datasource"]["type"].as_str().unwrap().to_string();
+                let text = t["rawSql"]
+                    .as_str()
+                    .or(t["expr"].as_str())
+                    .unwrap()
+                    .to_string();
+                out.push((
+                    file.clone(),
+                    panel["title"].as_str().unwrap().to_string(),
+                    kind,
+                    text,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Expands the macros of grafana-clickhouse-datasource for `[from, to]`
+/// (epoch seconds) and the `database` template variable.
+fn expand(sql: &str, database: &str, from: i64, to: i64) -> String {
+    let mut out = sql.replace("${database}", database);
+    while let Some(start) = out.find("$__timeFilter(") {
+        let rest = &out[start + "$__timeFilter(".len()..];
+        let end = rest.find(')').unwrap();
+        let column = rest[..end].trim().to_string();
+        out = format!(
+            "{}{column} >= toDateTime({from}) AND {column} <= toDateTime({to}){}",
+            &out[..start],
+            &rest[end + 1..]
+        );
+    }
+    out.replace("$__fromTime", &format!("toDateTime({from})"))
+        .replace("$__toTime", &format!("toDateTime({to})"))
+}
+
+/// The row's column names, sorted (JSON objects do not keep order).
+fn columns(row: &Map<String, Json>) -> Vec<&str> {
+    row.keys().map(String::as_str).collect()
+}
+
+fn sorted<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut v = names.to_vec();
+    v.sort_unstable();
+    v
+}
+
+fn num(v: &Json) -> f64 {
+    v.as_f64().or_else(|| v.as_str()?.parse().ok()).unwrap()
+}
+
+#[tokio::test]
+async fn clickhouse_panels_run_and_return_known_values() {
+    let env = TestEnv::new("grafana", "");
+    env.init();
+    let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
+    let events = events();
+    fill(&env, &config, &events).await;
+    support::execute_at(&env.clickhouse_url, &format!(
+        "INSERT INTO {}.strata_watermarks (metric, layer, kafka_partition, watermark_ms, version, run_id) VALUES \
+         ('page_views_per_minute', 'batch', -1, {W1}, 1, 1000), ('page_views_per_minute', 'speed', 0, {}, 1, 0), ('page_views_per_minute', 'speed', 1, {}, 1, 0)",
+        env.database,
+        S + 50 * MINUTE,
+        S + 55 * MINUTE
+    ))
+    .await;
+    // A fixed range from the data's start; it reaches past the wall clock
+    // so the run log (stamped now) is inside it too.
+    let from = S / 1000;
+    let to = (chrono::Utc::now().timestamp() + 3600).max(from + 86_400);
+    let total = events.len() as f64;
+    let mut checked = BTreeSet::new();
+    for (_, title, kind, sql) in targets() {
+        if kind != "grafana-clickhouse-datasource" {
+            continue;
+        }
+        let sql = expand(&sql, &env.database, from, to);
+        let rows = rows_at(&env.clickhouse_url, &sql).await;
+        assert!(!rows.is_empty(), "{title}: no rows from {sql}");
+        let cols = columns(&rows[0]);
+        match title.as_str() {
+            "Page views per minute" => {
+                assert_eq!(cols, sorted(&["time", "views"]));
+                assert_eq!(rows.len(), 60);
+                assert_eq!(rows.iter().map(|r| num(&r["views"])).sum::<f64>(), total);
+            }
+            "Top pages" => {
+                assert_eq!(cols, sorted(&["page", "total_views", "avg_duration_ms"]));
+                let mut per_page = std::collections::BTreeMap::new();
+                for e in &events {
+                    *per_page.entry(e.page).or_insert(0u64) += 1;
+                }
+                let top = per_page.values().max().unwrap();
+                assert_eq!(num(&rows[0]["total_views"]) as u64, *top);
+            }
+            "Page views by country" => {
+                assert_eq!(cols, sorted(&["time", "country", "views"]));
+                assert_eq!(rows.iter().map(|r| num(&r["views"])).sum::<f64>(), total);
+            }
+            "Active users (5 min, every minute)" => {
+                assert_eq!(cols, sorted(&["time", "active_users"]));
+                let want: u64 = expected_active(&events)
+                    .iter()
+                    .filter(|((start, _), _)| *start >= S)
+                    .map(|(_, n)| n)
+                    .sum();
+                assert_eq!(
+                    rows.iter().map(|r| num(&r["active_users"])).sum::<f64>() as u64,
+                    want
+                );
+            }
+            "Sessions" => {
+                assert_eq!(cols, sorted(&["sessions", "pages_per_session"]));
+                assert_eq!(
+                    num(&rows[0]["sessions"]) as usize,
+                    expected_sessions(&events).len()
+                );
+            }
+            "Windows by source" => {
+                assert_eq!(cols, sorted(&["source", "windows"]));
+                let sources: Vec<&str> =
+                    rows.iter().map(|r| r["source"].as_str().unwrap()).collect();
+                assert_eq!(sources, ["batch", "speed"]);
+            }
+            "Recent batch runs" => {
+                assert_eq!(
+                    cols,
+                    sorted(&[
+                        "metric",
+                        "run_id",
+                        "status",
+                        "watermark",
+                        "rows_read",
+                        "rows_written",
+                        "finished_at"
+                    ])
+                );
+                assert_eq!(rows.len(), 3, "one published run per metric");
+                assert!(
+                    rows.iter().all(|r| r["watermark"] == "2026-11-22 10:30:00"),
+                    "{rows:?}"
+                );
+            }
+            "Watermarks" => {
+                assert_eq!(cols, sorted(&["metric", "layer", "watermark"]));
+                assert_eq!(rows[0]["layer"], "batch");
+                assert_eq!(rows[0]["watermark"], "2026-11-22 10:30:00");
+                assert_eq!(
+                    rows[1]["watermark"], "2026-11-22 10:50:00",
+                    "speed: min over partitions"
+                );
+            }
+            other => panic!("no expectation for ClickHouse panel {other:?}: add one to this test"),
+        }
+        checked.insert(title);
+    }
+    assert_eq!(checked.len(), 8, "{checked:?}");
+    env.drop_database().await;
+}
+
+/// Metric names declared in the crates' metrics modules.
+fn exported_metrics() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for file in [
+        "speed-layer/src/metrics.rs",
+        "batch-layer/src/metrics.rs",
+        "serving/src/metrics.rs",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.trim().strip_prefix("pub const ")
+                && let Some(name) = rest.split('"').nth(1)
+            {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    assert!(out.len() > 20, "{out:?}");
+    out
+}
+
+#[test]
+fn prometheus_panels_name_exported_metrics() {
+    let exported = exported_metrics();
+    let mut seen = 0;
+    for (file, title, kind, expr) in targets() {
+        if kind != "prometheus" {
+            continue;
+        }
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("strata_"))
+            .collect();
+        assert!(
+            !names.is_empty(),
+            "{file} / {title}: no Strata metric in {expr}"
+        );
+        for name in names {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| exported.contains(*b))
+                .unwrap_or(name);
+            assert!(
+                exported.contains(base),
+                "{file} / {title}: {name} is not a metric Strata exports"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 12, "{seen}");
+}
+
+#[test]
+fn provisioning_files_reference_the_dashboards_and_datasources() {
+    let ds =
+        std::fs::read_to_string(repo().join("deploy/grafana/provisioning/datasources/strata.yaml"))
+            .unwrap();
+    for (_, dash) in dashboards() {
+        for panel in dash["panels"].as_array().unwrap() {
+            let uid = panel["datasource"]["uid"].as_str().unwrap();
+            assert!(
+                ds.contains(&format!("uid: {uid}")),
+                "datasource {uid} is provisioned"
+            );
+        }
+        assert_eq!(dash["templating"]["list"][0]["name"], "database");
+    }
+}
