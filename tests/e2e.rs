@@ -16,6 +16,9 @@ use support::expected;
 use support::{TestEnv, http_get, terminate, wait_until};
 
 const MINUTE: i64 = 60_000;
+
+/// Key → ((count, total duration), source).
+type WithSource<K, S> = BTreeMap<K, ((u64, i64), S)>;
 const LATENESS_MS: i64 = 30_000;
 
 fn ms(text: &Json) -> i64 {
@@ -124,7 +127,7 @@ async fn generator_to_api_across_the_batch_speed_boundary() {
             want.insert(k.clone(), (*v, "speed"));
         }
     }
-    let got_map: BTreeMap<(i64, String, String), ((u64, i64), &str)> = got
+    let got_map: WithSource<(i64, String, String), &str> = got
         .iter()
         .map(|r| {
             (
@@ -182,7 +185,7 @@ async fn generator_to_api_across_the_batch_speed_boundary() {
 
     // user_sessions
     let (_, w) = env.published("user_sessions").await;
-    let got: BTreeMap<(String, i64, i64), ((u64, i64), String)> = rows(port, "user_sessions")
+    let got: WithSource<(String, i64, i64), String> = rows(port, "user_sessions")
         .iter()
         .map(|r| {
             (
