@@ -1,32 +1,30 @@
 #!/usr/bin/env bash
 #
-# scripts/demo.sh - run Strata on local defaults, from a fresh Debian machine.
+# scripts/demo.sh - the whole Strata platform on local defaults, from a
+# fresh Debian machine.
 #
-# Starts the local stack (ClickHouse, a Kafka-compatible broker, S3), builds
-# Strata, validates strata.toml, creates the ClickHouse tables and publishes a
-# synthetic clickstream. Arguments are passed to `strata generate`
-# (default: 20,000 events at 2,000/s).
+# Installs (when missing) and starts ClickHouse on loopback (deploy/local/up.sh
+# clickhouse), builds Strata, checks strata.toml and the contracts, then runs
+# `strata demo`: a generator, the speed layer, the Parquet archive, the batch
+# layer (every minute) and the REST API in one process, over librdkafka's
+# in-process Kafka mock cluster (no broker to install). Ctrl-C stops it.
+# Arguments go to `strata demo` (e.g. --rate 500, --duration 5m,
+# --external-kafka to use kafka.brokers / STRATA_KAFKA_BROKERS instead).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export STRATA_HOME="${STRATA_HOME:-$PWD/.strata}"
 log() { printf '[strata-demo] %s\n' "$*"; }
 
-deploy/local/up.sh
+deploy/local/up.sh clickhouse
 # shellcheck disable=SC1091
 . "$STRATA_HOME/stack.env"
 
-log "building strata (release)"
+log "building strata (release; the first build takes a while)"
 cargo build --release --locked --bin strata
 strata=target/release/strata
 
 "$strata" validate
 "$strata" schemas check
-"$strata" init
-if [ "$#" -eq 0 ]; then
-  set -- --events 20000 --rate 2000 --malformed 0.01 --invalid 0.01 --late 0.01
-fi
-"$strata" generate "$@"
-
-log "done. Look at the tables:"
-log "  curl -s '$STRATA_CLICKHOUSE_URL/?query=SHOW+TABLES+FROM+strata'"
+log "starting the demo: API on http://127.0.0.1:8080, Ctrl-C to stop"
+exec "$strata" demo "$@"
