@@ -1,0 +1,315 @@
+//! API benchmark against the real ClickHouse of the local stack.
+//!
+//! Fills `page_views_per_minute` with 24 hours of 1-minute windows (10
+//! pages × 5 countries; the batch view up to 20 h, the speed view after it,
+//! two Kafka partitions), then measures, in the same run:
+//! - `GET /v1/metrics/page_views_per_minute/query` for the 24 hours at
+//!   1-minute granularity, top 10 per window, at 1, 16 and 64 concurrent
+//!   clients: p50, p99, requests/s;
+//! - the same answer fetched with one direct ClickHouse HTTP query;
+//! - `GET /latest` p99 at 100 concurrent clients.
+//!
+//!   scripts/bench-api.sh     (or: deploy/local/up.sh clickhouse && cargo bench -p strata-serving --bench api)
+//!
+//! Runs only under `cargo bench` (`--bench` argument).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json};
+use strata_schemas::aggregate::NumericState;
+use strata_schemas::warehouse;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const S: i64 = 1_795_341_600_000;
+const MINUTE: i64 = 60_000;
+const PAGES: usize = 10;
+const COUNTRIES: [&str; 5] = ["DE", "FR", "JP", "US", "BR"];
+
+fn clickhouse_url() -> String {
+    if let Ok(url) = std::env::var("STRATA_CLICKHOUSE_URL") {
+        return url;
+    }
+    let env = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.strata/stack.env");
+    std::fs::read_to_string(env)
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("export STRATA_CLICKHOUSE_URL=")
+                    .map(str::to_string)
+            })
+        })
+        .expect("start the local stack first: deploy/local/up.sh clickhouse")
+}
+
+/// One HTTP/1.1 GET or POST over a fresh connection; returns the body size.
+async fn http(addr: &str, method: &str, target: &str, body: &str) -> usize {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::with_capacity(1 << 20);
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out[..out.len().min(300)])
+    );
+    out.len()
+}
+
+struct Figures {
+    p50: f64,
+    p99: f64,
+    rps: f64,
+    bytes: usize,
+}
+
+async fn measure<F, Fut>(clients: usize, duration: Duration, request: F) -> Figures
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    let request = Arc::new(request);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut bytes = 0;
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                bytes = request().await;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            (lat, bytes)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut bytes = 0;
+    for t in tasks {
+        let (lat, b) = t.await.unwrap();
+        all.extend(lat);
+        bytes = b;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Figures {
+        p50: pct(0.5),
+        p99: pct(0.99),
+        rps: all.len() as f64 / elapsed,
+        bytes,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let url = clickhouse_url();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut config =
+        strata_schemas::config::load_with_env(&repo.join("strata.toml"), |_| None).unwrap();
+    let database = "strata_bench_api".to_string();
+    config.clickhouse.url = url.clone();
+    config.clickhouse.database = database.clone();
+    let client = warehouse::client(&config.clickhouse);
+    warehouse::execute(&client, &format!("DROP DATABASE IF EXISTS {database}"))
+        .await
+        .unwrap();
+    warehouse::init(&client, &config).await.unwrap();
+    let metric = config
+        .metrics
+        .iter()
+        .find(|m| m.name == "page_views_per_minute")
+        .unwrap()
+        .clone();
+    let watermark = S + 20 * 60 * MINUTE;
+
+    // 24 h × 50 groups; the speed part split over two partitions.
+    let now = Json::from(warehouse::now_datetime());
+    let (mut batch, mut speed) = (Vec::new(), Vec::new());
+    for minute in 0..1440i64 {
+        let start = S + minute * MINUTE;
+        for p in 0..PAGES {
+            for (c, country) in COUNTRIES.iter().enumerate() {
+                let n = 1 + ((minute * 31 + p as i64 * 7 + c as i64 * 3) % 97) as u64;
+                let parts: Vec<u64> = if start < watermark {
+                    vec![n]
+                } else {
+                    vec![n / 2, n - n / 2]
+                };
+                for (partition, count) in parts.iter().enumerate() {
+                    let mut acc = metric.plan.new_accumulator();
+                    acc.events = *count;
+                    acc.numeric[0] = NumericState {
+                        count: *count,
+                        sum: *count as f64 * 1500.0,
+                        min: 100.0,
+                        max: 3000.0,
+                    };
+                    let mut row = Map::new();
+                    row.insert("window_start_ms".into(), Json::from(start));
+                    row.insert("window_end_ms".into(), Json::from(start + MINUTE));
+                    row.insert("page".into(), Json::from(format!("/page/{p}")));
+                    row.insert("country".into(), Json::from(*country));
+                    metric.plan.write_state(&acc, &mut row);
+                    row.insert("retracted".into(), Json::from(0));
+                    row.insert("updated_at".into(), now.clone());
+                    if start < watermark {
+                        row.insert("run_id".into(), Json::from(1));
+                        batch.push(row);
+                    } else {
+                        row.insert("kafka_partition".into(), Json::from(partition as i32));
+                        row.insert("first_offset".into(), Json::from(0));
+                        row.insert("last_offset".into(), Json::from(0));
+                        row.insert("version".into(), Json::from(2));
+                        row.insert("is_final".into(), Json::from(1));
+                        speed.push(row);
+                    }
+                }
+            }
+        }
+    }
+    let t = Duration::from_secs(120);
+    warehouse::insert_rows(
+        &client,
+        &database,
+        &warehouse::batch_table(&metric.name),
+        &batch,
+        t,
+    )
+    .await
+    .unwrap();
+    warehouse::insert_rows(
+        &client,
+        &database,
+        &warehouse::speed_table(&metric.name),
+        &speed,
+        t,
+    )
+    .await
+    .unwrap();
+    let mut run = Map::new();
+    for (k, v) in [
+        ("run_id", Json::from(1)),
+        ("metric", Json::from(metric.name.clone())),
+        ("status", Json::from("published")),
+        ("from_ms", Json::from(S)),
+        ("to_ms", Json::from(watermark)),
+        ("watermark_ms", Json::from(watermark)),
+        ("rows_read", Json::from(0)),
+        ("rows_written", Json::from(0)),
+        ("started_at", now.clone()),
+        ("finished_at", now.clone()),
+        ("message", Json::from("bench")),
+    ] {
+        run.insert(k.into(), v);
+    }
+    warehouse::insert_rows(&client, &database, warehouse::BATCH_RUNS_TABLE, &[run], t)
+        .await
+        .unwrap();
+    println!(
+        "filled {} batch rows and {} speed rows (24 h of 1-minute windows, 50 groups)",
+        batch.len(),
+        speed.len()
+    );
+
+    // The API, in process.
+    let config = Arc::new(config);
+    let cache = Arc::new(strata_serving::cache::LatestCache::default());
+    tokio::spawn(
+        cache
+            .clone()
+            .keep_fresh(config.clone(), client.clone(), Duration::from_secs(1)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    let app = strata_serving::router(&config, cache);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let query = "/v1/metrics/page_views_per_minute/query?from=2026-11-22T10:00:00Z&to=2026-11-23T10:00:00Z&granularity=1m&top=10&order_by=views";
+    let direct_sql = format!(
+        "SELECT window_start_ms, page, country, sum(e) AS views, sum(s) AS total_duration_ms, sum(s) / sum(e) AS avg_duration_ms FROM (\
+         SELECT window_start_ms, page, country, argMax(agg_events, run_id) AS e, argMax(agg_duration_ms_sum, run_id) AS s FROM {database}.page_views_per_minute_batch \
+         WHERE window_start_ms >= {S} AND window_start_ms < {watermark} AND run_id IN (SELECT run_id FROM {database}.strata_batch_runs WHERE metric = 'page_views_per_minute' AND status = 'published') \
+         GROUP BY window_start_ms, page, country \
+         UNION ALL SELECT window_start_ms, page, country, argMax(agg_events, version) AS e, argMax(agg_duration_ms_sum, version) AS s FROM {database}.page_views_per_minute_speed \
+         WHERE window_start_ms >= {watermark} AND window_start_ms < {} GROUP BY window_start_ms, page, country, kafka_partition) \
+         GROUP BY window_start_ms, page, country ORDER BY window_start_ms, views DESC, page, country LIMIT 10 BY window_start_ms FORMAT JSONEachRow",
+        S + 1440 * MINUTE
+    );
+    let ch_addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let rows = http(&api, "GET", query, "").await;
+    println!("API answer: {rows} bytes; 14,400 rows (1,440 windows × top 10)");
+    println!(
+        "{:<34} {:>8} {:>9} {:>9} {:>9}",
+        "target", "clients", "p50 ms", "p99 ms", "req/s"
+    );
+    let duration = Duration::from_secs(10);
+    for clients in [1usize, 16, 64] {
+        let a = api.clone();
+        let f = measure(clients, duration, move || {
+            let a = a.clone();
+            async move { http(&a, "GET", query, "").await }
+        })
+        .await;
+        println!(
+            "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1}",
+            "API query (24h, 1m, top 10)", clients, f.p50, f.p99, f.rps
+        );
+        let (c, sql) = (ch_addr.clone(), direct_sql.clone());
+        let d = measure(clients, duration, move || {
+            let (c, sql) = (c.clone(), sql.clone());
+            async move { http(&c, "POST", "/", &sql).await }
+        })
+        .await;
+        println!(
+            "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1}",
+            "direct ClickHouse query", clients, d.p50, d.p99, d.rps
+        );
+        println!(
+            "{:<34} {:>8} {:>9} {:>9.2}x {:>9}   (answer sizes: API {} B, ClickHouse {} B)",
+            "ratio API/direct p99",
+            clients,
+            "",
+            f.p99 / d.p99,
+            "",
+            f.bytes,
+            d.bytes
+        );
+    }
+    let a = api.clone();
+    let l = measure(100, duration, move || {
+        let a = a.clone();
+        async move {
+            http(
+                &a,
+                "GET",
+                "/v1/metrics/page_views_per_minute/latest?page=%2Fpage%2F3&country=DE",
+                "",
+            )
+            .await
+        }
+    })
+    .await;
+    println!(
+        "{:<34} {:>8} {:>9.2} {:>9.2} {:>9.1}",
+        "API latest (cache)", 100, l.p50, l.p99, l.rps
+    );
+    warehouse::execute(&client, &format!("DROP DATABASE IF EXISTS {database}"))
+        .await
+        .unwrap();
+}
