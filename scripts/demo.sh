@@ -20,9 +20,11 @@ deploy/local/up.sh clickhouse
 # shellcheck disable=SC1091
 . "$STRATA_HOME/stack.env"
 
-log "building strata (release; the first build takes a while)"
-cargo build --release --locked --bin strata
-strata=target/release/strata
+# The dev profile (dependencies optimised, see Cargo.toml) shares its build
+# with scripts/test.sh and is plenty for the demo's load.
+log "building strata (the first build takes a while)"
+cargo build --locked --bin strata
+strata=target/debug/strata
 
 "$strata" validate
 "$strata" schemas check

@@ -267,6 +267,38 @@ async fn batch_view_equals_independent_aggregates_including_late_events() {
     assert_eq!(env.published("page_views_per_minute").await.1, wm_minute);
     assert_same(&batch_view(&env).await, &want);
 
+    // A backfill recomputes below the watermark in published chunks,
+    // changes no value, and a second attempt resumes (skips every chunk).
+    let backfill = [
+        "batch",
+        "backfill",
+        "--metric",
+        "page_views_per_minute",
+        "--from",
+        "2026-11-22T10:00:00Z",
+        "--to",
+        "2026-11-22T11:00:00Z",
+        "--chunk",
+        "30m",
+        "--quiet",
+    ];
+    let out = run_ok(env.strata().args(backfill));
+    assert!(
+        out.contains("done: 2 chunks (0 already published)"),
+        "{out}"
+    );
+    assert_same(&batch_view(&env).await, &want);
+    let out = run_ok(env.strata().args(backfill));
+    assert!(
+        out.contains("done: 2 chunks (2 already published)"),
+        "{out}"
+    );
+    assert_eq!(
+        env.published("page_views_per_minute").await.1,
+        wm_minute,
+        "a backfill never moves the watermark"
+    );
+
     // A run that dies before publishing (rows inserted, no run-log row)
     // is invisible: write garbage under a newer run id.
     let db = &env.database;
