@@ -245,3 +245,45 @@ async fn kill_9_at_random_moments_neither_loses_nor_double_counts() {
     assert_views_equal(&env.speed_view().await, &expected);
     env.drop_database().await;
 }
+
+#[tokio::test]
+async fn live_rebalance_between_two_processes_keeps_the_view_exact() {
+    // Two `strata speed` processes in one consumer group share the
+    // partitions; one leaves (SIGTERM) mid-stream, the other takes its
+    // partitions over from their checkpoints.
+    let env = TestEnv::new("rebalance", "");
+    env.init();
+    let config = stream(60_000, 14);
+    env.generate(&config);
+    let records: Vec<_> = Clickstream::new(config).collect();
+    let expected = expected::compute(&records, Some(LATENESS_MS));
+    let mut first = env.spawn_speed(0);
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            env.speed_log(0).contains("partition assigned")
+        })
+        .await
+    );
+    // The second member joins: the group rebalances across both.
+    let mut second = env.spawn_speed(1);
+    assert!(
+        wait_until(Duration::from_secs(90), || async {
+            env.speed_log(1).contains("partition assigned")
+        })
+        .await,
+        "the second member never got partitions:\n{}\n{}",
+        env.speed_log(0),
+        env.speed_log(1)
+    );
+    assert!(
+        env.speed_log(0).contains("partition revoked"),
+        "{}",
+        env.speed_log(0)
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The first member leaves cleanly; the second takes everything over.
+    assert_eq!(terminate(&mut first), Some(0), "{}", env.speed_log(0));
+    finish(&env, &mut second, &expected, 1).await;
+    assert_views_equal(&env.speed_view().await, &expected);
+    env.drop_database().await;
+}
