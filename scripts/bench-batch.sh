@@ -9,4 +9,4 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet duckdb
 fi
-exec cargo bench -p strata-batch --bench recompute -- --duckdb "$venv/bin/python"
+exec cargo bench -p strata-batch --bench recompute -- --duckdb "$PWD/$venv/bin/python"

@@ -32,5 +32,6 @@ for name, sql in queries.items():
     total += secs
     print(f"duckdb  {name:<24} {rows:>10} windows  {secs:>6.2}s")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"duckdb peak RSS {peak:.0f} MiB, threads {con.execute('SELECT current_setting(\'threads\')').fetchone()[0]}")
+threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+print(f"duckdb peak RSS {peak:.0f} MiB, threads {threads}")
 print(f"duckdb total seconds {total:.3f}")

@@ -7,10 +7,11 @@
 //! [`AggPlan::update`] for sessions. There is no second definition of any
 //! aggregate, so both layers give the same numbers for the same events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Cursor;
 
 use polars::prelude::*;
+use strata_schemas::aggregate::PreparedEvent;
 use strata_schemas::window::sessions_of_sorted;
 use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, Window, WindowKind};
 
@@ -296,7 +297,9 @@ pub fn recompute(
                 .collect();
         }
         WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => {
-            let mut states: BTreeMap<(i64, u32), (Window, Accumulator)> = BTreeMap::new();
+            // Hashed while aggregating, ordered once at the end.
+            let mut states: HashMap<(i64, u32), (Window, Accumulator)> = HashMap::new();
+            let mut prepared = PreparedEvent::default();
             for frame in frames {
                 for i in 0..frame.height() {
                     let Some(t) = frame.time(i) else { continue };
@@ -309,6 +312,7 @@ pub fn recompute(
                     }
                     out.events_read += 1;
                     let key = keys.intern(metric, &event);
+                    metric.plan.prepare(&event, &mut prepared);
                     for window in metric.window.assign(t) {
                         if window.start_ms < windows_from || window.start_ms >= windows_to {
                             continue;
@@ -316,10 +320,12 @@ pub fn recompute(
                         let (_, acc) = states
                             .entry((window.start_ms, key))
                             .or_insert_with(|| (window, metric.plan.new_accumulator()));
-                        metric.plan.update(acc, &event);
+                        metric.plan.update_prepared(acc, &prepared);
                     }
                 }
             }
+            let mut states: Vec<_> = states.into_iter().collect();
+            states.sort_unstable_by_key(|(k, _)| *k);
             out.windows = states
                 .into_iter()
                 .map(|((_, key), (window, acc))| WindowResult {

@@ -114,10 +114,15 @@ pub async fn run_once(
         Some(name) => vec![ctx.metric(name)?],
         None => ctx.config.metrics.clone(),
     };
-    let mut reports = Vec::new();
-    for metric in metrics {
+    // Metrics are independent: recompute them concurrently (each on its
+    // own blocking thread), then report in config order.
+    let results = futures::future::join_all(metrics.iter().map(|metric| async move {
         let started = Instant::now();
-        let result = run_metric(ctx, &metric).await;
+        (run_metric(ctx, metric).await, started)
+    }))
+    .await;
+    let mut reports = Vec::new();
+    for (metric, (result, started)) in metrics.iter().zip(results) {
         metrics::histogram!(m::BATCH_RUN_DURATION, "metric" => metric.name.clone())
             .record(started.elapsed().as_secs_f64());
         let outcome = if result.is_ok() { "ok" } else { "error" };

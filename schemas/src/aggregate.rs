@@ -220,6 +220,15 @@ impl Accumulator {
     }
 }
 
+/// The values one event contributes to a plan's slots (see
+/// [`AggPlan::prepare`]); reused across events to avoid allocation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PreparedEvent {
+    numeric: Vec<Option<f64>>,
+    distinct: Vec<Option<u64>>,
+    quantiles: Vec<Option<f64>>,
+}
+
 /// Where an aggregation reads its state from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
@@ -329,6 +338,54 @@ impl AggPlan {
         for (sketch, field) in acc.quantiles.iter_mut().zip(&self.quantile_fields) {
             if let Some(v) = event.values[field.index].as_f64() {
                 sketch.insert(v);
+            }
+        }
+    }
+
+    /// Extracts, once, the values an event contributes (numbers, distinct
+    /// hashes, quantile inputs) into a reusable buffer, for an event that
+    /// updates several accumulators (hopping windows): hashing a string per
+    /// window would dominate otherwise. [`Self::update_prepared`] then gives
+    /// exactly what [`Self::update`] gives.
+    #[inline]
+    pub fn prepare(&self, event: &Event, out: &mut PreparedEvent) {
+        out.numeric.clear();
+        out.numeric.extend(
+            self.numeric_fields
+                .iter()
+                .map(|f| event.values[f.index].as_f64()),
+        );
+        out.distinct.clear();
+        out.distinct.extend(
+            self.distinct_fields
+                .iter()
+                .map(|f| event.values[f.index].distinct_hash()),
+        );
+        out.quantiles.clear();
+        out.quantiles.extend(
+            self.quantile_fields
+                .iter()
+                .map(|f| event.values[f.index].as_f64()),
+        );
+    }
+
+    /// Adds a prepared event to an accumulator.
+    #[inline]
+    pub fn update_prepared(&self, acc: &mut Accumulator, event: &PreparedEvent) {
+        acc.events += 1;
+        for (state, v) in acc.numeric.iter_mut().zip(&event.numeric) {
+            if let Some(v) = v {
+                state.update(*v);
+            }
+        }
+        for (sketch, h) in acc.distinct.iter_mut().zip(&event.distinct) {
+            if let Some(h) = h {
+                sketch.insert_hash(*h);
+            }
+        }
+        for (sketch, v) in acc.quantiles.iter_mut().zip(&event.quantiles) {
+            if let Some(v) = v {
+                sketch.insert(*v);
             }
         }
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
+use strata_schemas::aggregate::PreparedEvent;
 use strata_schemas::window::{Mergeable, SessionSet, Window, WindowKind};
 use strata_schemas::{Accumulator, Event, MetricDef, Value};
 
@@ -196,6 +197,8 @@ pub struct PartitionState {
     /// The highest watermark emitted so far (the next checkpoint's floor).
     final_watermark_ms: i64,
     metrics: Vec<MetricWindows>,
+    /// Reused buffer: an event's slot values, extracted once per metric.
+    prepared: PreparedEvent,
 }
 
 impl PartitionState {
@@ -214,6 +217,7 @@ impl PartitionState {
             max_event_ms: checkpoint.replay_max_event_ms,
             restored_floor_ms: checkpoint.final_watermark_ms,
             final_watermark_ms: checkpoint.final_watermark_ms,
+            prepared: PreparedEvent::default(),
             metrics: metrics
                 .iter()
                 .map(|m| MetricWindows {
@@ -265,6 +269,7 @@ impl PartitionState {
         let max_before = self.max_event_ms;
         let floor = self.restored_floor_ms;
         let mut outcome = ApplyOutcome::default();
+        let prepared = &mut self.prepared;
         for mw in &mut self.metrics {
             let metric = &*mw.metric;
             if !metric.filter.matches(event) {
@@ -275,6 +280,7 @@ impl PartitionState {
             match &mut mw.windows {
                 Windows::Fixed { open, .. } => {
                     let mut late = false;
+                    let mut ready = false;
                     for w in metric.window.assign(t) {
                         if w.end_ms <= floor && w.end_ms > watermark {
                             // Final and written before the restart; the
@@ -292,7 +298,11 @@ impl PartitionState {
                                 metric.plan.new_accumulator(),
                             )
                         });
-                        metric.plan.update(acc, event);
+                        if !ready {
+                            metric.plan.prepare(event, prepared);
+                            ready = true;
+                        }
+                        metric.plan.update_prepared(acc, prepared);
                         meta.last_offset = offset;
                         meta.dirty = true;
                     }
