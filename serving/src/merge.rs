@@ -246,14 +246,10 @@ pub fn merge(metric: &MetricDef, spec: &QuerySpec, parts: Vec<(Source, ViewRow)>
             while j < rows.len() && rows[j].start_ms == start {
                 j += 1;
             }
+            // Rows of a window come in key order (the buckets are ordered by
+            // key text), so a stable sort by value breaks ties by key.
             let mut window: Vec<AnswerRow> = rows[i..j].to_vec();
-            window.sort_by(|a, b| {
-                compare_desc(&a.values[order], &b.values[order]).then_with(|| {
-                    serde_json::to_string(&a.key)
-                        .unwrap_or_default()
-                        .cmp(&serde_json::to_string(&b.key).unwrap_or_default())
-                })
-            });
+            window.sort_by(|a, b| compare_desc(&a.values[order], &b.values[order]));
             window.truncate(top);
             ranked.extend(window);
             i = j;
