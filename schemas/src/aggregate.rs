@@ -309,6 +309,17 @@ impl AggPlan {
         &self.aggregations
     }
 
+    /// Fields with a count/sum/min/max state, in state order.
+    pub fn numeric_fields(&self) -> &[FieldRef] {
+        &self.numeric_fields
+    }
+
+    /// Whether any aggregation keeps a sketch (count_distinct, quantiles):
+    /// those states merge only in Rust, never by SQL arithmetic.
+    pub fn has_sketches(&self) -> bool {
+        !self.distinct_fields.is_empty() || !self.quantile_fields.is_empty()
+    }
+
     /// A fresh, empty accumulator.
     pub fn new_accumulator(&self) -> Accumulator {
         Accumulator {

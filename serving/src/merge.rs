@@ -128,6 +128,11 @@ pub async fn answer(
 ) -> Result<Answer, ApiError> {
     let batch = batch_state(client, database, metric).await?;
     let speed_watermark = speed_watermark(client, database, metric).await?;
+    if !metric.plan.has_sketches() {
+        let mut answer = answer_in_sql(client, database, metric, spec, batch).await?;
+        answer.speed_watermark = speed_watermark;
+        return Ok(answer);
+    }
     let boundary = batch.map_or(i64::MIN, |b| b.1);
     let mut parts: Vec<(Source, ViewRow)> = Vec::new();
     if let Some((run_id, w)) = batch
@@ -274,4 +279,208 @@ fn compare_desc(a: &Json, b: &Json) -> Ordering {
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
     }
+}
+
+/// The same answer as [`merge`], computed by ClickHouse, for metrics whose
+/// states merge by arithmetic (count, sum, avg, min, max): only the final
+/// rows travel. Partial states are merged in SQL exactly as
+/// [`Accumulator::merge`] does (counts and sums add, min/max over partials
+/// holding values) and finalized here with the shared `AggPlan::finalize`.
+/// Filter values are bound parameters (strings) or re-printed parsed numbers.
+async fn answer_in_sql(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+    spec: &QuerySpec,
+    batch: Option<(u64, i64)>,
+) -> Result<Answer, ApiError> {
+    use strata_schemas::AggFunction;
+    let boundary = batch.map_or(i64::MIN, |b| b.1);
+    let groups: Vec<String> = metric
+        .group_by
+        .iter()
+        .map(|g| format!("`{}`", g.name))
+        .collect();
+    let fields: Vec<String> = metric
+        .plan
+        .numeric_fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    let states = |version: &str| -> String {
+        let mut cols = vec![
+            format!("argMax(window_end_ms, {version}) AS we"),
+            format!("argMax(agg_events, {version}) AS ev"),
+        ];
+        for (i, f) in fields.iter().enumerate() {
+            for (part, name) in [("count", "c"), ("sum", "s"), ("min", "mn"), ("max", "mx")] {
+                cols.push(format!("argMax(`agg_{f}_{part}`, {version}) AS {name}{i}"));
+            }
+        }
+        cols.join(", ")
+    };
+    let mut key = vec!["window_start_ms".to_string()];
+    key.extend(groups.iter().cloned());
+    let key = key.join(", ");
+    let mut parts = Vec::new();
+    let mut binds: Vec<String> = Vec::new();
+    if let Some((run_id, w)) = batch
+        && spec.from_ms < w
+    {
+        parts.push(format!(
+            "SELECT {key}, {}, argMax(retracted, run_id) AS r, toUInt8(1) AS fin, toUInt8(0) AS src FROM {} \
+             WHERE window_start_ms >= {} AND window_start_ms < {} AND run_id IN (SELECT run_id FROM {} WHERE metric = ? AND status = 'published' AND run_id <= {run_id}) \
+             GROUP BY {key} HAVING r = 0",
+            states("run_id"),
+            warehouse::qualified(database, &warehouse::batch_table(&metric.name)),
+            spec.from_ms,
+            spec.to_ms.min(w),
+            warehouse::qualified(database, warehouse::BATCH_RUNS_TABLE),
+        ));
+        binds.push(metric.name.clone());
+    }
+    let speed_from = spec.from_ms.max(boundary);
+    if speed_from < spec.to_ms {
+        parts.push(format!(
+            "SELECT {key}, {}, argMax(retracted, version) AS r, argMax(is_final, version) AS fin, toUInt8(1) AS src FROM {} \
+             WHERE window_start_ms >= {speed_from} AND window_start_ms < {} GROUP BY {key}, kafka_partition HAVING r = 0",
+            states("version"),
+            warehouse::qualified(database, &warehouse::speed_table(&metric.name)),
+            spec.to_ms,
+        ));
+    }
+    let batch_watermark = batch.map(|b| b.1);
+    if parts.is_empty() {
+        return Ok(Answer {
+            batch_watermark,
+            speed_watermark: None,
+            rows: Vec::new(),
+            truncated: false,
+        });
+    }
+    let mut filters = Vec::new();
+    for (index, accepted) in &spec.filters {
+        let mut values = Vec::new();
+        for v in accepted {
+            match v {
+                Json::String(text) => {
+                    values.push("?".to_string());
+                    binds.push(text.clone());
+                }
+                Json::Number(n) => values.push(n.to_string()),
+                other => {
+                    return Err(ApiError::Internal(format!(
+                        "unexpected filter value {other}"
+                    )));
+                }
+            }
+        }
+        filters.push(format!("{} IN ({})", groups[*index], values.join(", ")));
+    }
+    let (bucket, end) = match spec.granularity_ms {
+        Some(g) => (
+            format!("intDiv(window_start_ms, {g}) * {g}"),
+            format!("b + {g}"),
+        ),
+        None => ("window_start_ms".to_string(), "max(we)".to_string()),
+    };
+    let kept: Vec<String> = spec.group_by.iter().map(|i| groups[*i].clone()).collect();
+    let mut select = vec![format!("{bucket} AS b"), format!("{end} AS e")];
+    select.extend(kept.iter().cloned());
+    select.push("sum(ev) AS t_events".into());
+    for i in 0..fields.len() {
+        select.push(format!("sum(c{i}) AS t_c{i}"));
+        select.push(format!("sum(s{i}) AS t_s{i}"));
+        select.push(format!("minIf(mn{i}, c{i} > 0) AS t_mn{i}"));
+        select.push(format!("maxIf(mx{i}, c{i} > 0) AS t_mx{i}"));
+    }
+    select.push("min(fin) AS t_final".into());
+    select.push("max(src) AS t_source".into());
+    let mut group_key = vec!["b".to_string()];
+    group_key.extend(kept.iter().cloned());
+    let mut order = vec!["b".to_string()];
+    let mut limit_by = String::new();
+    if let (Some(top), Some(o)) = (spec.top, spec.order_by) {
+        let column = &metric.plan.output_columns()[o];
+        let a = &metric.plan.aggregations()[column.aggregation];
+        let slot = a
+            .field
+            .as_ref()
+            .and_then(|f| fields.iter().position(|n| n == &f.name));
+        let rank = match (a.function, slot) {
+            (AggFunction::Sum, Some(i)) => format!("t_s{i}"),
+            (AggFunction::Avg, Some(i)) => format!("if(t_c{i} > 0, t_s{i} / t_c{i}, NULL)"),
+            (AggFunction::Min, Some(i)) => format!("if(t_c{i} > 0, t_mn{i}, NULL)"),
+            (AggFunction::Max, Some(i)) => format!("if(t_c{i} > 0, t_mx{i}, NULL)"),
+            _ => "t_events".to_string(),
+        };
+        // Nulls last, ties in key order: as the Rust path ranks.
+        order.push(format!("isNull({rank})"));
+        order.push(format!("{rank} DESC"));
+        limit_by = format!(" LIMIT {top} BY b");
+    }
+    order.extend(kept.iter().cloned());
+    let sql = format!(
+        "SELECT {} FROM ({}){} GROUP BY {} ORDER BY {}{limit_by} LIMIT {}",
+        select.join(", "),
+        parts.join(" UNION ALL "),
+        if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filters.join(" AND "))
+        },
+        group_key.join(", "),
+        order.join(", "),
+        spec.limit + 1
+    );
+    let started = Instant::now();
+    let bind_refs: Vec<&str> = binds.iter().map(String::as_str).collect();
+    let rows = warehouse::query_rows(client, &sql, &bind_refs).await?;
+    metrics::histogram!(m::CLICKHOUSE_QUERY, "view" => "merged")
+        .record(started.elapsed().as_secs_f64());
+    let truncated = rows.len() > spec.limit;
+    let mut out = Vec::with_capacity(rows.len().min(spec.limit));
+    for row in rows.into_iter().take(spec.limit) {
+        let number = |name: &str| row.get(name).and_then(Json::as_f64).unwrap_or(0.0);
+        let mut acc = metric.plan.new_accumulator();
+        acc.events = row
+            .get("t_events")
+            .and_then(warehouse::json_u64)
+            .unwrap_or(0);
+        for (i, state) in acc.numeric.iter_mut().enumerate() {
+            state.count = row
+                .get(&format!("t_c{i}"))
+                .and_then(warehouse::json_u64)
+                .unwrap_or(0);
+            state.sum = number(&format!("t_s{i}"));
+            state.min = number(&format!("t_mn{i}"));
+            state.max = number(&format!("t_mx{i}"));
+        }
+        out.push(AnswerRow {
+            start_ms: row.get("b").and_then(warehouse::json_i64).unwrap_or(0),
+            end_ms: row.get("e").and_then(warehouse::json_i64).unwrap_or(0),
+            key: spec
+                .group_by
+                .iter()
+                .map(|i| {
+                    row.get(&metric.group_by[*i].name)
+                        .cloned()
+                        .unwrap_or(Json::Null)
+                })
+                .collect(),
+            values: metric.plan.finalize(&acc),
+            source: if row.get("t_source").and_then(warehouse::json_u64) == Some(1) {
+                Source::Speed
+            } else {
+                Source::Batch
+            },
+            is_final: row.get("t_final").and_then(warehouse::json_u64) == Some(1),
+        });
+    }
+    Ok(Answer {
+        batch_watermark,
+        speed_watermark: None,
+        rows: out,
+        truncated,
+    })
 }
