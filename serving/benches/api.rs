@@ -42,7 +42,8 @@ fn clickhouse_url() -> String {
         .expect("start the local stack first: deploy/local/up.sh clickhouse")
 }
 
-/// One HTTP/1.1 GET or POST over a fresh connection; returns the body size.
+/// One HTTP/1.1 GET or POST over a fresh connection; returns the answer's
+/// size, or 0 for a non-200 answer (counted as an error).
 async fn http(addr: &str, method: &str, target: &str, body: &str) -> usize {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
@@ -52,15 +53,15 @@ async fn http(addr: &str, method: &str, target: &str, body: &str) -> usize {
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::with_capacity(1 << 20);
     s.read_to_end(&mut out).await.unwrap();
-    assert!(
-        out.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&out[..out.len().min(300)])
-    );
-    out.len()
+    if out.starts_with(b"HTTP/1.1 200") {
+        out.len()
+    } else {
+        0
+    }
 }
 
 struct Figures {
+    errors: usize,
     p50: f64,
     p99: f64,
     rps: f64,
@@ -80,25 +81,37 @@ where
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut bytes = 0;
+            let mut errors = 0;
             while started.elapsed() < duration {
                 let t = Instant::now();
-                bytes = request().await;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                match request().await {
+                    0 => errors += 1,
+                    n => {
+                        bytes = n;
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
             }
-            (lat, bytes)
+            (lat, bytes, errors)
         }));
     }
     let mut all = Vec::new();
     let mut bytes = 0;
+    let mut errors = 0;
     for t in tasks {
-        let (lat, b) = t.await.unwrap();
+        let (lat, b, e) = t.await.unwrap();
         all.extend(lat);
-        bytes = b;
+        bytes = bytes.max(b);
+        errors += e;
+    }
+    if all.is_empty() {
+        all.push(f64::NAN);
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     Figures {
+        errors,
         p50: pct(0.5),
         p99: pct(0.99),
         rps: all.len() as f64 / elapsed,
@@ -255,8 +268,8 @@ async fn main() {
     let rows = http(&api, "GET", query, "").await;
     println!("API answer: {rows} bytes; 14,400 rows (1,440 windows × top 10)");
     println!(
-        "{:<34} {:>8} {:>9} {:>9} {:>9}",
-        "target", "clients", "p50 ms", "p99 ms", "req/s"
+        "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
+        "target", "clients", "p50 ms", "p99 ms", "req/s", "errors"
     );
     let duration = Duration::from_secs(10);
     for clients in [1usize, 16, 64] {
@@ -267,8 +280,8 @@ async fn main() {
         })
         .await;
         println!(
-            "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1}",
-            "API query (24h, 1m, top 10)", clients, f.p50, f.p99, f.rps
+            "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+            "API query (24h, 1m, top 10)", clients, f.p50, f.p99, f.rps, f.errors
         );
         let (c, sql) = (ch_addr.clone(), direct_sql.clone());
         let d = measure(clients, duration, move || {
@@ -277,8 +290,8 @@ async fn main() {
         })
         .await;
         println!(
-            "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1}",
-            "direct ClickHouse query", clients, d.p50, d.p99, d.rps
+            "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+            "direct ClickHouse query", clients, d.p50, d.p99, d.rps, d.errors
         );
         println!(
             "{:<34} {:>8} {:>9} {:>9.2}x {:>9}   (answer sizes: API {} B, ClickHouse {} B)",
@@ -306,8 +319,8 @@ async fn main() {
     })
     .await;
     println!(
-        "{:<34} {:>8} {:>9.2} {:>9.2} {:>9.1}",
-        "API latest (cache)", 100, l.p50, l.p99, l.rps
+        "{:<34} {:>8} {:>9.2} {:>9.2} {:>9.1} {:>7}",
+        "API latest (cache)", 100, l.p50, l.p99, l.rps, l.errors
     );
     warehouse::execute(&client, &format!("DROP DATABASE IF EXISTS {database}"))
         .await

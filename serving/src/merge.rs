@@ -307,6 +307,15 @@ async fn answer_in_sql(
         .iter()
         .map(|f| f.name.clone())
         .collect();
+    // Only the states the aggregations read travel through the query.
+    let uses =
+        |function: AggFunction, field: &str| {
+            metric.plan.aggregations().iter().any(|a| {
+                a.function == function && a.field.as_ref().is_some_and(|f| f.name == field)
+            })
+        };
+    let needs_min: Vec<bool> = fields.iter().map(|f| uses(AggFunction::Min, f)).collect();
+    let needs_max: Vec<bool> = fields.iter().map(|f| uses(AggFunction::Max, f)).collect();
     let states = |version: &str| -> String {
         let mut cols = vec![
             format!("argMax(window_end_ms, {version}) AS we"),
@@ -314,6 +323,9 @@ async fn answer_in_sql(
         ];
         for (i, f) in fields.iter().enumerate() {
             for (part, name) in [("count", "c"), ("sum", "s"), ("min", "mn"), ("max", "mx")] {
+                if (part == "min" && !needs_min[i]) || (part == "max" && !needs_max[i]) {
+                    continue;
+                }
                 cols.push(format!("argMax(`agg_{f}_{part}`, {version}) AS {name}{i}"));
             }
         }
@@ -391,8 +403,12 @@ async fn answer_in_sql(
     for i in 0..fields.len() {
         select.push(format!("sum(c{i}) AS t_c{i}"));
         select.push(format!("sum(s{i}) AS t_s{i}"));
-        select.push(format!("minIf(mn{i}, c{i} > 0) AS t_mn{i}"));
-        select.push(format!("maxIf(mx{i}, c{i} > 0) AS t_mx{i}"));
+        if needs_min[i] {
+            select.push(format!("minIf(mn{i}, c{i} > 0) AS t_mn{i}"));
+        }
+        if needs_max[i] {
+            select.push(format!("maxIf(mx{i}, c{i} > 0) AS t_mx{i}"));
+        }
     }
     select.push("min(fin) AS t_final".into());
     select.push("max(src) AS t_source".into());
