@@ -28,6 +28,11 @@ async fn init_creates_tables_and_is_idempotent() {
         "user_sessions_batch",
         "user_sessions_speed",
     ];
+    let views = [
+        "active_users_5m_merged",
+        "page_views_per_minute_merged",
+        "user_sessions_merged",
+    ];
     for t in expected {
         assert!(
             first.contains(&format!("created table {database}.{t}")),
@@ -41,7 +46,15 @@ async fn init_creates_tables_and_is_idempotent() {
     .into_iter()
     .map(|r| r["name"].as_str().unwrap().to_string())
     .collect();
-    assert_eq!(tables, expected);
+    let mut all: Vec<&str> = expected.iter().chain(views.iter()).copied().collect();
+    all.sort_unstable();
+    assert_eq!(tables, all);
+    for v in views {
+        assert!(
+            first.contains(&format!("created table {database}.{v}")),
+            "{v} not created: {first}"
+        );
+    }
 
     // Typed group-by columns for Grafana users.
     let columns = rows(&format!(
@@ -74,7 +87,7 @@ async fn init_creates_tables_and_is_idempotent() {
     );
     assert!(
         second.contains(&format!(
-            "no change: database {database} and its 9 tables already exist"
+            "no change: database {database} and its 12 tables already exist"
         )),
         "{second}"
     );

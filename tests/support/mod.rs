@@ -453,6 +453,13 @@ impl TestEnv {
             self.archived_events(),
             self.log("archive")
         );
+        // Earlier incarnations may have archived everything already: stop
+        // this one only once it runs (a SIGTERM before the signal handler
+        // is installed kills instead of stopping cleanly).
+        wait_until(std::time::Duration::from_secs(60), || async {
+            self.log("archive").contains("archiver subscribed")
+        })
+        .await;
         assert_eq!(
             terminate(&mut archive.0),
             Some(0),
