@@ -470,14 +470,7 @@ async fn archive_and_batch_on_s3() {
 
 /// Events archived so far, from the archive's Prometheus endpoint.
 fn scrape_events(env: &TestEnv) -> u64 {
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    let port: u16 = text
-        .split("[archive]")
-        .nth(1)
-        .and_then(|s| s.split("metrics_listen = \"127.0.0.1:").nth(1))
-        .and_then(|s| s.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let port = env.port("archive", "metrics_listen");
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return 0;

@@ -94,24 +94,7 @@ async fn generator_to_api_across_the_batch_speed_boundary() {
     );
 
     support::run_ok(env.strata().args(["batch", "run", "--once"]));
-    let server = env.spawn(&["serve"], "serve");
-    let port: u16 = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .split("[serving]")
-        .nth(1)
-        .and_then(|s| s.split("listen = \"127.0.0.1:").nth(1))
-        .and_then(|s| s.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), || async {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && http_get(port, "/readyz", &[]).status == 200
-        })
-        .await,
-        "{}",
-        env.log("serve")
-    );
+    let (server, port) = env.start_server().await;
 
     // page_views_per_minute
     let (_, w) = env.published("page_views_per_minute").await;

@@ -15,28 +15,6 @@ use support::views::{
 };
 use support::{HttpAnswer, TestEnv, http_get, rows_at, wait_until};
 
-fn port_of(env: &TestEnv) -> u16 {
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    text.split("[serving]")
-        .nth(1)
-        .and_then(|s| s.split("listen = \"127.0.0.1:").nth(1))
-        .and_then(|s| s.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap()
-}
-
-async fn start_server(env: &TestEnv) -> (support::ChildGuard, u16) {
-    let port = port_of(env);
-    let child = env.spawn(&["serve"], "serve");
-    let up = wait_until(Duration::from_secs(60), || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http_get(port, "/readyz", &[]).status == 200
-    })
-    .await;
-    assert!(up, "serve did not become ready:\n{}", env.log("serve"));
-    (child, port)
-}
-
 fn query(port: u16, metric: &str, params: &str) -> HttpAnswer {
     http_get(port, &format!("/v1/metrics/{metric}/query?{params}"), &[])
 }
@@ -93,7 +71,7 @@ async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
     let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
     let events = events();
     fill(&env, &config, &events).await;
-    let (_server, port) = start_server(&env).await;
+    let (_server, port) = env.start_server().await;
 
     // Tumbling metric, every (minute, page, country), exactly once.
     let want = expected_per_minute(&events);
@@ -238,7 +216,7 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
     let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
     let events = events();
     fill(&env, &config, &events).await;
-    let (_server, port) = start_server(&env).await;
+    let (_server, port) = env.start_server().await;
     let per_minute = expected_per_minute(&events);
 
     // granularity=5m over (page, country).
@@ -506,7 +484,7 @@ async fn hostile_input_gets_4xx_and_leaves_clickhouse_untouched() {
     env.init();
     let config = strata_schemas::config::load_with_env(&env.config, |_| None).unwrap();
     fill(&env, &config, &events()).await;
-    let (_server, port) = start_server(&env).await;
+    let (_server, port) = env.start_server().await;
     let before = snapshot(&env).await;
     let hostile = [
         "' OR 1=1 --",
@@ -675,7 +653,7 @@ async fn api_keys_gate_metrics() {
     );
     std::fs::write(&env.config, text).unwrap();
     env.init();
-    let (_server, port) = start_server(&env).await;
+    let (_server, port) = env.start_server().await;
     let path = format!("/v1/metrics/page_views_per_minute/query?{RANGE}");
     assert_eq!(http_get(port, &path, &[]).status, 401);
     assert_eq!(

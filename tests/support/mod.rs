@@ -439,6 +439,32 @@ impl TestEnv {
             .sum()
     }
 
+    /// The loopback port a section of this environment's config listens on
+    /// (`key` is `listen` or `metrics_listen`).
+    pub fn port(&self, section: &str, key: &str) -> u16 {
+        std::fs::read_to_string(&self.config)
+            .unwrap()
+            .split(&format!("[{section}]"))
+            .nth(1)
+            .and_then(|s| s.split(&format!("{key} = \"127.0.0.1:")).nth(1))
+            .and_then(|s| s.split('"').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no {section}.{key} in {}", self.config.display()))
+    }
+
+    /// Starts `strata serve` and waits until `/readyz` answers 200.
+    pub async fn start_server(&self) -> (ChildGuard, u16) {
+        let port = self.port("serving", "listen");
+        let child = self.spawn(&["serve"], "serve");
+        let up = wait_until(std::time::Duration::from_secs(60), || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http_get(port, "/readyz", &[]).status == 200
+        })
+        .await;
+        assert!(up, "serve did not become ready:\n{}", self.log("serve"));
+        (child, port)
+    }
+
     /// Runs `strata archive` until every valid event is committed, then
     /// stops it with SIGTERM and checks it exited cleanly.
     pub async fn archive_all(&self, expected_events: u64) {
@@ -449,9 +475,18 @@ impl TestEnv {
         .await;
         assert!(
             done,
-            "archive stuck at {} of {expected_events} events; log:\n{}",
+            "archive stuck at {} of {expected_events} events; log:\n{}\nprogress: {:?}",
             self.archived_events(),
-            self.log("archive")
+            self.log("archive"),
+            std::fs::read_dir(
+                self.lake
+                    .join("_strata/archive/page_views")
+                    .join(&self.topic)
+            )
+            .map(|d| d
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect::<Vec<_>>())
+            .unwrap_or_default()
         );
         // Earlier incarnations may have archived everything already: stop
         // this one only once it runs (a SIGTERM before the signal handler
