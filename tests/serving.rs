@@ -13,7 +13,7 @@ use support::views::{
     MINUTE, S, W1, W2, advance, events, expected_active, expected_per_minute, expected_sessions,
     fill,
 };
-use support::{HttpAnswer, TestEnv, http_get, rows_at, wait_until};
+use support::{HttpAnswer, TestEnv, http_get, rows_at};
 
 fn query(port: u16, metric: &str, params: &str) -> HttpAnswer {
     http_get(port, &format!("/v1/metrics/{metric}/query?{params}"), &[])
