@@ -198,6 +198,34 @@ impl Keys {
     }
 }
 
+/// Fills `event` with every row of `frames` whose time is in `[from, to)`
+/// and that passes the metric's filter, and hands it to `apply` with its
+/// frame index, row index and time. Returns the number of such events.
+fn for_each_event(
+    metric: &MetricDef,
+    frames: &[EventFrame],
+    from: i64,
+    to: i64,
+    event: &mut Event,
+    mut apply: impl FnMut(usize, usize, i64, &Event),
+) -> u64 {
+    let mut n = 0;
+    for (f, frame) in frames.iter().enumerate() {
+        for i in 0..frame.height() {
+            let Some(t) = frame.time(i) else { continue };
+            if t < from || t >= to {
+                continue;
+            }
+            frame.fill(i, t, event);
+            if metric.filter.matches(event) {
+                n += 1;
+                apply(f, i, t, event);
+            }
+        }
+    }
+    n
+}
+
 /// One recomputed window of one group key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowResult {
@@ -243,20 +271,16 @@ pub fn recompute(
         WindowKind::Session { gap } => {
             // (key, time, frame, row), sorted by key then time.
             let mut rows: Vec<(u32, i64, u32, u32)> = Vec::new();
-            for (f, frame) in frames.iter().enumerate() {
-                for i in 0..frame.height() {
-                    let Some(t) = frame.time(i) else { continue };
-                    if t < events_from || t >= events_to {
-                        continue;
-                    }
-                    frame.fill(i, t, &mut event);
-                    if !metric.filter.matches(&event) {
-                        continue;
-                    }
-                    out.events_read += 1;
-                    rows.push((keys.intern(metric, &event), t, f as u32, i as u32));
-                }
-            }
+            out.events_read = for_each_event(
+                metric,
+                frames,
+                events_from,
+                events_to,
+                &mut event,
+                |f, i, t, event| {
+                    rows.push((keys.intern(metric, event), t, f as u32, i as u32));
+                },
+            );
             rows.sort_unstable();
             let mut sessions = Vec::new();
             let mut times = Vec::new();
@@ -300,19 +324,15 @@ pub fn recompute(
             // Hashed while aggregating, ordered once at the end.
             let mut states: HashMap<(i64, u32), (Window, Accumulator)> = HashMap::new();
             let mut prepared = PreparedEvent::default();
-            for frame in frames {
-                for i in 0..frame.height() {
-                    let Some(t) = frame.time(i) else { continue };
-                    if t < events_from || t >= events_to {
-                        continue;
-                    }
-                    frame.fill(i, t, &mut event);
-                    if !metric.filter.matches(&event) {
-                        continue;
-                    }
-                    out.events_read += 1;
-                    let key = keys.intern(metric, &event);
-                    metric.plan.prepare(&event, &mut prepared);
+            out.events_read = for_each_event(
+                metric,
+                frames,
+                events_from,
+                events_to,
+                &mut event,
+                |_, _, t, event| {
+                    let key = keys.intern(metric, event);
+                    metric.plan.prepare(event, &mut prepared);
                     for window in metric.window.assign(t) {
                         if window.start_ms < windows_from || window.start_ms >= windows_to {
                             continue;
@@ -322,8 +342,8 @@ pub fn recompute(
                             .or_insert_with(|| (window, metric.plan.new_accumulator()));
                         metric.plan.update_prepared(acc, &prepared);
                     }
-                }
-            }
+                },
+            );
             let mut states: Vec<_> = states.into_iter().collect();
             states.sort_unstable_by_key(|(k, _)| *k);
             out.windows = states
