@@ -197,18 +197,121 @@ fn hll_update(registers: &mut [u8; HLL_REGISTERS], hash: u64) {
     *slot = (*slot).max(hll_rank(hash));
 }
 
-fn registers_from<'a>(hashes: impl IntoIterator<Item = &'a u64>) -> Registers {
+fn registers_from(hashes: impl IntoIterator<Item = u64>) -> Registers {
     let mut registers: Registers = Box::new([0; HLL_REGISTERS]);
-    for &h in hashes {
+    for h in hashes {
         hll_update(&mut registers, h);
     }
     registers
 }
 
+/// An exact set of 64-bit hashes: open addressing with linear probing in a
+/// power-of-two table, at most 3/4 full.
+///
+/// A hash table instead of a sorted vector because hopping windows insert
+/// every event into several sets of up to 4096 hashes: a sorted insert
+/// shifts half the vector, a probe touches one or two slots. The order of
+/// the slots is an implementation detail; everything that leaves the set
+/// (columns, equality) is order-free or sorted first.
+#[derive(Clone, Default)]
+struct ExactSet {
+    /// `0` marks an empty slot; the hash `0` itself is kept in `has_zero`.
+    slots: Vec<u64>,
+    /// Non-zero hashes held.
+    nonzero: usize,
+    has_zero: bool,
+}
+
+impl ExactSet {
+    fn len(&self) -> usize {
+        self.nonzero + usize::from(self.has_zero)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.has_zero
+            .then_some(0)
+            .into_iter()
+            .chain(self.slots.iter().copied().filter(|&h| h != 0))
+    }
+
+    fn sorted(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self.iter().collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[inline]
+    fn slot_of(slots: &[u64], hash: u64) -> usize {
+        // The hashes are already uniformly mixed: the top bits index the table.
+        let bits = slots.len().trailing_zeros();
+        (hash >> (64 - bits)) as usize
+    }
+
+    #[inline]
+    fn contains(&self, hash: u64) -> bool {
+        if hash == 0 {
+            return self.has_zero;
+        }
+        if self.slots.is_empty() {
+            return false;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = Self::slot_of(&self.slots, hash);
+        loop {
+            match self.slots[i] {
+                0 => return false,
+                h if h == hash => return true,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Adds a hash known to be absent.
+    #[inline]
+    fn insert_new(&mut self, hash: u64) {
+        if hash == 0 {
+            self.has_zero = true;
+            return;
+        }
+        if (self.nonzero + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = Self::slot_of(&self.slots, hash);
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = hash;
+        self.nonzero += 1;
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(8);
+        let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
+        let mask = capacity - 1;
+        for h in old.into_iter().filter(|&h| h != 0) {
+            let mut i = Self::slot_of(&self.slots, h);
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = h;
+        }
+    }
+}
+
+impl PartialEq for ExactSet {
+    /// Set equality, whatever the slot order.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|h| other.contains(h))
+    }
+}
+
+impl Eq for ExactSet {}
+
 #[derive(Clone, PartialEq, Eq)]
 enum DistinctRepr {
-    /// Sorted, deduplicated hashes; at most [`DISTINCT_EXACT_LIMIT`].
-    Exact(Vec<u64>),
+    /// The hashes themselves; at most [`DISTINCT_EXACT_LIMIT`].
+    Exact(ExactSet),
     /// HyperLogLog registers, each in `0..=HLL_MAX_RANK`.
     Hll(Registers),
 }
@@ -252,12 +355,14 @@ impl fmt::Debug for DistinctSketch {
     /// test failure messages and logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
-            DistinctRepr::Exact(set) => f
-                .debug_struct("DistinctSketch")
-                .field("mode", &"exact")
-                .field("len", &set.len())
-                .field("first_hashes", &&set[..set.len().min(8)])
-                .finish(),
+            DistinctRepr::Exact(set) => {
+                let sorted = set.sorted();
+                f.debug_struct("DistinctSketch")
+                    .field("mode", &"exact")
+                    .field("len", &set.len())
+                    .field("first_hashes", &&sorted[..sorted.len().min(8)])
+                    .finish()
+            }
             DistinctRepr::Hll(registers) => f
                 .debug_struct("DistinctSketch")
                 .field("mode", &"hll")
@@ -276,15 +381,18 @@ impl DistinctSketch {
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            repr: DistinctRepr::Exact(Vec::new()),
+            repr: DistinctRepr::Exact(ExactSet {
+                slots: Vec::new(),
+                nonzero: 0,
+                has_zero: false,
+            }),
         }
     }
 
     /// Adds one hashed value (see [`hash_str`], [`hash_i64`], [`hash_f64`],
     /// [`hash_bool`]).
     ///
-    /// Exact mode: a binary search plus, for a new hash, an insert into the
-    /// sorted vector (at most 4096 elements, so the shift is cheap). The
+    /// Exact mode: one probe of the hash table (at most 4096 elements). The
     /// insert that would make the set exceed [`DISTINCT_EXACT_LIMIT`] builds
     /// the registers instead and drops the set. HLL mode: O(1), no
     /// allocation.
@@ -293,9 +401,9 @@ impl DistinctSketch {
         match &mut self.repr {
             DistinctRepr::Hll(registers) => hll_update(registers, hash),
             DistinctRepr::Exact(set) => {
-                if let Err(pos) = set.binary_search(&hash) {
+                if !set.contains(hash) {
                     if set.len() < DISTINCT_EXACT_LIMIT {
-                        set.insert(pos, hash);
+                        set.insert_new(hash);
                     } else {
                         let mut registers = registers_from(set.iter());
                         hll_update(&mut registers, hash);
@@ -311,38 +419,36 @@ impl DistinctSketch {
     ///
     /// exact ∪ exact stays exact unless the union exceeds
     /// [`DISTINCT_EXACT_LIMIT`] (then the registers are built from the
-    /// union); exact into HLL inserts each hash; HLL with HLL takes the
-    /// element-wise maximum of the registers.
+    /// union: HLL registers do not depend on insertion order); exact into
+    /// HLL inserts each hash; HLL with HLL takes the element-wise maximum of
+    /// the registers.
     pub fn merge(&mut self, other: &Self) {
         match (&mut self.repr, &other.repr) {
-            (_, DistinctRepr::Exact(theirs)) if theirs.is_empty() => {}
+            (_, DistinctRepr::Exact(theirs)) if theirs.len() == 0 => {}
             (DistinctRepr::Hll(mine), DistinctRepr::Hll(theirs)) => {
                 for (m, t) in mine.iter_mut().zip(theirs.iter()) {
                     *m = (*m).max(*t);
                 }
             }
             (DistinctRepr::Hll(mine), DistinctRepr::Exact(theirs)) => {
-                for &h in theirs {
+                for h in theirs.iter() {
                     hll_update(mine, h);
                 }
             }
             (DistinctRepr::Exact(mine), DistinctRepr::Hll(theirs)) => {
                 let mut registers = theirs.clone();
-                for &h in mine.iter() {
+                for h in mine.iter() {
                     hll_update(&mut registers, h);
                 }
                 self.repr = DistinctRepr::Hll(registers);
             }
             (DistinctRepr::Exact(mine), DistinctRepr::Exact(theirs)) => {
-                if mine.is_empty() {
+                if mine.len() == 0 {
                     mine.clone_from(theirs);
                     return;
                 }
-                let union = sorted_union(mine, theirs);
-                if union.len() <= DISTINCT_EXACT_LIMIT {
-                    *mine = union;
-                } else {
-                    self.repr = DistinctRepr::Hll(registers_from(union.iter()));
+                for h in theirs.iter() {
+                    self.insert_hash(h);
                 }
             }
         }
@@ -387,7 +493,7 @@ impl DistinctSketch {
     /// Whether nothing has been inserted.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        matches!(&self.repr, DistinctRepr::Exact(set) if set.is_empty())
+        matches!(&self.repr, DistinctRepr::Exact(set) if set.len() == 0)
     }
 
     /// Number of stored elements: hashes in exact mode, 4096 registers in
@@ -404,7 +510,7 @@ impl DistinctSketch {
     #[must_use]
     pub fn mem_bytes(&self) -> usize {
         match &self.repr {
-            DistinctRepr::Exact(set) => set.capacity() * size_of::<u64>(),
+            DistinctRepr::Exact(set) => set.slots.capacity() * size_of::<u64>(),
             DistinctRepr::Hll(_) => HLL_REGISTERS,
         }
     }
@@ -414,18 +520,15 @@ impl DistinctSketch {
     #[must_use]
     pub fn to_columns(&self) -> (Vec<u64>, Vec<u8>) {
         match &self.repr {
-            DistinctRepr::Exact(set) => (set.clone(), Vec::new()),
+            DistinctRepr::Exact(set) => (set.sorted(), Vec::new()),
             DistinctRepr::Hll(registers) => (Vec::new(), registers.to_vec()),
         }
     }
 
-    /// Like [`to_columns`](Self::to_columns) without copying the hashes.
+    /// Like [`to_columns`](Self::to_columns), consuming the sketch.
     #[must_use]
     pub fn into_columns(self) -> (Vec<u64>, Vec<u8>) {
-        match self.repr {
-            DistinctRepr::Exact(set) => (set, Vec::new()),
-            DistinctRepr::Hll(registers) => (Vec::new(), registers.to_vec()),
-        }
+        self.to_columns()
     }
 
     /// Rebuilds a sketch from its storage form.
@@ -434,10 +537,10 @@ impl DistinctSketch {
     /// columns non-empty, a register above [`HLL_MAX_RANK`].
     ///
     /// Accepted and canonicalised: hashes in any order and with duplicates
-    /// (`groupUniqArrayArray` returns them unordered) are sorted and
-    /// deduplicated; more than [`DISTINCT_EXACT_LIMIT`] distinct hashes (an
-    /// SQL union of exact states can produce that) become the HLL state of
-    /// that set, exactly as a Rust merge would have made it.
+    /// (`groupUniqArrayArray` returns them unordered) are deduplicated; more
+    /// than [`DISTINCT_EXACT_LIMIT`] distinct hashes (an SQL union of exact
+    /// states can produce that) become the HLL state of that set, exactly as
+    /// a Rust merge would have made it.
     pub fn from_columns(hashes: Vec<u64>, registers: Vec<u8>) -> Result<Self, SketchError> {
         if !registers.is_empty() && registers.len() != HLL_REGISTERS {
             return Err(SketchError::RegisterCount {
@@ -451,17 +554,11 @@ impl DistinctSketch {
             });
         }
         if registers.is_empty() {
-            let mut set = hashes;
-            if !set.windows(2).all(|w| w[0] < w[1]) {
-                set.sort_unstable();
-                set.dedup();
+            let mut sketch = Self::new();
+            for h in hashes {
+                sketch.insert_hash(h);
             }
-            let repr = if set.len() <= DISTINCT_EXACT_LIMIT {
-                DistinctRepr::Exact(set)
-            } else {
-                DistinctRepr::Hll(registers_from(set.iter()))
-            };
-            return Ok(Self { repr });
+            return Ok(sketch);
         }
         if let Some((index, &rank)) = registers
             .iter()
@@ -501,32 +598,6 @@ fn hll_estimate(registers: &[u8; HLL_REGISTERS]) -> u64 {
     };
     // `as` saturates; the estimate is finite and ≥ 0 (sum ≥ 4096 * 2^-53 > 0).
     estimate.round() as u64
-}
-
-/// Union of two sorted, deduplicated slices, sorted and deduplicated.
-fn sorted_union(a: &[u64], b: &[u64]) -> Vec<u64> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
 }
 
 /// The serialised form of a [`DistinctSketch`]: the same two columns as
@@ -1042,6 +1113,27 @@ mod tests {
     }
 
     // ---- DistinctSketch ---------------------------------------------------
+
+    #[test]
+    fn exact_set_keeps_zero_and_extreme_hashes_and_sorts_its_columns() {
+        let mut s = DistinctSketch::new();
+        for h in [u64::MAX, 0, 1, 0, u64::MAX, 1 << 63] {
+            s.insert_hash(h);
+        }
+        assert_eq!(s.estimate(), 4);
+        let (hashes, registers) = s.to_columns();
+        assert_eq!(hashes, vec![0, 1, 1 << 63, u64::MAX]);
+        assert!(registers.is_empty());
+        let mut reversed = DistinctSketch::new();
+        for &h in hashes.iter().rev() {
+            reversed.insert_hash(h);
+        }
+        assert_eq!(reversed, s, "equality is set equality, not slot order");
+        assert_eq!(DistinctSketch::from_columns(hashes, Vec::new()).unwrap(), s);
+        let mut other = DistinctSketch::new();
+        other.insert_hash(2);
+        assert_ne!(other, s);
+    }
 
     #[test]
     fn switches_to_hll_exactly_past_the_limit() {

@@ -181,6 +181,25 @@ impl<S: Mergeable> SessionSet<S> {
     ) -> SessionChange {
         let mut start = t;
         let mut end = t + gap;
+        // Fast path, the common case: `t` falls inside the newest session that
+        // overlaps `[t, t + gap)` and that session starts at or before `t`.
+        // Sessions are disjoint, so no older session can reach `t`: the
+        // session only grows at its end and keeps its identity.
+        if let Some((&session_start, (session_end, state))) =
+            self.sessions.range_mut(..end).next_back()
+            && session_start <= t
+            && *session_end > t
+        {
+            *session_end = (*session_end).max(end);
+            apply(state);
+            return SessionChange {
+                window: Window {
+                    start_ms: session_start,
+                    end_ms: *session_end,
+                },
+                replaced: Vec::new(),
+            };
+        }
         // Sessions are disjoint and sorted, so the ones overlapping [t, t+gap)
         // are a contiguous run ending at the last session starting before t+gap.
         let overlapping: Vec<i64> = self
@@ -224,6 +243,15 @@ impl<S: Mergeable> SessionSet<S> {
     /// Removes and returns every session that ends at or before `watermark`
     /// (it can no longer grow: any later event would be late).
     pub fn drain_closed(&mut self, watermark: i64) -> Vec<(Window, S)> {
+        // Disjoint sessions sorted by start are sorted by end too: when the
+        // first is still open, all are (the common case, and no allocation).
+        if self
+            .sessions
+            .first_key_value()
+            .is_none_or(|(_, (end, _))| *end > watermark)
+        {
+            return Vec::new();
+        }
         let closed: Vec<i64> = self
             .sessions
             .iter()
