@@ -220,6 +220,113 @@ impl Accumulator {
     }
 }
 
+/// The partial aggregates of many (window, group key) pairs of one plan,
+/// stored column-wise and addressed by a dense slot number.
+///
+/// The speed layer keeps one slab per open window: a state with
+/// count/sum/min/max of one field is 40 bytes in two flat vectors instead
+/// of an [`Accumulator`] with its own heap allocation, and a window that
+/// becomes final is dropped in one piece.
+#[derive(Clone, Debug, Default)]
+pub struct AccumulatorSlab {
+    numeric_width: usize,
+    distinct_width: usize,
+    quantile_width: usize,
+    events: Vec<u64>,
+    numeric: Vec<NumericState>,
+    distinct: Vec<DistinctSketch>,
+    quantiles: Vec<QuantileSketch>,
+}
+
+impl AccumulatorSlab {
+    /// Number of states.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the slab holds no state.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Appends an empty state; returns its slot.
+    pub fn push_empty(&mut self) -> usize {
+        let slot = self.events.len();
+        self.events.push(0);
+        self.numeric.extend(std::iter::repeat_n(
+            NumericState::default(),
+            self.numeric_width,
+        ));
+        self.distinct
+            .extend(std::iter::repeat_with(DistinctSketch::default).take(self.distinct_width));
+        self.quantiles
+            .extend(std::iter::repeat_with(QuantileSketch::default).take(self.quantile_width));
+        slot
+    }
+
+    /// Adds a prepared event (see [`AggPlan::prepare`]) to the state in `slot`;
+    /// the same arithmetic as [`AggPlan::update_prepared`].
+    #[inline]
+    pub fn update_prepared(&mut self, slot: usize, event: &PreparedEvent) {
+        self.events[slot] += 1;
+        let n = self.numeric_width;
+        for (state, v) in self.numeric[slot * n..(slot + 1) * n]
+            .iter_mut()
+            .zip(&event.numeric)
+        {
+            if let Some(v) = v {
+                state.update(*v);
+            }
+        }
+        let n = self.distinct_width;
+        for (sketch, h) in self.distinct[slot * n..(slot + 1) * n]
+            .iter_mut()
+            .zip(&event.distinct)
+        {
+            if let Some(h) = h {
+                sketch.insert_hash(*h);
+            }
+        }
+        let n = self.quantile_width;
+        for (sketch, v) in self.quantiles[slot * n..(slot + 1) * n]
+            .iter_mut()
+            .zip(&event.quantiles)
+        {
+            if let Some(v) = v {
+                sketch.insert(*v);
+            }
+        }
+    }
+
+    /// The state in `slot` as an [`Accumulator`] (a copy), for writing or
+    /// finalizing.
+    pub fn get(&self, slot: usize) -> Accumulator {
+        let range = |n: usize| slot * n..(slot + 1) * n;
+        Accumulator {
+            events: self.events[slot],
+            numeric: self.numeric[range(self.numeric_width)].into(),
+            distinct: self.distinct[range(self.distinct_width)].into(),
+            quantiles: self.quantiles[range(self.quantile_width)].into(),
+        }
+    }
+
+    /// Approximate bytes held, for the state-size gauge.
+    pub fn mem_bytes(&self) -> usize {
+        self.events.capacity() * std::mem::size_of::<u64>()
+            + self.numeric.capacity() * std::mem::size_of::<NumericState>()
+            + self
+                .distinct
+                .iter()
+                .map(|d| std::mem::size_of::<DistinctSketch>() + d.mem_bytes())
+                .sum::<usize>()
+            + self
+                .quantiles
+                .iter()
+                .map(|q| std::mem::size_of::<QuantileSketch>() + q.mem_bytes())
+                .sum::<usize>()
+    }
+}
+
 /// The values one event contributes to a plan's slots (see
 /// [`AggPlan::prepare`]); reused across events to avoid allocation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -329,6 +436,16 @@ impl AggPlan {
                 .into_boxed_slice(),
             quantiles: vec![QuantileSketch::default(); self.quantile_fields.len()]
                 .into_boxed_slice(),
+        }
+    }
+
+    /// An empty slab of states of this plan.
+    pub fn new_slab(&self) -> AccumulatorSlab {
+        AccumulatorSlab {
+            numeric_width: self.numeric_fields.len(),
+            distinct_width: self.distinct_fields.len(),
+            quantile_width: self.quantile_fields.len(),
+            ..AccumulatorSlab::default()
         }
     }
 

@@ -2,15 +2,25 @@
 //! `cargo bench -p strata-speed --bench pipeline`):
 //!
 //! 1. core throughput on one core: pre-encoded JSON events from memory
-//!    through decode → filter → windows → aggregates (and emission of the
-//!    changed windows every 50,000 events) for the reference pipeline, next
-//!    to the decode-only rate, and per metric;
-//! 2. memory: bytes of state per open (window, group key) for a metric with
-//!    count/sum/min/max, from the process's resident set size.
+//!    through decode → filter → windows → aggregates for the reference
+//!    pipeline, next to the decode-only rate, and per metric. Changed
+//!    windows are emitted as rows every `speed.emit_interval` of wall-clock
+//!    time, as `strata speed` does (the rows are built, not sent);
+//! 2. memory: heap bytes of state per open (window, group key) for a metric
+//!    with count/sum/min/max, counted by a global allocator wrapper, with
+//!    and without the key dictionary.
 
+use std::alloc::System;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+/// Counts heap allocations, so state size is measured exactly rather than
+/// read from the resident set (where reused freed memory hides growth).
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config::{self, Config};
@@ -36,13 +46,20 @@ fn rate(n: usize, started: Instant) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+struct PipelineRun {
+    events_per_s: f64,
+    emits: usize,
+    rows: usize,
+}
+
 fn run_pipeline(
     config: &Config,
     metrics: &[Arc<strata_schemas::MetricDef>],
     input: &[(i32, Vec<u8>)],
-) -> f64 {
+) -> PipelineRun {
     let source = config.sources.values().next().unwrap();
     let decoder = source.decoder();
+    let emit_interval = Duration::from_millis(config.speed.emit_interval.0);
     let mut partitions: Vec<PartitionState> = (0..4)
         .map(|p| {
             PartitionState::new(
@@ -55,27 +72,45 @@ fn run_pipeline(
         .collect();
     let mut offsets = [0i64; 4];
     let started = Instant::now();
-    let mut rows = 0usize;
+    let mut last_emit = started;
+    let (mut rows, mut emits) = (0usize, 0usize);
+    let mut emit_all = |partitions: &mut Vec<PartitionState>| {
+        for state in partitions.iter_mut() {
+            rows += std::hint::black_box(state.emit()).rows.len();
+        }
+        emits += 1;
+    };
     for (i, (p, payload)) in input.iter().enumerate() {
         let p = *p as usize;
         let event = decoder.decode(payload).unwrap();
         partitions[p].apply(offsets[p], &event);
         offsets[p] += 1;
-        if i % 50_000 == 49_999 {
-            for state in &mut partitions {
-                rows += state.emit().rows.len();
-            }
+        // Checking the clock every 1024 events, as the speed layer's poll
+        // loop does between batches of records.
+        if i % 1024 == 1023 && last_emit.elapsed() >= emit_interval {
+            emit_all(&mut partitions);
+            last_emit = Instant::now();
         }
     }
-    std::hint::black_box(rows);
-    rate(input.len(), started)
+    // The last interval's changes are written too.
+    emit_all(&mut partitions);
+    PipelineRun {
+        events_per_s: rate(input.len(), started),
+        emits,
+        rows,
+    }
 }
 
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
-        .map_or(0, |pages| pages * 4096)
+/// Heap bytes held by what `build` returns (allocations minus frees while
+/// it ran; its inputs are built beforehand).
+fn heap_bytes_of<T>(build: impl FnOnce() -> T) -> (T, i64) {
+    let region = Region::new(ALLOCATOR);
+    let value = build();
+    let change = region.change();
+    // `bytes_allocated`/`bytes_deallocated` already include the growth and
+    // shrinkage of reallocations.
+    let bytes = change.bytes_allocated as i64 - change.bytes_deallocated as i64;
+    (value, bytes)
 }
 
 fn main() {
@@ -107,25 +142,27 @@ fn main() {
     println!("decode only:                          {best_decode:>10.0} events/s");
 
     let all = config.metrics.clone();
-    let mut best_all: f64 = 0.0;
-    for _ in 0..3 {
-        best_all = best_all.max(run_pipeline(&config, &all, &input));
-    }
+    let best_of = |metrics: &[Arc<strata_schemas::MetricDef>]| {
+        (0..3)
+            .map(|_| run_pipeline(&config, metrics, &input))
+            .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s))
+            .unwrap()
+    };
+    let full = best_of(&all);
     println!(
-        "full pipeline (3 reference metrics):  {:>10.0} events/s  = {:.2} x decode-only",
-        best_all,
-        best_all / best_decode
+        "full pipeline (3 reference metrics):  {:>10.0} events/s  = {:.2} x decode-only  ({} emits, {} rows)",
+        full.events_per_s,
+        full.events_per_s / best_decode,
+        full.emits,
+        full.rows
     );
     for metric in &config.metrics {
-        let one = vec![metric.clone()];
-        let mut best: f64 = 0.0;
-        for _ in 0..3 {
-            best = best.max(run_pipeline(&config, &one, &input));
-        }
+        let one = best_of(std::slice::from_ref(metric));
         println!(
-            "  {:<35} {:>10.0} events/s",
+            "  {:<35} {:>10.0} events/s  ({} rows)",
             format!("{} ({})", metric.name, metric.window.name()),
-            best
+            one.events_per_s,
+            one.rows
         );
     }
 
@@ -159,39 +196,44 @@ aggregations = [
         config::parse(&text, "bench.toml", Path::new("."), |_| None).expect("bench config");
     let source = mem_config.sources.values().next().unwrap();
     let decoder = source.decoder();
-    let states = 1_000_000i64;
-    let payloads: Vec<Vec<u8>> = (0..states)
-        .map(|i| {
-            format!(
-                r#"{{"event_time":{},"user_id":"u{i}","page":"/p","country":"DE","duration_ms":{}}}"#,
-                1_795_341_600_000 + (i % 5) * 1000,
-                i % 1000
-            )
-            .into_bytes()
-        })
-        .collect();
-    let decoded: Vec<_> = payloads
-        .iter()
-        .map(|p| decoder.decode(p).unwrap())
-        .collect();
-    drop(payloads);
-    let before = rss_bytes();
-    let mut state = PartitionState::new(
-        0,
-        source.allowed_lateness.as_i64(),
-        &mem_config.metrics,
-        Checkpoint::fresh(0),
-    );
-    for (offset, event) in decoded.iter().enumerate() {
-        state.apply(offset as i64, event);
+    let event = |minute: i64, user: i64| {
+        let payload = format!(
+            r#"{{"event_time":{},"user_id":"u{user}","page":"/p","country":"DE","duration_ms":{}}}"#,
+            1_795_341_600_000 + minute * 60_000,
+            user % 1000
+        );
+        decoder.decode(payload.as_bytes()).unwrap()
+    };
+    let states = 1_000_000usize;
+    // (a) every state its own key (1,000,000 users in one window): the
+    //     worst case, the key dictionary grows with the state;
+    // (b) 1,000 users in each of 1,000 open one-minute windows: keys shared.
+    for (label, minutes, users) in [
+        ("1,000,000 keys x 1 window  ", 1i64, 1_000_000i64),
+        ("1,000 keys x 1,000 windows", 1000, 1000),
+    ] {
+        let events: Vec<_> = (0..minutes)
+            .flat_map(|m| (0..users).map(move |u| (m, u)))
+            .map(|(m, u)| event(m, u))
+            .collect();
+        let (state, bytes) = heap_bytes_of(|| {
+            let mut state = PartitionState::new(
+                0,
+                source.allowed_lateness.as_i64(),
+                &mem_config.metrics,
+                Checkpoint::fresh(0),
+            );
+            for (offset, event) in events.iter().enumerate() {
+                state.apply(offset as i64, event);
+            }
+            state
+        });
+        assert_eq!(state.open_windows(), states);
+        println!(
+            "state per open (window, key), count/sum/min/max, {label}: {:>5.1} B  ({:.1} MB for {states} states, key dictionary included)",
+            bytes as f64 / states as f64,
+            bytes as f64 / 1e6,
+        );
+        std::hint::black_box(&state);
     }
-    let after = rss_bytes();
-    assert_eq!(state.open_windows() as i64, states);
-    println!(
-        "state per open (window, key), count/sum/min/max, key = one user id: {:.0} B  ({} states, RSS +{:.1} MB; includes the interned key)",
-        (after - before) as f64 / states as f64,
-        states,
-        (after - before) as f64 / 1e6
-    );
-    std::hint::black_box(&state);
 }

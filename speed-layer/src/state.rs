@@ -12,11 +12,13 @@
 //! `strata_schemas`; this module only keeps them per partition and decides
 //! when to write them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use serde_json::{Map, Value as Json};
-use strata_schemas::aggregate::PreparedEvent;
+use strata_schemas::aggregate::{AccumulatorSlab, PreparedEvent};
 use strata_schemas::window::{Mergeable, SessionSet, Window, WindowKind};
 use strata_schemas::{Accumulator, Event, MetricDef, Value};
 
@@ -86,28 +88,86 @@ impl Mergeable for SessionEntry {
     }
 }
 
-/// Group keys of one metric, interned to small ids so window maps stay
-/// compact and lookups hash a reused byte buffer instead of cloning values.
+/// Group keys of one metric, interned to dense ids so window states stay
+/// compact: every key is stored once, encoded, in one byte arena, and the
+/// lookup hashes a reused buffer instead of cloning values. The values are
+/// decoded again only when a row is written.
 #[derive(Default)]
-struct KeyInterner {
-    ids: HashMap<Box<[u8]>, u32>,
-    values: Vec<Vec<Value>>,
+struct KeyDictionary {
+    hasher: DefaultHashBuilder,
+    /// Key ids, looked up by the hash of their encoding.
+    table: HashTable<u32>,
+    /// Every key's encoding, back to back.
+    bytes: Vec<u8>,
+    /// End of key `i`'s encoding in `bytes` (it starts where `i − 1` ends).
+    /// `u32` is enough: the dictionary is compacted to the live keys, far
+    /// below 4 GiB of keys.
+    ends: Vec<u32>,
     buf: Vec<u8>,
 }
 
-impl KeyInterner {
+fn key_slice<'a>(bytes: &'a [u8], ends: &[u32], id: u32) -> &'a [u8] {
+    let i = id as usize;
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &bytes[start..ends[i] as usize]
+}
+
+impl KeyDictionary {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
     fn intern(&mut self, metric: &MetricDef, event: &Event) -> u32 {
-        self.buf.clear();
+        let KeyDictionary {
+            hasher,
+            table,
+            bytes,
+            ends,
+            buf,
+        } = self;
+        buf.clear();
         for g in &metric.group_by {
-            encode_value(&mut self.buf, &event.values[g.index]);
+            encode_value(buf, &event.values[g.index]);
         }
-        if let Some(id) = self.ids.get(self.buf.as_slice()) {
-            return *id;
+        let hash = hasher.hash_one(buf.as_slice());
+        if let Some(&id) = table.find(hash, |&id| key_slice(bytes, ends, id) == buf.as_slice()) {
+            return id;
         }
-        let id = self.values.len() as u32;
-        self.values.push(metric.group_key(event));
-        self.ids.insert(self.buf.clone().into_boxed_slice(), id);
+        let id = u32::try_from(ends.len()).expect("fewer than 2^32 live group keys");
+        bytes.extend_from_slice(buf);
+        ends.push(u32::try_from(bytes.len()).expect("under 4 GiB of live group keys"));
+        table.insert_unique(hash, id, |&id| hasher.hash_one(key_slice(bytes, ends, id)));
         id
+    }
+
+    /// The group-by values of key `id`.
+    fn values(&self, id: u32) -> Vec<Value> {
+        decode_key(key_slice(&self.bytes, &self.ends, id))
+    }
+
+    /// Keeps only the keys with `live[id]`, renumbered densely in their old
+    /// order; returns the old → new id map (`u32::MAX` for a dropped key).
+    fn compact(&mut self, live: &[bool]) -> Vec<u32> {
+        let old = std::mem::take(self);
+        self.hasher = old.hasher;
+        let mut remap = vec![u32::MAX; old.ends.len()];
+        for (id, new) in remap.iter_mut().enumerate() {
+            if !live[id] {
+                continue;
+            }
+            let key = key_slice(&old.bytes, &old.ends, id as u32);
+            let next = self.ends.len() as u32;
+            self.bytes.extend_from_slice(key);
+            self.ends.push(self.bytes.len() as u32);
+            let hash = self.hasher.hash_one(key);
+            let (bytes, ends) = (&self.bytes, &self.ends);
+            let hasher = &self.hasher;
+            self.table.insert_unique(hash, next, |&id| {
+                hasher.hash_one(key_slice(bytes, ends, id))
+            });
+            *new = next;
+        }
+        remap
     }
 }
 
@@ -136,10 +196,106 @@ fn encode_value(buf: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// The inverse of [`encode_value`] over a whole key. The input is always an
+/// encoding this module wrote, so malformed input is a bug.
+fn decode_key(mut bytes: &[u8]) -> Vec<Value> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> &'a [u8] {
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        head
+    }
+    fn eight(bytes: &mut &[u8]) -> [u8; 8] {
+        take(bytes, 8).try_into().expect("8 bytes")
+    }
+    let mut values = Vec::new();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        bytes = rest;
+        values.push(match tag {
+            0 => Value::Null,
+            1 => {
+                let len = u32::from_le_bytes(take(&mut bytes, 4).try_into().expect("4 bytes"));
+                let text = take(&mut bytes, len as usize);
+                Value::String(String::from_utf8_lossy(text).into_owned())
+            }
+            2 => Value::Int(i64::from_le_bytes(eight(&mut bytes))),
+            3 => Value::Float(f64::from_bits(u64::from_le_bytes(eight(&mut bytes)))),
+            4 => Value::Bool(take(&mut bytes, 1)[0] != 0),
+            5 => Value::Timestamp(i64::from_le_bytes(eight(&mut bytes))),
+            other => unreachable!("group key tag {other} was never written"),
+        });
+    }
+    values
+}
+
+/// The states of one open tumbling or hopping window in one partition: one
+/// slot per group key seen in it, stored column-wise. All its keys become
+/// final together (when the watermark passes the window's end), so the
+/// whole window is written and dropped in one piece.
+///
+/// Offsets are kept per window, not per key: a key's row at any moment
+/// holds exactly that key's events up to the window's last applied offset,
+/// so `2 × last_offset + is_final` is a version that grows with every change
+/// and is the same on replay (see docs/ARCHITECTURE.md, "Rows are idempotent
+/// upserts"). That keeps a count/sum/min/max state under 100 bytes.
+struct FixedWindow {
+    /// Key id → slot.
+    slots: HashMap<u32, u32>,
+    /// Slot → changed since last written.
+    dirty: Vec<bool>,
+    states: AccumulatorSlab,
+    /// Offset of the first event applied to any slot: a replay of this
+    /// window starts there.
+    first_offset: i64,
+    /// The partition's max event time just before that first event.
+    max_event_before_first: i64,
+    /// Offset of the last event applied to any slot.
+    last_offset: i64,
+}
+
+impl FixedWindow {
+    fn new(metric: &MetricDef, offset: i64, max_before: i64) -> Self {
+        FixedWindow {
+            slots: HashMap::default(),
+            dirty: Vec::new(),
+            states: metric.plan.new_slab(),
+            first_offset: offset,
+            max_event_before_first: max_before,
+            last_offset: offset,
+        }
+    }
+
+    /// Applies a prepared event of group key `key` at `offset`.
+    #[inline]
+    fn apply(&mut self, key: u32, offset: i64, event: &PreparedEvent) {
+        let FixedWindow {
+            slots,
+            dirty,
+            states,
+            ..
+        } = self;
+        let slot = *slots.entry(key).or_insert_with(|| {
+            dirty.push(false);
+            states.push_empty() as u32
+        }) as usize;
+        states.update_prepared(slot, event);
+        dirty[slot] = true;
+        self.last_offset = offset;
+    }
+
+    fn remap_keys(&mut self, remap: &[u32]) {
+        self.slots = self
+            .slots
+            .drain()
+            .map(|(key, slot)| (remap[key as usize], slot))
+            .collect();
+    }
+}
+
 enum Windows {
     Fixed {
         size_ms: i64,
-        open: BTreeMap<(i64, u32), (WindowMeta, Accumulator)>,
+        /// Open windows by start.
+        open: BTreeMap<i64, FixedWindow>,
     },
     Session {
         gap_ms: i64,
@@ -152,8 +308,55 @@ enum Windows {
 /// One metric's windows in one partition.
 struct MetricWindows {
     metric: Arc<MetricDef>,
-    keys: KeyInterner,
+    keys: KeyDictionary,
     windows: Windows,
+}
+
+impl MetricWindows {
+    /// Number of open (window, key) states.
+    fn open_states(&self) -> usize {
+        match &self.windows {
+            Windows::Fixed { open, .. } => open.values().map(|w| w.slots.len()).sum(),
+            Windows::Session { open, .. } => open.values().map(SessionSet::len).sum(),
+        }
+    }
+
+    /// Drops the keys no open window uses once they could be the majority:
+    /// a key space like user ids would otherwise grow the dictionary
+    /// forever. Each compaction frees at least half of it, so the cost is
+    /// amortised over the keys interned since the last one.
+    fn compact_keys(&mut self) {
+        if self.keys.len() <= 2 * self.open_states() + 4096 {
+            return;
+        }
+        let mut live = vec![false; self.keys.len()];
+        match &self.windows {
+            Windows::Fixed { open, .. } => {
+                for &key in open.values().flat_map(|w| w.slots.keys()) {
+                    live[key as usize] = true;
+                }
+            }
+            Windows::Session { open, .. } => {
+                for &key in open.keys() {
+                    live[key as usize] = true;
+                }
+            }
+        }
+        let remap = self.keys.compact(&live);
+        match &mut self.windows {
+            Windows::Fixed { open, .. } => {
+                for window in open.values_mut() {
+                    window.remap_keys(&remap);
+                }
+            }
+            Windows::Session { open, .. } => {
+                *open = std::mem::take(open)
+                    .into_iter()
+                    .map(|(key, set)| (remap[key as usize], set))
+                    .collect();
+            }
+        }
+    }
 }
 
 /// What applying one event did, for metrics.
@@ -222,7 +425,7 @@ impl PartitionState {
                 .iter()
                 .map(|m| MetricWindows {
                     metric: m.clone(),
-                    keys: KeyInterner::default(),
+                    keys: KeyDictionary::default(),
                     windows: match m.window {
                         WindowKind::Session { gap } => Windows::Session {
                             gap_ms: gap.as_i64(),
@@ -280,7 +483,7 @@ impl PartitionState {
             match &mut mw.windows {
                 Windows::Fixed { open, .. } => {
                     let mut late = false;
-                    let mut ready = false;
+                    let mut key = None;
                     for w in metric.window.assign(t) {
                         if w.end_ms <= floor && w.end_ms > watermark {
                             // Final and written before the restart; the
@@ -291,20 +494,13 @@ impl PartitionState {
                             late = true;
                             continue;
                         }
-                        let key = mw.keys.intern(metric, event);
-                        let (meta, acc) = open.entry((w.start_ms, key)).or_insert_with(|| {
-                            (
-                                WindowMeta::new(offset, max_before),
-                                metric.plan.new_accumulator(),
-                            )
-                        });
-                        if !ready {
+                        let key = *key.get_or_insert_with(|| {
                             metric.plan.prepare(event, prepared);
-                            ready = true;
-                        }
-                        metric.plan.update_prepared(acc, prepared);
-                        meta.last_offset = offset;
-                        meta.dirty = true;
+                            mw.keys.intern(metric, event)
+                        });
+                        open.entry(w.start_ms)
+                            .or_insert_with(|| FixedWindow::new(metric, offset, max_before))
+                            .apply(key, offset, prepared);
                     }
                     if late {
                         outcome.late += 1;
@@ -350,13 +546,7 @@ impl PartitionState {
 
     /// Number of open (window, key) states, for the state-size gauge.
     pub fn open_windows(&self) -> usize {
-        self.metrics
-            .iter()
-            .map(|m| match &m.windows {
-                Windows::Fixed { open, .. } => open.len(),
-                Windows::Session { open, .. } => open.values().map(SessionSet::len).sum(),
-            })
-            .sum()
+        self.metrics.iter().map(MetricWindows::open_states).sum()
     }
 
     /// Collects the rows of every changed or newly final window, removes
@@ -369,9 +559,9 @@ impl PartitionState {
         let mut finalized = 0;
         // (first offset, max event before it) of the earliest open window.
         let mut earliest: Option<(i64, i64)> = None;
-        let mut note = |meta: &WindowMeta| {
-            if earliest.is_none_or(|(o, _)| meta.first_offset < o) {
-                earliest = Some((meta.first_offset, meta.max_event_before_first));
+        let mut note = |first_offset: i64, max_before: i64| {
+            if earliest.is_none_or(|(o, _)| first_offset < o) {
+                earliest = Some((first_offset, max_before));
             }
         };
         for (index, mw) in self.metrics.iter_mut().enumerate() {
@@ -380,36 +570,45 @@ impl PartitionState {
                 Windows::Fixed { size_ms, open } => {
                     let size = *size_ms;
                     let mut closed = Vec::new();
-                    for (&(start, key), (meta, acc)) in open.iter_mut() {
+                    for (&start, fixed) in open.iter_mut() {
                         let window = Window {
                             start_ms: start,
                             end_ms: start + size,
                         };
                         let is_final = window.end_ms <= watermark;
-                        if meta.dirty || is_final {
-                            rows.push(SpeedRow {
-                                metric: index,
-                                row: row(
-                                    metric,
-                                    &mw.keys.values[key as usize],
-                                    partition,
-                                    window,
-                                    meta,
-                                    acc,
-                                    is_final,
-                                ),
-                            });
-                            meta.dirty = false;
+                        let meta = WindowMeta {
+                            first_offset: fixed.first_offset,
+                            max_event_before_first: fixed.max_event_before_first,
+                            last_offset: fixed.last_offset,
+                            dirty: true,
+                        };
+                        for (&key, &slot) in &fixed.slots {
+                            let slot = slot as usize;
+                            if fixed.dirty[slot] || is_final {
+                                rows.push(SpeedRow {
+                                    metric: index,
+                                    row: row(
+                                        metric,
+                                        &mw.keys.values(key),
+                                        partition,
+                                        window,
+                                        &meta,
+                                        &fixed.states.get(slot),
+                                        is_final,
+                                    ),
+                                });
+                                fixed.dirty[slot] = false;
+                            }
                         }
                         if is_final {
-                            closed.push((start, key));
+                            finalized += fixed.slots.len() as u64;
+                            closed.push(start);
                         } else {
-                            note(meta);
+                            note(fixed.first_offset, fixed.max_event_before_first);
                         }
                     }
-                    finalized += closed.len() as u64;
-                    for k in closed {
-                        open.remove(&k);
+                    for start in closed {
+                        open.remove(&start);
                     }
                 }
                 Windows::Session {
@@ -423,7 +622,7 @@ impl PartitionState {
                                 metric: index,
                                 row: tombstone(
                                     metric,
-                                    &mw.keys.values[key as usize],
+                                    &mw.keys.values(key),
                                     partition,
                                     window,
                                     version,
@@ -439,7 +638,7 @@ impl PartitionState {
                                     metric: index,
                                     row: row(
                                         metric,
-                                        &mw.keys.values[key as usize],
+                                        &mw.keys.values(key),
                                         partition,
                                         window,
                                         &entry.meta,
@@ -450,7 +649,7 @@ impl PartitionState {
                             }
                         }
                         for (window, entry) in set.iter_mut() {
-                            note(&entry.meta);
+                            note(entry.meta.first_offset, entry.meta.max_event_before_first);
                             if entry.meta.dirty {
                                 entry.meta.dirty = false;
                                 if window.end_ms > floor {
@@ -458,7 +657,7 @@ impl PartitionState {
                                         metric: index,
                                         row: row(
                                             metric,
-                                            &mw.keys.values[key as usize],
+                                            &mw.keys.values(key),
                                             partition,
                                             window,
                                             &entry.meta,
@@ -473,6 +672,9 @@ impl PartitionState {
                     open.retain(|_, set| !set.is_empty());
                 }
             }
+        }
+        for mw in &mut self.metrics {
+            mw.compact_keys();
         }
         self.final_watermark_ms = self.final_watermark_ms.max(watermark);
         let checkpoint = match earliest {
@@ -546,4 +748,135 @@ fn tombstone(
     row.insert("retracted".into(), Json::from(1));
     row.insert("is_final".into(), Json::from(1));
     row
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use strata_schemas::config;
+
+    use super::*;
+
+    fn metric(window: &str, lateness: &str) -> (Arc<MetricDef>, strata_schemas::Decoder, i64) {
+        let text = format!(
+            r#"
+[contracts]
+dir = {:?}
+[sources.s]
+topic = "t"
+contract = "page_view"
+event_time_field = "event_time"
+allowed_lateness = "{lateness}"
+[metrics.m]
+source = "s"
+window = {window}
+group_by = ["user_id"]
+aggregations = [
+  {{ name = "n", function = "count" }},
+  {{ name = "s", function = "sum", field = "duration_ms" }},
+]
+"#,
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../schemas/contracts")
+                .display()
+                .to_string()
+        );
+        let config = config::parse(&text, "test.toml", Path::new("."), |_| None).unwrap();
+        let source = config.sources.values().next().unwrap();
+        (
+            config.metrics[0].clone(),
+            source.decoder(),
+            source.allowed_lateness.as_i64(),
+        )
+    }
+
+    fn event(decoder: &strata_schemas::Decoder, t: i64, user: u64, duration: i64) -> Event {
+        let payload = format!(
+            r#"{{"event_time":{t},"user_id":"u{user}","page":"/p","country":"DE","duration_ms":{duration}}}"#
+        );
+        decoder.decode(payload.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn key_dictionary_round_trips_every_value_type() {
+        let values = vec![
+            Value::Null,
+            Value::String("ü/€ \"x\"".into()),
+            Value::Int(-7),
+            Value::Float(1.5),
+            Value::Bool(true),
+            Value::Timestamp(1_795_341_600_000),
+            Value::String(String::new()),
+        ];
+        let mut buf = Vec::new();
+        for v in &values {
+            encode_value(&mut buf, v);
+        }
+        assert_eq!(decode_key(&buf), values);
+    }
+
+    /// A key space that never repeats (a new user every minute) must not
+    /// grow the dictionary forever: keys of final windows are dropped, and
+    /// the rows written after a compaction still carry the right keys.
+    #[test]
+    fn dictionary_forgets_keys_of_final_windows() {
+        let (metric, decoder, lateness) = metric(r#"{ kind = "tumbling", size = "1m" }"#, "0s");
+        let mut state = PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0));
+        let t0 = 1_795_341_600_000;
+        let mut offset = 0;
+        let mut written = 0u64;
+        for minute in 0..30i64 {
+            for i in 0..1_000u64 {
+                let user = minute as u64 * 1_000 + i;
+                let e = event(&decoder, t0 + minute * 60_000 + i as i64, user, 3);
+                state.apply(offset, &e);
+                offset += 1;
+            }
+            for row in state.emit().rows {
+                let user = row.row["user_id"].as_str().unwrap();
+                let n: u64 = user[1..].parse().unwrap();
+                let start = row.row["window_start_ms"].as_i64().unwrap();
+                // user u<minute*1000+i> only ever appears in its own minute.
+                assert_eq!(start, t0 + (n / 1_000) as i64 * 60_000, "{:?}", row.row);
+                assert_eq!(row.row["agg_events"], Json::from(1));
+                written += 1;
+            }
+            let keys = state.metrics[0].keys.len();
+            assert!(
+                keys <= 2 * 1_000 + 4_096 + 1_000,
+                "dictionary holds {keys} keys"
+            );
+        }
+        // Each key written open in its minute, then final in the next (the
+        // last minute is still open).
+        assert_eq!(written, 30_000 + 29_000);
+        assert!(state.metrics[0].keys.len() < 30_000);
+    }
+
+    /// Fixed windows keep one offset per window: the version of a key's row
+    /// grows with every emission that changed it, and a final row is always
+    /// above every open row of the same window.
+    #[test]
+    fn versions_grow_and_final_rows_win() {
+        let (metric, decoder, lateness) = metric(r#"{ kind = "tumbling", size = "1m" }"#, "0s");
+        let mut state = PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0));
+        let t0 = 1_795_341_600_000;
+        state.apply(0, &event(&decoder, t0, 1, 10));
+        state.apply(1, &event(&decoder, t0 + 1, 2, 10));
+        let first = state.emit().rows;
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|r| r.row["version"] == 2));
+        state.apply(2, &event(&decoder, t0 + 2, 1, 5));
+        let second = state.emit().rows;
+        assert_eq!(second.len(), 1, "only the changed key is written");
+        assert_eq!(second[0].row["version"], Json::from(4));
+        assert_eq!(second[0].row["agg_duration_ms_sum"], Json::from(15.0));
+        // The next minute closes the first window: both keys final at 2·2+1.
+        state.apply(3, &event(&decoder, t0 + 60_000, 3, 1));
+        let third = state.emit().rows;
+        let finals: Vec<_> = third.iter().filter(|r| r.row["is_final"] == 1).collect();
+        assert_eq!(finals.len(), 2);
+        assert!(finals.iter().all(|r| r.row["version"] == 5));
+    }
 }
