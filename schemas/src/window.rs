@@ -7,8 +7,6 @@
 //! when they are less than `gap` apart (an event exactly `gap` after the last
 //! one starts a new session).
 
-use std::collections::BTreeMap;
-
 use crate::duration::DurationMs;
 
 /// How events are grouped in time.
@@ -155,15 +153,20 @@ pub struct SessionChange {
 }
 
 /// The sessions of one group key: disjoint windows sorted by start.
+///
+/// A sorted vector rather than a tree: a key nearly always has one or two
+/// open sessions, and the speed layer holds one set per key (every user, for
+/// a per-user session metric), so one small allocation per key matters.
 #[derive(Clone, Debug)]
 pub struct SessionSet<S> {
-    sessions: BTreeMap<i64, (i64, S)>,
+    /// `(start, end, state)`, sorted by start; disjoint, so sorted by end too.
+    sessions: Vec<(i64, i64, S)>,
 }
 
 impl<S> Default for SessionSet<S> {
     fn default() -> Self {
         SessionSet {
-            sessions: BTreeMap::new(),
+            sessions: Vec::new(),
         }
     }
 }
@@ -181,41 +184,36 @@ impl<S: Mergeable> SessionSet<S> {
     ) -> SessionChange {
         let mut start = t;
         let mut end = t + gap;
-        // Fast path, the common case: `t` falls inside the newest session that
-        // overlaps `[t, t + gap)` and that session starts at or before `t`.
-        // Sessions are disjoint, so no older session can reach `t`: the
-        // session only grows at its end and keeps its identity.
-        if let Some((&session_start, (session_end, state))) =
-            self.sessions.range_mut(..end).next_back()
-            && session_start <= t
+        // Sessions starting before `end` are `..upper`; the ones overlapping
+        // `[t, t + gap)` are a contiguous run ending at `upper − 1`.
+        let upper = self.sessions.partition_point(|(s, _, _)| *s < end);
+        // Fast path, the common case: `t` falls inside that last session and
+        // it starts at or before `t`. Sessions are disjoint, so no older one
+        // can reach `t`: the session only grows at its end and keeps its
+        // identity.
+        if let Some((session_start, session_end, state)) =
+            upper.checked_sub(1).map(|i| &mut self.sessions[i])
+            && *session_start <= t
             && *session_end > t
         {
             *session_end = (*session_end).max(end);
             apply(state);
             return SessionChange {
                 window: Window {
-                    start_ms: session_start,
+                    start_ms: *session_start,
                     end_ms: *session_end,
                 },
                 replaced: Vec::new(),
             };
         }
-        // Sessions are disjoint and sorted, so the ones overlapping [t, t+gap)
-        // are a contiguous run ending at the last session starting before t+gap.
-        let overlapping: Vec<i64> = self
-            .sessions
-            .range(..end)
-            .rev()
-            .take_while(|(_, (session_end, _))| *session_end > t)
-            .map(|(s, _)| *s)
-            .collect();
+        let mut lower = upper;
+        while lower > 0 && self.sessions[lower - 1].1 > t {
+            lower -= 1;
+        }
         let mut replaced = Vec::new();
         let mut state: Option<S> = None;
         // Merge oldest first so the surviving state is the earliest session's.
-        for session_start in overlapping.into_iter().rev() {
-            let Some((session_end, session_state)) = self.sessions.remove(&session_start) else {
-                continue;
-            };
+        for (session_start, session_end, session_state) in self.sessions.drain(lower..upper) {
             start = start.min(session_start);
             end = end.max(session_end);
             replaced.push(Window {
@@ -236,47 +234,38 @@ impl<S: Mergeable> SessionSet<S> {
         // A session that only grew at its end keeps its identity (its start):
         // only sessions whose start no longer exists are replaced.
         replaced.retain(|w| w.start_ms != start);
-        self.sessions.insert(start, (end, state));
+        self.sessions.insert(lower, (start, end, state));
         SessionChange { window, replaced }
     }
 
     /// Removes and returns every session that ends at or before `watermark`
     /// (it can no longer grow: any later event would be late).
     pub fn drain_closed(&mut self, watermark: i64) -> Vec<(Window, S)> {
-        // Disjoint sessions sorted by start are sorted by end too: when the
-        // first is still open, all are (the common case, and no allocation).
-        if self
+        // Sorted by end too: the closed sessions are a prefix (usually
+        // empty, and then nothing is allocated).
+        let closed = self
             .sessions
-            .first_key_value()
-            .is_none_or(|(_, (end, _))| *end > watermark)
-        {
+            .partition_point(|(_, end, _)| *end <= watermark);
+        if closed == 0 {
             return Vec::new();
         }
-        let closed: Vec<i64> = self
-            .sessions
-            .iter()
-            .filter(|(_, (end, _))| *end <= watermark)
-            .map(|(start, _)| *start)
-            .collect();
-        closed
-            .into_iter()
-            .filter_map(|start| {
-                self.sessions.remove(&start).map(|(end, s)| {
-                    (
-                        Window {
-                            start_ms: start,
-                            end_ms: end,
-                        },
-                        s,
-                    )
-                })
+        self.sessions
+            .drain(..closed)
+            .map(|(start, end, s)| {
+                (
+                    Window {
+                        start_ms: start,
+                        end_ms: end,
+                    },
+                    s,
+                )
             })
             .collect()
     }
 
     /// The current sessions.
     pub fn iter(&self) -> impl Iterator<Item = (Window, &S)> {
-        self.sessions.iter().map(|(start, (end, s))| {
+        self.sessions.iter().map(|(start, end, s)| {
             (
                 Window {
                     start_ms: *start,
@@ -289,7 +278,7 @@ impl<S: Mergeable> SessionSet<S> {
 
     /// The current sessions, with mutable state.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Window, &mut S)> {
-        self.sessions.iter_mut().map(|(start, (end, s))| {
+        self.sessions.iter_mut().map(|(start, end, s)| {
             (
                 Window {
                     start_ms: *start,
@@ -302,7 +291,10 @@ impl<S: Mergeable> SessionSet<S> {
 
     /// The session starting at `start`.
     pub fn get_mut(&mut self, start: i64) -> Option<&mut S> {
-        self.sessions.get_mut(&start).map(|(_, s)| s)
+        self.sessions
+            .binary_search_by_key(&start, |(s, _, _)| *s)
+            .ok()
+            .map(|i| &mut self.sessions[i].2)
     }
 
     /// Number of open sessions.
