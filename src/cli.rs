@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -501,33 +502,59 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A flag set by the first SIGINT or SIGTERM.
+/// How long a graceful shutdown (final flush, commit, leaving the consumer
+/// group) may take before the process exits without it. Exiting early is
+/// safe: every command resumes from its last commit point (speed
+/// checkpoints, archive progress objects, published batch runs), so a stuck
+/// broker or warehouse only delays the next start, it loses nothing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Exit code of a shutdown that did not finish within [`SHUTDOWN_GRACE`] or
+/// was cut short by a second signal.
+const EXIT_SHUTDOWN_FORCED: i32 = 2;
+
+/// Resolves on SIGINT or SIGTERM.
+async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A flag set by the first SIGINT or SIGTERM. A second signal, or a
+/// shutdown still running after [`SHUTDOWN_GRACE`], exits the process with
+/// [`EXIT_SHUTDOWN_FORCED`].
 fn shutdown_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        set.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested");
+        termination_signal().await;
+        tracing::info!(grace_s = SHUTDOWN_GRACE.as_secs(), "shutdown requested");
         set.store(true, Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::error!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "shutdown did not finish in time; exiting without it (the next start resumes from the last commit point, nothing is lost)"
+            ),
+            () = termination_signal() => tracing::warn!(
+                "second signal: exiting now (the next start resumes from the last commit point)"
+            ),
+        }
+        std::process::exit(EXIT_SHUTDOWN_FORCED);
     });
     flag
 }

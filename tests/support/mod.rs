@@ -715,7 +715,18 @@ pub fn terminate(child: &mut std::process::Child) -> Option<i32> {
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    child.wait().ok().and_then(|s| s.code())
+    // Strata bounds its own graceful shutdown (30 s); never hang a test on a
+    // process that ignores that: SIGKILL it and report no exit code.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// Polls `probe` every 250 ms until it returns true or `timeout` passes.
