@@ -156,6 +156,10 @@ fn main() {
         full.emits,
         full.rows
     );
+    // STRATA_BENCH_ONLY=full stops here: a clean profile of the pipeline.
+    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("full") {
+        return;
+    }
     for metric in &config.metrics {
         let one = best_of(std::slice::from_ref(metric));
         println!(

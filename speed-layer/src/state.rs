@@ -227,24 +227,26 @@ fn decode_key(mut bytes: &[u8]) -> Vec<Value> {
     values
 }
 
-/// The states of one open tumbling or hopping window in one partition: one
-/// slot per group key seen in it, stored column-wise. All its keys become
-/// final together (when the watermark passes the window's end), so the
-/// whole window is written and dropped in one piece.
+/// The states of one pane (one `slide` of event time) of a tumbling or
+/// hopping metric in one partition: one slot per group key seen in it,
+/// stored column-wise.
 ///
-/// Offsets are kept per window, not per key: a key's row at any moment
-/// holds exactly that key's events up to the window's last applied offset,
-/// so `2 × last_offset + is_final` is a version that grows with every change
-/// and is the same on replay (see docs/ARCHITECTURE.md, "Rows are idempotent
-/// upserts"). That keeps a count/sum/min/max state under 100 bytes.
-struct FixedWindow {
+/// Offsets are kept per pane, not per key: a key's row in a window holds
+/// exactly that key's events up to the last offset applied to the window's
+/// panes, so `2 × that offset + is_final` is a version that grows with every
+/// change and is the same on replay (see docs/ARCHITECTURE.md, "Rows are
+/// idempotent upserts"). That keeps a count/sum/min/max state under 100
+/// bytes.
+struct Pane {
     /// Key id → slot.
     slots: HashMap<u32, u32>,
     /// Slot → changed since last written.
     dirty: Vec<bool>,
+    /// Whether any slot is dirty.
+    any_dirty: bool,
     states: AccumulatorSlab,
     /// Offset of the first event applied to any slot: a replay of this
-    /// window starts there.
+    /// pane starts there.
     first_offset: i64,
     /// The partition's max event time just before that first event.
     max_event_before_first: i64,
@@ -252,11 +254,12 @@ struct FixedWindow {
     last_offset: i64,
 }
 
-impl FixedWindow {
+impl Pane {
     fn new(metric: &MetricDef, offset: i64, max_before: i64) -> Self {
-        FixedWindow {
+        Pane {
             slots: HashMap::default(),
             dirty: Vec::new(),
+            any_dirty: false,
             states: metric.plan.new_slab(),
             first_offset: offset,
             max_event_before_first: max_before,
@@ -267,7 +270,7 @@ impl FixedWindow {
     /// Applies a prepared event of group key `key` at `offset`.
     #[inline]
     fn apply(&mut self, key: u32, offset: i64, event: &PreparedEvent) {
-        let FixedWindow {
+        let Pane {
             slots,
             dirty,
             states,
@@ -279,6 +282,7 @@ impl FixedWindow {
         }) as usize;
         states.update_prepared(slot, event);
         dirty[slot] = true;
+        self.any_dirty = true;
         self.last_offset = offset;
     }
 
@@ -291,12 +295,186 @@ impl FixedWindow {
     }
 }
 
+/// A window's row waiting for the next emit: built when the watermark
+/// passed the window's end, so no later event can reach it.
+struct FinalRow {
+    window: Window,
+    key: u32,
+    acc: Accumulator,
+    first_offset: i64,
+    last_offset: i64,
+}
+
+/// Tumbling and hopping windows of one metric in one partition, kept as
+/// panes of one `slide` ("no pane, no gain"): an event updates only its
+/// pane, and a window's state is the merge of its `size / slide` panes,
+/// computed only when a row is written. A 5-minute window sliding every
+/// minute therefore costs one update per event instead of five, and one
+/// copy of the state instead of five. Tumbling windows are the case of one
+/// pane per window.
+///
+/// A window's final rows are built the moment the watermark passes its end
+/// (in [`PanedWindows::finalize`], right after the event that moved the
+/// watermark), exactly as a per-window state would have been frozen: an
+/// event that is late for it but still lands in one of its panes for a
+/// newer window never reaches it.
+struct PanedWindows {
+    size_ms: i64,
+    slide_ms: i64,
+    /// Panes by start, each `slide_ms` long.
+    panes: BTreeMap<i64, Pane>,
+    /// Windows ending at or before this are final (rows built or written).
+    finalized_end: i64,
+    /// Final rows built since the last emit.
+    pending: Vec<FinalRow>,
+}
+
+impl PanedWindows {
+    fn new(size_ms: i64, slide_ms: i64) -> Self {
+        PanedWindows {
+            size_ms,
+            slide_ms,
+            panes: BTreeMap::new(),
+            finalized_end: i64::MIN,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Starts of the windows containing the pane starting at `pane`.
+    fn windows_of_pane(&self, pane: i64) -> impl Iterator<Item = i64> + use<> {
+        let (slide, count) = (self.slide_ms, self.size_ms / self.slide_ms);
+        (0..count).map(move |i| pane - (count - 1 - i) * slide)
+    }
+
+    /// The panes (present) of the window starting at `start`.
+    fn panes_of_window(&self, start: i64) -> impl Iterator<Item = &Pane> {
+        self.panes
+            .range(start..start + self.size_ms)
+            .map(|(_, p)| p)
+    }
+
+    /// Merges the window's panes for every key in `keys` (sorted, unique).
+    fn window_rows(
+        &self,
+        start: i64,
+        keys: &[u32],
+        plan: &strata_schemas::AggPlan,
+        out: &mut Vec<FinalRow>,
+    ) {
+        let window = Window {
+            start_ms: start,
+            end_ms: start + self.size_ms,
+        };
+        let (mut first_offset, mut last_offset) = (i64::MAX, i64::MIN);
+        for pane in self.panes_of_window(start) {
+            first_offset = first_offset.min(pane.first_offset);
+            last_offset = last_offset.max(pane.last_offset);
+        }
+        for &key in keys {
+            let mut acc: Option<Accumulator> = None;
+            for pane in self.panes_of_window(start) {
+                if let Some(&slot) = pane.slots.get(&key) {
+                    let state = pane.states.get(slot as usize);
+                    match &mut acc {
+                        None => acc = Some(state),
+                        Some(a) => a.merge(&state),
+                    }
+                }
+            }
+            out.push(FinalRow {
+                window,
+                key,
+                acc: acc.unwrap_or_else(|| plan.new_accumulator()),
+                first_offset,
+                last_offset,
+            });
+        }
+    }
+
+    /// Builds the final rows of every window ending at or before
+    /// `watermark` (except those final before a restart, ending at or
+    /// before `floor`) and drops the panes no open window needs. Windows
+    /// without any pane yet become final too: a late event creating one of
+    /// their panes later must not reach them.
+    fn finalize(&mut self, watermark: i64, floor: i64, plan: &strata_schemas::AggPlan) -> u64 {
+        if watermark <= self.finalized_end {
+            return 0;
+        }
+        let (size, slide) = (self.size_ms, self.slide_ms);
+        let mut finalized = 0;
+        if let Some(&first_pane) = self.panes.keys().next() {
+            let mut start = first_pane - (size - slide);
+            if self.finalized_end != i64::MIN {
+                // The first window not yet final ends above finalized_end.
+                let lowest = self.finalized_end - size + 1;
+                start = start.max(lowest + (slide - lowest.rem_euclid(slide)) % slide);
+            }
+            let mut rows = std::mem::take(&mut self.pending);
+            while start + size <= watermark {
+                if start + size > floor {
+                    let mut keys: Vec<u32> = self
+                        .panes_of_window(start)
+                        .flat_map(|p| p.slots.keys().copied())
+                        .collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    finalized += keys.len() as u64;
+                    self.window_rows(start, &keys, plan, &mut rows);
+                }
+                start += slide;
+            }
+            self.pending = rows;
+        }
+        self.finalized_end = watermark;
+        // A pane's newest window starts at the pane itself.
+        let keep_from = watermark.saturating_sub(size - 1);
+        if self.panes.keys().next().is_some_and(|&p| p < keep_from) {
+            self.panes = self.panes.split_off(&keep_from);
+        }
+        finalized
+    }
+
+    /// Rows of the open windows with a changed key, merged over their panes;
+    /// clears the change marks.
+    fn open_rows(&mut self, floor: i64, plan: &strata_schemas::AggPlan) -> Vec<FinalRow> {
+        let mut starts: Vec<i64> = self
+            .panes
+            .iter()
+            .filter(|(_, p)| p.any_dirty)
+            .flat_map(|(&start, _)| self.windows_of_pane(start))
+            .filter(|&w| {
+                let end = w + self.size_ms;
+                end > self.finalized_end && end > floor
+            })
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let mut rows = Vec::new();
+        for start in starts {
+            let mut keys: Vec<u32> = self
+                .panes_of_window(start)
+                .filter(|p| p.any_dirty)
+                .flat_map(|p| {
+                    p.slots
+                        .iter()
+                        .filter(|&(_, &slot)| p.dirty[slot as usize])
+                        .map(|(&key, _)| key)
+                })
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            self.window_rows(start, &keys, plan, &mut rows);
+        }
+        for pane in self.panes.values_mut().filter(|p| p.any_dirty) {
+            pane.dirty.fill(false);
+            pane.any_dirty = false;
+        }
+        rows
+    }
+}
+
 enum Windows {
-    Fixed {
-        size_ms: i64,
-        /// Open windows by start.
-        open: BTreeMap<i64, FixedWindow>,
-    },
+    Fixed(PanedWindows),
     Session {
         gap_ms: i64,
         open: HashMap<u32, SessionSet<SessionEntry>>,
@@ -316,7 +494,7 @@ impl MetricWindows {
     /// Number of open (window, key) states.
     fn open_states(&self) -> usize {
         match &self.windows {
-            Windows::Fixed { open, .. } => open.values().map(|w| w.slots.len()).sum(),
+            Windows::Fixed(fixed) => fixed.panes.values().map(|p| p.slots.len()).sum(),
             Windows::Session { open, .. } => open.values().map(SessionSet::len).sum(),
         }
     }
@@ -331,8 +509,8 @@ impl MetricWindows {
         }
         let mut live = vec![false; self.keys.len()];
         match &self.windows {
-            Windows::Fixed { open, .. } => {
-                for &key in open.values().flat_map(|w| w.slots.keys()) {
+            Windows::Fixed(fixed) => {
+                for &key in fixed.panes.values().flat_map(|p| p.slots.keys()) {
                     live[key as usize] = true;
                 }
             }
@@ -344,9 +522,9 @@ impl MetricWindows {
         }
         let remap = self.keys.compact(&live);
         match &mut self.windows {
-            Windows::Fixed { open, .. } => {
-                for window in open.values_mut() {
-                    window.remap_keys(&remap);
+            Windows::Fixed(fixed) => {
+                for pane in fixed.panes.values_mut() {
+                    pane.remap_keys(&remap);
                 }
             }
             Windows::Session { open, .. } => {
@@ -402,6 +580,9 @@ pub struct PartitionState {
     metrics: Vec<MetricWindows>,
     /// Reused buffer: an event's slot values, extracted once per metric.
     prepared: PreparedEvent,
+    /// Windows made final since the last emit (fixed windows are finalized
+    /// as the watermark moves).
+    finalized: u64,
 }
 
 impl PartitionState {
@@ -421,6 +602,7 @@ impl PartitionState {
             restored_floor_ms: checkpoint.final_watermark_ms,
             final_watermark_ms: checkpoint.final_watermark_ms,
             prepared: PreparedEvent::default(),
+            finalized: 0,
             metrics: metrics
                 .iter()
                 .map(|m| MetricWindows {
@@ -432,11 +614,11 @@ impl PartitionState {
                             open: HashMap::new(),
                             retracted: Vec::new(),
                         },
-                        WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => {
-                            Windows::Fixed {
-                                size_ms: size.as_i64(),
-                                open: BTreeMap::new(),
-                            }
+                        WindowKind::Tumbling { size } => {
+                            Windows::Fixed(PanedWindows::new(size.as_i64(), size.as_i64()))
+                        }
+                        WindowKind::Hopping { size, slide } => {
+                            Windows::Fixed(PanedWindows::new(size.as_i64(), slide.as_i64()))
                         }
                     },
                 })
@@ -481,29 +663,23 @@ impl PartitionState {
             }
             let t = event.time_ms;
             match &mut mw.windows {
-                Windows::Fixed { open, .. } => {
-                    let mut late = false;
-                    let mut key = None;
-                    for w in metric.window.assign(t) {
-                        if w.end_ms <= floor && w.end_ms > watermark {
-                            // Final and written before the restart; the
-                            // replayed watermark has not caught up yet.
-                            continue;
-                        }
-                        if w.end_ms <= watermark {
-                            late = true;
-                            continue;
-                        }
-                        let key = *key.get_or_insert_with(|| {
-                            metric.plan.prepare(event, prepared);
-                            mw.keys.intern(metric, event)
-                        });
-                        open.entry(w.start_ms)
-                            .or_insert_with(|| FixedWindow::new(metric, offset, max_before))
-                            .apply(key, offset, prepared);
-                    }
-                    if late {
+                Windows::Fixed(fixed) => {
+                    let (size, slide) = (fixed.size_ms, fixed.slide_ms);
+                    let pane = t - t.rem_euclid(slide);
+                    // The pane's windows end at pane + slide, ..., pane + size.
+                    // Final and written before a restart (end ≤ floor while
+                    // the replayed watermark catches up) is not late.
+                    if pane + slide <= watermark {
                         outcome.late += 1;
+                    }
+                    if pane + size > watermark.max(floor) {
+                        metric.plan.prepare(event, prepared);
+                        let key = mw.keys.intern(metric, event);
+                        fixed
+                            .panes
+                            .entry(pane)
+                            .or_insert_with(|| Pane::new(metric, offset, max_before))
+                            .apply(key, offset, prepared);
                     }
                 }
                 Windows::Session {
@@ -540,6 +716,14 @@ impl PartitionState {
             }
         }
         self.max_event_ms = self.max_event_ms.max(event.time_ms);
+        let moved = self.watermark();
+        if moved > watermark {
+            for mw in &mut self.metrics {
+                if let Windows::Fixed(fixed) = &mut mw.windows {
+                    self.finalized += fixed.finalize(moved, floor, &mw.metric.plan);
+                }
+            }
+        }
         self.next_offset = self.next_offset.max(offset + 1);
         outcome
     }
@@ -556,7 +740,7 @@ impl PartitionState {
         let floor = self.restored_floor_ms;
         let partition = self.partition;
         let mut rows = Vec::new();
-        let mut finalized = 0;
+        let mut finalized = std::mem::take(&mut self.finalized);
         // (first offset, max event before it) of the earliest open window.
         let mut earliest: Option<(i64, i64)> = None;
         let mut note = |first_offset: i64, max_before: i64| {
@@ -567,48 +751,36 @@ impl PartitionState {
         for (index, mw) in self.metrics.iter_mut().enumerate() {
             let metric = &*mw.metric;
             match &mut mw.windows {
-                Windows::Fixed { size_ms, open } => {
-                    let size = *size_ms;
-                    let mut closed = Vec::new();
-                    for (&start, fixed) in open.iter_mut() {
-                        let window = Window {
-                            start_ms: start,
-                            end_ms: start + size,
-                        };
-                        let is_final = window.end_ms <= watermark;
+                Windows::Fixed(fixed) => {
+                    let plan = &metric.plan;
+                    let finals = std::mem::take(&mut fixed.pending);
+                    let open_rows = fixed.open_rows(floor, plan);
+                    for (r, is_final) in finals
+                        .into_iter()
+                        .map(|r| (r, true))
+                        .chain(open_rows.into_iter().map(|r| (r, false)))
+                    {
                         let meta = WindowMeta {
-                            first_offset: fixed.first_offset,
-                            max_event_before_first: fixed.max_event_before_first,
-                            last_offset: fixed.last_offset,
-                            dirty: true,
+                            first_offset: r.first_offset,
+                            max_event_before_first: i64::MIN,
+                            last_offset: r.last_offset,
+                            dirty: false,
                         };
-                        for (&key, &slot) in &fixed.slots {
-                            let slot = slot as usize;
-                            if fixed.dirty[slot] || is_final {
-                                rows.push(SpeedRow {
-                                    metric: index,
-                                    row: row(
-                                        metric,
-                                        &mw.keys.values(key),
-                                        partition,
-                                        window,
-                                        &meta,
-                                        &fixed.states.get(slot),
-                                        is_final,
-                                    ),
-                                });
-                                fixed.dirty[slot] = false;
-                            }
-                        }
-                        if is_final {
-                            finalized += fixed.slots.len() as u64;
-                            closed.push(start);
-                        } else {
-                            note(fixed.first_offset, fixed.max_event_before_first);
-                        }
+                        rows.push(SpeedRow {
+                            metric: index,
+                            row: row(
+                                metric,
+                                &mw.keys.values(r.key),
+                                partition,
+                                r.window,
+                                &meta,
+                                &r.acc,
+                                is_final,
+                            ),
+                        });
                     }
-                    for start in closed {
-                        open.remove(&start);
+                    for pane in fixed.panes.values() {
+                        note(pane.first_offset, pane.max_event_before_first);
                     }
                 }
                 Windows::Session {
