@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use strata_schemas::Decoder;
 use strata_schemas::config::{Config, Source};
-use strata_speed::kafka::{client_config, kafka_err};
+use strata_speed::kafka::{RejoinWatchdog, client_config, kafka_err, resubscribe};
 use tokio::runtime::Handle;
 
 use crate::BatchError;
@@ -232,35 +232,14 @@ impl Archiver {
     fn run_loop(&mut self) -> Result<(), BatchError> {
         let flush_interval = Duration::from_millis(self.config.archive.flush_interval.0);
         let mut last_check = Instant::now();
-        let mut unassigned_since = Instant::now();
-        let mut rejoin_after = Duration::from_secs(15);
+        let mut watchdog = RejoinWatchdog::default();
         while !self.shutdown.load(Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;
-            // As in the speed layer: some brokers (Tansu 0.6) keep a member
-            // killed mid-rebalance as group leader until another JoinGroup;
-            // rejoin when nothing was assigned for a while (backing off).
-            if self.buffers.is_empty() {
-                if unassigned_since.elapsed() >= rejoin_after {
-                    tracing::warn!(
-                        after_s = rejoin_after.as_secs(),
-                        "no partition assigned; rejoining the consumer group"
-                    );
-                    let topics: Vec<String> =
-                        self.consumer.context().sources.keys().cloned().collect();
-                    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-                    self.consumer.unsubscribe();
-                    self.consumer.subscribe(&topic_refs).map_err(|e| {
-                        BatchError::from(kafka_err(
-                            &self.config.kafka,
-                            format!("resubscribe to {topics:?}"),
-                        )(e))
-                    })?;
-                    unassigned_since = Instant::now();
-                    rejoin_after = (rejoin_after * 2).min(Duration::from_secs(600));
-                }
-            } else {
-                unassigned_since = Instant::now();
-                rejoin_after = Duration::from_secs(15);
+            // As in the speed layer (see RejoinWatchdog).
+            if watchdog.should_rejoin(!self.buffers.is_empty()) {
+                let topics: Vec<String> = self.consumer.context().sources.keys().cloned().collect();
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                resubscribe(&self.consumer, &self.config.kafka, &topics)?;
             }
             if last_check.elapsed() >= Duration::from_millis(200) {
                 let due: Vec<(String, i32)> = self

@@ -1,7 +1,7 @@
 //! Kafka client configuration and topic management shared by every command
 //! that talks to the brokers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -102,4 +102,65 @@ pub async fn ensure_topic(
         }
     }
     Ok(false)
+}
+
+/// Decides when a consumer-group member that has no partition should leave
+/// and rejoin the group.
+///
+/// Some Kafka-compatible brokers (seen with Tansu 0.6) keep a member that
+/// died during a rebalance as the group leader until another JoinGroup
+/// arrives; the survivors then heartbeat happily with no partitions.
+/// Rejoining after a while with nothing assigned lets the broker evict the
+/// dead member. The delay doubles (capped) so an instance that is idle by
+/// design (more instances than partitions) rarely disturbs the group.
+#[derive(Debug)]
+pub struct RejoinWatchdog {
+    unassigned_since: Instant,
+    rejoin_after: Duration,
+}
+
+impl Default for RejoinWatchdog {
+    fn default() -> Self {
+        RejoinWatchdog {
+            unassigned_since: Instant::now(),
+            rejoin_after: Self::FIRST_DELAY,
+        }
+    }
+}
+
+impl RejoinWatchdog {
+    const FIRST_DELAY: Duration = Duration::from_secs(15);
+    const MAX_DELAY: Duration = Duration::from_secs(600);
+
+    /// Called once per poll with whether any partition is assigned; true
+    /// when the member should rejoin now (the watchdog then backs off).
+    pub fn should_rejoin(&mut self, has_partitions: bool) -> bool {
+        if has_partitions {
+            self.unassigned_since = Instant::now();
+            self.rejoin_after = Self::FIRST_DELAY;
+            return false;
+        }
+        if self.unassigned_since.elapsed() < self.rejoin_after {
+            return false;
+        }
+        tracing::warn!(
+            after_s = self.rejoin_after.as_secs(),
+            "no partition assigned; rejoining the consumer group"
+        );
+        self.unassigned_since = Instant::now();
+        self.rejoin_after = (self.rejoin_after * 2).min(Self::MAX_DELAY);
+        true
+    }
+}
+
+/// Leaves and rejoins the consumer group of `topics`.
+pub fn resubscribe<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    kafka: &KafkaSection,
+    topics: &[&str],
+) -> Result<(), SpeedError> {
+    consumer.unsubscribe();
+    consumer
+        .subscribe(topics)
+        .map_err(kafka_err(kafka, format!("resubscribe to {topics:?}")))
 }

@@ -26,7 +26,7 @@ use tokio::runtime::Handle;
 use crate::SpeedError;
 use crate::checkpoint;
 use crate::dlq::{DeadLetters, Origin};
-use crate::kafka::{client_config, ensure_topic, kafka_err, partition_count};
+use crate::kafka::{self, RejoinWatchdog, client_config, ensure_topic, kafka_err, partition_count};
 use crate::metrics as m;
 use crate::sink::{Backoff, insert_once};
 use crate::state::{Checkpoint, PartitionState};
@@ -308,30 +308,11 @@ impl Speed {
     fn run_loop(&mut self) -> Result<(), SpeedError> {
         let emit_interval = Duration::from_millis(self.config.speed.emit_interval.0);
         let mut last_emit = Instant::now();
-        let mut unassigned_since = Instant::now();
-        let mut rejoin_after = Duration::from_secs(15);
+        let mut watchdog = RejoinWatchdog::default();
         while !self.shutdown.load(Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;
-            // Some Kafka-compatible brokers (seen with Tansu 0.6) keep a
-            // member that died during a rebalance as the group leader until
-            // another JoinGroup arrives; the survivors then heartbeat happily
-            // with no partitions. Rejoining after a while with nothing
-            // assigned lets the broker evict the dead member. The delay
-            // doubles (capped) so an instance that is idle by design (more
-            // instances than partitions) rarely disturbs the group.
-            if self.partitions.is_empty() {
-                if unassigned_since.elapsed() >= rejoin_after {
-                    tracing::warn!(
-                        after_s = rejoin_after.as_secs(),
-                        "no partition assigned; rejoining the consumer group"
-                    );
-                    self.rejoin()?;
-                    unassigned_since = Instant::now();
-                    rejoin_after = (rejoin_after * 2).min(Duration::from_secs(600));
-                }
-            } else {
-                unassigned_since = Instant::now();
-                rejoin_after = Duration::from_secs(15);
+            if watchdog.should_rejoin(!self.partitions.is_empty()) {
+                self.rejoin()?;
             }
             if last_emit.elapsed() >= emit_interval {
                 self.flush()?;
@@ -345,13 +326,8 @@ impl Speed {
     }
 
     fn rejoin(&mut self) -> Result<(), SpeedError> {
-        let topics: Vec<String> = self.sources.keys().cloned().collect();
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.unsubscribe();
-        self.consumer.subscribe(&topics).map_err(kafka_err(
-            &self.config.kafka,
-            format!("resubscribe to {topics:?}"),
-        ))
+        let topics: Vec<&str> = self.sources.keys().map(String::as_str).collect();
+        kafka::resubscribe(&self.consumer, &self.config.kafka, &topics)
     }
 
     /// Polls once, handling rebalances and at most one record.
