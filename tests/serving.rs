@@ -64,6 +64,33 @@ fn check_sources(rows: &[Map<String, Json>], watermark: i64) {
 
 const RANGE: &str = "from=2026-11-22T10:00:00Z&to=2026-11-22T11:00:00Z";
 
+/// The `n` rows of each window with the largest `column` (nulls last, ties
+/// in key order), as (start, page, country, value).
+fn top_by(rows: &[Map<String, Json>], column: &str, n: usize) -> Vec<(i64, String, String, Json)> {
+    let mut by_start: BTreeMap<i64, Vec<(String, String, Json)>> = BTreeMap::new();
+    for r in rows {
+        by_start.entry(ms(&r["window_start"])).or_default().push((
+            r["page"].as_str().unwrap().into(),
+            r["country"].as_str().unwrap().into(),
+            r[column].clone(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (start, mut groups) in by_start {
+        groups.sort_by(|a, b| {
+            let rank = match (a.2.as_f64(), b.2.as_f64()) {
+                (Some(x), Some(y)) => y.partial_cmp(&x).unwrap(),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            rank.then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1)))
+        });
+        out.extend(groups.into_iter().take(n).map(|(p, c, v)| (start, p, c, v)));
+    }
+    out
+}
+
 #[tokio::test]
 async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
     let env = TestEnv::new("serving", "");
@@ -305,6 +332,48 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
     })
     .collect();
     assert_eq!(got, want);
+
+    // The same at 1-minute granularity (buckets are windows: the SQL path
+    // keeps batch rows as they are and adds only speed partitions).
+    let got_1m: Vec<(i64, String, String, u64)> = rows(&query(
+        port,
+        "page_views_per_minute",
+        &format!("{RANGE}&granularity=1m&top=2&order_by=views"),
+    ))
+    .iter()
+    .map(|r| {
+        (
+            ms(&r["window_start"]),
+            r["page"].as_str().unwrap().into(),
+            r["country"].as_str().unwrap().into(),
+            r["views"].as_u64().unwrap(),
+        )
+    })
+    .collect();
+    assert_eq!(got_1m, want);
+
+    // Ranking by a value that can be null (avg), per window and per 5-minute
+    // bucket: the top rows of the full answer, ranked here.
+    for extra in ["", "&granularity=5m"] {
+        let all = rows(&query(
+            port,
+            "page_views_per_minute",
+            &format!("{RANGE}{extra}"),
+        ));
+        assert_eq!(
+            top_by(&all, "avg_duration_ms", 3),
+            top_by(
+                &rows(&query(
+                    port,
+                    "page_views_per_minute",
+                    &format!("{RANGE}{extra}&top=3&order_by=avg_duration_ms"),
+                )),
+                "avg_duration_ms",
+                3
+            ),
+            "{extra}"
+        );
+    }
 
     // limit cuts and says so.
     let limited = query(port, "page_views_per_minute", &format!("{RANGE}&limit=7"));

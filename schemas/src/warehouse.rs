@@ -144,19 +144,8 @@ pub async fn query_rows(
     sql: &str,
     binds: &[&str],
 ) -> Result<Vec<Map<String, Json>>, WarehouseError> {
-    let mut query = client
-        .query(sql)
-        .with_setting("output_format_json_quote_64bit_integers", "0");
-    for b in binds {
-        query = query.bind(*b);
-    }
     let operation = sql_head(sql);
-    let bytes = query
-        .fetch_bytes("JSONEachRow")
-        .map_err(ch_err(operation))?
-        .collect()
-        .await
-        .map_err(ch_err(operation))?;
+    let bytes = query_bytes(client, sql, binds, "JSONEachRow").await?;
     let mut rows = Vec::new();
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<Json>(line) {
@@ -176,6 +165,37 @@ pub async fn query_rows(
         }
     }
     Ok(rows)
+}
+
+/// Runs a query and returns its whole answer in `format` (e.g. `RowBinary`
+/// for callers that decode typed columns themselves; JSON formats print
+/// 64-bit integers unquoted). `sql` may contain `?` placeholders that
+/// `binds` fill with client-side escaped values.
+pub async fn query_bytes(
+    client: &Client,
+    sql: &str,
+    binds: &[&str],
+    format: &str,
+) -> Result<Vec<u8>, WarehouseError> {
+    let mut query = client
+        .query(sql)
+        .with_setting("output_format_json_quote_64bit_integers", "0");
+    for b in binds {
+        query = query.bind(*b);
+    }
+    let operation = sql_head(sql);
+    let mut cursor = query.fetch_bytes(format).map_err(ch_err(operation))?;
+    // Chunks are kept until the end so the answer is copied once, into a
+    // buffer of its exact size.
+    let mut chunks = Vec::new();
+    while let Some(chunk) = cursor.next().await.map_err(ch_err(operation))? {
+        chunks.push(chunk);
+    }
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Inserts JSON rows into `database.table` in one request (`JSONEachRow`).

@@ -9,6 +9,10 @@
 //! - the same answer fetched with one direct ClickHouse HTTP query;
 //! - `GET /latest` p99 at 100 concurrent clients.
 //!
+//! Each client keeps one HTTP/1.1 connection alive, to the API and to
+//! ClickHouse alike (`STRATA_BENCH_CONNECTION=close`: a fresh connection per
+//! request); the run prints which.
+//!
 //!   scripts/bench-api.sh     (or: deploy/local/up.sh clickhouse && cargo bench -p strata-serving --bench api)
 //!
 //! Runs only under `cargo bench` (`--bench` argument).
@@ -19,7 +23,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value as Json};
 use strata_schemas::aggregate::NumericState;
 use strata_schemas::warehouse;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 const S: i64 = 1_795_341_600_000;
 const MINUTE: i64 = 60_000;
@@ -42,21 +47,171 @@ fn clickhouse_url() -> String {
         .expect("start the local stack first: deploy/local/up.sh clickhouse")
 }
 
-/// One HTTP/1.1 GET or POST over a fresh connection; returns the answer's
-/// size, or 0 for a non-200 answer (counted as an error).
-async fn http(addr: &str, method: &str, target: &str, body: &str) -> usize {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::with_capacity(1 << 20);
-    s.read_to_end(&mut out).await.unwrap();
-    if out.starts_with(b"HTTP/1.1 200") {
-        out.len()
+/// How the bench client connects, for the API and ClickHouse alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// One persistent HTTP/1.1 connection per client task, as feature
+    /// serving clients and connection pools use (the default).
+    KeepAlive,
+    /// A fresh TCP connection per request (`Connection: close`); set
+    /// `STRATA_BENCH_CONNECTION=close` to compare with older figures.
+    Close,
+}
+
+impl Mode {
+    fn from_env() -> Mode {
+        match std::env::var("STRATA_BENCH_CONNECTION").as_deref() {
+            Ok("close") => Mode::Close,
+            Ok("keep-alive") | Err(_) => Mode::KeepAlive,
+            Ok(other) => panic!("STRATA_BENCH_CONNECTION={other:?}: use keep-alive or close"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => {
+                "keep-alive (one persistent HTTP/1.1 connection per client, API and ClickHouse alike)"
+            }
+            Mode::Close => "close (a fresh TCP connection per request, API and ClickHouse alike)",
+        }
+    }
+}
+
+/// One request the clients repeat.
+struct Target {
+    addr: String,
+    method: &'static str,
+    path: String,
+    body: String,
+    mode: Mode,
+}
+
+/// Reads and drops `n` bytes: the bench measures latency, not the client's
+/// copying, and both answers are read the same way.
+async fn skip(stream: &mut BufReader<TcpStream>, n: usize) -> std::io::Result<()> {
+    let copied = tokio::io::copy_buf(&mut stream.take(n as u64), &mut tokio::io::sink()).await?;
+    if copied as usize == n {
+        Ok(())
     } else {
-        0
+        Err(std::io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// A client's connection: reused across requests in [`Mode::KeepAlive`].
+struct Conn {
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn { stream: None }
+    }
+
+    /// Sends the request; returns the answer body's size, or 0 for a failed
+    /// or non-200 answer (counted as an error).
+    async fn send(&mut self, t: &Target) -> usize {
+        // A kept-alive connection the server closed meanwhile fails before
+        // any answer: reconnect once, as HTTP clients do.
+        let reused = self.stream.is_some();
+        match self.try_send(t).await {
+            Ok(n) => n,
+            Err(_) if reused => {
+                self.stream = None;
+                self.try_send(t).await.unwrap_or_else(|_| {
+                    self.stream = None;
+                    0
+                })
+            }
+            Err(_) => {
+                self.stream = None;
+                0
+            }
+        }
+    }
+
+    async fn try_send(&mut self, t: &Target) -> std::io::Result<usize> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(&t.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(BufReader::with_capacity(64 << 10, s));
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            unreachable!("connected above")
+        };
+        let connection = match t.mode {
+            Mode::KeepAlive => "keep-alive",
+            Mode::Close => "close",
+        };
+        let request = format!(
+            "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: {connection}\r\nContent-Length: {}\r\n\r\n{}",
+            t.method,
+            t.path,
+            t.addr,
+            t.body.len(),
+            t.body
+        );
+        stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        if line.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let ok = line.starts_with("HTTP/1.1 200");
+        let (mut length, mut chunked, mut close) = (None, false, t.mode == Mode::Close);
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "connection" => close |= value.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut read = 0;
+        if chunked {
+            loop {
+                line.clear();
+                stream.read_line(&mut line).await?;
+                let size = line.trim_end().split(';').next().unwrap_or("");
+                let size = usize::from_str_radix(size, 16)
+                    .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+                if size == 0 {
+                    // Trailers, up to the empty line.
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await? == 0 || line.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                skip(stream, size).await?;
+                read += size;
+                let mut crlf = [0u8; 2];
+                stream.read_exact(&mut crlf).await?;
+            }
+        } else if let Some(n) = length {
+            skip(stream, n).await?;
+            read = n;
+        } else {
+            read = tokio::io::copy_buf(stream, &mut tokio::io::sink()).await? as usize;
+            close = true;
+        }
+        if close {
+            self.stream = None;
+        }
+        Ok(if ok { read } else { 0 })
     }
 }
 
@@ -68,23 +223,19 @@ struct Figures {
     bytes: usize,
 }
 
-async fn measure<F, Fut>(clients: usize, duration: Duration, request: F) -> Figures
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = usize> + Send,
-{
-    let request = Arc::new(request);
+async fn measure(clients: usize, duration: Duration, target: Arc<Target>) -> Figures {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let request = request.clone();
+        let target = target.clone();
         tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new();
             let mut lat = Vec::new();
             let mut bytes = 0;
             let mut errors = 0;
             while started.elapsed() < duration {
                 let t = Instant::now();
-                match request().await {
+                match conn.send(&target).await {
                     0 => errors += 1,
                     n => {
                         bytes = n;
@@ -265,36 +416,39 @@ async fn main() {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let rows = http(&api, "GET", query, "").await;
+    let mode = Mode::from_env();
+    let target = |addr: &str, method, path: &str, body: &str| {
+        Arc::new(Target {
+            addr: addr.to_string(),
+            method,
+            path: path.to_string(),
+            body: body.to_string(),
+            mode,
+        })
+    };
+    let api_query = target(&api, "GET", query, "");
+    let direct_query = target(&ch_addr, "POST", "/", &direct_sql);
+    let rows = Conn::new().send(&api_query).await;
     println!("API answer: {rows} bytes; 14,400 rows (1,440 windows × top 10)");
+    println!("connection mode: {}", mode.describe());
     println!(
         "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
         "target", "clients", "p50 ms", "p99 ms", "req/s", "errors"
     );
     let duration = Duration::from_secs(10);
     for clients in [1usize, 16, 64] {
-        let a = api.clone();
-        let f = measure(clients, duration, move || {
-            let a = a.clone();
-            async move { http(&a, "GET", query, "").await }
-        })
-        .await;
+        let f = measure(clients, duration, api_query.clone()).await;
         println!(
             "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             "API query (24h, 1m, top 10)", clients, f.p50, f.p99, f.rps, f.errors
         );
-        let (c, sql) = (ch_addr.clone(), direct_sql.clone());
-        let d = measure(clients, duration, move || {
-            let (c, sql) = (c.clone(), sql.clone());
-            async move { http(&c, "POST", "/", &sql).await }
-        })
-        .await;
+        let d = measure(clients, duration, direct_query.clone()).await;
         println!(
             "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             "direct ClickHouse query", clients, d.p50, d.p99, d.rps, d.errors
         );
         println!(
-            "{:<34} {:>8} {:>9} {:>9.2}x {:>9}   (answer sizes: API {} B, ClickHouse {} B)",
+            "{:<34} {:>8} {:>9} {:>9.2}x {:>9}   (answer bodies: API {} B, ClickHouse {} B)",
             "ratio API/direct p99",
             clients,
             "",
@@ -304,20 +458,13 @@ async fn main() {
             d.bytes
         );
     }
-    let a = api.clone();
-    let l = measure(100, duration, move || {
-        let a = a.clone();
-        async move {
-            http(
-                &a,
-                "GET",
-                "/v1/metrics/page_views_per_minute/latest?page=%2Fpage%2F3&country=DE",
-                "",
-            )
-            .await
-        }
-    })
-    .await;
+    let latest = target(
+        &api,
+        "GET",
+        "/v1/metrics/page_views_per_minute/latest?page=%2Fpage%2F3&country=DE",
+        "",
+    );
+    let l = measure(100, duration, latest).await;
     println!(
         "{:<34} {:>8} {:>9.2} {:>9.2} {:>9.1} {:>7}",
         "API latest (cache)", 100, l.p50, l.p99, l.rps, l.errors

@@ -14,8 +14,9 @@ use strata_schemas::{Config, MetricDef, WindowKind};
 
 use crate::metrics as m;
 
-/// A pre-rendered JSON body.
-pub type Body = Arc<str>;
+/// A pre-rendered JSON body: cloning it shares the bytes, so a hit copies
+/// nothing.
+pub type Body = axum::body::Bytes;
 
 #[derive(Default)]
 struct MetricCache {
@@ -116,7 +117,7 @@ impl LatestCache {
                 }
                 o.insert("source".into(), Json::from("speed"));
                 o.insert("final".into(), Json::from(row.is_final));
-                rows.insert(key, Arc::from(Json::Object(o).to_string()));
+                rows.insert(key, Body::from(Json::Object(o).to_string()));
             }
         }
         let n = rows.len();

@@ -12,8 +12,9 @@
 //! - [`metrics`]: every exported metric.
 //!
 //! User text never reaches SQL: identifiers come from the metric
-//! definitions, time bounds are parsed integers, metric names are bound
-//! parameters, and filters are applied to the rows read.
+//! definitions, time bounds are parsed integers, metric names and text
+//! filter values are bound parameters (escaped by the client), numeric
+//! filter values are re-printed from the parsed number.
 
 pub mod cache;
 pub mod error;
@@ -54,6 +55,7 @@ pub struct AppState {
     client: Client,
     cache: Arc<LatestCache>,
     prometheus: PrometheusHandle,
+    last_states: Arc<merge::LastStates>,
 }
 
 /// The identity a request authenticated as.
@@ -77,6 +79,7 @@ pub fn router(config: &Arc<Config>, cache: Arc<LatestCache>) -> Router {
         config: config.clone(),
         client,
         cache,
+        last_states: Arc::default(),
     };
     let api = Router::new()
         .route("/v1/metrics", get(list_metrics))
@@ -254,9 +257,12 @@ async fn list_metrics(
         .filter(|m| caller.may_read(&m.name))
     {
         let db = &state.config.clickhouse.database;
-        let batch = with_timeout(&state, merge::batch_state(&state.client, db, metric)).await?;
-        let speed = with_timeout(&state, merge::speed_watermark(&state.client, db, metric)).await?;
-        out.push(openapi::describe_metric(metric, batch.map(|b| b.1), speed));
+        let now = with_timeout(&state, merge::query_state(&state.client, db, metric)).await?;
+        out.push(openapi::describe_metric(
+            metric,
+            now.batch.map(|b| b.1),
+            now.speed_watermark,
+        ));
     }
     Ok(axum::Json(serde_json::json!({ "metrics": out })).into_response())
 }
@@ -276,11 +282,16 @@ async fn query_metric(
             &state.config.clickhouse.database,
             &metric,
             &spec,
+            &state.last_states,
         ),
     )
     .await?;
     Ok(match spec.format {
-        Format::Json => axum::Json(format::json(&metric, &spec, &answer)).into_response(),
+        Format::Json => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format::json(&metric, &spec, &answer)?,
+        )
+            .into_response(),
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
             format::csv(&metric, &spec, &answer),
@@ -340,11 +351,8 @@ async fn latest(
     }
     let key_text = serde_json::to_string(&key).unwrap_or_default();
     match state.cache.get(&metric.name, &key_text) {
-        Some(body) => Ok((
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()),
+        // The cached body is shared, not copied.
+        Some(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
         None if !state.cache.is_warm(&metric.name) => {
             Err(ApiError::Warehouse(warehouse::WarehouseError::Decode {
                 operation: "latest".into(),
