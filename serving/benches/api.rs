@@ -435,7 +435,15 @@ async fn main() {
         "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
         "target", "clients", "p50 ms", "p99 ms", "req/s", "errors"
     );
-    let duration = Duration::from_secs(10);
+    // p99 needs samples: at 64 clients a 24-hour query runs ~17 times a
+    // second on 2 cores, so 30 s gives ~500 samples per phase.
+    let duration = Duration::from_secs(
+        std::env::var("STRATA_BENCH_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+    );
+    println!("{} s per phase (STRATA_BENCH_SECONDS)", duration.as_secs());
     for clients in [1usize, 16, 64] {
         let f = measure(clients, duration, api_query.clone()).await;
         println!(
