@@ -40,6 +40,11 @@ pub const RESERVED_COLUMNS: [&str; 12] = [
     "run_id",
 ];
 
+/// Prefix of the column aliases Strata's own queries use (the serving
+/// layer's merge SQL): group-by fields and output names may not start with
+/// it, so an alias can never shadow a metric's column.
+pub const RESERVED_ALIAS_PREFIX: &str = "__";
+
 /// The file as written, before checks. Durations and enums are strings here
 /// so that a bad value becomes a located [`Problem`], not a parse abort.
 #[derive(Debug, Default, Deserialize)]
@@ -1145,6 +1150,9 @@ fn compile_metric(
         if RESERVED_COLUMNS.contains(&g.as_str()) || g.starts_with("agg_") {
             c.push(&at, format!("{g:?} collides with a column Strata's tables reserve; rename the field in a new contract version"));
         }
+        if g.starts_with(RESERVED_ALIAS_PREFIX) {
+            c.push(&at, format!("{g:?} starts with {RESERVED_ALIAS_PREFIX:?}, which Strata's queries reserve for their own column aliases; rename the field in a new contract version"));
+        }
         if group_by.iter().any(|x: &FieldRef| x.name == *g) {
             c.push(&at, format!("{g:?} is listed twice; remove one"));
         }
@@ -1169,11 +1177,12 @@ fn compile_metric(
         let at = format!("{path}.aggregations[{i}]");
         if !is_identifier(&a.name)
             || a.name.starts_with("agg_")
+            || a.name.starts_with(RESERVED_ALIAS_PREFIX)
             || RESERVED_COLUMNS.contains(&a.name.as_str())
         {
             c.push(
                 format!("{at}.name"),
-                format!("{:?} is not a usable output name; use lowercase letters, digits and _, not starting with agg_ nor a reserved column", a.name),
+                format!("{:?} is not a usable output name; use lowercase letters, digits and _, not starting with agg_ or __ nor a reserved column", a.name),
             );
         }
         if names.contains(&a.name) || m.group_by.contains(&a.name) {

@@ -596,11 +596,16 @@ async fn answer_in_sql(
     let states = |version: &str| -> String {
         let mut cols = Vec::new();
         if needs_end {
-            cols.push(format!("argMax(window_end_ms, {version}) AS we"));
+            cols.push(format!("argMax(window_end_ms, {version}) AS __we"));
         }
-        cols.push(format!("argMax(agg_events, {version}) AS ev"));
+        cols.push(format!("argMax(agg_events, {version}) AS __ev"));
         for (i, f) in fields.iter().enumerate() {
-            for (part, name) in [("count", "c"), ("sum", "s"), ("min", "mn"), ("max", "mx")] {
+            for (part, name) in [
+                ("count", "__c"),
+                ("sum", "__s"),
+                ("min", "__mn"),
+                ("max", "__mx"),
+            ] {
                 if (part == "min" && !needs_min[i]) || (part == "max" && !needs_max[i]) {
                     continue;
                 }
@@ -630,24 +635,24 @@ async fn answer_in_sql(
     };
     // Partial states of one bucket merge as `Accumulator::merge` does.
     let merged = |t: Total, i: usize| match t {
-        Total::Events => "sum(ev)".to_string(),
-        Total::Count => format!("sum(c{i})"),
-        Total::Sum => format!("sum(s{i})"),
-        Total::Min => format!("minIf(mn{i}, c{i} > 0)"),
-        Total::Max => format!("maxIf(mx{i}, c{i} > 0)"),
+        Total::Events => "sum(__ev)".to_string(),
+        Total::Count => format!("sum(__c{i})"),
+        Total::Sum => format!("sum(__s{i})"),
+        Total::Min => format!("minIf(__mn{i}, __c{i} > 0)"),
+        Total::Max => format!("maxIf(__mx{i}, __c{i} > 0)"),
     };
     let (bucket, end) = match spec.granularity_ms {
         Some(g) => (
             format!("intDiv(window_start_ms, {g}) * {g}"),
-            format!("b + {g}"),
+            format!("__b + {g}"),
         ),
-        None => ("window_start_ms".to_string(), "max(we)".to_string()),
+        None => ("window_start_ms".to_string(), "max(__we)".to_string()),
     };
     let kept: Vec<String> = spec.group_by.iter().map(|i| groups[*i].clone()).collect();
     let mut key = vec!["window_start_ms".to_string()];
     key.extend(groups.iter().cloned());
     let key = key.join(", ");
-    let mut bucket_key = vec!["b".to_string()];
+    let mut bucket_key = vec!["__b".to_string()];
     bucket_key.extend(kept.iter().cloned());
     let bucket_key = bucket_key.join(", ");
     // Filters restrict group-by columns, so they apply to the stored rows
@@ -687,7 +692,7 @@ async fn answer_in_sql(
         let source = format!(
             "FROM {} WHERE window_start_ms >= {} AND window_start_ms < {} \
              AND run_id IN (SELECT run_id FROM {} WHERE metric = ? AND status = 'published' AND run_id <= {run_id}){filters} \
-             GROUP BY {key} HAVING r = 0",
+             GROUP BY {key} HAVING __r = 0",
             warehouse::qualified(database, &warehouse::batch_table(&metric.name)),
             spec.from_ms,
             spec.to_ms.min(w),
@@ -705,18 +710,18 @@ async fn answer_in_sql(
                 format!("argMax({column}, run_id)")
             };
             let end = match spec.granularity_ms {
-                Some(g) => format!("b + {g}"),
+                Some(g) => format!("__b + {g}"),
                 None => "argMax(window_end_ms, run_id)".to_string(),
             };
             format!(
-                "SELECT toInt64({bucket}) AS b, toInt64({end}) AS e, {}, {}, argMax(retracted, run_id) AS r, \
-                 toUInt8(1) AS t_final, toUInt8(0) AS t_source {source}",
+                "SELECT toInt64({bucket}) AS __b, toInt64({end}) AS __e, {}, {}, argMax(retracted, run_id) AS __r, \
+                 toUInt8(1) AS __final, toUInt8(0) AS __source {source}",
                 kept.join(", "),
                 totals(&stored).join(", "),
             )
         } else {
             format!(
-                "SELECT {key}, {}, argMax(retracted, run_id) AS r, toUInt8(1) AS fin, toUInt8(0) AS src {source}",
+                "SELECT {key}, {}, argMax(retracted, run_id) AS __r, toUInt8(1) AS __fin, toUInt8(0) AS __src {source}",
                 states("run_id"),
             )
         });
@@ -726,8 +731,8 @@ async fn answer_in_sql(
     let speed_from = spec.from_ms.max(boundary);
     if speed_from < spec.to_ms {
         let deduplicated = format!(
-            "SELECT {key}, {}, argMax(retracted, version) AS r, argMax(is_final, version) AS fin, toUInt8(1) AS src FROM {} \
-             WHERE window_start_ms >= {speed_from} AND window_start_ms < {}{filters} GROUP BY {key}, kafka_partition HAVING r = 0",
+            "SELECT {key}, {}, argMax(retracted, version) AS __r, argMax(is_final, version) AS __fin, toUInt8(1) AS __src FROM {} \
+             WHERE window_start_ms >= {speed_from} AND window_start_ms < {}{filters} GROUP BY {key}, kafka_partition HAVING __r = 0",
             states("version"),
             warehouse::qualified(database, &warehouse::speed_table(&metric.name)),
             spec.to_ms,
@@ -736,8 +741,8 @@ async fn answer_in_sql(
             // Same columns as the batch half (`r` included: UNION ALL
             // matches by position).
             format!(
-                "SELECT toInt64({bucket}) AS b, toInt64({end}) AS e, {}, {}, toUInt8(0) AS r, \
-                 toUInt8(min(fin)) AS t_final, toUInt8(1) AS t_source FROM ({deduplicated}) GROUP BY {key}",
+                "SELECT toInt64({bucket}) AS __b, toInt64({end}) AS __e, {}, {}, toUInt8(0) AS __r, \
+                 toUInt8(min(__fin)) AS __final, toUInt8(1) AS __source FROM ({deduplicated}) GROUP BY {key}",
                 kept.join(", "),
                 totals(&merged).join(", "),
             )
@@ -759,24 +764,24 @@ async fn answer_in_sql(
     // Column order here is the decoding order below.
     let (select, from) = if one_window_per_bucket {
         // The halves already hold final rows: only order and limit.
-        let mut select = vec!["b".to_string(), "e".to_string()];
+        let mut select = vec!["__b".to_string(), "__e".to_string()];
         select.extend(kept.iter().cloned());
         select.extend(columns.iter().map(|(t, i)| t.name(*i)));
-        select.push("t_final".into());
-        select.push("t_source".into());
+        select.push("__final".into());
+        select.push("__source".into());
         (select, format!("FROM ({union})"))
     } else {
         let mut select = vec![
-            format!("toInt64({bucket}) AS b"),
-            format!("toInt64({end}) AS e"),
+            format!("toInt64({bucket}) AS __b"),
+            format!("toInt64({end}) AS __e"),
         ];
         select.extend(kept.iter().cloned());
         select.extend(totals(&merged));
-        select.push("toUInt8(min(fin)) AS t_final".into());
-        select.push("toUInt8(max(src)) AS t_source".into());
+        select.push("toUInt8(min(__fin)) AS __final".into());
+        select.push("toUInt8(max(__src)) AS __source".into());
         (select, format!("FROM ({union}) GROUP BY {bucket_key}"))
     };
-    let mut order = vec!["b".to_string()];
+    let mut order = vec!["__b".to_string()];
     let mut limit_by = String::new();
     if let (Some(top), Some(o)) = (spec.top, spec.order_by) {
         let column = &metric.plan.output_columns()[o];
@@ -788,17 +793,19 @@ async fn answer_in_sql(
         // Nulls last, ties in key order: as the Rust path ranks. Counts and
         // sums are never null, so they sort without the isNull key.
         let (rank, nullable) = match (a.function, slot) {
-            (AggFunction::Sum, Some(i)) => (format!("t_s{i}"), false),
-            (AggFunction::Avg, Some(i)) => (format!("if(t_c{i} > 0, t_s{i} / t_c{i}, NULL)"), true),
-            (AggFunction::Min, Some(i)) => (format!("if(t_c{i} > 0, t_mn{i}, NULL)"), true),
-            (AggFunction::Max, Some(i)) => (format!("if(t_c{i} > 0, t_mx{i}, NULL)"), true),
-            _ => ("t_events".to_string(), false),
+            (AggFunction::Sum, Some(i)) => (format!("__t_s{i}"), false),
+            (AggFunction::Avg, Some(i)) => {
+                (format!("if(__t_c{i} > 0, __t_s{i} / __t_c{i}, NULL)"), true)
+            }
+            (AggFunction::Min, Some(i)) => (format!("if(__t_c{i} > 0, __t_mn{i}, NULL)"), true),
+            (AggFunction::Max, Some(i)) => (format!("if(__t_c{i} > 0, __t_mx{i}, NULL)"), true),
+            _ => ("__t_events".to_string(), false),
         };
         if nullable {
             order.push(format!("isNull({rank})"));
         }
         order.push(format!("{rank} DESC"));
-        limit_by = format!(" LIMIT {top} BY b");
+        limit_by = format!(" LIMIT {top} BY __b");
     }
     order.extend(kept.iter().cloned());
     let sql = format!(
@@ -868,11 +875,11 @@ impl Total {
     /// Its column name; `i` is the numeric field's slot.
     fn name(self, i: usize) -> String {
         match self {
-            Total::Events => "t_events".to_string(),
-            Total::Count => format!("t_c{i}"),
-            Total::Sum => format!("t_s{i}"),
-            Total::Min => format!("t_mn{i}"),
-            Total::Max => format!("t_mx{i}"),
+            Total::Events => "__t_events".to_string(),
+            Total::Count => format!("__t_c{i}"),
+            Total::Sum => format!("__t_s{i}"),
+            Total::Min => format!("__t_mn{i}"),
+            Total::Max => format!("__t_mx{i}"),
         }
     }
 
