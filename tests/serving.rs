@@ -316,40 +316,30 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
             want.push((m, g.1, g.2, g.0));
         }
     }
-    let got: Vec<(i64, String, String, u64)> = rows(&query(
-        port,
-        "page_views_per_minute",
-        &format!("{RANGE}&top=2&order_by=views"),
-    ))
-    .iter()
-    .map(|r| {
-        (
-            ms(&r["window_start"]),
-            r["page"].as_str().unwrap().into(),
-            r["country"].as_str().unwrap().into(),
-            r["views"].as_u64().unwrap(),
-        )
-    })
-    .collect();
+    // (window, page, country, views) of a page_views_per_minute answer.
+    let views_of = |params: &str| -> Vec<(i64, String, String, u64)> {
+        rows(&query(
+            port,
+            "page_views_per_minute",
+            &format!("{RANGE}&{params}"),
+        ))
+        .iter()
+        .map(|r| {
+            (
+                ms(&r["window_start"]),
+                r["page"].as_str().unwrap().into(),
+                r["country"].as_str().unwrap().into(),
+                r["views"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+    };
+    let got = views_of("top=2&order_by=views");
     assert_eq!(got, want);
 
     // The same at 1-minute granularity (buckets are windows: the SQL path
     // keeps batch rows as they are and adds only speed partitions).
-    let got_1m: Vec<(i64, String, String, u64)> = rows(&query(
-        port,
-        "page_views_per_minute",
-        &format!("{RANGE}&granularity=1m&top=2&order_by=views"),
-    ))
-    .iter()
-    .map(|r| {
-        (
-            ms(&r["window_start"]),
-            r["page"].as_str().unwrap().into(),
-            r["country"].as_str().unwrap().into(),
-            r["views"].as_u64().unwrap(),
-        )
-    })
-    .collect();
+    let got_1m = views_of("granularity=1m&top=2&order_by=views");
     assert_eq!(got_1m, want);
 
     // Ranking by a value that can be null (avg), per window and per 5-minute

@@ -268,34 +268,14 @@ impl AccumulatorSlab {
     /// the same arithmetic as [`AggPlan::update_prepared`].
     #[inline]
     pub fn update_prepared(&mut self, slot: usize, event: &PreparedEvent) {
-        self.events[slot] += 1;
-        let n = self.numeric_width;
-        for (state, v) in self.numeric[slot * n..(slot + 1) * n]
-            .iter_mut()
-            .zip(&event.numeric)
-        {
-            if let Some(v) = v {
-                state.update(*v);
-            }
-        }
-        let n = self.distinct_width;
-        for (sketch, h) in self.distinct[slot * n..(slot + 1) * n]
-            .iter_mut()
-            .zip(&event.distinct)
-        {
-            if let Some(h) = h {
-                sketch.insert_hash(*h);
-            }
-        }
-        let n = self.quantile_width;
-        for (sketch, v) in self.quantiles[slot * n..(slot + 1) * n]
-            .iter_mut()
-            .zip(&event.quantiles)
-        {
-            if let Some(v) = v {
-                sketch.insert(*v);
-            }
-        }
+        let range = |n: usize| slot * n..(slot + 1) * n;
+        add_prepared(
+            &mut self.events[slot],
+            &mut self.numeric[range(self.numeric_width)],
+            &mut self.distinct[range(self.distinct_width)],
+            &mut self.quantiles[range(self.quantile_width)],
+            event,
+        );
     }
 
     /// The state in `slot` as an [`Accumulator`] (a copy), for writing or
@@ -324,6 +304,34 @@ impl AccumulatorSlab {
                 .iter()
                 .map(|q| std::mem::size_of::<QuantileSketch>() + q.mem_bytes())
                 .sum::<usize>()
+    }
+}
+
+/// The one place a prepared event is added to a state, whether it lives in
+/// an [`Accumulator`] or in a slot of an [`AccumulatorSlab`].
+#[inline]
+fn add_prepared(
+    events: &mut u64,
+    numeric: &mut [NumericState],
+    distinct: &mut [DistinctSketch],
+    quantiles: &mut [QuantileSketch],
+    event: &PreparedEvent,
+) {
+    *events += 1;
+    for (state, v) in numeric.iter_mut().zip(&event.numeric) {
+        if let Some(v) = v {
+            state.update(*v);
+        }
+    }
+    for (sketch, h) in distinct.iter_mut().zip(&event.distinct) {
+        if let Some(h) = h {
+            sketch.insert_hash(*h);
+        }
+    }
+    for (sketch, v) in quantiles.iter_mut().zip(&event.quantiles) {
+        if let Some(v) = v {
+            sketch.insert(*v);
+        }
     }
 }
 
@@ -500,22 +508,13 @@ impl AggPlan {
     /// Adds a prepared event to an accumulator.
     #[inline]
     pub fn update_prepared(&self, acc: &mut Accumulator, event: &PreparedEvent) {
-        acc.events += 1;
-        for (state, v) in acc.numeric.iter_mut().zip(&event.numeric) {
-            if let Some(v) = v {
-                state.update(*v);
-            }
-        }
-        for (sketch, h) in acc.distinct.iter_mut().zip(&event.distinct) {
-            if let Some(h) = h {
-                sketch.insert_hash(*h);
-            }
-        }
-        for (sketch, v) in acc.quantiles.iter_mut().zip(&event.quantiles) {
-            if let Some(v) = v {
-                sketch.insert(*v);
-            }
-        }
+        add_prepared(
+            &mut acc.events,
+            &mut acc.numeric,
+            &mut acc.distinct,
+            &mut acc.quantiles,
+            event,
+        );
     }
 
     /// The output columns, in config order; a `quantiles` aggregation named

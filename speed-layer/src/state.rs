@@ -760,11 +760,9 @@ impl PartitionState {
                         .map(|r| (r, true))
                         .chain(open_rows.into_iter().map(|r| (r, false)))
                     {
-                        let meta = WindowMeta {
-                            first_offset: r.first_offset,
-                            max_event_before_first: i64::MIN,
-                            last_offset: r.last_offset,
-                            dirty: false,
+                        let offsets = RowOffsets {
+                            first: r.first_offset,
+                            last: r.last_offset,
                         };
                         rows.push(SpeedRow {
                             metric: index,
@@ -773,7 +771,7 @@ impl PartitionState {
                                 &mw.keys.values(r.key),
                                 partition,
                                 r.window,
-                                &meta,
+                                offsets,
                                 &r.acc,
                                 is_final,
                             ),
@@ -813,7 +811,7 @@ impl PartitionState {
                                         &mw.keys.values(key),
                                         partition,
                                         window,
-                                        &entry.meta,
+                                        RowOffsets::from(&entry.meta),
                                         &entry.acc,
                                         true,
                                     ),
@@ -832,7 +830,7 @@ impl PartitionState {
                                             &mw.keys.values(key),
                                             partition,
                                             window,
-                                            &entry.meta,
+                                            RowOffsets::from(&entry.meta),
                                             &entry.acc,
                                             false,
                                         ),
@@ -885,23 +883,40 @@ fn base_row(
     row
 }
 
+/// Offsets a row records: where its window's replay starts, and the last
+/// offset applied (the version's base).
+#[derive(Clone, Copy)]
+struct RowOffsets {
+    first: i64,
+    last: i64,
+}
+
+impl From<&WindowMeta> for RowOffsets {
+    fn from(meta: &WindowMeta) -> Self {
+        RowOffsets {
+            first: meta.first_offset,
+            last: meta.last_offset,
+        }
+    }
+}
+
 fn row(
     metric: &MetricDef,
     key: &[Value],
     partition: i32,
     window: Window,
-    meta: &WindowMeta,
+    offsets: RowOffsets,
     acc: &Accumulator,
     is_final: bool,
 ) -> Map<String, Json> {
     let mut row = base_row(metric, key, partition, window);
     metric.plan.write_state(acc, &mut row);
-    row.insert("first_offset".into(), Json::from(meta.first_offset));
-    row.insert("last_offset".into(), Json::from(meta.last_offset));
+    row.insert("first_offset".into(), Json::from(offsets.first));
+    row.insert("last_offset".into(), Json::from(offsets.last));
     // The version only grows: a later offset, or the same offset turned final.
     row.insert(
         "version".into(),
-        Json::from(meta.last_offset as u64 * 2 + u64::from(is_final)),
+        Json::from(offsets.last as u64 * 2 + u64::from(is_final)),
     );
     row.insert("retracted".into(), Json::from(0));
     row.insert("is_final".into(), Json::from(u8::from(is_final)));
