@@ -14,6 +14,7 @@ use std::fmt;
 use serde_json::{Map, Value as Json};
 
 use crate::decode::Event;
+use crate::json;
 use crate::sketch::{DistinctSketch, QuantileSketch};
 use crate::value::FieldType;
 
@@ -381,6 +382,10 @@ pub struct AggPlan {
     numeric_fields: Vec<FieldRef>,
     distinct_fields: Vec<FieldRef>,
     quantile_fields: Vec<FieldRef>,
+    /// `,"<state column>":` for every state column, in
+    /// [`Self::state_columns`] order: written once here instead of
+    /// formatted per row.
+    state_members: Vec<Box<[u8]>>,
 }
 
 impl AggPlan {
@@ -410,13 +415,24 @@ impl AggPlan {
                 (_, Some(f)) => Slot::Numeric(slot_of(&mut numeric_fields, f)),
             })
             .collect();
-        AggPlan {
+        let mut plan = AggPlan {
             aggregations,
             slots,
             numeric_fields,
             distinct_fields,
             quantile_fields,
-        }
+            state_members: Vec::new(),
+        };
+        plan.state_members = plan
+            .state_columns()
+            .iter()
+            .map(|c| {
+                let mut member = vec![b','];
+                json::write_key(&mut member, &c.name);
+                member.into_boxed_slice()
+            })
+            .collect();
+        plan
     }
 
     /// The aggregations, in config order.
@@ -641,6 +657,42 @@ impl AggPlan {
                 format!("agg_{}_quantile_counts", f.name),
                 Json::from(counts),
             );
+        }
+    }
+
+    /// Writes the partial state as the members `,"<column>":<value>` of a
+    /// JSON object: the same columns and values as [`Self::write_state`],
+    /// without building a map (the speed layer's row writer).
+    pub fn write_state_json(&self, acc: &Accumulator, out: &mut Vec<u8>) {
+        let mut members = self.state_members.iter();
+        let mut member = |out: &mut Vec<u8>| {
+            out.extend_from_slice(members.next().expect("a member per state column"));
+        };
+        member(out);
+        json::write_u64(out, acc.events);
+        for s in acc.numeric.iter() {
+            member(out);
+            json::write_u64(out, s.count);
+            member(out);
+            json::write_f64(out, s.sum);
+            member(out);
+            json::write_f64(out, s.min);
+            member(out);
+            json::write_f64(out, s.max);
+        }
+        for s in acc.distinct.iter() {
+            let (hashes, registers) = s.to_columns();
+            member(out);
+            json::write_u64_array(out, hashes);
+            member(out);
+            json::write_u64_array(out, registers.into_iter().map(u64::from));
+        }
+        for s in acc.quantiles.iter() {
+            let (keys, counts) = s.to_columns();
+            member(out);
+            json::write_i64_array(out, keys.into_iter().map(i64::from));
+            member(out);
+            json::write_u64_array(out, counts);
         }
     }
 

@@ -12,6 +12,8 @@
 //!   numbers in both;
 //! - [`warehouse`] (feature `warehouse`): the ClickHouse table layout both
 //!   layers write and the serving layer reads, and `strata init`;
+//! - [`json`]: JSON values written straight to bytes, for the rows the
+//!   layers insert as `JSONEachRow`;
 //! - [`clickstream`]: the seeded synthetic event stream used by the demo,
 //!   the generator and the tests.
 
@@ -23,6 +25,7 @@ pub mod contract;
 pub mod decode;
 pub mod duration;
 pub mod filter;
+pub mod json;
 pub mod problem;
 pub mod sketch;
 pub mod value;

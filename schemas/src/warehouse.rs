@@ -209,14 +209,32 @@ pub async fn insert_rows(
     if rows.is_empty() {
         return Ok(());
     }
+    insert_json_each_row(client, database, table, json_each_row(rows).into(), timeout).await
+}
+
+/// `rows` as a `JSONEachRow` body: one object per line.
+pub fn json_each_row(rows: &[Map<String, Json>]) -> Vec<u8> {
     let mut body = Vec::with_capacity(rows.len() * 256);
     for row in rows {
-        // Serialising a Map of JSON values cannot fail.
-        serde_json::to_writer(&mut body, row).map_err(|e| WarehouseError::Decode {
-            operation: format!("insert into {table}"),
-            message: e.to_string(),
-        })?;
+        // A map of JSON values always serialises; the writer is a Vec.
+        serde_json::to_writer(&mut body, row).expect("a JSON map serialises into a Vec");
         body.push(b'\n');
+    }
+    body
+}
+
+/// Inserts a `JSONEachRow` body (one object per line, e.g. written by
+/// [`json_each_row`] or the speed layer's row writer) into `database.table`.
+/// The body is shared, so a retry does not copy it.
+pub async fn insert_json_each_row(
+    client: &Client,
+    database: &str,
+    table: &str,
+    body: bytes::Bytes,
+    timeout: Duration,
+) -> Result<(), WarehouseError> {
+    if body.is_empty() {
+        return Ok(());
     }
     let sql = format!(
         "INSERT INTO {} FORMAT JSONEachRow",
@@ -226,7 +244,7 @@ pub async fn insert_rows(
     let mut insert = client
         .insert_formatted_with(sql)
         .with_timeouts(Some(timeout), Some(timeout));
-    insert.send(body.into()).await.map_err(ch_err(&operation))?;
+    insert.send(body).await.map_err(ch_err(&operation))?;
     insert.end().await.map_err(ch_err(&operation))
 }
 

@@ -207,6 +207,64 @@ proptest! {
             prop_assert_eq!(back, acc);
         }
     }
+
+    /// The speed layer's row writer (`write_state_json`) writes exactly the
+    /// columns and values of the map form, for every kind of state
+    /// (count/sum/min/max, exact and HLL distinct sketches, quantiles).
+    #[test]
+    fn json_state_members_equal_the_map_form(raw in events_strategy(), extra_users in 0u32..6000) {
+        let config = all_states_config();
+        let metric = &config.metrics[0];
+        let mut acc = metric.plan.new_accumulator();
+        for r in &raw {
+            metric.plan.update(&mut acc, &event(metric, *r));
+        }
+        // Past the exact limit the distinct sketch switches to HLL.
+        for u in 0..extra_users {
+            let mut e = event(metric, raw[0]);
+            let user = metric.source.contract.field_index("user_id").unwrap();
+            e.values[user] = Value::String(format!("extra{u}"));
+            metric.plan.update(&mut acc, &e);
+        }
+        let mut map = serde_json::Map::new();
+        metric.plan.write_state(&acc, &mut map);
+        let mut bytes = b"{\"k\":0".to_vec();
+        metric.plan.write_state_json(&acc, &mut bytes);
+        bytes.push(b'}');
+        let mut parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+        parsed.remove("k");
+        prop_assert_eq!(parsed, map);
+    }
+}
+
+/// One metric with every kind of state.
+fn all_states_config() -> Config {
+    let text = format!(
+        r#"
+[contracts]
+dir = {:?}
+[sources.s]
+topic = "t"
+contract = "page_view"
+event_time_field = "event_time"
+[metrics.m]
+source = "s"
+window = {{ kind = "tumbling", size = "1m" }}
+group_by = ["country"]
+aggregations = [
+  {{ name = "n", function = "count" }},
+  {{ name = "total", function = "sum", field = "duration_ms" }},
+  {{ name = "lo", function = "min", field = "duration_ms" }},
+  {{ name = "users", function = "count_distinct", field = "user_id" }},
+  {{ name = "lat", function = "quantiles", field = "duration_ms", quantiles = [0.5, 0.99] }},
+]
+"#,
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contracts")
+            .display()
+            .to_string()
+    );
+    config::parse(&text, "all_states.toml", Path::new("."), |_| None).expect("test config")
 }
 
 #[test]

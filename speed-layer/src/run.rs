@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clickhouse::Client;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -29,7 +30,7 @@ use crate::dlq::{DeadLetters, Origin};
 use crate::kafka::{self, RejoinWatchdog, client_config, ensure_topic, kafka_err, partition_count};
 use crate::metrics as m;
 use crate::sink::{Backoff, insert_once};
-use crate::state::{Checkpoint, PartitionState};
+use crate::state::{Checkpoint, MetricRows, PartitionState};
 
 /// How a run ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -386,23 +387,25 @@ impl Speed {
 
     /// Writes every changed window, then the checkpoints, then commits.
     fn flush(&mut self) -> Result<(), SpeedError> {
-        let mut tables: HashMap<String, Vec<Map<String, Json>>> = HashMap::new();
+        let mut tables: HashMap<String, MetricRows> = HashMap::new();
         let mut checkpoints = Vec::new();
         let mut watermarks = Vec::new();
         let mut open = 0;
         let mut finalized = 0;
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let now = Json::from(warehouse::now_datetime());
+        let stamp = warehouse::now_datetime();
+        let now = Json::from(stamp.as_str());
         for ((topic, partition), assigned) in &mut self.partitions {
-            let emission = assigned.state.emit();
+            let emission = assigned.state.emit(&stamp);
             finalized += emission.finalized;
             let (_, metrics) = &self.sources[topic];
-            for mut row in emission.rows {
-                row.row.insert("updated_at".into(), now.clone());
-                tables
-                    .entry(warehouse::speed_table(&metrics[row.metric].name))
-                    .or_default()
-                    .push(row.row);
+            for (metric, rows) in metrics.iter().zip(&emission.rows) {
+                if rows.count > 0 {
+                    tables
+                        .entry(warehouse::speed_table(&metric.name))
+                        .or_default()
+                        .append(rows);
+                }
             }
             let mut ck = checkpoint::row(
                 &self.config.speed.checkpoint_namespace,
@@ -443,13 +446,22 @@ impl Speed {
         let mut names: Vec<String> = tables.keys().cloned().collect();
         names.sort();
         for table in names {
-            let rows = &tables[&table];
-            self.write_with_retry(&table, rows)?;
-            self.report.rows_written += rows.len() as u64;
+            let rows = tables.remove(&table).expect("a name of the map");
+            let count = rows.count;
+            self.write_with_retry(&table, &rows.json.into(), count)?;
+            self.report.rows_written += count as u64;
         }
-        self.write_with_retry(warehouse::SPEED_CHECKPOINTS_TABLE, &checkpoints)?;
+        self.write_with_retry(
+            warehouse::SPEED_CHECKPOINTS_TABLE,
+            &warehouse::json_each_row(&checkpoints).into(),
+            checkpoints.len(),
+        )?;
         metrics::counter!(m::CHECKPOINTS).increment(checkpoints.len() as u64);
-        self.write_with_retry(WATERMARKS_TABLE, &watermarks)?;
+        self.write_with_retry(
+            WATERMARKS_TABLE,
+            &warehouse::json_each_row(&watermarks).into(),
+            watermarks.len(),
+        )?;
         if self.last_commit.elapsed() >= Duration::from_secs(10)
             || self.shutdown.load(Ordering::Relaxed)
         {
@@ -487,7 +499,8 @@ impl Speed {
     fn write_with_retry(
         &mut self,
         table: &str,
-        rows: &[Map<String, Json>],
+        body: &Bytes,
+        rows: usize,
     ) -> Result<(), SpeedError> {
         let mut backoff = Backoff::default();
         let database = self.config.clickhouse.database.clone();
@@ -496,11 +509,11 @@ impl Speed {
                 self.client.clone(),
                 database.clone(),
                 table.to_string(),
-                rows.to_vec(),
+                body.clone(),
             );
             let task = self
                 .runtime
-                .spawn(async move { insert_once(&client, &db, &name, &batch).await });
+                .spawn(async move { insert_once(&client, &db, &name, batch, rows).await });
             // Keep polling while the write is in flight so the group never
             // sees this member as stuck.
             while !task.is_finished() {

@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clickhouse::Client;
-use serde_json::{Map, Value as Json};
 use strata_schemas::warehouse::{self, WarehouseError};
 
 use crate::metrics as m;
@@ -41,16 +41,19 @@ impl Backoff {
     }
 }
 
-/// One insert attempt into `database.table`, with metrics.
+/// One insert attempt of a `JSONEachRow` body of `rows` rows into
+/// `database.table`, with metrics.
 pub async fn insert_once(
     client: &Client,
     database: &str,
     table: &str,
-    rows: &[Map<String, Json>],
+    body: Bytes,
+    rows: usize,
 ) -> Result<(), WarehouseError> {
     let started = Instant::now();
     let result =
-        warehouse::insert_rows(client, database, table, rows, Duration::from_secs(10)).await;
+        warehouse::insert_json_each_row(client, database, table, body, Duration::from_secs(10))
+            .await;
     let outcome = match &result {
         Ok(()) => "ok",
         Err(e) if e.is_retryable() => "retryable_error",
@@ -59,7 +62,7 @@ pub async fn insert_once(
     metrics::counter!(m::SINK_BATCHES, "table" => table.to_string(), "outcome" => outcome)
         .increment(1);
     if result.is_ok() {
-        metrics::counter!(m::SINK_ROWS, "table" => table.to_string()).increment(rows.len() as u64);
+        metrics::counter!(m::SINK_ROWS, "table" => table.to_string()).increment(rows as u64);
         metrics::histogram!(m::SINK_LATENCY, "table" => table.to_string())
             .record(started.elapsed().as_secs_f64());
     }

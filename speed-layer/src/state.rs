@@ -20,7 +20,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use serde_json::{Map, Value as Json};
 use strata_schemas::aggregate::{AccumulatorSlab, PreparedEvent};
 use strata_schemas::window::{Mergeable, SessionSet, Window, WindowKind};
-use strata_schemas::{Accumulator, Event, MetricDef, Value};
+use strata_schemas::{Accumulator, Event, MetricDef, Value, json};
 
 /// Where a partition (re)starts, and what it already knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,9 +140,9 @@ impl KeyDictionary {
         id
     }
 
-    /// The group-by values of key `id`.
-    fn values(&self, id: u32) -> Vec<Value> {
-        decode_key(key_slice(&self.bytes, &self.ends, id))
+    /// The group-by values of key `id`, borrowed from the dictionary.
+    fn values(&self, id: u32) -> impl Iterator<Item = KeyValue<'_>> {
+        key_values(key_slice(&self.bytes, &self.ends, id))
     }
 
     /// Keeps only the keys with `live[id]`, renumbered densely in their old
@@ -196,9 +196,46 @@ fn encode_value(buf: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// The inverse of [`encode_value`] over a whole key. The input is always an
-/// encoding this module wrote, so malformed input is a bug.
-fn decode_key(mut bytes: &[u8]) -> Vec<Value> {
+/// One group-by value as stored in a key's encoding, borrowed from it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KeyValue<'a> {
+    Null,
+    String(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Timestamp(i64),
+}
+
+impl KeyValue<'_> {
+    #[cfg(test)]
+    fn to_value(self) -> Value {
+        match self {
+            KeyValue::Null => Value::Null,
+            KeyValue::String(s) => Value::String(s.to_string()),
+            KeyValue::Int(i) => Value::Int(i),
+            KeyValue::Float(f) => Value::Float(f),
+            KeyValue::Bool(b) => Value::Bool(b),
+            KeyValue::Timestamp(t) => Value::Timestamp(t),
+        }
+    }
+
+    /// Writes the value as [`json::write_value`] writes the owned value.
+    fn write_json(self, out: &mut Vec<u8>) {
+        match self {
+            KeyValue::Null => out.extend_from_slice(b"null"),
+            KeyValue::String(s) => json::write_str(out, s),
+            KeyValue::Int(i) | KeyValue::Timestamp(i) => json::write_i64(out, i),
+            KeyValue::Float(f) => json::write_f64(out, f),
+            KeyValue::Bool(b) => out.push(if b { b'1' } else { b'0' }),
+        }
+    }
+}
+
+/// The inverse of [`encode_value`] over a whole key, value by value. The
+/// input is always an encoding this module wrote, so malformed input is a
+/// bug.
+fn key_values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> &'a [u8] {
         let (head, rest) = bytes.split_at(n);
         *bytes = rest;
@@ -207,24 +244,28 @@ fn decode_key(mut bytes: &[u8]) -> Vec<Value> {
     fn eight(bytes: &mut &[u8]) -> [u8; 8] {
         take(bytes, 8).try_into().expect("8 bytes")
     }
-    let mut values = Vec::new();
-    while let Some((&tag, rest)) = bytes.split_first() {
+    std::iter::from_fn(move || {
+        let (&tag, rest) = bytes.split_first()?;
         bytes = rest;
-        values.push(match tag {
-            0 => Value::Null,
+        Some(match tag {
+            0 => KeyValue::Null,
             1 => {
                 let len = u32::from_le_bytes(take(&mut bytes, 4).try_into().expect("4 bytes"));
                 let text = take(&mut bytes, len as usize);
-                Value::String(String::from_utf8_lossy(text).into_owned())
+                KeyValue::String(std::str::from_utf8(text).expect("encoded from a String"))
             }
-            2 => Value::Int(i64::from_le_bytes(eight(&mut bytes))),
-            3 => Value::Float(f64::from_bits(u64::from_le_bytes(eight(&mut bytes)))),
-            4 => Value::Bool(take(&mut bytes, 1)[0] != 0),
-            5 => Value::Timestamp(i64::from_le_bytes(eight(&mut bytes))),
+            2 => KeyValue::Int(i64::from_le_bytes(eight(&mut bytes))),
+            3 => KeyValue::Float(f64::from_bits(u64::from_le_bytes(eight(&mut bytes)))),
+            4 => KeyValue::Bool(take(&mut bytes, 1)[0] != 0),
+            5 => KeyValue::Timestamp(i64::from_le_bytes(eight(&mut bytes))),
             other => unreachable!("group key tag {other} was never written"),
-        });
-    }
-    values
+        })
+    })
+}
+
+#[cfg(test)]
+fn decode_key(bytes: &[u8]) -> Vec<Value> {
+    key_values(bytes).map(KeyValue::to_value).collect()
 }
 
 /// The states of one pane (one `slide` of event time) of a tumbling or
@@ -546,7 +587,26 @@ pub struct ApplyOutcome {
     pub filtered: u32,
 }
 
-/// A row for a speed table, with the metric it belongs to.
+/// The rows of one metric from one emit, as a `JSONEachRow` body: written
+/// straight to bytes (no map per row), ready to send to the speed table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricRows {
+    /// One JSON object per line.
+    pub json: Vec<u8>,
+    /// Number of rows (lines) in `json`.
+    pub count: usize,
+}
+
+impl MetricRows {
+    /// Appends another body of the same table.
+    pub fn append(&mut self, other: &MetricRows) {
+        self.json.extend_from_slice(&other.json);
+        self.count += other.count;
+    }
+}
+
+/// A speed row parsed back into a map, for tests and tools that inspect
+/// rows (see [`Emission::parsed_rows`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpeedRow {
     /// Index of the metric in the partition's metric list.
@@ -558,12 +618,35 @@ pub struct SpeedRow {
 /// The output of one emit: rows to write, then the checkpoint they make valid.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Emission {
-    /// Rows, in order.
-    pub rows: Vec<SpeedRow>,
+    /// Rows per metric, indexed like the partition's metric list.
+    pub rows: Vec<MetricRows>,
     /// The checkpoint to store once every row is written.
     pub checkpoint: Checkpoint,
     /// Windows that became final in this emission.
     pub finalized: u64,
+}
+
+impl Emission {
+    /// Number of rows, over all metrics.
+    pub fn row_count(&self) -> usize {
+        self.rows.iter().map(|r| r.count).sum()
+    }
+
+    /// Every row parsed back into a map, metric by metric in write order.
+    pub fn parsed_rows(&self) -> Vec<SpeedRow> {
+        self.rows
+            .iter()
+            .enumerate()
+            .flat_map(|(metric, rows)| {
+                serde_json::Deserializer::from_slice(&rows.json)
+                    .into_iter::<Map<String, Json>>()
+                    .map(move |row| SpeedRow {
+                        metric,
+                        row: row.expect("the row writer writes JSON objects"),
+                    })
+            })
+            .collect()
+    }
 }
 
 /// The state of one Kafka partition of one source.
@@ -733,13 +816,14 @@ impl PartitionState {
         self.metrics.iter().map(MetricWindows::open_states).sum()
     }
 
-    /// Collects the rows of every changed or newly final window, removes
-    /// final windows, and computes the checkpoint those rows make valid.
-    pub fn emit(&mut self) -> Emission {
+    /// Collects the rows of every changed or newly final window (each row
+    /// stamped `updated_at`, a ClickHouse `DateTime` literal), removes final
+    /// windows, and computes the checkpoint those rows make valid.
+    pub fn emit(&mut self, updated_at: &str) -> Emission {
         let watermark = self.watermark();
         let floor = self.restored_floor_ms;
         let partition = self.partition;
-        let mut rows = Vec::new();
+        let mut emitted = Vec::with_capacity(self.metrics.len());
         let mut finalized = std::mem::take(&mut self.finalized);
         // (first offset, max event before it) of the earliest open window.
         let mut earliest: Option<(i64, i64)> = None;
@@ -748,8 +832,10 @@ impl PartitionState {
                 earliest = Some((first_offset, max_before));
             }
         };
-        for (index, mw) in self.metrics.iter_mut().enumerate() {
+        for mw in &mut self.metrics {
             let metric = &*mw.metric;
+            let mut out = MetricRows::default();
+            let rows = RowWriter::new(metric, &mw.keys, partition, updated_at);
             match &mut mw.windows {
                 Windows::Fixed(fixed) => {
                     let plan = &metric.plan;
@@ -764,18 +850,7 @@ impl PartitionState {
                             first: r.first_offset,
                             last: r.last_offset,
                         };
-                        rows.push(SpeedRow {
-                            metric: index,
-                            row: row(
-                                metric,
-                                &mw.keys.values(r.key),
-                                partition,
-                                r.window,
-                                offsets,
-                                &r.acc,
-                                is_final,
-                            ),
-                        });
+                        rows.row(&mut out, r.window, r.key, offsets, &r.acc, is_final);
                     }
                     for pane in fixed.panes.values() {
                         note(pane.first_offset, pane.max_event_before_first);
@@ -788,34 +863,15 @@ impl PartitionState {
                         // A session inside the final floor is a partial replay
                         // of a session already final: never touch its row.
                         if window.end_ms > floor {
-                            rows.push(SpeedRow {
-                                metric: index,
-                                row: tombstone(
-                                    metric,
-                                    &mw.keys.values(key),
-                                    partition,
-                                    window,
-                                    version,
-                                ),
-                            });
+                            rows.tombstone(&mut out, window, key, version);
                         }
                     }
                     for (&key, set) in open.iter_mut() {
                         for (window, entry) in set.drain_closed(watermark) {
                             finalized += 1;
                             if window.end_ms > floor {
-                                rows.push(SpeedRow {
-                                    metric: index,
-                                    row: row(
-                                        metric,
-                                        &mw.keys.values(key),
-                                        partition,
-                                        window,
-                                        RowOffsets::from(&entry.meta),
-                                        &entry.acc,
-                                        true,
-                                    ),
-                                });
+                                let offsets = RowOffsets::from(&entry.meta);
+                                rows.row(&mut out, window, key, offsets, &entry.acc, true);
                             }
                         }
                         for (window, entry) in set.iter_mut() {
@@ -823,18 +879,8 @@ impl PartitionState {
                             if entry.meta.dirty {
                                 entry.meta.dirty = false;
                                 if window.end_ms > floor {
-                                    rows.push(SpeedRow {
-                                        metric: index,
-                                        row: row(
-                                            metric,
-                                            &mw.keys.values(key),
-                                            partition,
-                                            window,
-                                            RowOffsets::from(&entry.meta),
-                                            &entry.acc,
-                                            false,
-                                        ),
-                                    });
+                                    let offsets = RowOffsets::from(&entry.meta);
+                                    rows.row(&mut out, window, key, offsets, &entry.acc, false);
                                 }
                             }
                         }
@@ -842,6 +888,7 @@ impl PartitionState {
                     open.retain(|_, set| !set.is_empty());
                 }
             }
+            emitted.push(out);
         }
         for mw in &mut self.metrics {
             mw.compact_keys();
@@ -860,27 +907,11 @@ impl PartitionState {
             },
         };
         Emission {
-            rows,
+            rows: emitted,
             checkpoint,
             finalized,
         }
     }
-}
-
-fn base_row(
-    metric: &MetricDef,
-    key: &[Value],
-    partition: i32,
-    window: Window,
-) -> Map<String, Json> {
-    let mut row = Map::new();
-    row.insert("window_start_ms".into(), Json::from(window.start_ms));
-    row.insert("window_end_ms".into(), Json::from(window.end_ms));
-    for (g, v) in metric.group_by.iter().zip(key) {
-        row.insert(g.name.clone(), v.to_json());
-    }
-    row.insert("kafka_partition".into(), Json::from(partition));
-    row
 }
 
 /// Offsets a row records: where its window's replay starts, and the last
@@ -900,41 +931,104 @@ impl From<&WindowMeta> for RowOffsets {
     }
 }
 
-fn row(
-    metric: &MetricDef,
-    key: &[Value],
-    partition: i32,
-    window: Window,
-    offsets: RowOffsets,
-    acc: &Accumulator,
-    is_final: bool,
-) -> Map<String, Json> {
-    let mut row = base_row(metric, key, partition, window);
-    metric.plan.write_state(acc, &mut row);
-    row.insert("first_offset".into(), Json::from(offsets.first));
-    row.insert("last_offset".into(), Json::from(offsets.last));
-    // The version only grows: a later offset, or the same offset turned final.
-    row.insert(
-        "version".into(),
-        Json::from(offsets.last as u64 * 2 + u64::from(is_final)),
-    );
-    row.insert("retracted".into(), Json::from(0));
-    row.insert("is_final".into(), Json::from(u8::from(is_final)));
-    row
+/// Writes the speed rows of one metric of one partition in one emit,
+/// straight into a `JSONEachRow` body. The columns are those of
+/// [`strata_schemas::warehouse`]'s speed tables.
+struct RowWriter<'a> {
+    metric: &'a MetricDef,
+    keys: &'a KeyDictionary,
+    /// `{"updated_at":"<stamp>","window_start_ms":`, the same for every row.
+    opening: Vec<u8>,
+    /// `,"<group-by field>":` per group-by field.
+    key_members: Vec<Vec<u8>>,
+    /// `,"kafka_partition":<partition>`.
+    partition_member: Vec<u8>,
 }
 
-fn tombstone(
-    metric: &MetricDef,
-    key: &[Value],
-    partition: i32,
-    window: Window,
-    version: u64,
-) -> Map<String, Json> {
-    let mut row = base_row(metric, key, partition, window);
-    row.insert("version".into(), Json::from(version));
-    row.insert("retracted".into(), Json::from(1));
-    row.insert("is_final".into(), Json::from(1));
-    row
+impl<'a> RowWriter<'a> {
+    fn new(
+        metric: &'a MetricDef,
+        keys: &'a KeyDictionary,
+        partition: i32,
+        updated_at: &str,
+    ) -> Self {
+        let mut opening = b"{".to_vec();
+        json::write_key(&mut opening, "updated_at");
+        json::write_str(&mut opening, updated_at);
+        opening.push(b',');
+        json::write_key(&mut opening, "window_start_ms");
+        let key_members = metric
+            .group_by
+            .iter()
+            .map(|g| {
+                let mut member = vec![b','];
+                json::write_key(&mut member, &g.name);
+                member
+            })
+            .collect();
+        let mut partition_member = b",".to_vec();
+        json::write_key(&mut partition_member, "kafka_partition");
+        json::write_i64(&mut partition_member, i64::from(partition));
+        RowWriter {
+            metric,
+            keys,
+            opening,
+            key_members,
+            partition_member,
+        }
+    }
+
+    /// The columns every row has: updated_at, window, group key, partition.
+    fn head(&self, json: &mut Vec<u8>, window: Window, key: u32) {
+        json.extend_from_slice(&self.opening);
+        json::write_i64(json, window.start_ms);
+        json.extend_from_slice(b",\"window_end_ms\":");
+        json::write_i64(json, window.end_ms);
+        for (member, value) in self.key_members.iter().zip(self.keys.values(key)) {
+            json.extend_from_slice(member);
+            value.write_json(json);
+        }
+        json.extend_from_slice(&self.partition_member);
+    }
+
+    /// A window's row: its state, offsets and version.
+    fn row(
+        &self,
+        out: &mut MetricRows,
+        window: Window,
+        key: u32,
+        offsets: RowOffsets,
+        acc: &Accumulator,
+        is_final: bool,
+    ) {
+        let json = &mut out.json;
+        self.head(json, window, key);
+        self.metric.plan.write_state_json(acc, json);
+        json.extend_from_slice(b",\"first_offset\":");
+        json::write_i64(json, offsets.first);
+        json.extend_from_slice(b",\"last_offset\":");
+        json::write_i64(json, offsets.last);
+        // The version only grows: a later offset, or the same offset turned final.
+        json.extend_from_slice(b",\"version\":");
+        json::write_u64(json, offsets.last as u64 * 2 + u64::from(is_final));
+        json.extend_from_slice(if is_final {
+            b",\"retracted\":0,\"is_final\":1}\n"
+        } else {
+            b",\"retracted\":0,\"is_final\":0}\n"
+        });
+        out.count += 1;
+    }
+
+    /// The retraction of a session merged away (its state columns left at
+    /// their defaults).
+    fn tombstone(&self, out: &mut MetricRows, window: Window, key: u32, version: u64) {
+        let json = &mut out.json;
+        self.head(json, window, key);
+        json.extend_from_slice(b",\"version\":");
+        json::write_u64(json, version);
+        json.extend_from_slice(b",\"retracted\":1,\"is_final\":1}\n");
+        out.count += 1;
+    }
 }
 
 #[cfg(test)]
@@ -944,6 +1038,8 @@ mod tests {
     use strata_schemas::config;
 
     use super::*;
+
+    const STAMP: &str = "2026-11-23 04:00:00";
 
     fn metric(window: &str, lateness: &str) -> (Arc<MetricDef>, strata_schemas::Decoder, i64) {
         let text = format!(
@@ -1020,7 +1116,7 @@ aggregations = [
                 state.apply(offset, &e);
                 offset += 1;
             }
-            for row in state.emit().rows {
+            for row in state.emit(STAMP).parsed_rows() {
                 let user = row.row["user_id"].as_str().unwrap();
                 let n: u64 = user[1..].parse().unwrap();
                 let start = row.row["window_start_ms"].as_i64().unwrap();
@@ -1051,17 +1147,17 @@ aggregations = [
         let t0 = 1_795_341_600_000;
         state.apply(0, &event(&decoder, t0, 1, 10));
         state.apply(1, &event(&decoder, t0 + 1, 2, 10));
-        let first = state.emit().rows;
+        let first = state.emit(STAMP).parsed_rows();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|r| r.row["version"] == 2));
         state.apply(2, &event(&decoder, t0 + 2, 1, 5));
-        let second = state.emit().rows;
+        let second = state.emit(STAMP).parsed_rows();
         assert_eq!(second.len(), 1, "only the changed key is written");
         assert_eq!(second[0].row["version"], Json::from(4));
         assert_eq!(second[0].row["agg_duration_ms_sum"], Json::from(15.0));
         // The next minute closes the first window: both keys final at 2·2+1.
         state.apply(3, &event(&decoder, t0 + 60_000, 3, 1));
-        let third = state.emit().rows;
+        let third = state.emit(STAMP).parsed_rows();
         let finals: Vec<_> = third.iter().filter(|r| r.row["is_final"] == 1).collect();
         assert_eq!(finals.len(), 2);
         assert!(finals.iter().all(|r| r.row["version"] == 5));

@@ -14,6 +14,9 @@ use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config::{self, Config};
 use strata_speed::state::{Checkpoint, PartitionState};
 
+/// The `updated_at` stamp of every emission (not part of a row's identity).
+const STAMP: &str = "2026-11-23 04:00:00";
+
 fn reference() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml");
     config::load_with_env(&path, |_| None).unwrap()
@@ -33,6 +36,7 @@ impl Table {
             "window_end_ms",
             "first_offset",
             "last_offset",
+            "updated_at",
         ] {
             key_row.remove(k);
         }
@@ -122,15 +126,15 @@ fn run(
             return (last, false);
         }
         if processed % every == 0 {
-            let emission = state.emit();
-            for row in emission.rows {
+            let emission = state.emit(STAMP);
+            for row in emission.parsed_rows() {
                 table.upsert(row.metric, row.row);
             }
             last = emission.checkpoint;
         }
     }
-    let emission = state.emit();
-    for row in emission.rows {
+    let emission = state.emit(STAMP);
+    for row in emission.parsed_rows() {
         table.upsert(row.metric, row.row);
     }
     (emission.checkpoint, true)

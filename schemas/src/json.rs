@@ -1,0 +1,146 @@
+//! JSON values written straight into a byte buffer.
+//!
+//! The speed layer writes every changed window as a `JSONEachRow` row many
+//! times a second; building a `serde_json::Map` per row (a heap key per
+//! column, a boxed value per cell) cost more than aggregating the events.
+//! These writers produce the bytes `serde_json` would for the same values
+//! (integers through the same `itoa` formatting, floats through
+//! `serde_json` itself, strings through its
+//! escaper, non-finite floats as `null`), so the stored rows do not change.
+
+use crate::value::Value;
+
+/// Writes `"name":` (`name` escaped), the start of an object member.
+#[inline]
+pub fn write_key(out: &mut Vec<u8>, name: &str) {
+    write_str(out, name);
+    out.push(b':');
+}
+
+/// Writes `text` as a JSON string.
+#[inline]
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Writing into a Vec cannot fail, and a &str is always serialisable.
+    serde_json::to_writer(&mut *out, text).expect("a string serialises into a Vec");
+}
+
+/// Writes an unsigned integer.
+#[inline]
+pub fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Writes a signed integer.
+#[inline]
+pub fn write_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Writes a float through `serde_json` itself (its shortest round-trip
+/// formatting; NaN and infinities as `null`).
+#[inline]
+pub fn write_f64(out: &mut Vec<u8>, v: f64) {
+    serde_json::to_writer(&mut *out, &v).expect("a float serialises into a Vec");
+}
+
+/// Writes `[a,b,...]` of unsigned integers.
+pub fn write_u64_array(out: &mut Vec<u8>, values: impl IntoIterator<Item = u64>) {
+    out.push(b'[');
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_u64(out, v);
+    }
+    out.push(b']');
+}
+
+/// Writes `[a,b,...]` of signed integers.
+pub fn write_i64_array(out: &mut Vec<u8>, values: impl IntoIterator<Item = i64>) {
+    out.push(b'[');
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_i64(out, v);
+    }
+    out.push(b']');
+}
+
+/// Writes a field value as [`Value::to_json`] renders it (booleans as 0/1,
+/// the form ClickHouse's `UInt8` columns take).
+pub fn write_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::String(s) => write_str(out, s),
+        Value::Int(i) | Value::Timestamp(i) => write_i64(out, *i),
+        Value::Float(f) => write_f64(out, *f),
+        Value::Bool(b) => out.push(if *b { b'1' } else { b'0' }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same_as_serde_json(write: impl FnOnce(&mut Vec<u8>), expected: &serde_json::Value) {
+        let mut out = Vec::new();
+        write(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string(expected).unwrap()
+        );
+    }
+
+    #[test]
+    fn writes_what_serde_json_writes() {
+        for v in [0u64, 1, 42, u64::MAX] {
+            same_as_serde_json(|o| write_u64(o, v), &v.into());
+        }
+        for v in [0i64, -1, i64::MIN, i64::MAX, 1_795_341_600_000] {
+            same_as_serde_json(|o| write_i64(o, v), &v.into());
+        }
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            1e300,
+            -2.5e-12,
+            123_456.789,
+            f64::MIN_POSITIVE,
+        ] {
+            same_as_serde_json(|o| write_f64(o, v), &v.into());
+        }
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            same_as_serde_json(|o| write_f64(o, v), &serde_json::Value::Null);
+        }
+        for s in [
+            "",
+            "plain",
+            "quote \" and \\ back",
+            "ctrl \n\t\u{1}",
+            "ünï 🌍 ✓",
+        ] {
+            same_as_serde_json(|o| write_str(o, s), &s.into());
+        }
+        same_as_serde_json(
+            |o| write_u64_array(o, [3, 1, u64::MAX]),
+            &vec![3u64, 1, u64::MAX].into(),
+        );
+        same_as_serde_json(|o| write_u64_array(o, []), &serde_json::json!([]));
+        same_as_serde_json(|o| write_i64_array(o, [-3, 7]), &serde_json::json!([-3, 7]));
+        for v in [
+            Value::Null,
+            Value::String("a\"b".into()),
+            Value::Int(-7),
+            Value::Timestamp(1_795_341_600_000),
+            Value::Float(2.5),
+            Value::Float(f64::NAN),
+            Value::Bool(true),
+            Value::Bool(false),
+        ] {
+            same_as_serde_json(|o| write_value(o, &v), &v.to_json());
+        }
+    }
+}
