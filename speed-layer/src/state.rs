@@ -12,7 +12,7 @@
 //! `strata_schemas`; this module only keeps them per partition and decides
 //! when to write them.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -336,6 +336,71 @@ impl Pane {
     }
 }
 
+/// The panes of one metric, sorted by start. Events arrive nearly in
+/// event-time order, so the pane an event needs is almost always the newest
+/// one: it is checked first, then found by binary search. (A map keyed by
+/// start cost a tree walk per event and metric; a ring indexed by start
+/// would let one far-future timestamp allocate every pane in between.)
+#[derive(Default)]
+struct Panes(VecDeque<(i64, Pane)>);
+
+impl Panes {
+    /// The pane starting at `start`, created by `make` if absent.
+    #[inline]
+    fn get_or_insert_with(&mut self, start: i64, make: impl FnOnce() -> Pane) -> &mut Pane {
+        let panes = &mut self.0;
+        let at = match panes.back() {
+            Some(&(last, _)) if last == start => panes.len() - 1,
+            Some(&(last, _)) if last < start => {
+                panes.push_back((start, make()));
+                panes.len() - 1
+            }
+            None => {
+                panes.push_back((start, make()));
+                0
+            }
+            Some(_) => match panes.binary_search_by_key(&start, |(s, _)| *s) {
+                Ok(at) => at,
+                Err(at) => {
+                    panes.insert(at, (start, make()));
+                    at
+                }
+            },
+        };
+        &mut panes[at].1
+    }
+
+    /// Start of the oldest pane.
+    fn first_start(&self) -> Option<i64> {
+        self.0.front().map(|(s, _)| *s)
+    }
+
+    /// Panes starting in `[from, to)`, oldest first.
+    fn range(&self, from: i64, to: i64) -> impl Iterator<Item = &Pane> {
+        let lo = self.0.partition_point(|(s, _)| *s < from);
+        let hi = self.0.partition_point(|(s, _)| *s < to);
+        self.0.range(lo..hi).map(|(_, p)| p)
+    }
+
+    /// Drops the panes starting before `start`.
+    fn drop_before(&mut self, start: i64) {
+        let n = self.0.partition_point(|(s, _)| *s < start);
+        self.0.drain(..n);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (i64, &Pane)> {
+        self.0.iter().map(|(s, p)| (*s, p))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Pane> {
+        self.0.iter().map(|(_, p)| p)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Pane> {
+        self.0.iter_mut().map(|(_, p)| p)
+    }
+}
+
 /// A window's row waiting for the next emit: built when the watermark
 /// passed the window's end, so no later event can reach it.
 struct FinalRow {
@@ -363,7 +428,12 @@ struct PanedWindows {
     size_ms: i64,
     slide_ms: i64,
     /// Panes by start, each `slide_ms` long.
-    panes: BTreeMap<i64, Pane>,
+    panes: Panes,
+    /// End of the earliest window with a pane that is not final yet
+    /// (`i64::MAX` without panes): until the watermark reaches it, moving
+    /// the watermark finalizes nothing, which is the case for almost every
+    /// event.
+    next_final_end: i64,
     /// Windows ending at or before this are final (rows built or written).
     finalized_end: i64,
     /// Final rows built since the last emit.
@@ -375,7 +445,8 @@ impl PanedWindows {
         PanedWindows {
             size_ms,
             slide_ms,
-            panes: BTreeMap::new(),
+            panes: Panes::default(),
+            next_final_end: i64::MAX,
             finalized_end: i64::MIN,
             pending: Vec::new(),
         }
@@ -389,9 +460,7 @@ impl PanedWindows {
 
     /// The panes (present) of the window starting at `start`.
     fn panes_of_window(&self, start: i64) -> impl Iterator<Item = &Pane> {
-        self.panes
-            .range(start..start + self.size_ms)
-            .map(|(_, p)| p)
+        self.panes.range(start, start + self.size_ms)
     }
 
     /// Merges the window's panes for every key in `keys` (sorted, unique).
@@ -441,9 +510,16 @@ impl PanedWindows {
         if watermark <= self.finalized_end {
             return 0;
         }
+        if watermark < self.next_final_end {
+            // No window with a pane ends in (finalized_end, watermark], and
+            // no pane is old enough to drop (its newest window ends after
+            // its oldest one).
+            self.finalized_end = watermark;
+            return 0;
+        }
         let (size, slide) = (self.size_ms, self.slide_ms);
         let mut finalized = 0;
-        if let Some(&first_pane) = self.panes.keys().next() {
+        if let Some(first_pane) = self.panes.first_start() {
             let mut start = first_pane - (size - slide);
             if self.finalized_end != i64::MIN {
                 // The first window not yet final ends above finalized_end.
@@ -468,11 +544,34 @@ impl PanedWindows {
         }
         self.finalized_end = watermark;
         // A pane's newest window starts at the pane itself.
-        let keep_from = watermark.saturating_sub(size - 1);
-        if self.panes.keys().next().is_some_and(|&p| p < keep_from) {
-            self.panes = self.panes.split_off(&keep_from);
-        }
+        self.panes.drop_before(watermark.saturating_sub(size - 1));
+        self.next_final_end = self.panes.first_start().map_or(i64::MAX, |first| {
+            // Window ends are multiples of `slide` (windows start on them).
+            let after_watermark = watermark - watermark.rem_euclid(slide) + slide;
+            (first + slide).max(after_watermark)
+        });
         finalized
+    }
+
+    /// The pane starting at `pane` (created at `offset` if new).
+    #[inline]
+    fn pane(&mut self, pane: i64, metric: &MetricDef, offset: i64, max_before: i64) -> &mut Pane {
+        let PanedWindows {
+            slide_ms,
+            panes,
+            next_final_end,
+            finalized_end,
+            ..
+        } = self;
+        panes.get_or_insert_with(pane, || {
+            // The new pane's first window not yet final (its windows end at
+            // pane + slide, ..., pane + size, multiples of slide) may end
+            // before every window of the older panes.
+            let lowest = finalized_end.saturating_add(1);
+            let above_final = lowest + (*slide_ms - lowest.rem_euclid(*slide_ms)) % *slide_ms;
+            *next_final_end = (*next_final_end).min((pane + *slide_ms).max(above_final));
+            Pane::new(metric, offset, max_before)
+        })
     }
 
     /// Rows of the open windows with a changed key, merged over their panes;
@@ -482,7 +581,7 @@ impl PanedWindows {
             .panes
             .iter()
             .filter(|(_, p)| p.any_dirty)
-            .flat_map(|(&start, _)| self.windows_of_pane(start))
+            .flat_map(|(start, _)| self.windows_of_pane(start))
             .filter(|&w| {
                 let end = w + self.size_ms;
                 end > self.finalized_end && end > floor
@@ -518,7 +617,8 @@ enum Windows {
     Fixed(PanedWindows),
     Session {
         gap_ms: i64,
-        open: HashMap<u32, SessionSet<SessionEntry>>,
+        /// Sessions by key id (ids are dense: the dictionary is compacted).
+        open: Vec<SessionSet<SessionEntry>>,
         /// Sessions merged away since the last emit: (window, key, version).
         retracted: Vec<(Window, u32, u64)>,
     },
@@ -536,7 +636,7 @@ impl MetricWindows {
     fn open_states(&self) -> usize {
         match &self.windows {
             Windows::Fixed(fixed) => fixed.panes.values().map(|p| p.slots.len()).sum(),
-            Windows::Session { open, .. } => open.values().map(SessionSet::len).sum(),
+            Windows::Session { open, .. } => open.iter().map(SessionSet::len).sum(),
         }
     }
 
@@ -556,8 +656,8 @@ impl MetricWindows {
                 }
             }
             Windows::Session { open, .. } => {
-                for &key in open.keys() {
-                    live[key as usize] = true;
+                for (key, set) in open.iter().enumerate() {
+                    live[key] = !set.is_empty();
                 }
             }
         }
@@ -569,10 +669,14 @@ impl MetricWindows {
                 }
             }
             Windows::Session { open, .. } => {
-                *open = std::mem::take(open)
-                    .into_iter()
-                    .map(|(key, set)| (remap[key as usize], set))
-                    .collect();
+                let mut kept = Vec::new();
+                kept.resize_with(self.keys.len(), SessionSet::default);
+                for (key, set) in std::mem::take(open).into_iter().enumerate() {
+                    if let Some(slot) = kept.get_mut(remap[key] as usize) {
+                        *slot = set;
+                    }
+                }
+                *open = kept;
             }
         }
     }
@@ -694,7 +798,7 @@ impl PartitionState {
                     windows: match m.window {
                         WindowKind::Session { gap } => Windows::Session {
                             gap_ms: gap.as_i64(),
-                            open: HashMap::new(),
+                            open: Vec::new(),
                             retracted: Vec::new(),
                         },
                         WindowKind::Tumbling { size } => {
@@ -759,9 +863,7 @@ impl PartitionState {
                         metric.plan.prepare(event, prepared);
                         let key = mw.keys.intern(metric, event);
                         fixed
-                            .panes
-                            .entry(pane)
-                            .or_insert_with(|| Pane::new(metric, offset, max_before))
+                            .pane(pane, metric, offset, max_before)
                             .apply(key, offset, prepared);
                     }
                 }
@@ -778,7 +880,10 @@ impl PartitionState {
                     }
                     let key = mw.keys.intern(metric, event);
                     let plan = &metric.plan;
-                    let change = open.entry(key).or_default().insert(
+                    if open.len() <= key as usize {
+                        open.resize_with(key as usize + 1, SessionSet::default);
+                    }
+                    let change = open[key as usize].insert(
                         t,
                         *gap_ms,
                         || SessionEntry {
@@ -866,7 +971,8 @@ impl PartitionState {
                             rows.tombstone(&mut out, window, key, version);
                         }
                     }
-                    for (&key, set) in open.iter_mut() {
+                    for (key, set) in open.iter_mut().enumerate() {
+                        let key = key as u32;
                         for (window, entry) in set.drain_closed(watermark) {
                             finalized += 1;
                             if window.end_ms > floor {
@@ -885,7 +991,6 @@ impl PartitionState {
                             }
                         }
                     }
-                    open.retain(|_, set| !set.is_empty());
                 }
             }
             emitted.push(out);
