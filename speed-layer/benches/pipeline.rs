@@ -149,6 +149,14 @@ fn main() {
         rate(input.len(), started)
     };
     let all = config.metrics.clone();
+    // STRATA_BENCH_ONLY=full runs the full pipeline alone: a clean profile.
+    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("full") {
+        for _ in 0..5 {
+            let full = run_pipeline(&config, &all, &input);
+            println!("full pipeline: {:.0} events/s", full.events_per_s);
+        }
+        return;
+    }
     let rounds = 5;
     let mut pairs: Vec<(f64, PipelineRun)> = (0..rounds)
         .map(|_| (decode_pass(), run_pipeline(&config, &all, &input)))
@@ -172,10 +180,6 @@ fn main() {
         "  (median of {rounds} alternating decode/full pairs; ratios {})",
         ratios.join(" ")
     );
-    // STRATA_BENCH_ONLY=full stops here: a clean profile of the pipeline.
-    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("full") {
-        return;
-    }
     let best_of = |metrics: &[Arc<strata_schemas::MetricDef>]| {
         (0..3)
             .map(|_| run_pipeline(&config, metrics, &input))
