@@ -286,7 +286,20 @@ impl ExactSet {
     }
 
     fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(8);
+        self.rehash((self.slots.len() * 2).max(8));
+    }
+
+    /// Makes room for `total` hashes in all, so a merge rehashes at most
+    /// once instead of at every doubling.
+    fn reserve_total(&mut self, total: usize) {
+        // Kept at most three quarters full, as `insert_new` does.
+        let capacity = (total * 4).div_ceil(3).next_power_of_two().max(8);
+        if capacity > self.slots.len() {
+            self.rehash(capacity);
+        }
+    }
+
+    fn rehash(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
         let mask = capacity - 1;
         for h in old.into_iter().filter(|&h| h != 0) {
@@ -447,6 +460,8 @@ impl DistinctSketch {
                     mine.clone_from(theirs);
                     return;
                 }
+                // Past the exact limit the sketch turns into HLL registers.
+                mine.reserve_total((mine.len() + theirs.len()).min(DISTINCT_EXACT_LIMIT));
                 for h in theirs.iter() {
                     self.insert_hash(h);
                 }
