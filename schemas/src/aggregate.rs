@@ -300,6 +300,35 @@ impl AccumulatorSlab {
         }
     }
 
+    /// Merges the state in `slot` into `acc` (of the same plan), without
+    /// copying it first: a window of several panes merges each pane's state
+    /// this way, and a distinct sketch can hold thousands of hashes.
+    pub fn merge_into(&self, slot: usize, acc: &mut Accumulator) {
+        let range = |n: usize| slot * n..(slot + 1) * n;
+        acc.events += self.events[slot];
+        for (a, b) in acc
+            .numeric
+            .iter_mut()
+            .zip(&self.numeric[range(self.numeric_width)])
+        {
+            a.merge(b);
+        }
+        for (a, b) in acc
+            .distinct
+            .iter_mut()
+            .zip(&self.distinct[range(self.distinct_width)])
+        {
+            a.merge(b);
+        }
+        for (a, b) in acc
+            .quantiles
+            .iter_mut()
+            .zip(&self.quantiles[range(self.quantile_width)])
+        {
+            a.merge(b);
+        }
+    }
+
     /// Approximate bytes held, for the state-size gauge.
     pub fn mem_bytes(&self) -> usize {
         self.events.capacity() * std::mem::size_of::<u64>()

@@ -235,7 +235,8 @@ impl ExactSet {
     }
 
     fn sorted(&self) -> Vec<u64> {
-        let mut out: Vec<u64> = self.iter().collect();
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(self.iter());
         out.sort_unstable();
         out
     }

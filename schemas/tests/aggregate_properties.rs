@@ -237,6 +237,38 @@ proptest! {
     }
 }
 
+/// Merging a slab slot in place gives what copying it out and merging gives.
+#[test]
+fn slab_merge_into_equals_copy_and_merge() {
+    let config = all_states_config();
+    let metric = &config.metrics[0];
+    let plan = &metric.plan;
+    let mut slab = plan.new_slab();
+    let (a, b) = (slab.push_empty(), slab.push_empty());
+    let mut prepared = strata_schemas::aggregate::PreparedEvent::default();
+    for i in 0..3000u32 {
+        let e = event(
+            metric,
+            (
+                i64::from(i),
+                (i % 251) as u8,
+                0,
+                (i % 3) as u8,
+                i64::from(i % 97),
+                0,
+            ),
+        );
+        plan.prepare(&e, &mut prepared);
+        slab.update_prepared(if i % 3 == 0 { a } else { b }, &prepared);
+    }
+    let mut copied = slab.get(a);
+    copied.merge(&slab.get(b));
+    let mut in_place = slab.get(a);
+    slab.merge_into(b, &mut in_place);
+    assert_eq!(in_place, copied);
+    assert_eq!(in_place.events, 3000);
+}
+
 /// One metric with every kind of state.
 fn all_states_config() -> Config {
     let text = format!(

@@ -508,10 +508,9 @@ impl PanedWindows {
             let mut acc: Option<Accumulator> = None;
             for pane in self.panes_of_window(start) {
                 if let Some(&slot) = pane.slots.get(&key) {
-                    let state = pane.states.get(slot as usize);
                     match &mut acc {
-                        None => acc = Some(state),
-                        Some(a) => a.merge(&state),
+                        None => acc = Some(pane.states.get(slot as usize)),
+                        Some(a) => pane.states.merge_into(slot as usize, a),
                     }
                 }
             }
