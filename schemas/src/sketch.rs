@@ -267,6 +267,46 @@ impl ExactSet {
         }
     }
 
+    /// Adds `hash` unless it is present, in one probe sequence. Returns
+    /// `false`, changing nothing, when the hash is absent and the set
+    /// already holds `limit` hashes (the sketch then turns into HLL).
+    #[inline]
+    fn insert_within(&mut self, hash: u64, limit: usize) -> bool {
+        if hash == 0 {
+            if !self.has_zero {
+                if self.len() >= limit {
+                    return false;
+                }
+                self.has_zero = true;
+            }
+            return true;
+        }
+        if !self.slots.is_empty() {
+            let mask = self.slots.len() - 1;
+            let mut i = Self::slot_of(&self.slots, hash);
+            loop {
+                match self.slots[i] {
+                    0 => break,
+                    h if h == hash => return true,
+                    _ => i = (i + 1) & mask,
+                }
+            }
+            if self.len() >= limit {
+                return false;
+            }
+            if (self.nonzero + 1) * 4 <= self.slots.len() * 3 {
+                // The probe ended at the free slot the hash belongs in.
+                self.slots[i] = hash;
+                self.nonzero += 1;
+                return true;
+            }
+        } else if self.len() >= limit {
+            return false;
+        }
+        self.insert_new(hash);
+        true
+    }
+
     /// Adds a hash known to be absent.
     #[inline]
     fn insert_new(&mut self, hash: u64) {
@@ -415,14 +455,10 @@ impl DistinctSketch {
         match &mut self.repr {
             DistinctRepr::Hll(registers) => hll_update(registers, hash),
             DistinctRepr::Exact(set) => {
-                if !set.contains(hash) {
-                    if set.len() < DISTINCT_EXACT_LIMIT {
-                        set.insert_new(hash);
-                    } else {
-                        let mut registers = registers_from(set.iter());
-                        hll_update(&mut registers, hash);
-                        self.repr = DistinctRepr::Hll(registers);
-                    }
+                if !set.insert_within(hash, DISTINCT_EXACT_LIMIT) {
+                    let mut registers = registers_from(set.iter());
+                    hll_update(&mut registers, hash);
+                    self.repr = DistinctRepr::Hll(registers);
                 }
             }
         }
