@@ -6,7 +6,9 @@
 //! - `GET /v1/metrics/page_views_per_minute/query` for the 24 hours at
 //!   1-minute granularity, top 10 per window, at 1, 16 and 64 concurrent
 //!   clients: p50, p99, requests/s;
-//! - the same answer fetched with one direct ClickHouse HTTP query;
+//! - the same answer fetched with one direct ClickHouse HTTP query, in
+//!   phases alternating with the API's so that drift of the machine's speed
+//!   falls on both alike;
 //! - `GET /latest` p99 at 100 concurrent clients.
 //!
 //! Each client keeps one HTTP/1.1 connection alive, to the API and to
@@ -215,6 +217,18 @@ impl Conn {
     }
 }
 
+/// Latencies and answers collected by one or more measurement phases.
+#[derive(Default)]
+struct Samples {
+    /// Milliseconds per successful request.
+    latencies: Vec<f64>,
+    /// Seconds measured.
+    seconds: f64,
+    /// Size of an answer body.
+    bytes: usize,
+    errors: usize,
+}
+
 struct Figures {
     errors: usize,
     p50: f64,
@@ -223,7 +237,33 @@ struct Figures {
     bytes: usize,
 }
 
-async fn measure(clients: usize, duration: Duration, target: Arc<Target>) -> Figures {
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.seconds += other.seconds;
+        self.bytes = self.bytes.max(other.bytes);
+        self.errors += other.errors;
+    }
+
+    fn figures(mut self) -> Figures {
+        if self.latencies.is_empty() {
+            self.latencies.push(f64::NAN);
+        }
+        let all = &mut self.latencies;
+        all.sort_by(f64::total_cmp);
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        Figures {
+            errors: self.errors,
+            p50: pct(0.5),
+            p99: pct(0.99),
+            rps: all.len() as f64 / self.seconds,
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// `clients` tasks repeating the request for `duration`.
+async fn measure(clients: usize, duration: Duration, target: Arc<Target>) -> Samples {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -246,28 +286,40 @@ async fn measure(clients: usize, duration: Duration, target: Arc<Target>) -> Fig
             (lat, bytes, errors)
         }));
     }
-    let mut all = Vec::new();
-    let mut bytes = 0;
-    let mut errors = 0;
+    let mut samples = Samples::default();
     for t in tasks {
         let (lat, b, e) = t.await.unwrap();
-        all.extend(lat);
-        bytes = bytes.max(b);
-        errors += e;
+        samples.latencies.extend(lat);
+        samples.bytes = samples.bytes.max(b);
+        samples.errors += e;
     }
-    if all.is_empty() {
-        all.push(f64::NAN);
+    samples.seconds = started.elapsed().as_secs_f64();
+    samples
+}
+
+/// Measures `a` and `b` in alternating phases (`rounds` each, `a` first in
+/// even rounds and `b` first in odd ones) and pools each one's samples.
+/// This VM's speed drifts over tens of seconds; two long phases one after
+/// the other would put that drift into the ratio of their p99s.
+async fn measure_alternating(
+    clients: usize,
+    total: Duration,
+    rounds: u32,
+    a: &Arc<Target>,
+    b: &Arc<Target>,
+) -> (Figures, Figures) {
+    let phase = total / rounds;
+    let (mut sa, mut sb) = (Samples::default(), Samples::default());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            sa.add(measure(clients, phase, a.clone()).await);
+            sb.add(measure(clients, phase, b.clone()).await);
+        } else {
+            sb.add(measure(clients, phase, b.clone()).await);
+            sa.add(measure(clients, phase, a.clone()).await);
+        }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Figures {
-        errors,
-        p50: pct(0.5),
-        p99: pct(0.99),
-        rps: all.len() as f64 / elapsed,
-        bytes,
-    }
+    (sa.figures(), sb.figures())
 }
 
 #[tokio::main]
@@ -431,26 +483,30 @@ async fn main() {
     let rows = Conn::new().send(&api_query).await;
     println!("API answer: {rows} bytes; 14,400 rows (1,440 windows × top 10)");
     println!("connection mode: {}", mode.describe());
-    println!(
-        "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
-        "target", "clients", "p50 ms", "p99 ms", "req/s", "errors"
-    );
     // p99 needs samples: at 64 clients a 24-hour query runs ~17 times a
-    // second on 2 cores, so 30 s gives ~500 samples per phase.
+    // second on 2 cores, so 30 s gives ~500 samples per target.
     let duration = Duration::from_secs(
         std::env::var("STRATA_BENCH_SECONDS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(30),
     );
-    println!("{} s per phase (STRATA_BENCH_SECONDS)", duration.as_secs());
+    let rounds = 6;
+    println!(
+        "{} s per target and client count (STRATA_BENCH_SECONDS), in {rounds} alternating API/direct phases",
+        duration.as_secs()
+    );
+    println!(
+        "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
+        "target", "clients", "p50 ms", "p99 ms", "req/s", "errors"
+    );
     for clients in [1usize, 16, 64] {
-        let f = measure(clients, duration, api_query.clone()).await;
+        let (f, d) =
+            measure_alternating(clients, duration, rounds, &api_query, &direct_query).await;
         println!(
             "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             "API query (24h, 1m, top 10)", clients, f.p50, f.p99, f.rps, f.errors
         );
-        let d = measure(clients, duration, direct_query.clone()).await;
         println!(
             "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             "direct ClickHouse query", clients, d.p50, d.p99, d.rps, d.errors
@@ -472,7 +528,7 @@ async fn main() {
         "/v1/metrics/page_views_per_minute/latest?page=%2Fpage%2F3&country=DE",
         "",
     );
-    let l = measure(100, duration, latest).await;
+    let l = measure(100, duration, latest).await.figures();
     println!(
         "{:<34} {:>8} {:>9.2} {:>9.2} {:>9.1} {:>7}",
         "API latest (cache)", 100, l.p50, l.p99, l.rps, l.errors
