@@ -83,6 +83,10 @@ impl DecodeError {
     }
 }
 
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z in epoch
+/// milliseconds (the earliest is the epoch itself).
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
 /// Decodes payloads of one contract version for one source.
 #[derive(Clone, Debug)]
 pub struct Decoder {
@@ -468,6 +472,22 @@ fn convert(
         }
         _ => return Err(wrong_type(spec, &raw, contract)),
     };
+    if let Value::Timestamp(t) = value
+        && !(0..=MAX_TIMESTAMP_MS).contains(&t)
+    {
+        // Out of this range a clock is broken, not early or late: one such
+        // event would move a partition's watermark past every window, or
+        // overflow window arithmetic near i64::MAX.
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidValue,
+            Some(&spec.name),
+            format!(
+                "field {:?}: timestamp {t} ms is outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59.999Z (contract {}); fix the producer's clock or unit (epoch milliseconds)",
+                spec.name,
+                contract.label()
+            ),
+        ));
+    }
     if let (Some(max), Value::String(s)) = (spec.max_length, &value)
         && s.len() > max
     {
@@ -583,6 +603,27 @@ mod tests {
 
         let e = decode(r#"{"event_time":1,"user_id":"u","user_id":"v"}"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::DuplicateField);
+    }
+
+    #[test]
+    fn event_times_outside_1970_to_9999_are_rejected_with_the_range() {
+        for t in ["-1", "253402300800000", "9223372036854775807"] {
+            let e = decode(&format!(r#"{{"event_time":{t},"user_id":"u"}}"#)).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::InvalidValue, "{t}");
+            assert_eq!(e.field.as_deref(), Some("event_time"));
+            assert!(
+                e.message
+                    .contains("outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59.999Z"),
+                "{}",
+                e.message
+            );
+        }
+        for t in ["0", "253402300799999", "\"9999-12-31T23:59:59.999Z\""] {
+            assert!(
+                decode(&format!(r#"{{"event_time":{t},"user_id":"u"}}"#)).is_ok(),
+                "{t}"
+            );
+        }
     }
 
     #[test]

@@ -330,16 +330,6 @@ impl ExactSet {
         self.rehash((self.slots.len() * 2).max(8));
     }
 
-    /// Makes room for `total` hashes in all, so a merge rehashes at most
-    /// once instead of at every doubling.
-    fn reserve_total(&mut self, total: usize) {
-        // Kept at most three quarters full, as `insert_new` does.
-        let capacity = (total * 4).div_ceil(3).next_power_of_two().max(8);
-        if capacity > self.slots.len() {
-            self.rehash(capacity);
-        }
-    }
-
     fn rehash(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
         let mask = capacity - 1;
@@ -497,8 +487,6 @@ impl DistinctSketch {
                     mine.clone_from(theirs);
                     return;
                 }
-                // Past the exact limit the sketch turns into HLL registers.
-                mine.reserve_total((mine.len() + theirs.len()).min(DISTINCT_EXACT_LIMIT));
                 for h in theirs.iter() {
                     self.insert_hash(h);
                 }

@@ -394,6 +394,12 @@ impl Panes {
         &mut panes[at].1
     }
 
+    /// Start of the oldest pane starting at or after `start`.
+    fn first_at_or_after(&self, start: i64) -> Option<i64> {
+        let at = self.0.partition_point(|(s, _)| *s < start);
+        self.0.get(at).map(|(s, _)| *s)
+    }
+
     /// Start of the oldest pane.
     fn first_start(&self) -> Option<i64> {
         self.0.front().map(|(s, _)| *s)
@@ -551,6 +557,18 @@ impl PanedWindows {
             }
             let mut rows = std::mem::take(&mut self.pending);
             while start + size <= watermark {
+                // A window holding no pane has no rows: go straight to the
+                // first one holding the next pane (after a gap in event
+                // time, e.g. a watermark that leapt ahead, stepping every
+                // `slide` could take billions of steps).
+                let Some(next_pane) = self.panes.first_at_or_after(start) else {
+                    break;
+                };
+                let first_holding_it = next_pane - (size - slide);
+                if first_holding_it > start {
+                    start = first_holding_it;
+                    continue;
+                }
                 if start + size > floor {
                     let mut keys: Vec<u32> = self
                         .panes_of_window(start)
@@ -1280,6 +1298,31 @@ aggregations = [
         // last minute is still open).
         assert_eq!(written, 30_000 + 29_000);
         assert!(state.metrics[0].keys.len() < 30_000);
+    }
+
+    /// A watermark that leaps years ahead (a valid but far-future event
+    /// time) finalizes the open windows at once: only windows holding a pane
+    /// are visited, not every `slide` in between.
+    #[test]
+    fn a_watermark_leap_finalizes_without_walking_every_window() {
+        let (metric, decoder, lateness) =
+            metric(r#"{ kind = "hopping", size = "5m", slide = "1s" }"#, "0s");
+        let mut state = PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0));
+        let t0 = 1_795_341_600_000;
+        state.apply(0, &event(&decoder, t0, 1, 10));
+        state.apply(1, &event(&decoder, t0 + 1_000, 2, 10));
+        // 8,000 years of one-second slides later.
+        let far = strata_schemas::decode::MAX_TIMESTAMP_MS - 60_000;
+        state.apply(2, &event(&decoder, far, 3, 10));
+        let rows = state.emit(STAMP).parsed_rows();
+        let finals = rows.iter().filter(|r| r.row["is_final"] == 1).count();
+        // User 1 is in the 300 windows holding its pane, user 2 in 300.
+        assert_eq!(finals, 600);
+        assert!(
+            rows.iter()
+                .filter(|r| r.row["is_final"] == 0)
+                .all(|r| r.row["user_id"] == "u3")
+        );
     }
 
     /// Fixed windows keep one offset per window: the version of a key's row
