@@ -502,8 +502,9 @@ async fn main() {
     );
     let rounds = 2;
     println!(
-        "{} s per target and client count (STRATA_BENCH_SECONDS), in {rounds} alternating API/direct phases",
-        duration.as_secs()
+        "{} s per target and client count (STRATA_BENCH_SECONDS), in {} s phases ordered API, direct, direct, API",
+        duration.as_secs(),
+        duration.as_secs() / u64::from(rounds)
     );
     println!(
         "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
