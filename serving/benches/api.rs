@@ -6,9 +6,9 @@
 //! - `GET /v1/metrics/page_views_per_minute/query` for the 24 hours at
 //!   1-minute granularity, top 10 per window, at 1, 16 and 64 concurrent
 //!   clients: p50, p99, requests/s;
-//! - the same answer fetched with one direct ClickHouse HTTP query, in
-//!   phases alternating with the API's so that drift of the machine's speed
-//!   falls on both alike;
+//! - the same answer fetched with one direct ClickHouse HTTP query, every
+//!   client alternating the two request by request, so that both see the
+//!   same load and the same drift of the machine's speed;
 //! - `GET /latest` p99 at 100 concurrent clients.
 //!
 //! Each client keeps one HTTP/1.1 connection alive, to the API and to
@@ -303,31 +303,52 @@ async fn measure(clients: usize, duration: Duration, target: Arc<Target>) -> Sam
     samples
 }
 
-/// Measures `a` and `b` in alternating phases (`rounds` each, `a` first in
-/// even rounds and `b` first in odd ones: A B B A for two rounds) and pools
-/// each one's samples. This VM's speed drifts over tens of seconds; two
-/// phases one after the other would put that drift into the ratio of their
-/// p99s, and A B B A cancels a steady drift. A phase lasts several request
-/// times even at 64 clients (~3.5 s each), so its synchronized start and
-/// its tail stay a small part of it.
-async fn measure_alternating(
+/// Measures `a` and `b` under the same load: `clients` tasks for
+/// `2 × duration`, each alternating between the two request by request
+/// (half the clients start with `a`, half with `b`), each target's samples
+/// kept apart. Both targets thus see the same instants: this VM's speed
+/// drift, a ClickHouse background merge or a stall falls on both alike,
+/// where separate phases put it into whichever target ran then.
+async fn measure_interleaved(
     clients: usize,
-    total: Duration,
-    rounds: u32,
+    duration: Duration,
     a: &Arc<Target>,
     b: &Arc<Target>,
 ) -> (Figures, Figures) {
-    let phase = total / rounds;
-    let (mut sa, mut sb) = (Samples::default(), Samples::default());
-    for round in 0..rounds {
-        if round % 2 == 0 {
-            sa.add(measure(clients, phase, a.clone()).await);
-            sb.add(measure(clients, phase, b.clone()).await);
-        } else {
-            sb.add(measure(clients, phase, b.clone()).await);
-            sa.add(measure(clients, phase, a.clone()).await);
-        }
+    let total = duration * 2;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let targets = [a.clone(), b.clone()];
+        tasks.push(tokio::spawn(async move {
+            let mut conns = [Conn::new(), Conn::new()];
+            let mut samples = [Samples::default(), Samples::default()];
+            let mut turn = client % 2;
+            while started.elapsed() < total {
+                let t = Instant::now();
+                let n = conns[turn].send(&targets[turn]).await;
+                let s = &mut samples[turn];
+                if n == 0 {
+                    s.errors += 1;
+                } else {
+                    s.bytes = n;
+                    s.latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    s.in_time += usize::from(started.elapsed() <= total);
+                }
+                turn = 1 - turn;
+            }
+            samples
+        }));
     }
+    let (mut sa, mut sb) = (Samples::default(), Samples::default());
+    for task in tasks {
+        let [ta, tb] = task.await.unwrap();
+        sa.add(ta);
+        sb.add(tb);
+    }
+    // Each target's throughput over the whole shared time.
+    sa.seconds = total.as_secs_f64();
+    sb.seconds = total.as_secs_f64();
     (sa.figures(), sb.figures())
 }
 
@@ -500,19 +521,16 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30),
     );
-    let rounds = 2;
     println!(
-        "{} s per target and client count (STRATA_BENCH_SECONDS), in {} s phases ordered API, direct, direct, API",
-        duration.as_secs(),
-        duration.as_secs() / u64::from(rounds)
+        "{} s per client count; every client alternates API and direct requests, so both share the same load and instants (req/s: each target's share)",
+        2 * duration.as_secs()
     );
     println!(
         "{:<34} {:>8} {:>9} {:>9} {:>9} {:>7}",
         "target", "clients", "p50 ms", "p99 ms", "req/s", "errors"
     );
     for clients in [1usize, 16, 64] {
-        let (f, d) =
-            measure_alternating(clients, duration, rounds, &api_query, &direct_query).await;
+        let (f, d) = measure_interleaved(clients, duration, &api_query, &direct_query).await;
         println!(
             "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             "API query (24h, 1m, top 10)", clients, f.p50, f.p99, f.rps, f.errors
