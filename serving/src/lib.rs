@@ -286,24 +286,41 @@ async fn query_metric(
         ),
     )
     .await?;
-    Ok(match spec.format {
-        Format::Json => (
-            [(header::CONTENT_TYPE, "application/json")],
-            format::json(&metric, &spec, &answer)?,
-        )
-            .into_response(),
-        Format::Csv => (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            format::csv(&metric, &spec, &answer),
-        )
-            .into_response(),
-        Format::Arrow => (
-            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
-            format::arrow(&metric, &spec, &answer)?,
-        )
-            .into_response(),
-    })
+    // Encoding a large answer (megabytes of JSON) takes milliseconds of CPU:
+    // off the async workers, so it does not stall the other requests they
+    // are serving.
+    let offload = answer.rows.len() > ENCODE_IN_PLACE_UP_TO_ROWS;
+    let encode = move || -> Result<Response, ApiError> {
+        Ok(match spec.format {
+            Format::Json => (
+                [(header::CONTENT_TYPE, "application/json")],
+                format::json(&metric, &spec, &answer)?,
+            )
+                .into_response(),
+            Format::Csv => (
+                [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                format::csv(&metric, &spec, &answer),
+            )
+                .into_response(),
+            Format::Arrow => (
+                [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+                format::arrow(&metric, &spec, &answer)?,
+            )
+                .into_response(),
+        })
+    };
+    if offload {
+        tokio::task::spawn_blocking(encode)
+            .await
+            .map_err(|e| ApiError::Internal(format!("encoding the answer: {e}")))?
+    } else {
+        encode()
+    }
 }
+
+/// Answers of more rows than this are encoded on a blocking thread; a small
+/// one is cheaper to encode in place than to hand over.
+const ENCODE_IN_PLACE_UP_TO_ROWS: usize = 1_000;
 
 async fn latest(
     State(state): State<AppState>,
