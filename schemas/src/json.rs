@@ -8,8 +8,6 @@
 //! `serde_json` itself, strings through its
 //! escaper, non-finite floats as `null`), so the stored rows do not change.
 
-use crate::value::Value;
-
 /// Writes `"name":` (`name` escaped), the start of an object member.
 #[inline]
 pub fn write_key(out: &mut Vec<u8>, name: &str) {
@@ -72,18 +70,6 @@ pub fn write_i64_array(out: &mut Vec<u8>, values: impl IntoIterator<Item = i64>)
     out.push(b']');
 }
 
-/// Writes a field value as [`Value::to_json`] renders it (booleans as 0/1,
-/// the form ClickHouse's `UInt8` columns take).
-pub fn write_value(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::String(s) => write_str(out, s),
-        Value::Int(i) | Value::Timestamp(i) => write_i64(out, *i),
-        Value::Float(f) => write_f64(out, *f),
-        Value::Bool(b) => out.push(if *b { b'1' } else { b'0' }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,17 +121,5 @@ mod tests {
         );
         same_as_serde_json(|o| write_u64_array(o, []), &serde_json::json!([]));
         same_as_serde_json(|o| write_i64_array(o, [-3, 7]), &serde_json::json!([-3, 7]));
-        for v in [
-            Value::Null,
-            Value::String("a\"b".into()),
-            Value::Int(-7),
-            Value::Timestamp(1_795_341_600_000),
-            Value::Float(2.5),
-            Value::Float(f64::NAN),
-            Value::Bool(true),
-            Value::Bool(false),
-        ] {
-            same_as_serde_json(|o| write_value(o, &v), &v.to_json());
-        }
     }
 }

@@ -66,7 +66,7 @@ impl WindowKind {
         match *self {
             WindowKind::Tumbling { size } => {
                 let size = size.as_i64();
-                let start = t - t.rem_euclid(size);
+                let start = boundary_at_or_before(t, size);
                 Windows {
                     next_start: start,
                     size,
@@ -76,7 +76,7 @@ impl WindowKind {
             }
             WindowKind::Hopping { size, slide } => {
                 let (size, slide) = (size.as_i64(), slide.as_i64());
-                let last_start = t - t.rem_euclid(slide);
+                let last_start = boundary_at_or_before(t, slide);
                 let count = size / slide;
                 Windows {
                     next_start: last_start - (count - 1) * slide,
@@ -312,6 +312,20 @@ impl<S: Mergeable> SessionSet<S> {
     }
 }
 
+/// The last multiple of `step` at or before `t`: fixed windows start on
+/// multiples of their slide (of their size, for tumbling windows), counted
+/// from the epoch, so their starts and ends all lie on this grid.
+pub fn boundary_at_or_before(t: i64, step: i64) -> i64 {
+    t - t.rem_euclid(step)
+}
+
+/// The first multiple of `step` strictly after `t` (e.g. the end of the
+/// first window not yet final when everything ending at or before `t` is).
+/// Never overflows for `t = i64::MIN`.
+pub fn boundary_after(t: i64, step: i64) -> i64 {
+    t + (step - t.rem_euclid(step))
+}
+
 /// Sessions of a whole, time-sorted sequence of one key's event times:
 /// `(window, index of first event, index one past the last event)`.
 /// The batch-layer reference: two consecutive events are in one session iff
@@ -341,6 +355,18 @@ pub fn sessions_of_sorted(times: &[i64], gap: i64) -> Vec<(Window, usize, usize)
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn grid_boundaries() {
+        assert_eq!(boundary_at_or_before(125, 60), 120);
+        assert_eq!(boundary_at_or_before(120, 60), 120);
+        assert_eq!(boundary_at_or_before(-1, 60), -60);
+        assert_eq!(boundary_after(120, 60), 180);
+        assert_eq!(boundary_after(119, 60), 120);
+        assert_eq!(boundary_after(-1, 60), 0);
+        let after_min = boundary_after(i64::MIN, 60);
+        assert!(after_min % 60 == 0 && after_min.checked_sub(60).is_none());
+    }
 
     fn tumbling(ms: u64) -> WindowKind {
         WindowKind::Tumbling {

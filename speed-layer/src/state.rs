@@ -19,7 +19,9 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use serde_json::{Map, Value as Json};
 use strata_schemas::aggregate::{AccumulatorSlab, PreparedEvent};
-use strata_schemas::window::{Mergeable, SessionSet, Window, WindowKind};
+use strata_schemas::window::{
+    Mergeable, SessionSet, Window, WindowKind, boundary_after, boundary_at_or_before,
+};
 use strata_schemas::{Accumulator, Event, MetricDef, Value, json};
 
 /// Where a partition (re)starts, and what it already knows.
@@ -244,7 +246,8 @@ impl KeyValue<'_> {
         }
     }
 
-    /// Writes the value as [`json::write_value`] writes the owned value.
+    /// Writes the value as [`Value::to_json`] renders the owned value
+    /// (booleans as 0/1, the form ClickHouse's `UInt8` columns take).
     fn write_json(self, out: &mut Vec<u8>) {
         match self {
             KeyValue::Null => out.extend_from_slice(b"null"),
@@ -552,8 +555,7 @@ impl PanedWindows {
             let mut start = first_pane - (size - slide);
             if self.finalized_end != i64::MIN {
                 // The first window not yet final ends above finalized_end.
-                let lowest = self.finalized_end - size + 1;
-                start = start.max(lowest + (slide - lowest.rem_euclid(slide)) % slide);
+                start = start.max(boundary_after(self.finalized_end - size, slide));
             }
             let mut rows = std::mem::take(&mut self.pending);
             while start + size <= watermark {
@@ -588,8 +590,7 @@ impl PanedWindows {
         self.panes.drop_before(watermark.saturating_sub(size - 1));
         self.next_final_end = self.panes.first_start().map_or(i64::MAX, |first| {
             // Window ends are multiples of `slide` (windows start on them).
-            let after_watermark = watermark - watermark.rem_euclid(slide) + slide;
-            (first + slide).max(after_watermark)
+            (first + slide).max(boundary_after(watermark, slide))
         });
         finalized
     }
@@ -608,8 +609,7 @@ impl PanedWindows {
             // The new pane's first window not yet final (its windows end at
             // pane + slide, ..., pane + size, multiples of slide) may end
             // before every window of the older panes.
-            let lowest = finalized_end.saturating_add(1);
-            let above_final = lowest + (*slide_ms - lowest.rem_euclid(*slide_ms)) % *slide_ms;
+            let above_final = boundary_after(*finalized_end, *slide_ms);
             *next_final_end = (*next_final_end).min((pane + *slide_ms).max(above_final));
             Pane::new(metric, offset, max_before)
         })
@@ -893,7 +893,7 @@ impl PartitionState {
             match &mut mw.windows {
                 Windows::Fixed(fixed) => {
                     let (size, slide) = (fixed.size_ms, fixed.slide_ms);
-                    let pane = t - t.rem_euclid(slide);
+                    let pane = boundary_at_or_before(t, slide);
                     // The pane's windows end at pane + slide, ..., pane + size.
                     // Final and written before a restart (end ≤ floor while
                     // the replayed watermark catches up) is not late.
@@ -1260,6 +1260,12 @@ aggregations = [
             encode_value(&mut buf, v);
         }
         assert_eq!(decode_key(&buf), values);
+        // Rows carry each value as its JSON form would.
+        for (kv, v) in key_values(&buf).zip(&values) {
+            let mut json = Vec::new();
+            kv.write_json(&mut json);
+            assert_eq!(String::from_utf8(json).unwrap(), v.to_json().to_string());
+        }
     }
 
     /// A key space that never repeats (a new user every minute) must not
