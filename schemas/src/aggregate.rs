@@ -300,6 +300,57 @@ impl AccumulatorSlab {
         }
     }
 
+    /// The merge of the states in `parts` (slabs of the same plan, with a
+    /// slot of each), as [`Self::merge_into`] one by one would make it, but
+    /// building each distinct sketch once from all the parts
+    /// ([`DistinctSketch::union_of`]) instead of copying the first part's
+    /// and growing it: a hopping window's row merges its panes this way.
+    /// `None` without parts.
+    pub fn merged(parts: &[(&AccumulatorSlab, usize)]) -> Option<Accumulator> {
+        let &(first, first_slot) = parts.first()?;
+        let mut acc = Accumulator {
+            events: 0,
+            numeric: first.numeric[first_slot * first.numeric_width..][..first.numeric_width]
+                .into(),
+            distinct: Box::default(),
+            quantiles: first.quantiles[first_slot * first.quantile_width..][..first.quantile_width]
+                .into(),
+        };
+        for &(slab, slot) in parts {
+            acc.events += slab.events[slot];
+        }
+        for &(slab, slot) in &parts[1..] {
+            let range = |n: usize| slot * n..(slot + 1) * n;
+            for (a, b) in acc
+                .numeric
+                .iter_mut()
+                .zip(&slab.numeric[range(slab.numeric_width)])
+            {
+                a.merge(b);
+            }
+            for (a, b) in acc
+                .quantiles
+                .iter_mut()
+                .zip(&slab.quantiles[range(slab.quantile_width)])
+            {
+                a.merge(b);
+            }
+        }
+        let mut column: Vec<&DistinctSketch> = Vec::with_capacity(parts.len());
+        acc.distinct = (0..first.distinct_width)
+            .map(|i| {
+                column.clear();
+                column.extend(
+                    parts
+                        .iter()
+                        .map(|&(slab, slot)| &slab.distinct[slot * slab.distinct_width + i]),
+                );
+                DistinctSketch::union_of(&column)
+            })
+            .collect();
+        Some(acc)
+    }
+
     /// Merges the state in `slot` into `acc` (of the same plan), without
     /// copying it first: a window of several panes merges each pane's state
     /// this way, and a distinct sketch can hold thousands of hashes.

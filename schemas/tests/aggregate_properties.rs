@@ -269,6 +269,51 @@ fn slab_merge_into_equals_copy_and_merge() {
     assert_eq!(in_place.events, 3000);
 }
 
+/// `AccumulatorSlab::merged` over several slabs (a hopping window's panes)
+/// equals merging their states one by one, for every kind of state,
+/// including distinct sets whose union crosses into HyperLogLog.
+#[test]
+fn slab_merged_equals_merging_one_by_one() {
+    let config = all_states_config();
+    let metric = &config.metrics[0];
+    let plan = &metric.plan;
+    let mut prepared = strata_schemas::aggregate::PreparedEvent::default();
+    // Five panes; users overlap between neighbours, and over all five the
+    // union passes the exact limit (4,096) in key 0 but not in key 1.
+    let panes: Vec<_> = (0..5u32)
+        .map(|p| {
+            let mut slab = plan.new_slab();
+            let keys = [slab.push_empty(), slab.push_empty()];
+            for i in 0..2400u32 {
+                let mut e = event(
+                    metric,
+                    (i64::from(i), 0, 0, (i % 3) as u8, i64::from(i % 89), 0),
+                );
+                let user = metric.source.contract.field_index("user_id").unwrap();
+                let key = (i % 2) as usize;
+                let id = if key == 0 { p * 2000 + i } else { i % 700 };
+                e.values[user] = Value::String(format!("user{id}"));
+                plan.prepare(&e, &mut prepared);
+                slab.update_prepared(keys[key], &prepared);
+            }
+            slab
+        })
+        .collect();
+    for key in 0..2 {
+        let parts: Vec<_> = panes.iter().map(|slab| (slab, key)).collect();
+        let merged = strata_schemas::aggregate::AccumulatorSlab::merged(&parts).unwrap();
+        let mut expected = plan.new_accumulator();
+        for slab in &panes {
+            slab.merge_into(key, &mut expected);
+        }
+        assert_eq!(merged, expected, "key {key}");
+        assert_eq!(merged.events, 6000);
+        // Key 0's union (about 5,200 users) is past the exact limit.
+        assert_eq!(merged.distinct[0].is_exact(), key == 1, "key {key}");
+    }
+    assert!(strata_schemas::aggregate::AccumulatorSlab::merged(&[]).is_none());
+}
+
 /// One metric with every kind of state.
 fn all_states_config() -> Config {
     let text = format!(

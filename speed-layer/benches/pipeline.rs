@@ -196,6 +196,10 @@ fn main() {
         "  (median of {rounds} runs, each timing decode-only and full slices of 1,024 records alternately; ratios {})",
         ratios.join(" ")
     );
+    // STRATA_BENCH_ONLY=ratio stops here: quick A/B runs of a change.
+    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("ratio") {
+        return;
+    }
     let best_of = |metrics: &[Arc<strata_schemas::MetricDef>]| {
         (0..3)
             .map(|_| run_pipeline(&config, metrics, &input, None))

@@ -513,20 +513,17 @@ impl PanedWindows {
             first_offset = first_offset.min(pane.first_offset);
             last_offset = last_offset.max(pane.last_offset);
         }
+        let mut parts = Vec::new();
         for &key in keys {
-            let mut acc: Option<Accumulator> = None;
-            for pane in self.panes_of_window(start) {
-                if let Some(&slot) = pane.slots.get(&key) {
-                    match &mut acc {
-                        None => acc = Some(pane.states.get(slot as usize)),
-                        Some(a) => pane.states.merge_into(slot as usize, a),
-                    }
-                }
-            }
+            parts.clear();
+            parts.extend(self.panes_of_window(start).filter_map(|pane| {
+                let slot = *pane.slots.get(&key)?;
+                Some((&pane.states, slot as usize))
+            }));
             out.push(FinalRow {
                 window,
                 key,
-                acc: acc.unwrap_or_else(|| plan.new_accumulator()),
+                acc: AccumulatorSlab::merged(&parts).unwrap_or_else(|| plan.new_accumulator()),
                 first_offset,
                 last_offset,
             });
