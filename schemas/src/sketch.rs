@@ -213,13 +213,20 @@ fn registers_from(hashes: impl IntoIterator<Item = u64>) -> Registers {
 /// shifts half the vector, a probe touches one or two slots. The order of
 /// the slots is an implementation detail; everything that leaves the set
 /// (columns, equality) is order-free or sorted first.
+///
+/// A set that is only read and written out (a hopping window's union of its
+/// panes, see [`DistinctSketch::union_of`]) is kept `sorted` instead: its
+/// non-zero hashes ascending and dense, the storage form itself, a third of
+/// the table's memory. The first insert turns it back into a table.
 #[derive(Clone, Default)]
 struct ExactSet {
     /// `0` marks an empty slot; the hash `0` itself is kept in `has_zero`.
+    /// With `sorted`, the non-zero hashes in ascending order, no empty slot.
     slots: Vec<u64>,
     /// Non-zero hashes held.
     nonzero: usize,
     has_zero: bool,
+    sorted: bool,
 }
 
 impl ExactSet {
@@ -248,6 +255,10 @@ impl ExactSet {
         let mut out = Vec::with_capacity(self.len());
         if self.has_zero {
             out.push(0);
+        }
+        if self.sorted {
+            out.extend_from_slice(&self.slots);
+            return out;
         }
         let mut wrapped = Vec::new();
         for (i, &h) in self.slots.iter().enumerate() {
@@ -302,6 +313,9 @@ impl ExactSet {
         if hash == 0 {
             return self.has_zero;
         }
+        if self.sorted {
+            return self.slots.binary_search(&hash).is_ok();
+        }
         if self.slots.is_empty() {
             return false;
         }
@@ -338,6 +352,7 @@ impl ExactSet {
     /// already holds `limit` hashes (the sketch then turns into HLL).
     #[inline]
     fn insert_within(&mut self, hash: u64, limit: usize) -> bool {
+        self.thaw();
         if hash == 0 {
             if !self.has_zero {
                 if self.len() >= limit {
@@ -378,6 +393,7 @@ impl ExactSet {
     /// Adds a hash known to be absent.
     #[inline]
     fn insert_new(&mut self, hash: u64) {
+        self.thaw();
         if hash == 0 {
             self.has_zero = true;
             return;
@@ -394,12 +410,21 @@ impl ExactSet {
         self.nonzero += 1;
     }
 
+    /// Turns a `sorted` set back into a hash table, for an insert.
+    #[inline]
+    fn thaw(&mut self) {
+        if self.sorted {
+            self.rehash(Self::slots_for(self.nonzero));
+        }
+    }
+
     fn grow(&mut self) {
         self.rehash((self.slots.len() * 2).max(8));
     }
 
     fn rehash(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
+        self.sorted = false;
         let mask = capacity - 1;
         for h in old.into_iter().filter(|&h| h != 0) {
             let mut i = Self::slot_of(&self.slots, h);
@@ -497,6 +522,7 @@ impl DistinctSketch {
                 slots: Vec::new(),
                 nonzero: 0,
                 has_zero: false,
+                sorted: false,
             }),
         }
     }
@@ -564,15 +590,11 @@ impl DistinctSketch {
 
     /// The union of `parts`: equal to merging them one by one into an
     /// empty sketch, at a lower cost when they are exact sets, the common
-    /// case of a hopping window built from its panes. The table is sized
-    /// once for all the parts' hashes, so it never grows (a grow copies
-    /// every hash), and no part is copied first.
-    ///
-    /// The table can be larger than the union needs when the parts overlap;
-    /// it is shrunk only past twice that size, which keeps this result (a
-    /// window's row, written at the next emit and dropped) within twice the
-    /// memory of a merge's while sparing the usual case (neighbouring panes
-    /// share many users) a rehash.
+    /// case of a hopping window's row built from its panes. The hashes go
+    /// into one scratch table sized for all of them (no part is copied,
+    /// nothing grows), and the result keeps them sorted and dense: the form
+    /// a row writes, in a third of a table's memory. (An insert into it
+    /// turns it back into a table.)
     #[must_use]
     pub fn union_of(parts: &[&DistinctSketch]) -> DistinctSketch {
         let mut total = 0;
@@ -602,19 +624,23 @@ impl DistinctSketch {
         if nonzero + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
             return Self::merged_one_by_one(parts);
         }
-        let mut set = ExactSet {
+        let table = ExactSet {
             slots,
             nonzero,
-            has_zero,
+            has_zero: false,
+            sorted: false,
         };
-        if nonzero == 0 {
-            set.slots = Vec::new();
-        } else {
-            let fits = ExactSet::slots_for(nonzero);
-            if set.slots.len() > 2 * fits {
-                set.rehash(fits);
-            }
-        }
+        let set = ExactSet {
+            // Empty without hashes, like a set nothing was inserted into.
+            slots: if nonzero == 0 {
+                Vec::new()
+            } else {
+                table.sorted()
+            },
+            nonzero,
+            has_zero,
+            sorted: true,
+        };
         DistinctSketch {
             repr: DistinctRepr::Exact(set),
         }
@@ -1599,10 +1625,20 @@ mod tests {
             prop_assert_eq!(union.to_columns(), merged.to_columns());
             prop_assert_eq!(union.estimate(), merged.estimate());
             if let (DistinctRepr::Exact(u), DistinctRepr::Exact(m)) = (&union.repr, &merged.repr) {
-                // At most twice the memory of the merge's table.
-                prop_assert!(u.slots.len() <= 2 * m.slots.len().max(8));
-                prop_assert!(u.nonzero > 0 || u.slots.is_empty());
+                // Sorted and dense: no more memory than the merge's table.
+                prop_assert!(u.sorted && u.slots.len() == u.nonzero);
+                prop_assert!(u.slots.len() <= m.slots.len());
+                // Still a set that grows like any other.
+                let mut grown = union.clone();
+                let mut reference = merged.clone();
+                for h in hashes(seed ^ 99, 300, domain * 2) {
+                    grown.insert_hash(h);
+                    reference.insert_hash(h);
+                }
+                prop_assert_eq!(grown.to_columns(), reference.to_columns());
+                prop_assert_eq!(&grown, &reference);
             }
+            prop_assert_eq!(&union, &merged);
         }
 
         #[test]
