@@ -1242,6 +1242,70 @@ aggregations = [
     }
 
     #[test]
+    fn dictionary_tells_keys_apart_whose_bytes_run_together() {
+        let (_, decoder, _) = metric(r#"{ kind = "tumbling", size = "1m" }"#, "0s");
+        let text = format!(
+            r#"
+[contracts]
+dir = {:?}
+[sources.s]
+topic = "t"
+contract = "page_view"
+event_time_field = "event_time"
+[metrics.m]
+source = "s"
+window = {{ kind = "tumbling", size = "1m" }}
+group_by = ["page", "country"]
+aggregations = [{{ name = "n", function = "count" }}]
+"#,
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../schemas/contracts")
+                .display()
+                .to_string()
+        );
+        let config = config::parse(&text, "test.toml", Path::new("."), |_| None).unwrap();
+        let metric = config.metrics[0].clone();
+        let event = |page: &str, country: &str| {
+            let payload = format!(
+                r#"{{"event_time":1795341600000,"user_id":"u","page":{page:?},"country":{country:?},"duration_ms":1}}"#
+            );
+            decoder.decode(payload.as_bytes()).unwrap()
+        };
+        // Keys whose concatenations coincide, keys that are prefixes of
+        // others, and enough of them to make the table grow and rehash.
+        let mut pairs = vec![
+            ("/a".to_string(), "BC".to_string()),
+            ("/aB".to_string(), "C".to_string()),
+            ("/aBC".to_string(), String::new()),
+            ("/a".to_string(), "B".to_string()),
+            (String::new(), "/aBC".to_string()),
+        ];
+        pairs.extend((0..3000).map(|i| (format!("/p{i}"), format!("{}", i % 7))));
+        let mut keys = KeyDictionary::default();
+        let ids: Vec<u32> = pairs
+            .iter()
+            .map(|(p, c)| keys.intern(&metric, &event(p, c)))
+            .collect();
+        let expected: Vec<u32> = (0..pairs.len() as u32).collect();
+        assert_eq!(ids, expected, "every pair is a new key");
+        for ((p, c), id) in pairs.iter().zip(&ids) {
+            assert_eq!(keys.intern(&metric, &event(p, c)), *id, "{p:?} {c:?}");
+            let values: Vec<KeyValue<'_>> = keys.values(*id).collect();
+            assert_eq!(values, vec![KeyValue::String(p), KeyValue::String(c)]);
+        }
+        // Compaction renumbers the live keys and keeps them findable.
+        let live: Vec<bool> = (0..pairs.len()).map(|i| i % 3 == 0).collect();
+        let remap = keys.compact(&live);
+        for (i, (p, c)) in pairs.iter().enumerate() {
+            if live[i] {
+                assert_eq!(keys.intern(&metric, &event(p, c)), remap[i]);
+            } else {
+                assert_eq!(remap[i], u32::MAX);
+            }
+        }
+    }
+
+    #[test]
     fn key_dictionary_round_trips_every_value_type() {
         let values = vec![
             Value::Null,
