@@ -18,6 +18,14 @@ pub fn write_key(out: &mut Vec<u8>, name: &str) {
 /// Writes `text` as a JSON string.
 #[inline]
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Group keys and stamps rarely need escaping: copied as they are.
+    if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail, and a &str is always serialisable.
     serde_json::to_writer(&mut *out, text).expect("a string serialises into a Vec");
 }
@@ -34,10 +42,19 @@ pub fn write_i64(out: &mut Vec<u8>, v: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// Writes a float through `serde_json` itself (its shortest round-trip
+/// Writes a float as `serde_json` does (its shortest round-trip
 /// formatting; NaN and infinities as `null`).
 #[inline]
 pub fn write_f64(out: &mut Vec<u8>, v: f64) {
+    // Sums, minima and maxima of integer fields are whole numbers, which
+    // serde_json writes as the integer and `.0` below 1e16; written so
+    // directly, without the float formatter. (-0.0 keeps its sign there.)
+    if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        // Exact: a whole number below 1e15 fits an i64.
+        write_i64(out, v as i64);
+        out.extend_from_slice(b".0");
+        return;
+    }
     serde_json::to_writer(&mut *out, &v).expect("a float serialises into a Vec");
 }
 
@@ -103,6 +120,22 @@ mod tests {
         ] {
             same_as_serde_json(|o| write_f64(o, v), &v.into());
         }
+        // Whole numbers (the fast path) around every power of ten and
+        // its edge.
+        for e in 0..=17 {
+            let p = 10f64.powi(e);
+            for v in [
+                p - 1.0,
+                p,
+                p + 1.0,
+                -p,
+                -(p - 1.0),
+                p * 2.5,
+                9_007_199_254_740_992.0,
+            ] {
+                same_as_serde_json(|o| write_f64(o, v), &v.into());
+            }
+        }
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             same_as_serde_json(|o| write_f64(o, v), &serde_json::Value::Null);
         }
@@ -112,6 +145,9 @@ mod tests {
             "quote \" and \\ back",
             "ctrl \n\t\u{1}",
             "ünï 🌍 ✓",
+            "\u{7f} del",
+            "/page/12",
+            "2026-11-23 04:00:00",
         ] {
             same_as_serde_json(|o| write_str(o, s), &s.into());
         }
@@ -121,5 +157,22 @@ mod tests {
         );
         same_as_serde_json(|o| write_u64_array(o, []), &serde_json::json!([]));
         same_as_serde_json(|o| write_i64_array(o, [-3, 7]), &serde_json::json!([-3, 7]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn floats_and_strings_match_serde_json(
+            bits in proptest::prelude::any::<u64>(),
+            whole in -2_000_000_000_000_000i64..2_000_000_000_000_000,
+            text in ".{0,40}",
+        ) {
+            let v = f64::from_bits(bits);
+            let expected = if v.is_finite() { v.into() } else { serde_json::Value::Null };
+            same_as_serde_json(|o| write_f64(o, v), &expected);
+            let w = whole as f64;
+            same_as_serde_json(|o| write_f64(o, w), &w.into());
+            same_as_serde_json(|o| write_f64(o, w / 8.0), &(w / 8.0).into());
+            same_as_serde_json(|o| write_str(o, &text), &text.as_str().into());
+        }
     }
 }
