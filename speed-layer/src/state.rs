@@ -91,21 +91,66 @@ impl Mergeable for SessionEntry {
 }
 
 /// Group keys of one metric, interned to dense ids so window states stay
-/// compact: every key is stored once, encoded, in one byte arena, and the
-/// lookup hashes a reused buffer instead of cloning values. The values are
-/// decoded again only when a row is written.
+/// compact: every key is stored once, encoded, and the lookup hashes a
+/// reused buffer instead of cloning values. The values are decoded again
+/// only when a row is written.
+///
+/// A key's encoding is kept in its id's entry when it fits (a user id, a
+/// country, a short page with its country), else in an overflow arena. A
+/// lookup then reads the table, then the entry: the id found in the table
+/// gives the entry's address and the window state's (a user's sessions)
+/// at once, so the two loads run in parallel. With many keys each is a
+/// cache miss; an arena read after a bounds read made two more, one after
+/// the other.
 #[derive(Default)]
 struct KeyDictionary {
     hasher: DefaultHashBuilder,
     /// Key ids, looked up by the hash of their encoding.
     table: HashTable<u32>,
-    /// Every key's encoding, back to back.
-    bytes: Vec<u8>,
-    /// End of key `i`'s encoding in `bytes` (it starts where `i − 1` ends).
-    /// `u32` is enough: the dictionary is compacted to the live keys, far
-    /// below 4 GiB of keys.
-    ends: Vec<u32>,
+    /// Key `id`'s encoding, or where it is in `long`.
+    entries: Vec<KeyEntry>,
+    /// Encodings longer than [`KeyEntry::INLINE`], back to back.
+    long: Vec<u8>,
     buf: Vec<u8>,
+}
+
+/// One key's encoding: inline up to [`Self::INLINE`] bytes, else the
+/// start of its `len` bytes in the dictionary's `long` arena. 20 bytes: no
+/// more than the arena's bytes and end offset of a typical key took.
+#[derive(Clone, Copy)]
+struct KeyEntry {
+    len: u32,
+    bytes: [u8; KeyEntry::INLINE],
+}
+
+impl KeyEntry {
+    const INLINE: usize = 16;
+
+    /// An entry for `key`, appending it to `long` if it does not fit.
+    fn new(key: &[u8], long: &mut Vec<u8>) -> Self {
+        let len = u32::try_from(key.len()).expect("a group key under 4 GiB");
+        let mut bytes = [0; Self::INLINE];
+        if key.len() <= Self::INLINE {
+            bytes[..key.len()].copy_from_slice(key);
+        } else {
+            let start = u32::try_from(long.len()).expect("under 4 GiB of long live group keys");
+            bytes[..4].copy_from_slice(&start.to_le_bytes());
+            long.extend_from_slice(key);
+        }
+        KeyEntry { len, bytes }
+    }
+
+    /// The encoding.
+    #[inline]
+    fn key<'a>(&'a self, long: &'a [u8]) -> &'a [u8] {
+        let len = self.len as usize;
+        if len <= Self::INLINE {
+            &self.bytes[..len]
+        } else {
+            let start = u32::from_le_bytes(self.bytes[..4].try_into().expect("4 bytes")) as usize;
+            &long[start..start + len]
+        }
+    }
 }
 
 /// Byte equality for the short slices group keys usually are, compared in
@@ -132,23 +177,17 @@ fn short_eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-fn key_slice<'a>(bytes: &'a [u8], ends: &[u32], id: u32) -> &'a [u8] {
-    let i = id as usize;
-    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-    &bytes[start..ends[i] as usize]
-}
-
 impl KeyDictionary {
     fn len(&self) -> usize {
-        self.ends.len()
+        self.entries.len()
     }
 
     fn intern(&mut self, metric: &MetricDef, event: &Event) -> u32 {
         let KeyDictionary {
             hasher,
             table,
-            bytes,
-            ends,
+            entries,
+            long,
             buf,
         } = self;
         buf.clear();
@@ -156,19 +195,20 @@ impl KeyDictionary {
             encode_value(buf, &event.values[g.index]);
         }
         let hash = hasher.hash_one(buf.as_slice());
-        if let Some(&id) = table.find(hash, |&id| short_eq(key_slice(bytes, ends, id), buf)) {
+        if let Some(&id) = table.find(hash, |&id| short_eq(entries[id as usize].key(long), buf)) {
             return id;
         }
-        let id = u32::try_from(ends.len()).expect("fewer than 2^32 live group keys");
-        bytes.extend_from_slice(buf);
-        ends.push(u32::try_from(bytes.len()).expect("under 4 GiB of live group keys"));
-        table.insert_unique(hash, id, |&id| hasher.hash_one(key_slice(bytes, ends, id)));
+        let id = u32::try_from(entries.len()).expect("fewer than 2^32 live group keys");
+        entries.push(KeyEntry::new(buf, long));
+        table.insert_unique(hash, id, |&id| {
+            hasher.hash_one(entries[id as usize].key(long))
+        });
         id
     }
 
     /// The group-by values of key `id`, borrowed from the dictionary.
     fn values(&self, id: u32) -> impl Iterator<Item = KeyValue<'_>> {
-        key_values(key_slice(&self.bytes, &self.ends, id))
+        key_values(self.entries[id as usize].key(&self.long))
     }
 
     /// Keeps only the keys with `live[id]`, renumbered densely in their old
@@ -176,20 +216,19 @@ impl KeyDictionary {
     fn compact(&mut self, live: &[bool]) -> Vec<u32> {
         let old = std::mem::take(self);
         self.hasher = old.hasher;
-        let mut remap = vec![u32::MAX; old.ends.len()];
+        let mut remap = vec![u32::MAX; old.entries.len()];
         for (id, new) in remap.iter_mut().enumerate() {
             if !live[id] {
                 continue;
             }
-            let key = key_slice(&old.bytes, &old.ends, id as u32);
-            let next = self.ends.len() as u32;
-            self.bytes.extend_from_slice(key);
-            self.ends.push(self.bytes.len() as u32);
+            let key = old.entries[id].key(&old.long);
+            let next = self.entries.len() as u32;
+            self.entries.push(KeyEntry::new(key, &mut self.long));
             let hash = self.hasher.hash_one(key);
-            let (bytes, ends) = (&self.bytes, &self.ends);
+            let (entries, long) = (&self.entries, &self.long);
             let hasher = &self.hasher;
             self.table.insert_unique(hash, next, |&id| {
-                hasher.hash_one(key_slice(bytes, ends, id))
+                hasher.hash_one(entries[id as usize].key(long))
             });
             *new = next;
         }
@@ -1281,6 +1320,8 @@ aggregations = [{{ name = "n", function = "count" }}]
             (String::new(), "/aBC".to_string()),
         ];
         pairs.extend((0..3000).map(|i| (format!("/p{i}"), format!("{}", i % 7))));
+        // Encodings of every length around the inline limit (16 bytes).
+        pairs.extend((0..24).map(|n| ("x".repeat(n), String::new())));
         let mut keys = KeyDictionary::default();
         let ids: Vec<u32> = pairs
             .iter()
