@@ -4,9 +4,11 @@
 //! times a second; building a `serde_json::Map` per row (a heap key per
 //! column, a boxed value per cell) cost more than aggregating the events.
 //! These writers produce the bytes `serde_json` would for the same values
-//! (integers through the same `itoa` formatting, floats through
-//! `serde_json` itself, strings through its
-//! escaper, non-finite floats as `null`), so the stored rows do not change.
+//! (integers through the same `itoa` formatting; floats through
+//! `serde_json` itself, except whole numbers, written as the integer and
+//! `.0` exactly as it writes them; strings through its escaper unless
+//! nothing needs escaping; non-finite floats as `null`), so the stored rows
+//! do not change. Tests compare every writer with `serde_json`.
 
 /// Writes `"name":` (`name` escaped), the start of an object member.
 #[inline]
@@ -47,8 +49,10 @@ pub fn write_i64(out: &mut Vec<u8>, v: i64) {
 #[inline]
 pub fn write_f64(out: &mut Vec<u8>, v: f64) {
     // Sums, minima and maxima of integer fields are whole numbers, which
-    // serde_json writes as the integer and `.0` below 1e16; written so
-    // directly, without the float formatter. (-0.0 keeps its sign there.)
+    // serde_json writes as the integer and `.0` (it does so up to 1e16;
+    // below 1e15 every whole number is exact in an f64 and in an i64, with
+    // margin); written so directly, without the float formatter. -0.0 is
+    // left to serde_json, which keeps its sign.
     if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
         // Exact: a whole number below 1e15 fits an i64.
         write_i64(out, v as i64);

@@ -258,7 +258,9 @@ impl ExactSet {
     }
 
     /// [`Self::sorted`] into `out` (cleared first; its capacity can end up
-    /// larger than the set, up to the table's size).
+    /// larger than the set, up to the table's size: fine for columns
+    /// written and dropped, which is what [`DistinctSketch::to_columns`]
+    /// serves).
     fn sorted_into(&self, out: &mut Vec<u64>) {
         out.clear();
         if self.has_zero {
@@ -365,7 +367,6 @@ impl ExactSet {
     /// already holds `limit` hashes (the sketch then turns into HLL).
     #[inline]
     fn insert_within(&mut self, hash: u64, limit: usize) -> bool {
-        self.thaw();
         if hash == 0 {
             if !self.has_zero {
                 if self.len() >= limit {
@@ -374,6 +375,17 @@ impl ExactSet {
                 self.has_zero = true;
             }
             return true;
+        }
+        if self.sorted {
+            // A repeat, or one past the limit, leaves a sorted set as it is
+            // (no table built just before it turns into registers).
+            if self.contains(hash) {
+                return true;
+            }
+            if self.len() >= limit {
+                return false;
+            }
+            self.thaw();
         }
         if !self.slots.is_empty() {
             if self.len() < limit && (self.nonzero + 1) * 4 <= self.slots.len() * 3 {
@@ -406,11 +418,11 @@ impl ExactSet {
     /// Adds a hash known to be absent.
     #[inline]
     fn insert_new(&mut self, hash: u64) {
-        self.thaw();
         if hash == 0 {
             self.has_zero = true;
             return;
         }
+        self.thaw();
         if (self.nonzero + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
@@ -617,35 +629,44 @@ impl DistinctSketch {
                 DistinctRepr::Hll(_) => return Self::merged_one_by_one(parts),
             }
         }
-        // Holds up to the limit's worth of hashes without growing.
-        let mut slots = vec![0_u64; ExactSet::slots_for(total.min(DISTINCT_EXACT_LIMIT + 1))];
-        let (mut nonzero, mut has_zero) = (0, false);
+        // Sized for every part's hashes, up to the limit, so the usual
+        // union (a few panes, half of them repeats) never grows; but for no
+        // more than eight times the largest part: parts that overlap
+        // heavily (60 panes of the same users) would otherwise get a table
+        // many times the union's size, zeroed and then scanned. Past that
+        // size it grows.
+        let largest = parts.iter().map(|p| p.len_hint()).max().unwrap_or(0);
+        let planned = total.min(DISTINCT_EXACT_LIMIT + 1).min(8 * largest);
+        let mut table = ExactSet {
+            slots: vec![0_u64; ExactSet::slots_for(planned)],
+            nonzero: 0,
+            has_zero: false,
+            sorted: false,
+        };
+        let mut has_zero = false;
         for part in parts {
             let DistinctRepr::Exact(theirs) = &part.repr else {
                 unreachable!("HLL parts were merged one by one above");
             };
             has_zero |= theirs.has_zero;
             for &h in &theirs.slots {
-                // The table has room for the limit's worth of hashes, so one
-                // past it still fits; the union then turns into registers.
+                if (table.nonzero + 1) * 4 > table.slots.len() * 3 {
+                    table.grow();
+                }
                 // An empty slot of the part (0) is placed too, a no-op into
                 // an empty slot, rather than branched around (see
                 // `sorted_into`).
-                nonzero += usize::from(ExactSet::place(&mut slots, h) & (h != 0));
-                if nonzero + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
+                table.nonzero += usize::from(ExactSet::place(&mut table.slots, h) & (h != 0));
+                if table.nonzero + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
+                    // Past the limit: the registers of the union.
                     return Self::merged_one_by_one(parts);
                 }
             }
         }
+        let nonzero = table.nonzero;
         if nonzero + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
             return Self::merged_one_by_one(parts);
         }
-        let table = ExactSet {
-            slots,
-            nonzero,
-            has_zero: false,
-            sorted: false,
-        };
         let set = ExactSet {
             // Empty without hashes, like a set nothing was inserted into.
             slots: if nonzero == 0 {
@@ -1352,6 +1373,41 @@ mod tests {
         let mut other = DistinctSketch::new();
         other.insert_hash(2);
         assert_ne!(other, s);
+    }
+
+    #[test]
+    fn union_at_the_limit_with_and_without_zero() {
+        for n in [4094, 4095, 4096, 4097] {
+            for with_zero in [false, true] {
+                let mut hs: Vec<u64> = (1..=n as u64).map(|i| hash_i64(i as i64)).collect();
+                if with_zero {
+                    hs.push(0);
+                }
+                // Three overlapping parts, and the hash 0 only in the last.
+                let parts: Vec<DistinctSketch> = [
+                    0..hs.len() / 2,
+                    hs.len() / 3..hs.len() - 1,
+                    hs.len() - 2..hs.len(),
+                ]
+                .into_iter()
+                .map(|r| distinct_of(&hs[r]))
+                .collect();
+                let refs: Vec<&DistinctSketch> = parts.iter().collect();
+                let union = DistinctSketch::union_of(&refs);
+                let all = distinct_of(&hs);
+                assert_eq!(union, all, "n {n}, zero {with_zero}");
+                assert_eq!(
+                    union.to_columns(),
+                    all.to_columns(),
+                    "n {n}, zero {with_zero}"
+                );
+                assert_eq!(
+                    union.is_exact(),
+                    hs.len() <= DISTINCT_EXACT_LIMIT,
+                    "n {n}, zero {with_zero}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1339,6 +1339,12 @@ aggregations = [{{ name = "n", function = "count" }}]
         let remap = keys.compact(&live);
         for (i, (p, c)) in pairs.iter().enumerate() {
             if live[i] {
+                let values: Vec<KeyValue<'_>> = keys.values(remap[i]).collect();
+                assert_eq!(values, vec![KeyValue::String(p), KeyValue::String(c)]);
+            }
+        }
+        for (i, (p, c)) in pairs.iter().enumerate() {
+            if live[i] {
                 assert_eq!(keys.intern(&metric, &event(p, c)), remap[i]);
             } else {
                 assert_eq!(remap[i], u32::MAX);
