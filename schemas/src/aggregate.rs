@@ -320,21 +320,7 @@ impl AccumulatorSlab {
             acc.events += slab.events[slot];
         }
         for &(slab, slot) in &parts[1..] {
-            let range = |n: usize| slot * n..(slot + 1) * n;
-            for (a, b) in acc
-                .numeric
-                .iter_mut()
-                .zip(&slab.numeric[range(slab.numeric_width)])
-            {
-                a.merge(b);
-            }
-            for (a, b) in acc
-                .quantiles
-                .iter_mut()
-                .zip(&slab.quantiles[range(slab.quantile_width)])
-            {
-                a.merge(b);
-            }
+            slab.merge_fixed_into(slot, &mut acc);
         }
         let mut column: Vec<&DistinctSketch> = Vec::with_capacity(parts.len());
         acc.distinct = (0..first.distinct_width)
@@ -355,19 +341,22 @@ impl AccumulatorSlab {
     /// copying it first: a window of several panes merges each pane's state
     /// this way, and a distinct sketch can hold thousands of hashes.
     pub fn merge_into(&self, slot: usize, acc: &mut Accumulator) {
-        let range = |n: usize| slot * n..(slot + 1) * n;
         acc.events += self.events[slot];
+        self.merge_fixed_into(slot, acc);
+        let distinct = &self.distinct[slot * self.distinct_width..][..self.distinct_width];
+        for (a, b) in acc.distinct.iter_mut().zip(distinct) {
+            a.merge(b);
+        }
+    }
+
+    /// Merges the numeric and quantile states in `slot` into `acc` (the
+    /// parts whose merge does not depend on how many are merged).
+    fn merge_fixed_into(&self, slot: usize, acc: &mut Accumulator) {
+        let range = |n: usize| slot * n..(slot + 1) * n;
         for (a, b) in acc
             .numeric
             .iter_mut()
             .zip(&self.numeric[range(self.numeric_width)])
-        {
-            a.merge(b);
-        }
-        for (a, b) in acc
-            .distinct
-            .iter_mut()
-            .zip(&self.distinct[range(self.distinct_width)])
         {
             a.merge(b);
         }

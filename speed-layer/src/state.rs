@@ -1224,6 +1224,15 @@ mod tests {
     const STAMP: &str = "2026-11-23 04:00:00";
 
     fn metric(window: &str, lateness: &str) -> (Arc<MetricDef>, strata_schemas::Decoder, i64) {
+        metric_grouped(window, lateness, r#"["user_id"]"#)
+    }
+
+    /// A count/sum metric grouped by `group_by` (a TOML array).
+    fn metric_grouped(
+        window: &str,
+        lateness: &str,
+        group_by: &str,
+    ) -> (Arc<MetricDef>, strata_schemas::Decoder, i64) {
         let text = format!(
             r#"
 [contracts]
@@ -1236,7 +1245,7 @@ allowed_lateness = "{lateness}"
 [metrics.m]
 source = "s"
 window = {window}
-group_by = ["user_id"]
+group_by = {group_by}
 aggregations = [
   {{ name = "n", function = "count" }},
   {{ name = "s", function = "sum", field = "duration_ms" }},
@@ -1282,28 +1291,11 @@ aggregations = [
 
     #[test]
     fn dictionary_tells_keys_apart_whose_bytes_run_together() {
-        let (_, decoder, _) = metric(r#"{ kind = "tumbling", size = "1m" }"#, "0s");
-        let text = format!(
-            r#"
-[contracts]
-dir = {:?}
-[sources.s]
-topic = "t"
-contract = "page_view"
-event_time_field = "event_time"
-[metrics.m]
-source = "s"
-window = {{ kind = "tumbling", size = "1m" }}
-group_by = ["page", "country"]
-aggregations = [{{ name = "n", function = "count" }}]
-"#,
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../schemas/contracts")
-                .display()
-                .to_string()
+        let (metric, decoder, _) = metric_grouped(
+            r#"{ kind = "tumbling", size = "1m" }"#,
+            "0s",
+            r#"["page", "country"]"#,
         );
-        let config = config::parse(&text, "test.toml", Path::new("."), |_| None).unwrap();
-        let metric = config.metrics[0].clone();
         let event = |page: &str, country: &str| {
             let payload = format!(
                 r#"{{"event_time":1795341600000,"user_id":"u","page":{page:?},"country":{country:?},"duration_ms":1}}"#
