@@ -24,6 +24,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# A cold build of the workspace and its tests, plus a first Tansu install,
+# takes about 15 GiB; a full disk shows up only as a linker's "No space
+# left on device" halfway through, so say it up front.
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+free_kib=$(df -Pk "$(dirname "$target_dir")" | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((15 * 1024 * 1024)) ]; then
+  log "warning: only $((free_kib / 1024 / 1024)) GiB free for $target_dir; a cold build needs about 15 GiB (free some with 'cargo clean', or point CARGO_TARGET_DIR elsewhere)" >&2
+fi
+
 started=$(date +%s)
 log "starting the local stack (deploy/local/up.sh)"
 deploy/local/up.sh

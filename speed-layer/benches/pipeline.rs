@@ -166,11 +166,21 @@ fn main() {
     // and the ratio is taken per run.
     let twin = input.clone();
     let all = config.metrics.clone();
-    // STRATA_BENCH_ONLY=full runs the full pipeline alone: a clean profile.
-    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("full") {
+    // STRATA_BENCH_ONLY=full runs the full pipeline alone, `decode` the
+    // same loop with no metric, and a metric's name that metric alone:
+    // clean profiles to subtract from each other.
+    let only = std::env::var("STRATA_BENCH_ONLY");
+    let profiled = match only.as_deref() {
+        Ok("full") => Some(all.clone()),
+        Ok("decode") => Some(Vec::new()),
+        Ok(name) => all.iter().find(|m| m.name == name).map(|m| vec![m.clone()]),
+        Err(_) => None,
+    };
+    if let Some(metrics) = profiled {
+        let mode = only.as_deref().unwrap_or_default();
         for _ in 0..5 {
-            let full = run_pipeline(&config, &all, &input, None);
-            println!("full pipeline: {:.0} events/s", full.events_per_s);
+            let run = run_pipeline(&config, &metrics, &input, None);
+            println!("{mode}: {:.0} events/s", run.events_per_s);
         }
         return;
     }
@@ -197,7 +207,7 @@ fn main() {
         ratios.join(" ")
     );
     // STRATA_BENCH_ONLY=ratio stops here: quick A/B runs of a change.
-    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("ratio") {
+    if only.as_deref() == Ok("ratio") {
         return;
     }
     // Each metric alone, best of 3 runs, next to decode-only slices of the
