@@ -759,11 +759,11 @@ impl AggPlan {
             json::write_f64(out, s.max);
         }
         for s in acc.distinct.iter() {
-            let (hashes, registers) = s.to_columns();
+            let (hashes, registers) = s.columns();
             member(out);
-            json::write_u64_array(out, hashes);
+            json::write_u64_array(out, hashes.iter().copied());
             member(out);
-            json::write_u64_array(out, registers.into_iter().map(u64::from));
+            json::write_u64_array(out, registers.iter().copied().map(u64::from));
         }
         for s in acc.quantiles.iter() {
             let (keys, counts) = s.to_columns();

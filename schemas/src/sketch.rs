@@ -22,6 +22,7 @@
 //! style log-bucket histogram with relative accuracy
 //! [`QUANTILE_RELATIVE_ACCURACY`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -759,9 +760,21 @@ impl DistinctSketch {
     /// in exact mode, `([], 4096 registers)` in HLL mode.
     #[must_use]
     pub fn to_columns(&self) -> (Vec<u64>, Vec<u8>) {
+        let (hashes, registers) = self.columns();
+        (hashes.into_owned(), registers.to_vec())
+    }
+
+    /// [`to_columns`](Self::to_columns), borrowed where the sketch holds
+    /// them as they are written: a window's union, kept sorted until its
+    /// row is written, is not copied to be written.
+    #[must_use]
+    pub fn columns(&self) -> (Cow<'_, [u64]>, &[u8]) {
         match &self.repr {
-            DistinctRepr::Exact(set) => (set.sorted(), Vec::new()),
-            DistinctRepr::Hll(registers) => (Vec::new(), registers.to_vec()),
+            DistinctRepr::Exact(set) if set.sorted && !set.has_zero => {
+                (Cow::Borrowed(&set.slots), &[])
+            }
+            DistinctRepr::Exact(set) => (Cow::Owned(set.sorted()), &[]),
+            DistinctRepr::Hll(registers) => (Cow::Borrowed(&[]), &registers[..]),
         }
     }
 
