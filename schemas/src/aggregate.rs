@@ -288,6 +288,14 @@ impl AccumulatorSlab {
         );
     }
 
+    /// Freezes every distinct sketch (see [`DistinctSketch::freeze`]): the
+    /// slab's states are complete, and from now on only read into unions.
+    pub fn freeze_distinct(&mut self) {
+        for sketch in &mut self.distinct {
+            sketch.freeze();
+        }
+    }
+
     /// The state in `slot` as an [`Accumulator`] (a copy), for writing or
     /// finalizing.
     pub fn get(&self, slot: usize) -> Accumulator {

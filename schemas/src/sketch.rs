@@ -198,6 +198,23 @@ fn hll_update(registers: &mut [u8; HLL_REGISTERS], hash: u64) {
     *slot = (*slot).max(hll_rank(hash));
 }
 
+/// `a ∪ b` of two ascending, duplicate-free runs into `out` (cleared
+/// first), ascending and duplicate-free. Which run advances is computed,
+/// not branched on: the two runs interleave unpredictably.
+fn merge_sorted_unique(a: &[u64], b: &[u64], out: &mut Vec<u64>) {
+    out.clear();
+    out.reserve(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out.push(x.min(y));
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+}
+
 fn registers_from(hashes: impl IntoIterator<Item = u64>) -> Registers {
     let mut registers: Registers = Box::new([0; HLL_REGISTERS]);
     for h in hashes {
@@ -616,74 +633,67 @@ impl DistinctSketch {
 
     /// The union of `parts`: equal to merging them one by one into an
     /// empty sketch, at a lower cost when they are exact sets, the common
-    /// case of a hopping window's row built from its panes. The hashes go
-    /// into one scratch table sized for all of them (no part is copied,
-    /// nothing grows), and the result keeps them sorted and dense: the form
-    /// a row writes, in a third of a table's memory. (An insert into it
-    /// turns it back into a table.)
+    /// case of a hopping window's row built from its panes. Their hashes,
+    /// sorted (a pane that is complete is kept sorted, see
+    /// [`Self::freeze`]; a table is sorted here), are merged run by run
+    /// without a branch on their order: no hash is hashed or probed again,
+    /// and the result is sorted and dense, the form a row writes, in a third
+    /// of a table's memory. (An insert into it turns it back into a table.)
     #[must_use]
     pub fn union_of(parts: &[&DistinctSketch]) -> DistinctSketch {
-        let mut total = 0;
-        for part in parts {
-            match &part.repr {
-                DistinctRepr::Exact(set) => total += set.len(),
-                DistinctRepr::Hll(_) => return Self::merged_one_by_one(parts),
-            }
+        if parts.iter().any(|p| matches!(p.repr, DistinctRepr::Hll(_))) {
+            return Self::merged_one_by_one(parts);
         }
-        // Sized for every part's hashes, up to the limit, so the usual
-        // union (a few panes, half of them repeats) never grows; but for no
-        // more than eight times the largest part: parts that overlap
-        // heavily (60 panes of the same users) would otherwise get a table
-        // many times the union's size, zeroed and then scanned. Past that
-        // size it grows.
-        let largest = parts.iter().map(|p| p.len_hint()).max().unwrap_or(0);
-        let planned = total.min(DISTINCT_EXACT_LIMIT + 1).min(8 * largest);
-        let mut table = ExactSet {
-            slots: vec![0_u64; ExactSet::slots_for(planned)],
-            nonzero: 0,
-            has_zero: false,
-            sorted: false,
-        };
         let mut has_zero = false;
+        let (mut union, mut next, mut run) = (Vec::new(), Vec::new(), Vec::new());
         for part in parts {
             let DistinctRepr::Exact(theirs) = &part.repr else {
                 unreachable!("HLL parts were merged one by one above");
             };
             has_zero |= theirs.has_zero;
-            for &h in &theirs.slots {
-                if (table.nonzero + 1) * 4 > table.slots.len() * 3 {
-                    table.grow();
-                }
-                // An empty slot of the part (0) is placed too, a no-op into
-                // an empty slot, rather than branched around (see
-                // `sorted_into`).
-                table.nonzero += usize::from(ExactSet::place(&mut table.slots, h) & (h != 0));
-                if table.nonzero + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
-                    // Past the limit: the registers of the union.
-                    return Self::merged_one_by_one(parts);
-                }
+            let hashes: &[u64] = if theirs.sorted {
+                &theirs.slots
+            } else {
+                theirs.sorted_into(&mut run);
+                // `sorted_into` puts the hash 0 first; it is kept apart.
+                &run[usize::from(theirs.has_zero)..]
+            };
+            merge_sorted_unique(&union, hashes, &mut next);
+            std::mem::swap(&mut union, &mut next);
+            if union.len() + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
+                // Past the limit: the registers of the union.
+                return Self::merged_one_by_one(parts);
             }
         }
-        let nonzero = table.nonzero;
-        if nonzero + usize::from(has_zero) > DISTINCT_EXACT_LIMIT {
-            return Self::merged_one_by_one(parts);
-        }
-        let set = ExactSet {
-            // Empty without hashes, like a set nothing was inserted into.
-            slots: if nonzero == 0 {
-                Vec::new()
-            } else {
-                // Exactly as long as the set: the scratch holds the table's size.
-                let mut scratch = Vec::new();
-                table.sorted_into(&mut scratch);
-                scratch.as_slice().to_vec()
-            },
-            nonzero,
-            has_zero,
-            sorted: true,
-        };
+        union.shrink_to_fit();
         DistinctSketch {
-            repr: DistinctRepr::Exact(set),
+            repr: DistinctRepr::Exact(ExactSet {
+                nonzero: union.len(),
+                slots: union,
+                has_zero,
+                sorted: true,
+            }),
+        }
+    }
+
+    /// Keeps an exact set sorted and dense from now on, as
+    /// [`Self::union_of`] leaves its result: the speed layer freezes a
+    /// pane's sets once the watermark has passed the pane, so the
+    /// windows that share it merge its sorted hashes instead of sorting
+    /// the table once per window. An insert (a late event) turns it back
+    /// into a table. No-op on a sorted set or a HyperLogLog.
+    pub fn freeze(&mut self) {
+        if let DistinctRepr::Exact(set) = &mut self.repr
+            && !set.sorted
+        {
+            let mut sorted = Vec::new();
+            set.sorted_into(&mut sorted);
+            if set.has_zero {
+                sorted.remove(0);
+            }
+            sorted.shrink_to_fit();
+            set.slots = sorted;
+            set.sorted = true;
         }
     }
 
@@ -1390,36 +1400,45 @@ mod tests {
 
     #[test]
     fn union_at_the_limit_with_and_without_zero() {
-        for n in [4094, 4095, 4096, 4097] {
-            for with_zero in [false, true] {
-                let mut hs: Vec<u64> = (1..=n as u64).map(|i| hash_i64(i as i64)).collect();
-                if with_zero {
-                    hs.push(0);
-                }
-                // Three overlapping parts, and the hash 0 only in the last.
-                let parts: Vec<DistinctSketch> = [
-                    0..hs.len() / 2,
-                    hs.len() / 3..hs.len() - 1,
-                    hs.len() - 2..hs.len(),
-                ]
-                .into_iter()
-                .map(|r| distinct_of(&hs[r]))
-                .collect();
-                let refs: Vec<&DistinctSketch> = parts.iter().collect();
-                let union = DistinctSketch::union_of(&refs);
-                let all = distinct_of(&hs);
-                assert_eq!(union, all, "n {n}, zero {with_zero}");
-                assert_eq!(
-                    union.to_columns(),
-                    all.to_columns(),
-                    "n {n}, zero {with_zero}"
-                );
-                assert_eq!(
-                    union.is_exact(),
-                    hs.len() <= DISTINCT_EXACT_LIMIT,
-                    "n {n}, zero {with_zero}"
-                );
+        let cases = [4094, 4095, 4096, 4097].into_iter().flat_map(|n| {
+            [(false, false), (false, true), (true, false), (true, true)]
+                .map(|(with_zero, frozen)| (n, with_zero, frozen))
+        });
+        for (n, with_zero, frozen) in cases {
+            let case = format!("n {n}, zero {with_zero}, frozen parts {frozen}");
+            let mut hs: Vec<u64> = (1..=n as u64).map(|i| hash_i64(i as i64)).collect();
+            if with_zero {
+                hs.push(0);
             }
+            // Three overlapping parts, and the hash 0 only in the last.
+            let parts: Vec<DistinctSketch> = [
+                0..hs.len() / 2,
+                hs.len() / 3..hs.len() - 1,
+                hs.len() - 2..hs.len(),
+            ]
+            .into_iter()
+            .map(|r| {
+                let mut part = distinct_of(&hs[r]);
+                if frozen {
+                    part.freeze();
+                }
+                part
+            })
+            .collect();
+            let refs: Vec<&DistinctSketch> = parts.iter().collect();
+            let union = DistinctSketch::union_of(&refs);
+            let all = distinct_of(&hs);
+            assert_eq!(union, all, "{case}");
+            assert_eq!(union.to_columns(), all.to_columns(), "{case}");
+            assert_eq!(union.is_exact(), hs.len() <= DISTINCT_EXACT_LIMIT, "{case}");
+            // A frozen part still takes inserts, the hash 0 included.
+            let mut grown = parts[0].clone();
+            let mut reference = distinct_of(&hs[..hs.len() / 2]);
+            for h in [0, hs[hs.len() - 1], hs[0]] {
+                grown.insert_hash(h);
+                reference.insert_hash(h);
+            }
+            assert_eq!(grown.to_columns(), reference.to_columns(), "{case}");
         }
     }
 
@@ -1699,10 +1718,20 @@ mod tests {
             sizes in prop::collection::vec(0_usize..2500, 0..7),
             domain in 1_u64..12_000,
         ) {
+            // Every other part frozen: unions mix sorted parts and tables.
             let parts: Vec<DistinctSketch> = sizes
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| distinct_of(&hashes(seed ^ i as u64, n, domain)))
+                .map(|(i, &n)| {
+                    let mut part = distinct_of(&hashes(seed ^ i as u64, n, domain));
+                    if (seed >> i) & 1 == 1 {
+                        let before = part.clone();
+                        part.freeze();
+                        assert_eq!(part.to_columns(), before.to_columns());
+                        assert_eq!(&part, &before);
+                    }
+                    part
+                })
                 .collect();
             let refs: Vec<&DistinctSketch> = parts.iter().collect();
             let union = DistinctSketch::union_of(&refs);

@@ -170,6 +170,28 @@ fn main() {
     // same loop with no metric, and a metric's name that metric alone:
     // clean profiles to subtract from each other.
     let only = std::env::var("STRATA_BENCH_ONLY");
+    // STRATA_BENCH_ONLY=ratio:<metric name>: that metric's paired ratio and
+    // own cost alone, for A/B runs of a change to one metric.
+    if let Some(name) = only.as_deref().ok().and_then(|o| o.strip_prefix("ratio:")) {
+        let metric = all
+            .iter()
+            .find(|m| m.name == name)
+            .expect("a metric of strata.toml");
+        let mut runs: Vec<(f64, f64)> = (0..5)
+            .map(|_| {
+                let run = run_pipeline(&config, std::slice::from_ref(metric), &input, Some(&twin));
+                let decode = run.decode_per_s.expect("measured");
+                (
+                    run.events_per_s / decode,
+                    1e6 / run.events_per_s - 1e6 / decode,
+                )
+            })
+            .collect();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (ratio, own_us) = runs[2];
+        println!("{name}: {ratio:.3} x decode-only, +{own_us:.3} us/event (median of 5)");
+        return;
+    }
     let profiled = match only.as_deref() {
         Ok("full") => Some(all.clone()),
         Ok("decode") => Some(Vec::new()),

@@ -555,6 +555,10 @@ impl Panes {
         self.0.iter().map(|(_, p)| p)
     }
 
+    fn iter_mut(&mut self) -> impl Iterator<Item = (i64, &mut Pane)> {
+        self.0.iter_mut().map(|(s, p)| (*s, p))
+    }
+
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Pane> {
         self.0.iter_mut().map(|(_, p)| p)
     }
@@ -673,6 +677,15 @@ impl PanedWindows {
             return 0;
         }
         let (size, slide) = (self.size_ms, self.slide_ms);
+        // Panes the watermark has passed get no more events in time: their
+        // distinct sets are sorted once here, for all the windows that
+        // merge them (a late event turns one back into a table).
+        for (start, pane) in self.panes.iter_mut() {
+            if start + slide > watermark {
+                break;
+            }
+            pane.states.freeze_distinct();
+        }
         let mut finalized = 0;
         if let Some(first_pane) = self.panes.first_start() {
             let mut start = first_pane - (size - slide);
