@@ -16,13 +16,15 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap};
 use serde_json::{Map, Value as Json};
 use strata_schemas::aggregate::{AccumulatorSlab, PreparedEvent};
 use strata_schemas::window::{
     Mergeable, SessionSet, Window, WindowKind, boundary_after, boundary_at_or_before,
 };
 use strata_schemas::{Accumulator, Event, MetricDef, Value, json};
+
+use crate::id_table::IdTable;
 
 /// Where a partition (re)starts, and what it already knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,16 +100,17 @@ impl Mergeable for SessionEntry {
 ///
 /// A key's encoding is kept in its id's entry when it fits (a user id, a
 /// country, a short page with its country), else in an overflow arena. A
-/// lookup then reads the table, then the entry: the id found in the table
-/// gives the entry's address and the window state's (a user's sessions)
-/// at once, so the two loads run in parallel. With many keys each is a
-/// cache miss; an arena read after a bounds read made two more, one after
-/// the other.
+/// lookup then reads one bucket of the [`IdTable`] (a tag and the id
+/// together), then the entry: the id gives the entry's address and the
+/// window state's (a user's sessions) at once, so the two loads run in
+/// parallel. With many keys each is a cache miss; a control byte, then a
+/// slot, then an arena read after a bounds read made more, one after the
+/// other.
 #[derive(Default)]
 struct KeyDictionary {
     hasher: DefaultHashBuilder,
-    /// Key ids, looked up by the hash of their encoding.
-    table: HashTable<u32>,
+    /// Key ids, looked up by the hash of their values.
+    table: IdTable,
     /// Key `id`'s encoding, or where it is in `long`.
     entries: Vec<KeyEntry>,
     /// Encodings longer than [`KeyEntry::INLINE`], back to back.
@@ -201,7 +204,7 @@ impl KeyDictionary {
                 .map(|g| KeyValue::of(&event.values[g.index]))
         };
         let hash = key_hash(hasher, values());
-        if let Some(&id) = table.find(hash, |&id| {
+        if let Some(id) = table.find(hash, |id| {
             key_matches(entries[id as usize].key(long), values())
         }) {
             return id;
@@ -212,7 +215,7 @@ impl KeyDictionary {
         }
         let id = u32::try_from(entries.len()).expect("fewer than 2^32 live group keys");
         entries.push(KeyEntry::new(buf, long));
-        table.insert_unique(hash, id, |&id| {
+        table.insert(hash, id, |id| {
             key_hash(hasher, key_values(entries[id as usize].key(long)))
         });
         id
@@ -239,7 +242,7 @@ impl KeyDictionary {
             let hash = key_hash(&self.hasher, key_values(key));
             let (entries, long) = (&self.entries, &self.long);
             let hasher = &self.hasher;
-            self.table.insert_unique(hash, next, |&id| {
+            self.table.insert(hash, next, |id| {
                 key_hash(hasher, key_values(entries[id as usize].key(long)))
             });
             *new = next;
