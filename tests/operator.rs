@@ -138,7 +138,7 @@ fn run(seed: u64, emit_every: usize) -> (Expected, Expected, u64) {
     let mut late = 0u64;
     let names: Vec<String> = config.metrics.iter().map(|m| m.name.clone()).collect();
     let emit = |state: &mut PartitionState, table: &mut Table| {
-        for row in state.emit("2026-11-23 04:00:00").parsed_rows() {
+        for row in state.emit(1_795_406_400).parsed_rows() {
             table.upsert(&names[row.metric], row.row);
         }
     };

@@ -15,7 +15,7 @@ use serde_json::{Map, Value as Json};
 use smallvec::SmallVec;
 
 use crate::decode::Event;
-use crate::json;
+use crate::rowbinary;
 use crate::sketch::{DistinctSketch, QuantileSketch};
 use crate::value::FieldType;
 
@@ -468,10 +468,6 @@ pub struct AggPlan {
     numeric_fields: Vec<FieldRef>,
     distinct_fields: Vec<FieldRef>,
     quantile_fields: Vec<FieldRef>,
-    /// `,"<state column>":` for every state column, in
-    /// [`Self::state_columns`] order: written once here instead of
-    /// formatted per row.
-    state_members: Vec<Box<[u8]>>,
 }
 
 impl AggPlan {
@@ -501,24 +497,13 @@ impl AggPlan {
                 (_, Some(f)) => Slot::Numeric(slot_of(&mut numeric_fields, f)),
             })
             .collect();
-        let mut plan = AggPlan {
+        AggPlan {
             aggregations,
             slots,
             numeric_fields,
             distinct_fields,
             quantile_fields,
-            state_members: Vec::new(),
-        };
-        plan.state_members = plan
-            .state_columns()
-            .iter()
-            .map(|c| {
-                let mut member = vec![b','];
-                json::write_key(&mut member, &c.name);
-                member.into_boxed_slice()
-            })
-            .collect();
-        plan
+        }
     }
 
     /// The aggregations, in config order.
@@ -746,44 +731,31 @@ impl AggPlan {
         }
     }
 
-    /// Writes the partial state as the members `,"<column>":<value>` of a
-    /// JSON object: the same columns and values as [`Self::write_state`],
-    /// without building a map (the speed layer's row writer).
-    pub fn write_state_json(&self, acc: &Accumulator, out: &mut Vec<u8>) {
-        let mut members = self.state_members.iter();
-        let mut member = |out: &mut Vec<u8>| {
-            out.extend_from_slice(members.next().expect("a member per state column"));
-        };
-        member(out);
-        json::write_u64(out, acc.events);
+    /// Appends the partial state as `RowBinary` values of
+    /// [`Self::state_columns`], in that order (see [`crate::rowbinary`]).
+    pub fn write_state_rowbinary(&self, acc: &Accumulator, out: &mut Vec<u8>) {
+        rowbinary::write_u64(out, acc.events);
         for s in acc.numeric.iter() {
-            member(out);
-            json::write_u64(out, s.count);
-            member(out);
-            json::write_f64(out, s.sum);
-            member(out);
-            json::write_f64(out, s.min);
-            member(out);
-            json::write_f64(out, s.max);
+            rowbinary::write_u64(out, s.count);
+            rowbinary::write_f64(out, s.sum);
+            rowbinary::write_f64(out, s.min);
+            rowbinary::write_f64(out, s.max);
         }
         for s in acc.distinct.iter() {
             let (hashes, registers) = s.columns();
-            member(out);
-            json::write_u64_array(out, hashes.iter().copied());
-            member(out);
-            json::write_u64_array(out, registers.iter().copied().map(u64::from));
+            rowbinary::write_u64_array(out, &hashes);
+            rowbinary::write_u8_array(out, registers);
         }
         for s in acc.quantiles.iter() {
             let (keys, counts) = s.to_columns();
-            member(out);
-            json::write_i64_array(out, keys.into_iter().map(i64::from));
-            member(out);
-            json::write_u64_array(out, counts);
+            rowbinary::write_i32_array(out, &keys);
+            rowbinary::write_u64_array(out, &counts);
         }
     }
 
     /// Reads a partial state written by [`Self::write_state`] (e.g. a
-    /// ClickHouse JSONEachRow row; 64-bit integers may arrive quoted).
+    /// ClickHouse JSONEachRow row or a [`crate::rowbinary::read_rows`] row;
+    /// 64-bit integers may arrive quoted).
     pub fn read_state(&self, row: &Map<String, Json>) -> Result<Accumulator, StateError> {
         let mut acc = self.new_accumulator();
         acc.events = get_u64(row, "agg_events")?;

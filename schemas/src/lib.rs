@@ -12,8 +12,8 @@
 //!   numbers in both;
 //! - [`warehouse`] (feature `warehouse`): the ClickHouse table layout both
 //!   layers write and the serving layer reads, and `strata init`;
-//! - [`json`]: JSON values written straight to bytes, for the rows the
-//!   layers insert as `JSONEachRow`;
+//! - [`rowbinary`]: ClickHouse's `RowBinary` format, the body of the speed
+//!   layer's inserts, and a reader of it for tests and tools;
 //! - [`clickstream`]: the seeded synthetic event stream used by the demo,
 //!   the generator and the tests.
 
@@ -25,8 +25,8 @@ pub mod contract;
 pub mod decode;
 pub mod duration;
 pub mod filter;
-pub mod json;
 pub mod problem;
+pub mod rowbinary;
 pub mod sketch;
 pub mod value;
 #[cfg(feature = "warehouse")]

@@ -644,8 +644,13 @@ impl DistinctSketch {
         if parts.iter().any(|p| matches!(p.repr, DistinctRepr::Hll(_))) {
             return Self::merged_one_by_one(parts);
         }
+        // Both runs sized once for every part's hashes (at most the limit
+        // plus the last part is ever held): no growth copies mid-union.
+        let total: usize = parts.iter().map(|p| p.len_hint()).sum();
+        let room = total.min(2 * DISTINCT_EXACT_LIMIT + 1);
         let mut has_zero = false;
-        let (mut union, mut next, mut run) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut union, mut next) = (Vec::with_capacity(room), Vec::with_capacity(room));
+        let mut run = Vec::new();
         for part in parts {
             let DistinctRepr::Exact(theirs) = &part.repr else {
                 unreachable!("HLL parts were merged one by one above");

@@ -224,8 +224,8 @@ pub fn json_each_row(rows: &[Map<String, Json>]) -> Vec<u8> {
 }
 
 /// Inserts a `JSONEachRow` body (one object per line, e.g. written by
-/// [`json_each_row`] or the speed layer's row writer) into `database.table`.
-/// The body is shared, so a retry does not copy it.
+/// [`json_each_row`]) into `database.table`. The body is shared, so a
+/// retry does not copy it.
 pub async fn insert_json_each_row(
     client: &Client,
     database: &str,
@@ -233,13 +233,57 @@ pub async fn insert_json_each_row(
     body: bytes::Bytes,
     timeout: Duration,
 ) -> Result<(), WarehouseError> {
+    insert(
+        client,
+        database,
+        table,
+        &InsertFormat::JsonEachRow,
+        body,
+        timeout,
+    )
+    .await
+}
+
+/// How an insert's body is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InsertFormat {
+    /// One JSON object per line; columns by name, omitted ones take their
+    /// type's zero (ClickHouse 18.16 ignores `DEFAULT` there).
+    JsonEachRow,
+    /// [`crate::rowbinary`] values of exactly these columns, in this order.
+    RowBinary(std::sync::Arc<[String]>),
+}
+
+impl InsertFormat {
+    /// `RowBinary` of `columns` (name, type), in their order.
+    pub fn row_binary(columns: &[(String, String)]) -> Self {
+        InsertFormat::RowBinary(columns.iter().map(|(name, _)| name.clone()).collect())
+    }
+}
+
+/// Inserts `body`, written in `format`, into `database.table`.
+pub async fn insert(
+    client: &Client,
+    database: &str,
+    table: &str,
+    format: &InsertFormat,
+    body: bytes::Bytes,
+    timeout: Duration,
+) -> Result<(), WarehouseError> {
     if body.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO {} FORMAT JSONEachRow",
-        qualified(database, table)
-    );
+    let target = qualified(database, table);
+    let sql = match format {
+        InsertFormat::JsonEachRow => format!("INSERT INTO {target} FORMAT JSONEachRow"),
+        InsertFormat::RowBinary(columns) => {
+            let list: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
+            format!(
+                "INSERT INTO {target} ({}) FORMAT RowBinary",
+                list.join(", ")
+            )
+        }
+    };
     let operation = format!("insert into {database}.{table}");
     let mut insert = client
         .insert_formatted_with(sql)
@@ -379,6 +423,18 @@ pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
             sorting_key(metric, &["kafka_partition"])
         ),
     }
+}
+
+/// The columns a speed row carries, (name, ClickHouse type) in the order the
+/// speed layer writes them: every column of [`speed_table_spec`] but its
+/// aliases. A `RowBinary` insert names exactly these.
+pub fn speed_row_columns(metric: &MetricDef) -> Vec<(String, String)> {
+    speed_table_spec(metric)
+        .columns
+        .into_iter()
+        .filter(|(_, _, extra)| !extra.starts_with("ALIAS"))
+        .map(|(name, ty, _)| (name, ty))
+        .collect()
 }
 
 /// The batch view: one complete row per (window, group key) per batch run;

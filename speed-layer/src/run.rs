@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::{Map, Value as Json};
 use strata_schemas::config::{Config, Source};
-use strata_schemas::warehouse::{self, WATERMARKS_TABLE};
+use strata_schemas::warehouse::{self, InsertFormat, WATERMARKS_TABLE};
 use strata_schemas::{Decoder, MetricDef};
 use tokio::runtime::Handle;
 
@@ -392,18 +392,20 @@ impl Speed {
         let mut watermarks = Vec::new();
         let mut open = 0;
         let mut finalized = 0;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let stamp = warehouse::now_datetime();
-        let now = Json::from(stamp.as_str());
+        let now_utc = chrono::Utc::now();
+        let now_ms = now_utc.timestamp_millis();
+        // ClickHouse's DateTime is u32 seconds: good until 2106.
+        let now_s = u32::try_from(now_utc.timestamp()).unwrap_or(u32::MAX);
+        let now = Json::from(now_utc.format("%Y-%m-%d %H:%M:%S").to_string());
         for ((topic, partition), assigned) in &mut self.partitions {
-            let emission = assigned.state.emit(&stamp);
+            let emission = assigned.state.emit(now_s);
             finalized += emission.finalized;
             let (_, metrics) = &self.sources[topic];
             for (metric, rows) in metrics.iter().zip(&emission.rows) {
                 if rows.count > 0 {
                     tables
                         .entry(warehouse::speed_table(&metric.name))
-                        .or_default()
+                        .or_insert_with(|| MetricRows::new(rows.columns.clone()))
                         .append(rows);
                 }
             }
@@ -448,17 +450,19 @@ impl Speed {
         for table in names {
             let rows = tables.remove(&table).expect("a name of the map");
             let count = rows.count;
-            self.write_with_retry(&table, &rows.json.into(), count)?;
+            self.write_with_retry(&table, &rows.format(), &rows.body.into(), count)?;
             self.report.rows_written += count as u64;
         }
         self.write_with_retry(
             warehouse::SPEED_CHECKPOINTS_TABLE,
+            &InsertFormat::JsonEachRow,
             &warehouse::json_each_row(&checkpoints).into(),
             checkpoints.len(),
         )?;
         metrics::counter!(m::CHECKPOINTS).increment(checkpoints.len() as u64);
         self.write_with_retry(
             WATERMARKS_TABLE,
+            &InsertFormat::JsonEachRow,
             &warehouse::json_each_row(&watermarks).into(),
             watermarks.len(),
         )?;
@@ -499,21 +503,23 @@ impl Speed {
     fn write_with_retry(
         &mut self,
         table: &str,
+        format: &InsertFormat,
         body: &Bytes,
         rows: usize,
     ) -> Result<(), SpeedError> {
         let mut backoff = Backoff::default();
         let database = self.config.clickhouse.database.clone();
         loop {
-            let (client, db, name, batch) = (
+            let (client, db, name, format, batch) = (
                 self.client.clone(),
                 database.clone(),
                 table.to_string(),
+                format.clone(),
                 body.clone(),
             );
             let task = self
                 .runtime
-                .spawn(async move { insert_once(&client, &db, &name, batch, rows).await });
+                .spawn(async move { insert_once(&client, &db, &name, &format, batch, rows).await });
             // Keep polling while the write is in flight so the group never
             // sees this member as stuck.
             while !task.is_finished() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::Client;
-use strata_schemas::warehouse::{self, WarehouseError};
+use strata_schemas::warehouse::{self, InsertFormat, WarehouseError};
 
 use crate::metrics as m;
 
@@ -41,19 +41,26 @@ impl Backoff {
     }
 }
 
-/// One insert attempt of a `JSONEachRow` body of `rows` rows into
+/// One insert attempt of a body of `rows` rows, written in `format`, into
 /// `database.table`, with metrics.
 pub async fn insert_once(
     client: &Client,
     database: &str,
     table: &str,
+    format: &InsertFormat,
     body: Bytes,
     rows: usize,
 ) -> Result<(), WarehouseError> {
     let started = Instant::now();
-    let result =
-        warehouse::insert_json_each_row(client, database, table, body, Duration::from_secs(10))
-            .await;
+    let result = warehouse::insert(
+        client,
+        database,
+        table,
+        format,
+        body,
+        Duration::from_secs(10),
+    )
+    .await;
     let outcome = match &result {
         Ok(()) => "ok",
         Err(e) if e.is_retryable() => "retryable_error",

@@ -22,7 +22,7 @@ use strata_schemas::aggregate::{AccumulatorSlab, PreparedEvent};
 use strata_schemas::window::{
     Mergeable, SessionSet, Window, WindowKind, boundary_after, boundary_at_or_before,
 };
-use strata_schemas::{Accumulator, Event, MetricDef, Value, json};
+use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, rowbinary, warehouse};
 
 use crate::id_table::IdTable;
 
@@ -375,15 +375,19 @@ impl KeyValue<'_> {
         }
     }
 
-    /// Writes the value as [`Value::to_json`] renders the owned value
-    /// (booleans as 0/1, the form ClickHouse's `UInt8` columns take).
-    fn write_json(self, out: &mut Vec<u8>) {
-        match self {
-            KeyValue::Null => out.extend_from_slice(b"null"),
-            KeyValue::String(s) => json::write_str(out, s),
-            KeyValue::Int(i) | KeyValue::Timestamp(i) => json::write_i64(out, i),
-            KeyValue::Float(f) => json::write_f64(out, f),
-            KeyValue::Bool(b) => out.push(if b { b'1' } else { b'0' }),
+    /// Writes the value as a `RowBinary` value of its group-by column,
+    /// of type `ty`. Group-by fields are required or defaulted, so a key
+    /// never holds a null; were it to, the column's zero value is written.
+    fn write_rowbinary(self, ty: FieldType, out: &mut Vec<u8>) {
+        match (self, ty) {
+            (KeyValue::String(s), _) => rowbinary::write_str(out, s),
+            (KeyValue::Int(i) | KeyValue::Timestamp(i), _) => rowbinary::write_i64(out, i),
+            (KeyValue::Float(f), _) => rowbinary::write_f64(out, f),
+            (KeyValue::Bool(b), _) => rowbinary::write_u8(out, u8::from(b)),
+            (KeyValue::Null, FieldType::String) => rowbinary::write_str(out, ""),
+            (KeyValue::Null, FieldType::Int | FieldType::Timestamp) => rowbinary::write_i64(out, 0),
+            (KeyValue::Null, FieldType::Float) => rowbinary::write_f64(out, 0.0),
+            (KeyValue::Null, FieldType::Bool) => rowbinary::write_u8(out, 0),
         }
     }
 }
@@ -807,6 +811,8 @@ enum Windows {
 /// One metric's windows in one partition.
 struct MetricWindows {
     metric: Arc<MetricDef>,
+    /// The columns of the metric's speed rows.
+    columns: Arc<[(String, String)]>,
     keys: KeyDictionary,
     windows: Windows,
 }
@@ -871,21 +877,46 @@ pub struct ApplyOutcome {
     pub filtered: u32,
 }
 
-/// The rows of one metric from one emit, as a `JSONEachRow` body: written
-/// straight to bytes (no map per row), ready to send to the speed table.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The rows of one metric from one emit, as a `RowBinary` body (see
+/// [`strata_schemas::rowbinary`]) of the metric's speed-row columns: written
+/// straight to bytes, ready to send to the speed table.
+#[derive(Clone, Debug, PartialEq)]
 pub struct MetricRows {
-    /// One JSON object per line.
-    pub json: Vec<u8>,
-    /// Number of rows (lines) in `json`.
+    /// The rows, back to back.
+    pub body: Vec<u8>,
+    /// Number of rows in `body`.
     pub count: usize,
+    /// The columns of every row, (name, ClickHouse type) in order
+    /// ([`warehouse::speed_row_columns`]).
+    pub columns: Arc<[(String, String)]>,
 }
 
 impl MetricRows {
+    /// No rows yet, of `columns`.
+    pub fn new(columns: Arc<[(String, String)]>) -> Self {
+        MetricRows {
+            body: Vec::new(),
+            count: 0,
+            columns,
+        }
+    }
+
     /// Appends another body of the same table.
     pub fn append(&mut self, other: &MetricRows) {
-        self.json.extend_from_slice(&other.json);
+        debug_assert_eq!(self.columns, other.columns);
+        self.body.extend_from_slice(&other.body);
         self.count += other.count;
+    }
+
+    /// How the body is inserted.
+    pub fn format(&self) -> warehouse::InsertFormat {
+        warehouse::InsertFormat::row_binary(&self.columns)
+    }
+
+    /// Every row read back into a map keyed by column name.
+    pub fn parsed(&self) -> Vec<Map<String, Json>> {
+        rowbinary::read_rows(&self.body, &self.columns)
+            .expect("the row writer writes the rows of its columns")
     }
 }
 
@@ -922,12 +953,9 @@ impl Emission {
             .iter()
             .enumerate()
             .flat_map(|(metric, rows)| {
-                serde_json::Deserializer::from_slice(&rows.json)
-                    .into_iter::<Map<String, Json>>()
-                    .map(move |row| SpeedRow {
-                        metric,
-                        row: row.expect("the row writer writes JSON objects"),
-                    })
+                rows.parsed()
+                    .into_iter()
+                    .map(move |row| SpeedRow { metric, row })
             })
             .collect()
     }
@@ -974,6 +1002,7 @@ impl PartitionState {
                 .iter()
                 .map(|m| MetricWindows {
                     metric: m.clone(),
+                    columns: warehouse::speed_row_columns(m).into(),
                     keys: KeyDictionary::default(),
                     windows: match m.window {
                         WindowKind::Session { gap } => Windows::Session {
@@ -1102,9 +1131,9 @@ impl PartitionState {
     }
 
     /// Collects the rows of every changed or newly final window (each row
-    /// stamped `updated_at`, a ClickHouse `DateTime` literal), removes final
-    /// windows, and computes the checkpoint those rows make valid.
-    pub fn emit(&mut self, updated_at: &str) -> Emission {
+    /// stamped `updated_at_s`, Unix seconds), removes final windows, and
+    /// computes the checkpoint those rows make valid.
+    pub fn emit(&mut self, updated_at_s: u32) -> Emission {
         let watermark = self.watermark();
         let floor = self.restored_floor_ms;
         let partition = self.partition;
@@ -1119,8 +1148,8 @@ impl PartitionState {
         };
         for mw in &mut self.metrics {
             let metric = &*mw.metric;
-            let mut out = MetricRows::default();
-            let rows = RowWriter::new(metric, &mw.keys, partition, updated_at);
+            let mut out = MetricRows::new(mw.columns.clone());
+            let rows = RowWriter::new(metric, &mw.keys, partition, updated_at_s);
             match &mut mw.windows {
                 Windows::Fixed(fixed) => {
                     let plan = &metric.plan;
@@ -1216,18 +1245,16 @@ impl From<&WindowMeta> for RowOffsets {
     }
 }
 
-/// Writes the speed rows of one metric of one partition in one emit,
-/// straight into a `JSONEachRow` body. The columns are those of
-/// [`strata_schemas::warehouse`]'s speed tables.
+/// Writes one metric's speed rows as `RowBinary`, in the order of
+/// [`warehouse::speed_row_columns`]: window, group key, partition, state,
+/// offsets, version, retracted, is_final, updated_at.
 struct RowWriter<'a> {
     metric: &'a MetricDef,
     keys: &'a KeyDictionary,
-    /// `{"updated_at":"<stamp>","window_start_ms":`, the same for every row.
-    opening: Vec<u8>,
-    /// `,"<group-by field>":` per group-by field.
-    key_members: Vec<Vec<u8>>,
-    /// `,"kafka_partition":<partition>`.
-    partition_member: Vec<u8>,
+    partition: i32,
+    updated_at_s: u32,
+    /// The state columns of an empty accumulator: a retraction's.
+    empty_state: Vec<u8>,
 }
 
 impl<'a> RowWriter<'a> {
@@ -1235,45 +1262,46 @@ impl<'a> RowWriter<'a> {
         metric: &'a MetricDef,
         keys: &'a KeyDictionary,
         partition: i32,
-        updated_at: &str,
+        updated_at_s: u32,
     ) -> Self {
-        let mut opening = b"{".to_vec();
-        json::write_key(&mut opening, "updated_at");
-        json::write_str(&mut opening, updated_at);
-        opening.push(b',');
-        json::write_key(&mut opening, "window_start_ms");
-        let key_members = metric
-            .group_by
-            .iter()
-            .map(|g| {
-                let mut member = vec![b','];
-                json::write_key(&mut member, &g.name);
-                member
-            })
-            .collect();
-        let mut partition_member = b",".to_vec();
-        json::write_key(&mut partition_member, "kafka_partition");
-        json::write_i64(&mut partition_member, i64::from(partition));
+        let mut empty_state = Vec::new();
+        metric
+            .plan
+            .write_state_rowbinary(&metric.plan.new_accumulator(), &mut empty_state);
         RowWriter {
             metric,
             keys,
-            opening,
-            key_members,
-            partition_member,
+            partition,
+            updated_at_s,
+            empty_state,
         }
     }
 
-    /// The columns every row has: updated_at, window, group key, partition.
-    fn head(&self, json: &mut Vec<u8>, window: Window, key: u32) {
-        json.extend_from_slice(&self.opening);
-        json::write_i64(json, window.start_ms);
-        json.extend_from_slice(b",\"window_end_ms\":");
-        json::write_i64(json, window.end_ms);
-        for (member, value) in self.key_members.iter().zip(self.keys.values(key)) {
-            json.extend_from_slice(member);
-            value.write_json(json);
+    /// The columns every row starts with: window, group key, partition.
+    fn head(&self, out: &mut Vec<u8>, window: Window, key: u32) {
+        rowbinary::write_i64(out, window.start_ms);
+        rowbinary::write_i64(out, window.end_ms);
+        for (field, value) in self.metric.group_by.iter().zip(self.keys.values(key)) {
+            value.write_rowbinary(field.ty, out);
         }
-        json.extend_from_slice(&self.partition_member);
+        rowbinary::write_i32(out, self.partition);
+    }
+
+    /// The columns every row ends with.
+    fn tail(
+        &self,
+        out: &mut Vec<u8>,
+        offsets: RowOffsets,
+        version: u64,
+        retracted: bool,
+        is_final: bool,
+    ) {
+        rowbinary::write_i64(out, offsets.first);
+        rowbinary::write_i64(out, offsets.last);
+        rowbinary::write_u64(out, version);
+        rowbinary::write_u8(out, u8::from(retracted));
+        rowbinary::write_u8(out, u8::from(is_final));
+        rowbinary::write_datetime(out, self.updated_at_s);
     }
 
     /// A window's row: its state, offsets and version.
@@ -1286,32 +1314,22 @@ impl<'a> RowWriter<'a> {
         acc: &Accumulator,
         is_final: bool,
     ) {
-        let json = &mut out.json;
-        self.head(json, window, key);
-        self.metric.plan.write_state_json(acc, json);
-        json.extend_from_slice(b",\"first_offset\":");
-        json::write_i64(json, offsets.first);
-        json.extend_from_slice(b",\"last_offset\":");
-        json::write_i64(json, offsets.last);
+        let body = &mut out.body;
+        self.head(body, window, key);
+        self.metric.plan.write_state_rowbinary(acc, body);
         // The version only grows: a later offset, or the same offset turned final.
-        json.extend_from_slice(b",\"version\":");
-        json::write_u64(json, offsets.last as u64 * 2 + u64::from(is_final));
-        json.extend_from_slice(if is_final {
-            b",\"retracted\":0,\"is_final\":1}\n"
-        } else {
-            b",\"retracted\":0,\"is_final\":0}\n"
-        });
+        let version = offsets.last as u64 * 2 + u64::from(is_final);
+        self.tail(body, offsets, version, false, is_final);
         out.count += 1;
     }
 
-    /// The retraction of a session merged away (its state columns left at
-    /// their defaults).
+    /// The retraction of a session merged away (its state and offsets at
+    /// their zero values).
     fn tombstone(&self, out: &mut MetricRows, window: Window, key: u32, version: u64) {
-        let json = &mut out.json;
-        self.head(json, window, key);
-        json.extend_from_slice(b",\"version\":");
-        json::write_u64(json, version);
-        json.extend_from_slice(b",\"retracted\":1,\"is_final\":1}\n");
+        let body = &mut out.body;
+        self.head(body, window, key);
+        body.extend_from_slice(&self.empty_state);
+        self.tail(body, RowOffsets { first: 0, last: 0 }, version, true, true);
         out.count += 1;
     }
 }
@@ -1324,7 +1342,7 @@ mod tests {
 
     use super::*;
 
-    const STAMP: &str = "2026-11-23 04:00:00";
+    const STAMP: u32 = 1_795_406_400; // 2026-11-23 04:00:00 UTC
 
     fn metric(window: &str, lateness: &str) -> (Arc<MetricDef>, strata_schemas::Decoder, i64) {
         metric_grouped(window, lateness, r#"["user_id"]"#)
@@ -1523,11 +1541,29 @@ aggregations = [
             encode_value(&mut buf, v);
         }
         assert_eq!(decode_key(&buf), values);
-        // Rows carry each value as its JSON form would.
-        for (kv, v) in key_values(&buf).zip(&values) {
-            let mut json = Vec::new();
-            kv.write_json(&mut json);
-            assert_eq!(String::from_utf8(json).unwrap(), v.to_json().to_string());
+        // Rows carry each value in its column's type, reading back as the
+        // value's JSON form (a null, which validation keeps out of keys, as
+        // the column's zero).
+        let types = [
+            FieldType::String,
+            FieldType::String,
+            FieldType::Int,
+            FieldType::Float,
+            FieldType::Bool,
+            FieldType::Timestamp,
+            FieldType::String,
+        ];
+        for ((kv, v), ty) in key_values(&buf).zip(&values).zip(types) {
+            let mut body = Vec::new();
+            kv.write_rowbinary(ty, &mut body);
+            let column = [("k".to_string(), ty.clickhouse_type().to_string())];
+            let row = rowbinary::read_rows(&body, &column).unwrap().remove(0);
+            let expected = if *v == Value::Null {
+                Json::from("")
+            } else {
+                v.to_json()
+            };
+            assert_eq!(row["k"], expected, "{v:?}");
         }
     }
 

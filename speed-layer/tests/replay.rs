@@ -15,7 +15,7 @@ use strata_schemas::config::{self, Config};
 use strata_speed::state::{Checkpoint, PartitionState};
 
 /// The `updated_at` stamp of every emission (not part of a row's identity).
-const STAMP: &str = "2026-11-23 04:00:00";
+const STAMP: u32 = 1_795_406_400; // 2026-11-23 04:00:00 UTC
 
 fn reference() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml");
