@@ -160,7 +160,8 @@ impl KeyEntry {
 
 /// Byte equality for the short slices group keys usually are, compared in
 /// at most four word loads instead of a call into libc's `memcmp` (which,
-/// for keys of 10 to 30 bytes, cost more than the comparison itself).
+/// for keys of 4 to 30 bytes, a user id or a page, cost more than the
+/// comparison itself).
 #[inline]
 fn short_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
@@ -168,8 +169,10 @@ fn short_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
     match n {
-        0..8 => a == b,
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => (half(a, 0) ^ half(b, 0)) | (half(a, n - 4) ^ half(b, n - 4)) == 0,
         8..=16 => (word(a, 0) ^ word(b, 0)) | (word(a, n - 8) ^ word(b, n - 8)) == 0,
         17..=32 => {
             (word(a, 0) ^ word(b, 0))
