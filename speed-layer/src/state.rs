@@ -285,13 +285,11 @@ fn key_matches<'a>(encoded: &[u8], values: impl Iterator<Item = KeyValue<'a>>) -
             (0, KeyValue::Null) => tail,
             (1, KeyValue::String(s)) => {
                 let s = s.as_bytes();
-                match tail.split_first_chunk::<4>() {
+                match read_len(tail) {
                     Some((len, text))
-                        if u32::from_le_bytes(*len) as usize == s.len()
-                            && text.len() >= s.len()
-                            && short_eq(&text[..s.len()], s) =>
+                        if len == s.len() && text.len() >= len && short_eq(&text[..len], s) =>
                     {
-                        &text[s.len()..]
+                        &text[len..]
                     }
                     _ => return false,
                 }
@@ -322,7 +320,9 @@ fn encode_value(buf: &mut Vec<u8>, v: &Value) {
         Value::Null => buf.push(0),
         Value::String(s) => {
             buf.push(1);
-            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            // LEB128: one byte for any string under 128 bytes, so a page
+            // with its country still fits an entry inline.
+            rowbinary::write_len(buf, s.len());
             buf.extend_from_slice(s.as_bytes());
         }
         Value::Int(i) => {
@@ -339,6 +339,20 @@ fn encode_value(buf: &mut Vec<u8>, v: &Value) {
             buf.extend_from_slice(&t.to_le_bytes());
         }
     }
+}
+
+/// A string's length in a key's encoding (LEB128, as
+/// [`rowbinary::write_len`] writes it) and the bytes after it.
+#[inline]
+fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut len = 0_usize;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        len |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((len, &bytes[i + 1..]));
+        }
+    }
+    None
 }
 
 /// One group-by value as stored in a key's encoding, borrowed from it.
@@ -413,8 +427,9 @@ fn key_values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
         Some(match tag {
             0 => KeyValue::Null,
             1 => {
-                let len = u32::from_le_bytes(take(&mut bytes, 4).try_into().expect("4 bytes"));
-                let text = take(&mut bytes, len as usize);
+                let (len, rest) = read_len(bytes).expect("a length was encoded");
+                bytes = rest;
+                let text = take(&mut bytes, len);
                 KeyValue::String(std::str::from_utf8(text).expect("encoded from a String"))
             }
             2 => KeyValue::Int(i64::from_le_bytes(eight(&mut bytes))),
@@ -1479,6 +1494,8 @@ aggregations = [
             Value::Timestamp(1_795_341_600_000),
             Value::String(String::new()),
             Value::Float(f64::NAN),
+            // 200 bytes: a length of two LEB128 bytes.
+            Value::String("ß".repeat(100)),
         ];
         let encode = |values: &[Value]| {
             let mut buf = Vec::new();
@@ -1538,6 +1555,7 @@ aggregations = [
             Value::Bool(true),
             Value::Timestamp(1_795_341_600_000),
             Value::String(String::new()),
+            Value::String("ß".repeat(100)),
         ];
         let mut buf = Vec::new();
         for v in &values {
@@ -1554,6 +1572,7 @@ aggregations = [
             FieldType::Float,
             FieldType::Bool,
             FieldType::Timestamp,
+            FieldType::String,
             FieldType::String,
         ];
         for ((kv, v), ty) in key_values(&buf).zip(&values).zip(types) {
