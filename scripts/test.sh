@@ -27,11 +27,20 @@ fi
 # A cold build of the workspace and its tests, plus a first Tansu install,
 # takes about 15 GiB; a full disk shows up only as a linker's "No space
 # left on device" halfway through, so say it up front.
+# (Measured on the nearest existing folder: a custom target folder may not
+# exist yet. A size that cannot be read is not a reason to stop.)
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-free_kib=$(df -Pk "$(dirname "$target_dir")" | awk 'NR == 2 { print $4 }')
-if [ "${free_kib:-0}" -lt $((15 * 1024 * 1024)) ]; then
-  log "warning: only $((free_kib / 1024 / 1024)) GiB free for $target_dir; a cold build needs about 15 GiB (free some with 'cargo clean', or point CARGO_TARGET_DIR elsewhere)" >&2
-fi
+probe="$target_dir"
+while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done
+free_kib=$(df -Pk "$probe" 2>/dev/null | awk 'NR == 2 { print $4 }') || free_kib=
+case "$free_kib" in
+  '' | *[!0-9]*) ;;
+  *)
+    if [ "$free_kib" -lt $((15 * 1024 * 1024)) ]; then
+      log "warning: only $((free_kib / 1024 / 1024)) GiB free for $target_dir; a cold build needs about 15 GiB (free some with 'cargo clean', or point CARGO_TARGET_DIR elsewhere)" >&2
+    fi
+    ;;
+esac
 
 started=$(date +%s)
 log "starting the local stack (deploy/local/up.sh)"

@@ -110,6 +110,20 @@ pub enum RowBinaryError {
         /// Column name.
         column: String,
     },
+    /// A length that does not end within 10 bytes.
+    #[error("row {row}, column `{column}`: the length does not end within 10 bytes")]
+    BadLength {
+        /// Row number, from 0.
+        row: usize,
+        /// Column name.
+        column: String,
+    },
+    /// Bytes to read, but no column to read them as.
+    #[error("{bytes} bytes of rows, but no columns to read them as")]
+    NoColumns {
+        /// Length of the body.
+        bytes: usize,
+    },
     /// A column type this reader does not know.
     #[error(
         "column `{column}` has type `{ty}`: only the types of Strata's speed rows can be read back"
@@ -130,6 +144,9 @@ pub fn read_rows(
     body: &[u8],
     columns: &[(String, String)],
 ) -> Result<Vec<Map<String, Json>>, RowBinaryError> {
+    if columns.is_empty() && !body.is_empty() {
+        return Err(RowBinaryError::NoColumns { bytes: body.len() });
+    }
     let mut rest = body;
     let mut rows = Vec::new();
     while !rest.is_empty() {
@@ -174,14 +191,17 @@ impl<'b> Reader<'_, 'b> {
 
     fn len(&mut self) -> Result<usize, RowBinaryError> {
         let mut n = 0_u64;
-        for shift in (0..64).step_by(7) {
+        for shift in (0..70).step_by(7) {
             let byte = self.take(1)?[0];
             n |= u64::from(byte & 0x7F) << shift;
             if byte & 0x80 == 0 {
-                break;
+                return Ok(n as usize);
             }
         }
-        Ok(n as usize)
+        Err(RowBinaryError::BadLength {
+            row: self.row,
+            column: self.column.to_string(),
+        })
     }
 
     fn value(&mut self, ty: &str) -> Result<Json, RowBinaryError> {
@@ -311,6 +331,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "column `x` has type `Decimal(9, 2)`: only the types of Strata's speed rows can be read back"
+        );
+        assert_eq!(
+            read_rows(&[0xFF; 11], &columns(&[("s", "String")])),
+            Err(RowBinaryError::BadLength {
+                row: 0,
+                column: "s".into()
+            })
+        );
+        assert_eq!(
+            read_rows(&[1], &[]),
+            Err(RowBinaryError::NoColumns { bytes: 1 })
         );
         let mut bad = Vec::new();
         write_len(&mut bad, 1);

@@ -277,6 +277,9 @@ pub async fn insert(
     let sql = match format {
         InsertFormat::JsonEachRow => format!("INSERT INTO {target} FORMAT JSONEachRow"),
         InsertFormat::RowBinary(columns) => {
+            // Column names come from validated config and contracts
+            // (identifiers: `[a-z_][a-z0-9_]*`), never from a request.
+            debug_assert!(columns.iter().all(|c| crate::contract::is_identifier(c)));
             let list: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
             format!(
                 "INSERT INTO {target} ({}) FORMAT RowBinary",

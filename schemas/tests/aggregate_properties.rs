@@ -208,8 +208,8 @@ proptest! {
         }
     }
 
-    /// The speed layer's row writer (`write_state_json`) writes exactly the
-    /// columns and values of the map form, for every kind of state
+    /// The speed layer's row writer (`write_state_rowbinary`) writes exactly
+    /// the columns and values of the map form, for every kind of state
     /// (count/sum/min/max, exact and HLL distinct sketches, quantiles).
     #[test]
     fn rowbinary_state_equals_the_map_form(raw in events_strategy(), extra_users in 0u32..6000) {

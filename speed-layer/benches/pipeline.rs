@@ -170,13 +170,19 @@ fn main() {
     // same loop with no metric, and a metric's name that metric alone:
     // clean profiles to subtract from each other.
     let only = std::env::var("STRATA_BENCH_ONLY");
+    let metric_named = |name: &str| {
+        let known: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+        all.iter().find(|m| m.name == name).cloned().unwrap_or_else(|| {
+            panic!(
+                "STRATA_BENCH_ONLY={name}: expected full, decode, ratio, ratio:<metric> or a metric of strata.toml ({})",
+                known.join(", ")
+            )
+        })
+    };
     // STRATA_BENCH_ONLY=ratio:<metric name>: that metric's paired ratio and
     // own cost alone, for A/B runs of a change to one metric.
     if let Some(name) = only.as_deref().ok().and_then(|o| o.strip_prefix("ratio:")) {
-        let metric = all
-            .iter()
-            .find(|m| m.name == name)
-            .expect("a metric of strata.toml");
+        let metric = &metric_named(name);
         let mut runs: Vec<(f64, f64)> = (0..5)
             .map(|_| {
                 let run = run_pipeline(&config, std::slice::from_ref(metric), &input, Some(&twin));
@@ -195,8 +201,8 @@ fn main() {
     let profiled = match only.as_deref() {
         Ok("full") => Some(all.clone()),
         Ok("decode") => Some(Vec::new()),
-        Ok(name) => all.iter().find(|m| m.name == name).map(|m| vec![m.clone()]),
-        Err(_) => None,
+        Ok("ratio") | Err(_) => None,
+        Ok(name) => Some(vec![metric_named(name)]),
     };
     if let Some(metrics) = profiled {
         let mode = only.as_deref().unwrap_or_default();

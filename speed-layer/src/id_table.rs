@@ -140,6 +140,21 @@ impl Default for IdTable {
 }
 
 impl IdTable {
+    /// Empty, with room for `n` ids without growing.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        let mut size = 8;
+        while n * 4 > size * 3 {
+            size *= 2;
+        }
+        IdTable {
+            table: if n > <u32 as Bucket>::MAX_ID as usize {
+                Table::Wide(Buckets::with_buckets(size))
+            } else {
+                Table::Narrow(Buckets::with_buckets(size))
+            },
+        }
+    }
+
     /// Number of ids.
     pub(crate) fn len(&self) -> usize {
         match &self.table {
@@ -246,6 +261,30 @@ mod tests {
             "a hash with a zero top byte still marks its bucket used"
         );
         assert_eq!(tag_of(u64::MAX), 0xFF);
+    }
+
+    #[test]
+    fn growing_and_widening_in_one_insert_keeps_every_id() {
+        // Narrow and exactly 3/4 full, then an id past 24 bits.
+        let mut table = IdTable::default();
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for id in 0..6 {
+            table.insert(hash(id), id, hash);
+        }
+        assert!(matches!(&table.table, Table::Narrow(t) if t.buckets.len() == 8));
+        let far = 1 << 24;
+        table.insert(hash(far), far, hash);
+        assert!(matches!(&table.table, Table::Wide(t) if t.buckets.len() == 16));
+        for id in (0..6).chain([far]) {
+            assert_eq!(table.find(hash(id), |c| c == id), Some(id));
+        }
+        // Sized up front: no growth for as many ids as asked for.
+        let mut sized = IdTable::with_capacity(1_000);
+        let size = sized.heap_bytes();
+        for id in 0..1_000 {
+            sized.insert(hash(id), id, hash);
+        }
+        assert_eq!(sized.heap_bytes(), size);
     }
 
     #[test]

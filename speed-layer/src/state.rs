@@ -240,6 +240,9 @@ impl KeyDictionary {
     fn compact(&mut self, live: &[bool]) -> Vec<u32> {
         let old = std::mem::take(self);
         self.hasher = old.hasher;
+        // Sized for the live keys at once: growing would re-hash them all,
+        // decoding each again, at every doubling.
+        self.table = IdTable::with_capacity(live.iter().filter(|&&l| l).count());
         let mut remap = vec![u32::MAX; old.entries.len()];
         for (id, new) in remap.iter_mut().enumerate() {
             if !live[id] {
@@ -398,19 +401,30 @@ impl KeyValue<'_> {
         }
     }
 
-    /// Writes the value as a `RowBinary` value of its group-by column,
-    /// of type `ty`. Group-by fields are required or defaulted, so a key
-    /// never holds a null; were it to, the column's zero value is written.
+    /// Writes the value as a `RowBinary` value of its group-by column, of
+    /// type `ty`: always the column's layout, so one odd value can never
+    /// shift the rest of the body. The decoder gives a field its contract
+    /// type (an int widened to a float is converted); group-by fields are
+    /// required or defaulted, so a key never holds a null, and any other
+    /// mismatch is a bug: in release builds the column's zero is written.
     fn write_rowbinary(self, ty: FieldType, out: &mut Vec<u8>) {
         match (self, ty) {
-            (KeyValue::String(s), _) => rowbinary::write_str(out, s),
-            (KeyValue::Int(i) | KeyValue::Timestamp(i), _) => rowbinary::write_i64(out, i),
-            (KeyValue::Float(f), _) => rowbinary::write_f64(out, f),
-            (KeyValue::Bool(b), _) => rowbinary::write_u8(out, u8::from(b)),
-            (KeyValue::Null, FieldType::String) => rowbinary::write_str(out, ""),
-            (KeyValue::Null, FieldType::Int | FieldType::Timestamp) => rowbinary::write_i64(out, 0),
-            (KeyValue::Null, FieldType::Float) => rowbinary::write_f64(out, 0.0),
-            (KeyValue::Null, FieldType::Bool) => rowbinary::write_u8(out, 0),
+            (KeyValue::String(s), FieldType::String) => rowbinary::write_str(out, s),
+            (KeyValue::Int(i) | KeyValue::Timestamp(i), FieldType::Int | FieldType::Timestamp) => {
+                rowbinary::write_i64(out, i);
+            }
+            (KeyValue::Float(f), FieldType::Float) => rowbinary::write_f64(out, f),
+            (KeyValue::Int(i), FieldType::Float) => rowbinary::write_f64(out, i as f64),
+            (KeyValue::Bool(b), FieldType::Bool) => rowbinary::write_u8(out, u8::from(b)),
+            (other, ty) => {
+                debug_assert!(other == KeyValue::Null, "a {ty} column holding {other:?}");
+                match ty {
+                    FieldType::String => rowbinary::write_str(out, ""),
+                    FieldType::Int | FieldType::Timestamp => rowbinary::write_i64(out, 0),
+                    FieldType::Float => rowbinary::write_f64(out, 0.0),
+                    FieldType::Bool => rowbinary::write_u8(out, 0),
+                }
+            }
         }
     }
 }
@@ -513,8 +527,13 @@ impl SlotIndex {
                 return slot;
             }
             let needed = key as usize + 1;
-            if needed <= slots.len() || needed <= (4 * (*len + 1)).max(Self::DENSE_ALWAYS) {
+            let bound = (4 * (*len + 1)).max(Self::DENSE_ALWAYS);
+            if needed <= slots.len() || needed <= bound {
                 if needed > slots.len() {
+                    // Doubling (amortized), but never past the bound a pane
+                    // of this many keys may take.
+                    let target = (2 * slots.len()).clamp(needed, bound);
+                    slots.reserve_exact(target - slots.len());
                     slots.resize(needed, Self::ABSENT);
                 }
                 let slot = new_slot();
@@ -1541,8 +1560,11 @@ aggregations = [
         for (spread, expect_dense) in [(1_000, true), (60_000, true), (5_000_000, false)] {
             let mut index = SlotIndex::default();
             let mut reference = std::collections::BTreeMap::new();
-            for _ in 0..3_000 {
-                let key = next(spread) as u32;
+            // Dense entries first, then keys of the spread: the turn to a
+            // hash map carries the entries over.
+            let near = (0..500).map(|i| i * 97 % 60_000);
+            for key in near.chain((0..3_000).map(|_| next(spread))) {
+                let key = key as u32;
                 let fresh = reference.len() as u32;
                 let slot = *reference.entry(key).or_insert(fresh);
                 assert_eq!(index.get_or_insert_with(key, || fresh), slot, "key {key}");
@@ -1564,7 +1586,8 @@ aggregations = [
             }
             assert_eq!(index.get(u32::MAX - 1), None);
             // Renumbered keys keep their slots; a compacted spread is dense.
-            let mut remap = vec![u32::MAX; spread as usize];
+            let ids = *reference.keys().last().expect("keys") as usize + 1;
+            let mut remap = vec![u32::MAX; ids];
             for (new, &old) in reference.keys().enumerate() {
                 remap[old as usize] = new as u32;
             }
