@@ -529,11 +529,13 @@ impl SlotIndex {
             let needed = key as usize + 1;
             let bound = (4 * (*len + 1)).max(Self::DENSE_ALWAYS);
             if needed <= slots.len() || needed <= bound {
-                if needed > slots.len() {
+                if needed > slots.capacity() {
                     // Doubling (amortized), but never past the bound a pane
                     // of this many keys may take.
-                    let target = (2 * slots.len()).clamp(needed, bound);
+                    let target = (2 * slots.capacity()).clamp(needed, bound);
                     slots.reserve_exact(target - slots.len());
+                }
+                if needed > slots.len() {
                     slots.resize(needed, Self::ABSENT);
                 }
                 let slot = new_slot();
@@ -1557,6 +1559,16 @@ aggregations = [
             lcg = lcg.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             (lcg >> 33) % n
         };
+        // Ids in order, as a new pane of known keys sees them: doubling,
+        // not one growth per id, and no more room than twice the ids.
+        let mut in_order = SlotIndex::default();
+        for key in 0..1_000 {
+            in_order.get_or_insert_with(key, || key);
+        }
+        let SlotIndex::Dense { slots, .. } = &in_order else {
+            panic!("1,000 ids in order are dense")
+        };
+        assert!(slots.capacity() <= 2_048, "{}", slots.capacity());
         for (spread, expect_dense) in [(1_000, true), (60_000, true), (5_000_000, false)] {
             let mut index = SlotIndex::default();
             let mut reference = std::collections::BTreeMap::new();
@@ -1574,6 +1586,15 @@ aggregations = [
                 expect_dense,
                 "spread {spread}"
             );
+            if let SlotIndex::Dense { slots, .. } = &index {
+                // Grown by doubling: at most twice what the ids need.
+                assert!(
+                    slots.capacity() <= 2 * slots.len(),
+                    "{} for {}",
+                    slots.capacity(),
+                    slots.len()
+                );
+            }
             assert_eq!(index.len(), reference.len());
             let mut pairs: Vec<(u32, u32)> = index.iter().collect();
             pairs.sort_unstable();
