@@ -284,6 +284,13 @@ impl ExactSet {
         if self.has_zero {
             out.push(0);
         }
+        self.nonzero_sorted_onto(out);
+    }
+
+    /// The non-zero hashes in ascending order, appended to `out` (the hash
+    /// 0, kept apart in `has_zero`, is the caller's): what a union merges
+    /// and what a frozen set keeps.
+    fn nonzero_sorted_onto(&self, out: &mut Vec<u64>) {
         if self.sorted {
             out.extend_from_slice(&self.slots);
             return;
@@ -306,19 +313,20 @@ impl ExactSet {
         }
         out.truncate(n);
         out.extend_from_slice(&wrapped);
-        let budget = 8 * out.len() + 64;
+        let run = &mut out[base..];
+        let budget = 8 * run.len() + 64;
         let mut moves = 0;
-        for i in 1..out.len() {
-            let x = out[i];
+        for i in 1..run.len() {
+            let x = run[i];
             let mut j = i;
-            while j > 0 && out[j - 1] > x {
-                out[j] = out[j - 1];
+            while j > 0 && run[j - 1] > x {
+                run[j] = run[j - 1];
                 j -= 1;
             }
-            out[j] = x;
+            run[j] = x;
             moves += i - j;
             if moves > budget {
-                out.sort_unstable();
+                run.sort_unstable();
                 break;
             }
         }
@@ -659,9 +667,9 @@ impl DistinctSketch {
             let hashes: &[u64] = if theirs.sorted {
                 &theirs.slots
             } else {
-                theirs.sorted_into(&mut run);
-                // `sorted_into` puts the hash 0 first; it is kept apart.
-                &run[usize::from(theirs.has_zero)..]
+                run.clear();
+                theirs.nonzero_sorted_onto(&mut run);
+                &run
             };
             merge_sorted_unique(&union, hashes, &mut next);
             std::mem::swap(&mut union, &mut next);
@@ -692,10 +700,7 @@ impl DistinctSketch {
             && !set.sorted
         {
             let mut sorted = Vec::new();
-            set.sorted_into(&mut sorted);
-            if set.has_zero {
-                sorted.remove(0);
-            }
+            set.nonzero_sorted_onto(&mut sorted);
             sorted.shrink_to_fit();
             set.slots = sorted;
             set.sorted = true;

@@ -553,22 +553,15 @@ impl SlotIndex {
     }
 
     /// (key, slot) pairs, in no particular order.
-    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
-        let (dense, sparse) = match self {
-            SlotIndex::Dense { slots, .. } => (Some(slots), None),
-            SlotIndex::Sparse(map) => (None, Some(map)),
-        };
-        let dense = dense.into_iter().flat_map(|slots| {
-            slots
-                .iter()
-                .enumerate()
-                .filter(|&(_, &slot)| slot != Self::ABSENT)
-                .map(|(key, &slot)| (key as u32, slot))
-        });
-        let sparse = sparse
-            .into_iter()
-            .flat_map(|map| map.iter().map(|(&key, &slot)| (key, slot)));
-        dense.chain(sparse)
+    fn iter(&self) -> Box<dyn Iterator<Item = (u32, u32)> + '_> {
+        match self {
+            SlotIndex::Dense { slots, .. } => Box::new(
+                (0_u32..)
+                    .zip(slots.iter().copied())
+                    .filter(|&(_, slot)| slot != Self::ABSENT),
+            ),
+            SlotIndex::Sparse(map) => Box::new(map.iter().map(|(&key, &slot)| (key, slot))),
+        }
     }
 
     fn keys(&self) -> impl Iterator<Item = u32> + '_ {
