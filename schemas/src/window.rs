@@ -301,6 +301,15 @@ impl<S: Mergeable> SessionSet<S> {
             .map(|i| &mut self.sessions[i].2)
     }
 
+    /// The newest session: its start, its end and its state. The end may
+    /// only grow (no session follows the newest one, so the sessions stay
+    /// disjoint), as [`Self::insert`] grows it for an event inside it.
+    pub fn newest_mut(&mut self) -> Option<(i64, &mut i64, &mut S)> {
+        self.sessions
+            .last_mut()
+            .map(|(start, end, state)| (*start, end, state))
+    }
+
     /// Number of open sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()

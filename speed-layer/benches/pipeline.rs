@@ -69,6 +69,16 @@ fn run_pipeline(
     let source = config.sources.values().next().unwrap();
     let decoder = source.decoder();
     let emit_interval = Duration::from_millis(config.speed.emit_interval.0);
+    // STRATA_BENCH_EMIT_EVERY=<events>: emit after that many events instead,
+    // so a run under a slow profiler emits as often as a real one.
+    let emit_every = std::env::var("STRATA_BENCH_EMIT_EVERY").ok().map(|v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n >= SLICE)
+            .unwrap_or_else(|| {
+                panic!("STRATA_BENCH_EMIT_EVERY={v}: expected a number of events >= {SLICE}")
+            })
+    });
     let mut partitions: Vec<PartitionState> = (0..4)
         .map(|p| {
             PartitionState::new(
@@ -116,7 +126,11 @@ fn run_pipeline(
         since_emit += took;
         // The clock is checked between slices, as the speed layer's poll
         // loop does between batches of records.
-        if since_emit >= emit_interval {
+        let due = match emit_every {
+            Some(every) => (i + 1) * SLICE % every < SLICE,
+            None => since_emit >= emit_interval,
+        };
+        if due {
             took += emit_all(&mut partitions);
             since_emit = Duration::ZERO;
         }
@@ -152,7 +166,15 @@ fn main() {
         return;
     }
     let config = reference();
-    let n = 500_000;
+    // STRATA_BENCH_EVENTS and STRATA_BENCH_ROUNDS (profile modes only)
+    // shrink a run for slow profilers such as cachegrind.
+    let knob = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: expected a whole number"))
+        })
+    };
+    let n = knob("STRATA_BENCH_EVENTS", 500_000);
     println!("generating {n} events ...");
     let input = events(n);
     let bytes: usize = input.iter().map(|(_, p)| p.len()).sum();
@@ -206,7 +228,7 @@ fn main() {
     };
     if let Some(metrics) = profiled {
         let mode = only.as_deref().unwrap_or_default();
-        for _ in 0..5 {
+        for _ in 0..knob("STRATA_BENCH_ROUNDS", 5) {
             let run = run_pipeline(&config, &metrics, &input, None);
             println!("{mode}: {:.0} events/s", run.events_per_s);
         }

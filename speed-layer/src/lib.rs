@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod error;
 pub mod generate;
+mod hot_sessions;
 mod id_table;
 pub mod kafka;
 pub mod metrics;

@@ -24,6 +24,7 @@ use strata_schemas::window::{
 };
 use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, rowbinary, warehouse};
 
+use crate::hot_sessions::HotSessions;
 use crate::id_table::IdTable;
 
 /// Where a partition (re)starts, and what it already knows.
@@ -53,15 +54,15 @@ impl Checkpoint {
 
 /// Bookkeeping of one open window (or session).
 #[derive(Clone, Copy, Debug)]
-struct WindowMeta {
+pub(crate) struct WindowMeta {
     /// Offset of the first event applied.
     first_offset: i64,
     /// The partition's max event time just before that first event.
     max_event_before_first: i64,
     /// Offset of the last event applied (the row version's base).
-    last_offset: i64,
+    pub(crate) last_offset: i64,
     /// Changed since last written.
-    dirty: bool,
+    pub(crate) dirty: bool,
 }
 
 impl WindowMeta {
@@ -75,9 +76,9 @@ impl WindowMeta {
     }
 }
 
-struct SessionEntry {
-    meta: WindowMeta,
-    acc: Accumulator,
+pub(crate) struct SessionEntry {
+    pub(crate) meta: WindowMeta,
+    pub(crate) acc: Accumulator,
 }
 
 impl Mergeable for SessionEntry {
@@ -220,7 +221,9 @@ impl KeyDictionary {
         }
         let id = u32::try_from(entries.len()).expect("fewer than 2^32 live group keys");
         entries.push(KeyEntry::new(buf, long));
-        table.insert(hash, id, |id| hasher.hash_one(entries[id as usize].key(long)));
+        table.insert(hash, id, |id| {
+            hasher.hash_one(entries[id as usize].key(long))
+        });
         id
     }
 
@@ -248,8 +251,9 @@ impl KeyDictionary {
             let hash = self.hasher.hash_one(key);
             let (entries, long) = (&self.entries, &self.long);
             let hasher = &self.hasher;
-            self.table
-                .insert(hash, next, |id| hasher.hash_one(entries[id as usize].key(long)));
+            self.table.insert(hash, next, |id| {
+                hasher.hash_one(entries[id as usize].key(long))
+            });
             *new = next;
         }
         remap
@@ -875,6 +879,9 @@ enum Windows {
         open: Vec<SessionSet<SessionEntry>>,
         /// Sessions merged away since the last emit: (window, key, version).
         retracted: Vec<(Window, u32, u64)>,
+        /// Each key's newest session, where the plan's state fits a cache
+        /// line: written back to `open` before `open` is read.
+        hot: Option<HotSessions>,
     },
 }
 
@@ -903,6 +910,15 @@ impl MetricWindows {
     fn compact_keys(&mut self) {
         if self.keys.len() <= 2 * self.open_states() + 4096 {
             return;
+        }
+        // The sets are read and renumbered: nothing may stay cached.
+        if let Windows::Session {
+            open,
+            hot: Some(hot),
+            ..
+        } = &mut self.windows
+        {
+            hot.write_back_all(open);
         }
         let mut live = vec![false; self.keys.len()];
         match &self.windows {
@@ -1079,6 +1095,7 @@ impl PartitionState {
                             gap_ms: gap.as_i64(),
                             open: Vec::new(),
                             retracted: Vec::new(),
+                            hot: HotSessions::for_plan(&m.plan),
                         },
                         WindowKind::Tumbling { size } => {
                             Windows::Fixed(PanedWindows::new(size.as_i64(), size.as_i64()))
@@ -1150,6 +1167,7 @@ impl PartitionState {
                     gap_ms,
                     open,
                     retracted,
+                    hot,
                 } => {
                     // A session event older than the watermark could overlap a
                     // session that is already final; it is late.
@@ -1158,11 +1176,20 @@ impl PartitionState {
                         continue;
                     }
                     let key = mw.keys.intern(metric, event);
+                    if let Some(hot) = hot.as_mut()
+                        && hot.try_apply(key, t, *gap_ms, offset, event)
+                    {
+                        continue;
+                    }
                     let plan = &metric.plan;
                     if open.len() <= key as usize {
                         open.resize_with(key as usize + 1, SessionSet::default);
                     }
-                    let change = open[key as usize].insert(
+                    let set = &mut open[key as usize];
+                    if let Some(hot) = hot.as_mut() {
+                        hot.write_back(key, set);
+                    }
+                    let change = set.insert(
                         t,
                         *gap_ms,
                         || SessionEntry {
@@ -1179,6 +1206,9 @@ impl PartitionState {
                     // version above anything they were written with.
                     let version = offset as u64 * 2 + 1;
                     retracted.extend(change.replaced.into_iter().map(|w| (w, key, version)));
+                    if let Some(hot) = hot.as_mut() {
+                        hot.cache(key, set);
+                    }
                 }
             }
         }
@@ -1193,6 +1223,29 @@ impl PartitionState {
         }
         self.next_offset = self.next_offset.max(offset + 1);
         outcome
+    }
+
+    /// The same state without the session cache, as a reference.
+    #[cfg(test)]
+    fn without_session_cache(mut self) -> Self {
+        for mw in &mut self.metrics {
+            if let Windows::Session { hot, .. } = &mut mw.windows {
+                *hot = None;
+            }
+        }
+        self
+    }
+
+    /// Events applied through the session cache.
+    #[cfg(test)]
+    fn session_cache_hits(&self) -> u64 {
+        self.metrics
+            .iter()
+            .map(|mw| match &mw.windows {
+                Windows::Session { hot: Some(hot), .. } => hot.hits,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Number of open (window, key) states, for the state-size gauge.
@@ -1241,8 +1294,14 @@ impl PartitionState {
                     }
                 }
                 Windows::Session {
-                    open, retracted, ..
+                    open,
+                    retracted,
+                    hot,
+                    ..
                 } => {
+                    if let Some(hot) = hot.as_mut() {
+                        hot.write_back_all(open);
+                    }
                     for (window, key, version) in retracted.drain(..) {
                         // A session inside the final floor is a partial replay
                         // of a session already final: never touch its row.
@@ -1766,6 +1825,56 @@ aggregations = [
                 .filter(|r| r.row["is_final"] == 0)
                 .all(|r| r.row["user_id"] == "u3")
         );
+    }
+
+    /// The cache of each key's newest session changes no row, checkpoint or
+    /// count: a seeded stream with events out of order (some bridging two
+    /// sessions, some late) gives the same emissions, emit after emit, with
+    /// the cache as without it, and over half the events take the cached path.
+    #[test]
+    fn session_cache_changes_no_emission() {
+        let (metric, decoder, lateness) = metric(r#"{ kind = "session", gap = "10s" }"#, "5s");
+        let mut cached = PartitionState::new(
+            0,
+            lateness,
+            std::slice::from_ref(&metric),
+            Checkpoint::fresh(0),
+        );
+        let mut plain = PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0))
+            .without_session_cache();
+        let mut lcg = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = |n: u64| {
+            lcg = lcg.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (lcg >> 33) % n
+        };
+        let t0 = 1_795_341_600_000;
+        let mut emissions = 0;
+        for offset in 0..20_000_i64 {
+            // 40 users, an event every 50 ms on average, up to 8 s out of
+            // order; every 997th user goes quiet long enough to close.
+            let t = t0 + offset * 50 - next(8_000) as i64 + (offset / 4_000) * 60_000;
+            let event = event(&decoder, t, next(40), next(1_000) as i64);
+            assert_eq!(
+                cached.apply(offset, &event),
+                plain.apply(offset, &event),
+                "offset {offset}"
+            );
+            if next(400) == 0 || offset == 19_999 {
+                assert_eq!(
+                    cached.emit(STAMP),
+                    plain.emit(STAMP),
+                    "emit after offset {offset}"
+                );
+                emissions += 1;
+            }
+        }
+        assert!(emissions > 20, "{emissions}");
+        let hits = cached.session_cache_hits();
+        assert!(
+            hits > 10_000,
+            "{hits} events of 20,000 took the cached path"
+        );
+        assert_eq!(plain.session_cache_hits(), 0);
     }
 
     /// Fixed windows keep one offset per window: the version of a key's row
