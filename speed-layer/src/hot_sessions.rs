@@ -109,8 +109,8 @@ impl HotSessions {
         true
     }
 
-    /// Writes `key`'s cached session back into `set`, and empties the key's
-    /// cache.
+    /// Writes `key`'s cached session back into `set` (marked changed if an
+    /// event was applied here), and empties the key's cache.
     pub(crate) fn write_back(&mut self, key: u32, set: &mut SessionSet<SessionEntry>) {
         let Some(hot) = self.by_key.get_mut(key as usize) else {
             return;
@@ -122,12 +122,10 @@ impl HotSessions {
             .newest_mut()
             .expect("a cached session is still in its set");
         debug_assert_eq!(start, hot.start, "the cache holds the newest session");
-        // A session is cached right after an event changed it, and the
-        // cache is emptied before an emit writes it and clears the flag:
-        // a cached session is always marked changed already.
-        debug_assert!(entry.meta.dirty, "a cached session is marked changed");
         // Offsets only grow: a later last offset means events were applied
-        // here since the session was cached.
+        // here since the session was cached. (It may have been cached
+        // unchanged: an event into an older session of the key caches the
+        // newest one as it is.)
         if hot.last_offset > entry.meta.last_offset {
             *end = hot.end;
             entry.acc.events = hot.events;
@@ -135,6 +133,7 @@ impl HotSessions {
                 *state = hot.numeric;
             }
             entry.meta.last_offset = hot.last_offset;
+            entry.meta.dirty = true;
         }
         *hot = HotSession::empty();
     }

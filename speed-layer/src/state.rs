@@ -1877,6 +1877,61 @@ aggregations = [
         assert_eq!(plain.session_cache_hits(), 0);
     }
 
+    /// A key's newest session can be cached unchanged (an event went into an
+    /// older session of the key, after an emit): an event applied to it in
+    /// the cache still marks it changed, and its row is written.
+    #[test]
+    fn session_cached_unchanged_is_written_once_changed() {
+        let (metric, decoder, lateness) = metric(r#"{ kind = "session", gap = "10s" }"#, "60s");
+        let mut states = [
+            PartitionState::new(
+                0,
+                lateness,
+                std::slice::from_ref(&metric),
+                Checkpoint::fresh(0),
+            ),
+            PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0))
+                .without_session_cache(),
+        ];
+        let t0 = 1_795_341_600_000;
+        let both = |states: &mut [PartitionState; 2], offset: i64, t: i64| {
+            let e = event(&decoder, t, 1, 10);
+            for state in states {
+                state.apply(offset, &e);
+            }
+        };
+        let emit = |states: &mut [PartitionState; 2]| {
+            let [cached, plain] = states;
+            let emission = cached.emit(STAMP);
+            assert_eq!(emission, plain.emit(STAMP));
+            emission
+        };
+        both(&mut states, 0, t0);
+        both(&mut states, 1, t0 + 30_000);
+        emit(&mut states);
+        // Into the older session: the newest is cached as it is, unchanged.
+        both(&mut states, 2, t0 + 5_000);
+        // Into the newest session, through the cache.
+        both(&mut states, 3, t0 + 35_000);
+        let rows = emit(&mut states).parsed_rows();
+        let mut sessions: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let field = |name: &str| r.row[name].as_i64().expect(name);
+                (
+                    field("window_start_ms") - t0,
+                    field("agg_events"),
+                    field("last_offset"),
+                )
+            })
+            .collect();
+        sessions.sort_unstable();
+        // Both sessions rewritten, two events each; the newest's end grew
+        // in the cache too (checked against the uncached state above).
+        assert_eq!(sessions, vec![(0, 2, 2), (30_000, 2, 3)]);
+        assert_eq!(states[0].session_cache_hits(), 1);
+    }
+
     /// Fixed windows keep one offset per window: the version of a key's row
     /// grows with every emission that changed it, and a final row is always
     /// above every open row of the same window.
