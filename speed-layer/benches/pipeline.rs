@@ -166,15 +166,18 @@ fn main() {
         return;
     }
     let config = reference();
-    // STRATA_BENCH_EVENTS and STRATA_BENCH_ROUNDS (profile modes only)
-    // shrink a run for slow profilers such as cachegrind.
+    // STRATA_BENCH_PIPELINE_EVENTS (every mode) and, in the profile modes,
+    // STRATA_BENCH_PIPELINE_ROUNDS shrink a run for slow profilers such as
+    // cachegrind.
     let knob = |name: &str, default: u64| {
         std::env::var(name).map_or(default, |v| {
             v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v}: expected a whole number"))
+                .ok()
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| panic!("{name}={v}: expected a whole number above 0"))
         })
     };
-    let n = knob("STRATA_BENCH_EVENTS", 500_000);
+    let n = knob("STRATA_BENCH_PIPELINE_EVENTS", 500_000);
     println!("generating {n} events ...");
     let input = events(n);
     let bytes: usize = input.iter().map(|(_, p)| p.len()).sum();
@@ -228,7 +231,7 @@ fn main() {
     };
     if let Some(metrics) = profiled {
         let mode = only.as_deref().unwrap_or_default();
-        for _ in 0..knob("STRATA_BENCH_ROUNDS", 5) {
+        for _ in 0..knob("STRATA_BENCH_PIPELINE_ROUNDS", 5) {
             let run = run_pipeline(&config, &metrics, &input, None);
             println!("{mode}: {:.0} events/s", run.events_per_s);
         }

@@ -11,6 +11,11 @@
 //! it (an event outside the newest session, an emit, a compaction). The
 //! sets stay the one source of truth at those points, so rows, checkpoints
 //! and merges are exactly what they were without the cache.
+//!
+//! An emit writes each key back, then caches the key's newest session
+//! again as the emit left it: a key whose events are seconds apart (one
+//! per emit interval or fewer) still finds its session here. Only a
+//! compaction, which renumbers the keys, empties the cache.
 
 use strata_schemas::aggregate::{AggPlan, NumericState};
 use strata_schemas::decode::Event;
@@ -156,15 +161,14 @@ impl HotSessions {
         };
     }
 
-    /// Writes every cached session back (before the sets are read), and
-    /// empties the cache.
+    /// Writes every cached session back and empties the cache, releasing
+    /// its memory: the key ids are about to be renumbered (a compaction),
+    /// and the keys still live are cached again at their next event.
     pub(crate) fn write_back_all(&mut self, sets: &mut [SessionSet<SessionEntry>]) {
         for key in 0..self.by_key.len().min(sets.len()) {
             self.write_back(key as u32, &mut sets[key]);
         }
-        // Key ids may be renumbered after this (a compaction): nothing
-        // cached survives it.
-        self.by_key.clear();
+        self.by_key = Vec::new();
     }
 }
 

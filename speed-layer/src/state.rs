@@ -237,8 +237,8 @@ impl KeyDictionary {
     fn compact(&mut self, live: &[bool]) -> Vec<u32> {
         let old = std::mem::take(self);
         self.hasher = old.hasher;
-        // Sized for the live keys at once: growing would re-hash them all,
-        // decoding each again, at every doubling.
+        // Sized for the live keys at once: growing would re-hash them all
+        // at every doubling.
         self.table = IdTable::with_capacity(live.iter().filter(|&&l| l).count());
         let mut remap = vec![u32::MAX; old.entries.len()];
         for (id, new) in remap.iter_mut().enumerate() {
@@ -1299,9 +1299,6 @@ impl PartitionState {
                     hot,
                     ..
                 } => {
-                    if let Some(hot) = hot.as_mut() {
-                        hot.write_back_all(open);
-                    }
                     for (window, key, version) in retracted.drain(..) {
                         // A session inside the final floor is a partial replay
                         // of a session already final: never touch its row.
@@ -1311,6 +1308,11 @@ impl PartitionState {
                     }
                     for (key, set) in open.iter_mut().enumerate() {
                         let key = key as u32;
+                        // Written back before the set is read, cached again
+                        // (as this emit leaves it) after.
+                        if let Some(hot) = hot.as_mut() {
+                            hot.write_back(key, set);
+                        }
                         for (window, entry) in set.drain_closed(watermark) {
                             finalized += 1;
                             if window.end_ms > floor {
@@ -1327,6 +1329,9 @@ impl PartitionState {
                                     rows.row(&mut out, window, key, offsets, &entry.acc, false);
                                 }
                             }
+                        }
+                        if let Some(hot) = hot.as_mut() {
+                            hot.cache(key, set);
                         }
                     }
                 }
@@ -1875,6 +1880,71 @@ aggregations = [
             "{hits} events of 20,000 took the cached path"
         );
         assert_eq!(plain.session_cache_hits(), 0);
+    }
+
+    /// The cache stays warm across emits (a key with one event per emit
+    /// interval still finds its session there), and a compaction that
+    /// renumbers the keys leaves nothing stale in it: emissions equal the
+    /// uncached state's throughout.
+    #[test]
+    fn session_cache_survives_emits_and_compaction() {
+        let (metric, decoder, lateness) = metric(r#"{ kind = "session", gap = "30m" }"#, "0s");
+        let mut states = [
+            PartitionState::new(
+                0,
+                lateness,
+                std::slice::from_ref(&metric),
+                Checkpoint::fresh(0),
+            ),
+            PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0))
+                .without_session_cache(),
+        ];
+        let t0 = 1_795_341_600_000;
+        let mut offset = 0;
+        let mut step = |states: &mut [PartitionState; 2], t: i64, user: u64, emit: bool| {
+            let e = event(&decoder, t, user, 7);
+            let [cached, plain] = states;
+            assert_eq!(cached.apply(offset, &e), plain.apply(offset, &e));
+            offset += 1;
+            if emit {
+                assert_eq!(
+                    cached.emit(STAMP),
+                    plain.emit(STAMP),
+                    "emit after offset {offset}"
+                );
+            }
+        };
+        // Six thousand users, one event each; users 1 and 2 active again
+        // just before a watermark an hour on closes every other session:
+        // the emit compacts the keys, and users 1 and 2 become ids 0 and 1
+        // (a cache kept by old id would now hand user 2 user 1's session).
+        for user in 0..6_000 {
+            step(&mut states, t0 + user as i64, user, false);
+        }
+        for user in [1, 2] {
+            step(&mut states, t0 + 3_599_000, user, false);
+        }
+        step(&mut states, t0 + 3_600_000, 6_000, true);
+        assert_eq!(
+            states[0].metrics[0].keys.len(),
+            3,
+            "compacted to users 1, 2 and 6,000"
+        );
+        assert_eq!(states[0].session_cache_hits(), 0);
+        // Then five users, an emit after every event: each event finds its
+        // key's session in the cache, but for the first of users 0, 3 and 4
+        // (new sessions).
+        for round in 0..10 {
+            for user in 0..5 {
+                step(
+                    &mut states,
+                    t0 + 3_600_000 + round * 1_000 + user as i64,
+                    user,
+                    true,
+                );
+            }
+        }
+        assert_eq!(states[0].session_cache_hits(), 47);
     }
 
     /// A key's newest session can be cached unchanged (an event went into an
