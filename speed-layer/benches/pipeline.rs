@@ -307,6 +307,16 @@ aggregations = [
   {{ name = "lo", function = "min", field = "duration_ms" }},
   {{ name = "hi", function = "max", field = "duration_ms" }},
 ]
+[metrics.sessions]
+source = "s"
+window = {{ kind = "session", gap = "30m" }}
+group_by = ["user_id"]
+aggregations = [
+  {{ name = "n", function = "count" }},
+  {{ name = "s", function = "sum", field = "duration_ms" }},
+  {{ name = "lo", function = "min", field = "duration_ms" }},
+  {{ name = "hi", function = "max", field = "duration_ms" }},
+]
 "#,
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../schemas/contracts")
@@ -325,6 +335,29 @@ aggregations = [
         );
         decoder.decode(payload.as_bytes()).unwrap()
     };
+    let metric_named = |name: &str| {
+        mem_config
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .expect("a bench metric")
+    };
+    let (fixed, sessions) = (metric_named("m"), metric_named("sessions"));
+    let state_of = |metric: &Arc<strata_schemas::MetricDef>, events: &[strata_schemas::decode::Event]| {
+        heap_bytes_of(|| {
+            let mut state = PartitionState::new(
+                0,
+                source.allowed_lateness.as_i64(),
+                std::slice::from_ref(metric),
+                Checkpoint::fresh(0),
+            );
+            for (offset, event) in events.iter().enumerate() {
+                state.apply(offset as i64, event);
+            }
+            state
+        })
+    };
     let states = 1_000_000usize;
     // (a) every state its own key (1,000,000 users in one window): the
     //     worst case, the key dictionary grows with the state;
@@ -337,18 +370,7 @@ aggregations = [
             .flat_map(|m| (0..users).map(move |u| (m, u)))
             .map(|(m, u)| event(m, u))
             .collect();
-        let (state, bytes) = heap_bytes_of(|| {
-            let mut state = PartitionState::new(
-                0,
-                source.allowed_lateness.as_i64(),
-                &mem_config.metrics,
-                Checkpoint::fresh(0),
-            );
-            for (offset, event) in events.iter().enumerate() {
-                state.apply(offset as i64, event);
-            }
-            state
-        });
+        let (state, bytes) = state_of(&fixed, &events);
         assert_eq!(state.open_windows(), states);
         println!(
             "state per open (window, key), count/sum/min/max, {label}: {:>5.1} B  ({:.1} MB for {states} states, key dictionary included)",
@@ -357,4 +379,16 @@ aggregations = [
         );
         std::hint::black_box(&state);
     }
+    // A session metric with the same aggregations: 1,000,000 users, one
+    // open session each, as a session metric holds them (the set, and the
+    // 64-byte cache line of each key's newest session).
+    let events: Vec<_> = (0..1_000_000).map(|u| event(0, u)).collect();
+    let (state, bytes) = state_of(&sessions, &events);
+    assert_eq!(state.open_windows(), states);
+    println!(
+        "state per open session, count/sum/min/max, 1,000,000 users:       {:>5.1} B  ({:.1} MB, key dictionary and the 64 B newest-session cache line included)",
+        bytes as f64 / states as f64,
+        bytes as f64 / 1e6,
+    );
+    std::hint::black_box(&state);
 }
