@@ -22,8 +22,10 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+use strata_schemas::MetricDef;
 use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config::{self, Config};
+use strata_schemas::decode::Event;
 use strata_speed::state::{Checkpoint, PartitionState};
 
 fn reference() -> Config {
@@ -344,7 +346,7 @@ aggregations = [
             .expect("a bench metric")
     };
     let (fixed, sessions) = (metric_named("m"), metric_named("sessions"));
-    let state_of = |metric: &Arc<strata_schemas::MetricDef>, events: &[strata_schemas::decode::Event]| {
+    let state_of = |metric: &Arc<MetricDef>, events: &[Event]| {
         heap_bytes_of(|| {
             let mut state = PartitionState::new(
                 0,
