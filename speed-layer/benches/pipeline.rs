@@ -63,7 +63,7 @@ struct PipelineRun {
 /// cancels out of their ratio.
 fn run_pipeline(
     config: &Config,
-    metrics: &[Arc<strata_schemas::MetricDef>],
+    metrics: &[Arc<MetricDef>],
     input: &[(i32, Vec<u8>)],
     decode_twin: Option<&[(i32, Vec<u8>)]>,
 ) -> PipelineRun {
@@ -269,7 +269,7 @@ fn main() {
     // same run: its rate (compared with Flink's per-metric figures) and its
     // own cost per event on top of decoding, the part a change to that
     // metric's code moves.
-    let best_of = |metrics: &[Arc<strata_schemas::MetricDef>]| {
+    let best_of = |metrics: &[Arc<MetricDef>]| {
         (0..3)
             .map(|_| run_pipeline(&config, metrics, &input, Some(&twin)))
             .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s))
