@@ -303,27 +303,23 @@ allowed_lateness = "1d"
 source = "s"
 window = {{ kind = "tumbling", size = "1m" }}
 group_by = ["user_id"]
-aggregations = [
-  {{ name = "n", function = "count" }},
-  {{ name = "s", function = "sum", field = "duration_ms" }},
-  {{ name = "lo", function = "min", field = "duration_ms" }},
-  {{ name = "hi", function = "max", field = "duration_ms" }},
-]
+{aggregations}
 [metrics.sessions]
 source = "s"
 window = {{ kind = "session", gap = "30m" }}
 group_by = ["user_id"]
-aggregations = [
-  {{ name = "n", function = "count" }},
-  {{ name = "s", function = "sum", field = "duration_ms" }},
-  {{ name = "lo", function = "min", field = "duration_ms" }},
-  {{ name = "hi", function = "max", field = "duration_ms" }},
-]
+{aggregations}
 "#,
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../schemas/contracts")
             .display()
-            .to_string()
+            .to_string(),
+        aggregations = r#"aggregations = [
+  { name = "n", function = "count" },
+  { name = "s", function = "sum", field = "duration_ms" },
+  { name = "lo", function = "min", field = "duration_ms" },
+  { name = "hi", function = "max", field = "duration_ms" },
+]"#
     );
     let mem_config =
         config::parse(&text, "bench.toml", Path::new("."), |_| None).expect("bench config");
@@ -363,34 +359,45 @@ aggregations = [
     let states = 1_000_000usize;
     // (a) every state its own key (1,000,000 users in one window): the
     //     worst case, the key dictionary grows with the state;
-    // (b) 1,000 users in each of 1,000 open one-minute windows: keys shared.
-    for (label, minutes, users) in [
-        ("1,000,000 keys x 1 window  ", 1i64, 1_000_000i64),
-        ("1,000 keys x 1,000 windows", 1000, 1000),
+    // (b) 1,000 users in each of 1,000 open one-minute windows: keys shared;
+    // (c) a session metric with the same aggregations, one open session per
+    //     user, as it holds them (the set, and the 64-byte cache line of
+    //     each key's newest session).
+    let dictionary = "key dictionary included";
+    for (what, metric, minutes, users, included) in [
+        (
+            "open (window, key), count/sum/min/max, 1,000,000 keys x 1 window  ",
+            &fixed,
+            1i64,
+            1_000_000i64,
+            dictionary,
+        ),
+        (
+            "open (window, key), count/sum/min/max, 1,000 keys x 1,000 windows",
+            &fixed,
+            1000,
+            1000,
+            dictionary,
+        ),
+        (
+            "open session, count/sum/min/max, 1,000,000 users                  ",
+            &sessions,
+            1,
+            1_000_000,
+            "key dictionary and the 64 B newest-session cache line included",
+        ),
     ] {
         let events: Vec<_> = (0..minutes)
             .flat_map(|m| (0..users).map(move |u| (m, u)))
             .map(|(m, u)| event(m, u))
             .collect();
-        let (state, bytes) = state_of(&fixed, &events);
+        let (state, bytes) = state_of(metric, &events);
         assert_eq!(state.open_windows(), states);
         println!(
-            "state per open (window, key), count/sum/min/max, {label}: {:>5.1} B  ({:.1} MB for {states} states, key dictionary included)",
+            "state per {what}: {:>5.1} B  ({:.1} MB for {states} states, {included})",
             bytes as f64 / states as f64,
             bytes as f64 / 1e6,
         );
         std::hint::black_box(&state);
     }
-    // A session metric with the same aggregations: 1,000,000 users, one
-    // open session each, as a session metric holds them (the set, and the
-    // 64-byte cache line of each key's newest session).
-    let events: Vec<_> = (0..1_000_000).map(|u| event(0, u)).collect();
-    let (state, bytes) = state_of(&sessions, &events);
-    assert_eq!(state.open_windows(), states);
-    println!(
-        "state per open session, count/sum/min/max, 1,000,000 users:       {:>5.1} B  ({:.1} MB, key dictionary and the 64 B newest-session cache line included)",
-        bytes as f64 / states as f64,
-        bytes as f64 / 1e6,
-    );
-    std::hint::black_box(&state);
 }

@@ -1832,6 +1832,19 @@ aggregations = [
         );
     }
 
+    /// Two states of one session metric: with the session cache (the
+    /// default), and without it, the reference.
+    fn cached_and_uncached(metric: Arc<MetricDef>, lateness: i64) -> [PartitionState; 2] {
+        let cached = PartitionState::new(
+            0,
+            lateness,
+            std::slice::from_ref(&metric),
+            Checkpoint::fresh(0),
+        );
+        let plain = PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0));
+        [cached, plain.without_session_cache()]
+    }
+
     /// The cache of each key's newest session changes no row, checkpoint or
     /// count: a seeded stream with events out of order (some bridging two
     /// sessions, some late) gives the same emissions, emit after emit, with
@@ -1839,14 +1852,7 @@ aggregations = [
     #[test]
     fn session_cache_changes_no_emission() {
         let (metric, decoder, lateness) = metric(r#"{ kind = "session", gap = "10s" }"#, "5s");
-        let mut cached = PartitionState::new(
-            0,
-            lateness,
-            std::slice::from_ref(&metric),
-            Checkpoint::fresh(0),
-        );
-        let mut plain = PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0))
-            .without_session_cache();
+        let [mut cached, mut plain] = cached_and_uncached(metric, lateness);
         let mut lcg = 0x9E37_79B9_7F4A_7C15_u64;
         let mut next = |n: u64| {
             lcg = lcg.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -1889,16 +1895,7 @@ aggregations = [
     #[test]
     fn session_cache_survives_emits_and_compaction() {
         let (metric, decoder, lateness) = metric(r#"{ kind = "session", gap = "30m" }"#, "0s");
-        let mut states = [
-            PartitionState::new(
-                0,
-                lateness,
-                std::slice::from_ref(&metric),
-                Checkpoint::fresh(0),
-            ),
-            PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0))
-                .without_session_cache(),
-        ];
+        let mut states = cached_and_uncached(metric, lateness);
         let t0 = 1_795_341_600_000;
         let mut offset = 0;
         let mut step = |states: &mut [PartitionState; 2], t: i64, user: u64, emit: bool| {
@@ -1953,16 +1950,7 @@ aggregations = [
     #[test]
     fn session_cached_unchanged_is_written_once_changed() {
         let (metric, decoder, lateness) = metric(r#"{ kind = "session", gap = "10s" }"#, "60s");
-        let mut states = [
-            PartitionState::new(
-                0,
-                lateness,
-                std::slice::from_ref(&metric),
-                Checkpoint::fresh(0),
-            ),
-            PartitionState::new(0, lateness, &[metric], Checkpoint::fresh(0))
-                .without_session_cache(),
-        ];
+        let mut states = cached_and_uncached(metric, lateness);
         let t0 = 1_795_341_600_000;
         let both = |states: &mut [PartitionState; 2], offset: i64, t: i64| {
             let e = event(&decoder, t, 1, 10);
