@@ -274,20 +274,6 @@ impl AccumulatorSlab {
         slot
     }
 
-    /// Adds a prepared event (see [`AggPlan::prepare`]) to the state in `slot`;
-    /// the same arithmetic as [`AggPlan::update_prepared`].
-    #[inline]
-    pub fn update_prepared(&mut self, slot: usize, event: &PreparedEvent) {
-        let range = |n: usize| slot * n..(slot + 1) * n;
-        add_prepared(
-            &mut self.events[slot],
-            &mut self.numeric[range(self.numeric_width)],
-            &mut self.distinct[range(self.distinct_width)],
-            &mut self.quantiles[range(self.quantile_width)],
-            event,
-        );
-    }
-
     /// Freezes every distinct sketch (see [`DistinctSketch::freeze`]): the
     /// slab's states are complete, and from now on only read into unions.
     pub fn freeze_distinct(&mut self) {
@@ -547,18 +533,52 @@ impl AggPlan {
     /// Adds one event to an accumulator.
     #[inline]
     pub fn update(&self, acc: &mut Accumulator, event: &Event) {
-        acc.events += 1;
-        for (state, field) in acc.numeric.iter_mut().zip(&self.numeric_fields) {
+        self.add_event(
+            &mut acc.events,
+            &mut acc.numeric,
+            &mut acc.distinct,
+            &mut acc.quantiles,
+            event,
+        );
+    }
+
+    /// Adds one event to the state in `slot` of `slab` (a slab of this
+    /// plan), as [`Self::update`] adds it to an accumulator: for an event
+    /// that updates one state only (a pane), where extracting its values
+    /// first ([`Self::prepare`]) would only add work.
+    #[inline]
+    pub fn update_slot(&self, slab: &mut AccumulatorSlab, slot: usize, event: &Event) {
+        let range = |n: usize| slot * n..(slot + 1) * n;
+        self.add_event(
+            &mut slab.events[slot],
+            &mut slab.numeric[range(slab.numeric_width)],
+            &mut slab.distinct[range(slab.distinct_width)],
+            &mut slab.quantiles[range(slab.quantile_width)],
+            event,
+        );
+    }
+
+    #[inline]
+    fn add_event(
+        &self,
+        events: &mut u64,
+        numeric: &mut [NumericState],
+        distinct: &mut [DistinctSketch],
+        quantiles: &mut [QuantileSketch],
+        event: &Event,
+    ) {
+        *events += 1;
+        for (state, field) in numeric.iter_mut().zip(&self.numeric_fields) {
             if let Some(v) = event.values[field.index].as_f64() {
                 state.update(v);
             }
         }
-        for (sketch, field) in acc.distinct.iter_mut().zip(&self.distinct_fields) {
+        for (sketch, field) in distinct.iter_mut().zip(&self.distinct_fields) {
             if let Some(h) = event.values[field.index].distinct_hash() {
                 sketch.insert_hash(h);
             }
         }
-        for (sketch, field) in acc.quantiles.iter_mut().zip(&self.quantile_fields) {
+        for (sketch, field) in quantiles.iter_mut().zip(&self.quantile_fields) {
             if let Some(v) = event.values[field.index].as_f64() {
                 sketch.insert(v);
             }

@@ -242,7 +242,8 @@ proptest! {
     }
 }
 
-/// Merging a slab slot in place gives what copying it out and merging gives.
+/// A slab slot adds events as an accumulator does, and merging it in place
+/// gives what copying it out and merging gives.
 #[test]
 fn slab_merge_into_equals_copy_and_merge() {
     let config = all_states_config();
@@ -250,7 +251,8 @@ fn slab_merge_into_equals_copy_and_merge() {
     let plan = &metric.plan;
     let mut slab = plan.new_slab();
     let (a, b) = (slab.push_empty(), slab.push_empty());
-    let mut prepared = strata_schemas::aggregate::PreparedEvent::default();
+    // The same events through `AggPlan::update` into accumulators.
+    let (mut acc_a, mut acc_b) = (plan.new_accumulator(), plan.new_accumulator());
     for i in 0..3000u32 {
         let e = event(
             metric,
@@ -263,9 +265,20 @@ fn slab_merge_into_equals_copy_and_merge() {
                 0,
             ),
         );
-        plan.prepare(&e, &mut prepared);
-        slab.update_prepared(if i % 3 == 0 { a } else { b }, &prepared);
+        let (slot, acc) = if i % 3 == 0 {
+            (a, &mut acc_a)
+        } else {
+            (b, &mut acc_b)
+        };
+        plan.update_slot(&mut slab, slot, &e);
+        plan.update(acc, &e);
     }
+    assert_eq!(
+        slab.get(a),
+        acc_a,
+        "a slot adds events as an accumulator does"
+    );
+    assert_eq!(slab.get(b), acc_b);
     let mut copied = slab.get(a);
     copied.merge(&slab.get(b));
     let mut in_place = slab.get(a);
@@ -282,7 +295,6 @@ fn slab_merged_equals_merging_one_by_one() {
     let config = all_states_config();
     let metric = &config.metrics[0];
     let plan = &metric.plan;
-    let mut prepared = strata_schemas::aggregate::PreparedEvent::default();
     // Five panes; users overlap between neighbours, and over all five the
     // union passes the exact limit (4,096) in key 0 but not in key 1.
     let panes: Vec<_> = (0..5u32)
@@ -298,8 +310,7 @@ fn slab_merged_equals_merging_one_by_one() {
                 let key = (i % 2) as usize;
                 let id = if key == 0 { p * 2000 + i } else { i % 700 };
                 e.values[user] = Value::String(format!("user{id}"));
-                plan.prepare(&e, &mut prepared);
-                slab.update_prepared(keys[key], &prepared);
+                plan.update_slot(&mut slab, keys[key], &e);
             }
             slab
         })

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashMap};
 use serde_json::{Map, Value as Json};
-use strata_schemas::aggregate::{AccumulatorSlab, PreparedEvent};
+use strata_schemas::aggregate::{AccumulatorSlab, AggPlan};
 use strata_schemas::window::{
     Mergeable, SessionSet, Window, WindowKind, boundary_after, boundary_at_or_before,
 };
@@ -546,9 +546,9 @@ impl Pane {
         }
     }
 
-    /// Applies a prepared event of group key `key` at `offset`.
+    /// Applies an event of group key `key` at `offset`.
     #[inline]
-    fn apply(&mut self, key: u32, offset: i64, event: &PreparedEvent) {
+    fn apply(&mut self, key: u32, offset: i64, plan: &AggPlan, event: &Event) {
         let Pane {
             slots,
             dirty,
@@ -559,7 +559,7 @@ impl Pane {
             dirty.push(false);
             states.push_empty() as u32
         }) as usize;
-        states.update_prepared(slot, event);
+        plan.update_slot(states, slot, event);
         dirty[slot] = true;
         self.any_dirty = true;
         self.last_offset = offset;
@@ -1059,8 +1059,6 @@ pub struct PartitionState {
     /// The highest watermark emitted so far (the next checkpoint's floor).
     final_watermark_ms: i64,
     metrics: Vec<MetricWindows>,
-    /// Reused buffer: an event's slot values, extracted once per metric.
-    prepared: PreparedEvent,
     /// Windows made final since the last emit (fixed windows are finalized
     /// as the watermark moves).
     finalized: u64,
@@ -1082,7 +1080,6 @@ impl PartitionState {
             max_event_ms: checkpoint.replay_max_event_ms,
             restored_floor_ms: checkpoint.final_watermark_ms,
             final_watermark_ms: checkpoint.final_watermark_ms,
-            prepared: PreparedEvent::default(),
             finalized: 0,
             metrics: metrics
                 .iter()
@@ -1137,7 +1134,6 @@ impl PartitionState {
         let max_before = self.max_event_ms;
         let floor = self.restored_floor_ms;
         let mut outcome = ApplyOutcome::default();
-        let prepared = &mut self.prepared;
         for mw in &mut self.metrics {
             let metric = &*mw.metric;
             if !metric.filter.matches(event) {
@@ -1156,11 +1152,13 @@ impl PartitionState {
                         outcome.late += 1;
                     }
                     if pane + size > watermark.max(floor) {
-                        metric.plan.prepare(event, prepared);
                         let key = mw.keys.intern(metric, event);
-                        fixed
-                            .pane(pane, metric, offset, max_before)
-                            .apply(key, offset, prepared);
+                        fixed.pane(pane, metric, offset, max_before).apply(
+                            key,
+                            offset,
+                            &metric.plan,
+                            event,
+                        );
                     }
                 }
                 Windows::Session {
