@@ -380,34 +380,6 @@ impl AccumulatorSlab {
     }
 }
 
-/// The one place a prepared event is added to a state, whether it lives in
-/// an [`Accumulator`] or in a slot of an [`AccumulatorSlab`].
-#[inline]
-fn add_prepared(
-    events: &mut u64,
-    numeric: &mut [NumericState],
-    distinct: &mut [DistinctSketch],
-    quantiles: &mut [QuantileSketch],
-    event: &PreparedEvent,
-) {
-    *events += 1;
-    for (state, v) in numeric.iter_mut().zip(&event.numeric) {
-        if let Some(v) = v {
-            state.update(*v);
-        }
-    }
-    for (sketch, h) in distinct.iter_mut().zip(&event.distinct) {
-        if let Some(h) = h {
-            sketch.insert_hash(*h);
-        }
-    }
-    for (sketch, v) in quantiles.iter_mut().zip(&event.quantiles) {
-        if let Some(v) = v {
-            sketch.insert(*v);
-        }
-    }
-}
-
 /// The values one event contributes to a plan's slots (see
 /// [`AggPlan::prepare`]); reused across events to avoid allocation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -612,16 +584,26 @@ impl AggPlan {
         );
     }
 
-    /// Adds a prepared event to an accumulator.
+    /// Adds a prepared event to an accumulator: the arithmetic of
+    /// [`Self::update`], on values extracted beforehand.
     #[inline]
     pub fn update_prepared(&self, acc: &mut Accumulator, event: &PreparedEvent) {
-        add_prepared(
-            &mut acc.events,
-            &mut acc.numeric,
-            &mut acc.distinct,
-            &mut acc.quantiles,
-            event,
-        );
+        acc.events += 1;
+        for (state, v) in acc.numeric.iter_mut().zip(&event.numeric) {
+            if let Some(v) = v {
+                state.update(*v);
+            }
+        }
+        for (sketch, h) in acc.distinct.iter_mut().zip(&event.distinct) {
+            if let Some(h) = h {
+                sketch.insert_hash(*h);
+            }
+        }
+        for (sketch, v) in acc.quantiles.iter_mut().zip(&event.quantiles) {
+            if let Some(v) = v {
+                sketch.insert(*v);
+            }
+        }
     }
 
     /// The output columns, in config order; a `quantiles` aggregation named
