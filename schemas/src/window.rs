@@ -197,10 +197,8 @@ impl<S: Mergeable> SessionSet<S> {
         // identity.
         if let Some((session_start, session_end, state)) =
             upper.checked_sub(1).map(|i| &mut self.sessions[i])
-            && *session_start <= t
-            && *session_end > t
+            && grow_session(*session_start, session_end, t, gap)
         {
-            *session_end = (*session_end).max(end);
             apply(state);
             return SessionChange {
                 window: Window {
@@ -318,6 +316,21 @@ impl<S: Mergeable> SessionSet<S> {
     /// Whether there is no open session.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+}
+
+/// Adds an event at `t` to the session `[start, end)` if it falls inside
+/// it: the session then grows at its end to `t + gap` (if that is later)
+/// and keeps its start, its identity. `false`, and no change, otherwise.
+/// The rule [`SessionSet::insert`] applies to the session an event lands
+/// in, for any store of sessions that takes the same shortcut.
+#[inline]
+pub fn grow_session(start: i64, end: &mut i64, t: i64, gap: i64) -> bool {
+    if start <= t && t < *end {
+        *end = (*end).max(t + gap);
+        true
+    } else {
+        false
     }
 }
 

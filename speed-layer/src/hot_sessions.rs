@@ -19,7 +19,7 @@
 
 use strata_schemas::aggregate::{AggPlan, NumericState};
 use strata_schemas::decode::Event;
-use strata_schemas::window::SessionSet;
+use strata_schemas::window::{SessionSet, grow_session};
 
 use crate::state::SessionEntry;
 
@@ -58,8 +58,8 @@ impl HotSession {
 
 /// The cache of one session metric in one partition, by key id.
 pub(crate) struct HotSessions {
-    /// The numeric field the plan aggregates, if any (its only slot).
-    field: Option<usize>,
+    /// The plan's numeric states: 0 or 1.
+    numeric_width: usize,
     by_key: Vec<HotSession>,
     /// Events applied here, for tests.
     #[cfg(test)]
@@ -74,7 +74,7 @@ impl HotSessions {
             return None;
         }
         Some(HotSessions {
-            field: plan.numeric_fields().first().map(|f| f.index),
+            numeric_width: plan.numeric_fields().len(),
             by_key: Vec::new(),
             #[cfg(test)]
             hits: 0,
@@ -83,12 +83,14 @@ impl HotSessions {
 
     /// Applies an event at `t` (and `offset`) of `key` if it falls inside
     /// the key's cached newest session, as [`SessionSet::insert`] would:
-    /// the session's end grows to `t + gap` and its state takes the event.
+    /// the session grows by [`grow_session`] and its states take the event
+    /// by [`AggPlan::update_states`] (`plan` is the metric's).
     /// `false` when it does not: the caller writes the key back
     /// ([`Self::write_back`]) and takes the general path.
     #[inline]
     pub(crate) fn try_apply(
         &mut self,
+        plan: &AggPlan,
         key: u32,
         t: i64,
         gap: i64,
@@ -98,14 +100,11 @@ impl HotSessions {
         let Some(hot) = self.by_key.get_mut(key as usize) else {
             return false;
         };
-        if !(hot.start <= t && t < hot.end) {
+        if !grow_session(hot.start, &mut hot.end, t, gap) {
             return false;
         }
-        hot.end = hot.end.max(t + gap);
-        hot.events += 1;
-        if let Some(v) = self.field.and_then(|i| event.values[i].as_f64()) {
-            hot.numeric.update(v);
-        }
+        let numeric = &mut std::slice::from_mut(&mut hot.numeric)[..self.numeric_width];
+        plan.update_states(&mut hot.events, numeric, &mut [], &mut [], event);
         hot.last_offset = offset;
         #[cfg(test)]
         {

@@ -1175,7 +1175,7 @@ impl PartitionState {
                     }
                     let key = mw.keys.intern(metric, event);
                     if let Some(hot) = hot.as_mut()
-                        && hot.try_apply(key, t, *gap_ms, offset, event)
+                        && hot.try_apply(&metric.plan, key, t, *gap_ms, offset, event)
                     {
                         continue;
                     }
