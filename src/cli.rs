@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use strata_schemas::clickstream::ClickstreamConfig;
+use strata_generator::clickstream::ClickstreamConfig;
+use strata_schemas::compat;
 use strata_schemas::config::{self, Config};
 use strata_schemas::contract::ContractRegistry;
-use strata_schemas::{compat, warehouse};
+use strata_warehouse as warehouse;
 
 /// Strata: fresh and trustworthy aggregates from Kafka events, Lambda style.
 #[derive(Debug, Parser)]
@@ -483,7 +484,7 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = strata_speed::generate::generate(&config.kafka, &topic, stream, g.rate, |sent| {
+    let report = strata_generator::generate(&config.kafka, &topic, stream, g.rate, |sent| {
         bar.set_position(sent);
     })
     .await?;

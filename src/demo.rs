@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use strata_schemas::clickstream::ClickstreamConfig;
+use strata_generator::clickstream::ClickstreamConfig;
 use strata_schemas::config::Config;
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::warehouse;
+use strata_warehouse as warehouse;
 
 /// `strata demo` options.
 #[derive(Debug, clap::Args)]
@@ -150,7 +150,7 @@ pub async fn run(
             config.kafka.brokers.clone()
         }
     );
-    let report = match strata_speed::generate::generate(
+    let report = match strata_generator::generate(
         &config.kafka,
         &source.topic,
         stream(7, now - history_ms, 50, history_events),
@@ -181,7 +181,7 @@ pub async fn run(
     tasks.push(tokio::spawn(async move {
         let step = (1000 / rate.max(1)).max(1) as i64;
         let start = chrono::Utc::now().timestamp_millis();
-        strata_speed::generate::generate(
+        strata_generator::generate(
             &live_kafka,
             &live_topic,
             stream(8, start, step, rate * 86_400),

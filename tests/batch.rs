@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, GeneratedRecord};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig, GeneratedRecord};
 use support::expected::{self, Expected};
 use support::{TestEnv, rows_at, run_ok, terminate, wait_until};
 

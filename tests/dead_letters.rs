@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use support::{TestEnv, kafka_brokers, run_ok, terminate, unique, wait_until};
 
 /// Every record of `topic` (all partitions, from the beginning): (payload, headers).
@@ -210,7 +210,5 @@ async fn strata_speed_topic(topic: &str) {
         brokers: kafka_brokers(),
         ..Default::default()
     };
-    strata_speed::kafka::ensure_topic(&kafka, topic, 1)
-        .await
-        .unwrap();
+    strata_kafka::ensure_topic(&kafka, topic, 1).await.unwrap();
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use support::expected;
 use support::{TestEnv, http_get, terminate, wait_until};
 

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use support::expected;
 use support::{ChildGuard, TestEnv, repo, terminate, wait_until};
 

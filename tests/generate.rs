@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use support::{kafka_brokers, run_ok, strata, unique};
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::{Map, Value as Json};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config;
 use strata_speed::state::{Checkpoint, PartitionState};
 use support::expected::{self, Expected};

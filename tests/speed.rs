@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use support::expected::{self, Expected};
 use support::{TestEnv, terminate, wait_until};
 
@@ -167,7 +167,7 @@ async fn late_events_do_not_change_final_windows_and_are_counted() {
 }
 
 /// Events late for at least one window, summed over the three metrics.
-fn count_late(records: &[strata_schemas::clickstream::GeneratedRecord]) -> u64 {
+fn count_late(records: &[strata_generator::clickstream::GeneratedRecord]) -> u64 {
     let mut max: std::collections::HashMap<i32, i64> = Default::default();
     let mut late = 0;
     for r in records {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use strata_batch::compute::{EventFrame, recompute};
 use strata_batch::parquet_file::{self, ArchivedEvent};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use strata_kafka::{RejoinWatchdog, client_config, kafka_err, resubscribe};
 use strata_schemas::Decoder;
 use strata_schemas::config::{Config, Source};
-use strata_speed::kafka::{RejoinWatchdog, client_config, kafka_err, resubscribe};
 use tokio::runtime::Handle;
 
 use crate::BatchError;
@@ -148,7 +148,7 @@ pub async fn run(
     let handle = m::install();
     let listen = config.archive.metrics_listen;
     let metrics_server = tokio::spawn(async move {
-        if let Err(e) = strata_speed::metrics::serve(listen, handle).await {
+        if let Err(e) = strata_telemetry::serve(listen, handle).await {
             tracing::error!(listen = %listen, error = %e, "metrics endpoint failed");
         }
     });

@@ -12,6 +12,7 @@ use std::io::Cursor;
 
 use polars::prelude::*;
 use strata_schemas::aggregate::PreparedEvent;
+use strata_schemas::group_key;
 use strata_schemas::window::sessions_of_sorted;
 use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, Window, WindowKind};
 
@@ -156,8 +157,9 @@ fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
     }
 }
 
-/// Interned group keys: the group-by values of a row, encoded to bytes for
-/// the lookup so a known key costs no allocation.
+/// Interned group keys: the group-by values of a row, in the shared
+/// encoding ([`group_key`]) for the lookup so a known key costs no
+/// allocation.
 #[derive(Default)]
 struct Keys {
     ids: HashMap<Vec<u8>, u32>,
@@ -168,26 +170,7 @@ struct Keys {
 impl Keys {
     fn intern(&mut self, metric: &MetricDef, event: &Event) -> u32 {
         self.buffer.clear();
-        for g in &metric.group_by {
-            match &event.values[g.index] {
-                Value::Null => self.buffer.push(0),
-                Value::String(s) => {
-                    self.buffer.push(1);
-                    self.buffer
-                        .extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    self.buffer.extend_from_slice(s.as_bytes());
-                }
-                Value::Int(v) | Value::Timestamp(v) => {
-                    self.buffer.push(2);
-                    self.buffer.extend_from_slice(&v.to_le_bytes());
-                }
-                Value::Float(v) => {
-                    self.buffer.push(3);
-                    self.buffer.extend_from_slice(&v.to_bits().to_le_bytes());
-                }
-                Value::Bool(v) => self.buffer.extend_from_slice(&[4, u8::from(*v)]),
-            }
-        }
+        group_key::encode(&mut self.buffer, metric, event);
         if let Some(id) = self.ids.get(self.buffer.as_slice()) {
             return *id;
         }

@@ -1,7 +1,7 @@
 //! Errors of the archive and the batch layer.
 
-use strata_schemas::warehouse::WarehouseError;
-use strata_speed::SpeedError;
+use strata_kafka::KafkaError;
+use strata_warehouse::WarehouseError;
 
 /// A failure of `strata archive`, `strata batch` or `strata reconcile`.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +36,9 @@ pub enum BatchError {
         /// Polars' message.
         message: String,
     },
-    /// Kafka (shared plumbing with the speed layer).
+    /// Kafka.
     #[error(transparent)]
-    Kafka(Box<SpeedError>),
+    Kafka(Box<KafkaError>),
     /// ClickHouse.
     #[error(transparent)]
     Warehouse(Box<WarehouseError>),
@@ -71,11 +71,8 @@ impl From<WarehouseError> for BatchError {
     }
 }
 
-impl From<SpeedError> for BatchError {
-    fn from(e: SpeedError) -> Self {
-        match e {
-            SpeedError::Warehouse(w) => BatchError::Warehouse(w),
-            other => BatchError::Kafka(Box::new(other)),
-        }
+impl From<KafkaError> for BatchError {
+    fn from(e: KafkaError) -> Self {
+        BatchError::Kafka(Box::new(e))
     }
 }

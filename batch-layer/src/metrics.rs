@@ -35,7 +35,7 @@ pub const RECONCILE_DIFFERENCES: &str = "strata_reconcile_differences";
 /// Installs the recorder (shared with the speed layer) and describes every
 /// metric of this crate.
 pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
-    let handle = strata_speed::metrics::install();
+    let handle = strata_telemetry::install();
     describe_counter!(ARCHIVE_RECORDS, "Records read by the archiver, by topic.");
     describe_counter!(
         ARCHIVE_INVALID,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value as Json;
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::warehouse::{self, View, ViewRow};
+use strata_warehouse::{self as warehouse, View, ViewRow};
 
 use crate::BatchError;
 use crate::metrics as m;

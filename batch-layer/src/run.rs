@@ -15,7 +15,7 @@
 //!    longer exist (merged sessions);
 //! 4. publishes: one row in `strata_batch_runs` with status `published`
 //!    and watermark `W`. Readers only see rows of published runs
-//!    ([`strata_schemas::warehouse::view_sql`]), so a run killed before this
+//!    ([`strata_warehouse::view_sql`]), so a run killed before this
 //!    step changes nothing, and a rerun of the same range writes the same
 //!    rows under a newer id.
 
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use serde_json::{Map, Value as Json};
-use strata_schemas::warehouse::{self, BATCH_RUNS_TABLE, View, WATERMARKS_TABLE};
 use strata_schemas::{Config, MetricDef, Value, WindowKind};
+use strata_warehouse::{self as warehouse, BATCH_RUNS_TABLE, View, WATERMARKS_TABLE};
 
 use crate::BatchError;
 use crate::compute::{EventFrame, Recomputed, recompute};
@@ -325,7 +325,7 @@ async fn recompute_and_publish(
         for (g, v) in metric.group_by.iter().zip(&w.key) {
             row.insert(g.name.clone(), v.to_json());
         }
-        metric.plan.write_state(&w.acc, &mut row);
+        strata_warehouse::state::write_json(&metric.plan, &w.acc, &mut row);
         row.insert("run_id".into(), Json::from(run_id));
         row.insert("retracted".into(), Json::from(0));
         row.insert("updated_at".into(), now.clone());
@@ -373,9 +373,11 @@ async fn recompute_and_publish(
                     old.get(&g.name).cloned().unwrap_or(Json::Null),
                 );
             }
-            metric
-                .plan
-                .write_state(&metric.plan.new_accumulator(), &mut row);
+            strata_warehouse::state::write_json(
+                &metric.plan,
+                &metric.plan.new_accumulator(),
+                &mut row,
+            );
             row.insert("run_id".into(), Json::from(run_id));
             row.insert("retracted".into(), Json::from(1));
             row.insert("updated_at".into(), now.clone());

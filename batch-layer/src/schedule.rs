@@ -14,7 +14,7 @@ pub async fn run_scheduled(ctx: BatchContext, shutdown: Arc<AtomicBool>) -> Resu
     let handle = m::install();
     let listen = ctx.config.batch.metrics_listen;
     let server = tokio::spawn(async move {
-        if let Err(e) = strata_speed::metrics::serve(listen, handle).await {
+        if let Err(e) = strata_telemetry::serve(listen, handle).await {
             tracing::error!(listen = %listen, error = %e, "metrics endpoint failed");
         }
     });

@@ -11,11 +11,10 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use smallvec::SmallVec;
 
 use crate::decode::Event;
-use crate::rowbinary;
 use crate::sketch::{DistinctSketch, QuantileSketch};
 use crate::value::{FieldType, Value};
 
@@ -434,15 +433,6 @@ enum Slot {
     Quantiles(usize),
 }
 
-/// How a column of the storage form is typed in ClickHouse.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateColumn {
-    /// Column name.
-    pub name: String,
-    /// ClickHouse type.
-    pub clickhouse_type: &'static str,
-}
-
 /// One output value column of a metric (an aggregation, or one quantile).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputColumn {
@@ -508,6 +498,16 @@ impl AggPlan {
     /// Fields with a count/sum/min/max state, in state order.
     pub fn numeric_fields(&self) -> &[FieldRef] {
         &self.numeric_fields
+    }
+
+    /// Fields with a distinct sketch, in state order.
+    pub fn distinct_fields(&self) -> &[FieldRef] {
+        &self.distinct_fields
+    }
+
+    /// Fields with a quantile sketch, in state order.
+    pub fn quantile_fields(&self) -> &[FieldRef] {
+        &self.quantile_fields
     }
 
     /// Whether any aggregation keeps a sketch (count_distinct, quantiles):
@@ -697,126 +697,6 @@ impl AggPlan {
         }
         out
     }
-
-    /// The storage columns of a partial state, in a fixed order: `agg_events`,
-    /// then per numeric field `agg_<f>_count/_sum/_min/_max`, per distinct field
-    /// `agg_<f>_distinct_hashes/_distinct_hll`, per quantile field
-    /// `agg_<f>_quantile_keys/_quantile_counts`.
-    pub fn state_columns(&self) -> Vec<StateColumn> {
-        let col = |name: String, clickhouse_type| StateColumn {
-            name,
-            clickhouse_type,
-        };
-        let mut cols = vec![col("agg_events".into(), "UInt64")];
-        for f in &self.numeric_fields {
-            cols.push(col(format!("agg_{}_count", f.name), "UInt64"));
-            cols.push(col(format!("agg_{}_sum", f.name), "Float64"));
-            cols.push(col(format!("agg_{}_min", f.name), "Float64"));
-            cols.push(col(format!("agg_{}_max", f.name), "Float64"));
-        }
-        for f in &self.distinct_fields {
-            cols.push(col(
-                format!("agg_{}_distinct_hashes", f.name),
-                "Array(UInt64)",
-            ));
-            cols.push(col(format!("agg_{}_distinct_hll", f.name), "Array(UInt8)"));
-        }
-        for f in &self.quantile_fields {
-            cols.push(col(format!("agg_{}_quantile_keys", f.name), "Array(Int32)"));
-            cols.push(col(
-                format!("agg_{}_quantile_counts", f.name),
-                "Array(UInt64)",
-            ));
-        }
-        cols
-    }
-
-    /// Writes the partial state into `row` under [`Self::state_columns`] names.
-    pub fn write_state(&self, acc: &Accumulator, row: &mut Map<String, Json>) {
-        row.insert("agg_events".into(), Json::from(acc.events));
-        for (f, s) in self.numeric_fields.iter().zip(acc.numeric.iter()) {
-            row.insert(format!("agg_{}_count", f.name), Json::from(s.count));
-            row.insert(format!("agg_{}_sum", f.name), Json::from(s.sum));
-            row.insert(format!("agg_{}_min", f.name), Json::from(s.min));
-            row.insert(format!("agg_{}_max", f.name), Json::from(s.max));
-        }
-        for (f, s) in self.distinct_fields.iter().zip(acc.distinct.iter()) {
-            let (hashes, registers) = s.to_columns();
-            row.insert(
-                format!("agg_{}_distinct_hashes", f.name),
-                Json::from(hashes),
-            );
-            row.insert(
-                format!("agg_{}_distinct_hll", f.name),
-                Json::from(registers),
-            );
-        }
-        for (f, s) in self.quantile_fields.iter().zip(acc.quantiles.iter()) {
-            let (keys, counts) = s.to_columns();
-            row.insert(format!("agg_{}_quantile_keys", f.name), Json::from(keys));
-            row.insert(
-                format!("agg_{}_quantile_counts", f.name),
-                Json::from(counts),
-            );
-        }
-    }
-
-    /// Appends the partial state as `RowBinary` values of
-    /// [`Self::state_columns`], in that order (see [`crate::rowbinary`]).
-    pub fn write_state_rowbinary(&self, acc: &Accumulator, out: &mut Vec<u8>) {
-        rowbinary::write_u64(out, acc.events);
-        for s in acc.numeric.iter() {
-            rowbinary::write_u64(out, s.count);
-            rowbinary::write_f64(out, s.sum);
-            rowbinary::write_f64(out, s.min);
-            rowbinary::write_f64(out, s.max);
-        }
-        for s in acc.distinct.iter() {
-            let (hashes, registers) = s.columns();
-            rowbinary::write_u64_array(out, &hashes);
-            rowbinary::write_u8_array(out, registers);
-        }
-        for s in acc.quantiles.iter() {
-            let (keys, counts) = s.to_columns();
-            rowbinary::write_i32_array(out, &keys);
-            rowbinary::write_u64_array(out, &counts);
-        }
-    }
-
-    /// Reads a partial state written by [`Self::write_state`] (e.g. a
-    /// ClickHouse JSONEachRow row or a [`crate::rowbinary::read_rows`] row;
-    /// 64-bit integers may arrive quoted).
-    pub fn read_state(&self, row: &Map<String, Json>) -> Result<Accumulator, StateError> {
-        let mut acc = self.new_accumulator();
-        acc.events = get_u64(row, "agg_events")?;
-        for (f, s) in self.numeric_fields.iter().zip(acc.numeric.iter_mut()) {
-            s.count = get_u64(row, &format!("agg_{}_count", f.name))?;
-            s.sum = get_f64(row, &format!("agg_{}_sum", f.name))?;
-            s.min = get_f64(row, &format!("agg_{}_min", f.name))?;
-            s.max = get_f64(row, &format!("agg_{}_max", f.name))?;
-        }
-        for (f, s) in self.distinct_fields.iter().zip(acc.distinct.iter_mut()) {
-            let hashes = get_array(row, &format!("agg_{}_distinct_hashes", f.name), json_u64)?;
-            let registers = get_array(row, &format!("agg_{}_distinct_hll", f.name), |v| {
-                json_u64(v).and_then(|x| u8::try_from(x).ok())
-            })?;
-            *s = DistinctSketch::from_columns(hashes, registers).map_err(|e| StateError {
-                column: format!("agg_{}_distinct", f.name),
-                message: e.to_string(),
-            })?;
-        }
-        for (f, s) in self.quantile_fields.iter().zip(acc.quantiles.iter_mut()) {
-            let keys = get_array(row, &format!("agg_{}_quantile_keys", f.name), |v| {
-                v.as_i64().and_then(|x| i32::try_from(x).ok())
-            })?;
-            let counts = get_array(row, &format!("agg_{}_quantile_counts", f.name), json_u64)?;
-            *s = QuantileSketch::from_columns(keys, counts).map_err(|e| StateError {
-                column: format!("agg_{}_quantile", f.name),
-                message: e.to_string(),
-            })?;
-        }
-        Ok(acc)
-    }
 }
 
 /// `0.5` → `p50`, `0.99` → `p99`, `0.999` → `p999`.
@@ -829,57 +709,4 @@ pub fn quantile_suffix(q: f64) -> String {
         fraction.to_string()
     };
     format!("p{fraction}")
-}
-
-/// A stored partial state that cannot be read back.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("state column {column}: {message}")]
-pub struct StateError {
-    /// Column at fault.
-    pub column: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn json_u64(v: &Json) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-}
-
-fn get_u64(row: &Map<String, Json>, column: &str) -> Result<u64, StateError> {
-    row.get(column)
-        .and_then(json_u64)
-        .ok_or_else(|| StateError {
-            column: column.into(),
-            message: "missing or not an unsigned integer".into(),
-        })
-}
-
-fn get_f64(row: &Map<String, Json>, column: &str) -> Result<f64, StateError> {
-    row.get(column)
-        .and_then(|v| {
-            v.as_f64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .ok_or_else(|| StateError {
-            column: column.into(),
-            message: "missing or not a number".into(),
-        })
-}
-
-fn get_array<T>(
-    row: &Map<String, Json>,
-    column: &str,
-    item: impl Fn(&Json) -> Option<T>,
-) -> Result<Vec<T>, StateError> {
-    let err = || StateError {
-        column: column.into(),
-        message: "missing or not an array of the expected element type".into(),
-    };
-    row.get(column)
-        .and_then(Json::as_array)
-        .ok_or_else(err)?
-        .iter()
-        .map(|v| item(v).ok_or_else(err))
-        .collect()
 }

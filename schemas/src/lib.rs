@@ -10,27 +10,23 @@
 //!   session merging, filters and mergeable aggregate states. The speed layer
 //!   and the batch layer both call these, so one definition gives the same
 //!   numbers in both;
-//! - [`warehouse`] (feature `warehouse`): the ClickHouse table layout both
-//!   layers write and the serving layer reads, and `strata init`;
-//! - [`rowbinary`]: ClickHouse's `RowBinary` format, the body of the speed
-//!   layer's inserts, and a reader of it for tests and tools;
-//! - [`clickstream`]: the seeded synthetic event stream used by the demo,
-//!   the generator and the tests.
+//!
+//! Pure semantics: no I/O, no ClickHouse, no Kafka. How states are stored
+//! is `strata-warehouse`'s business; the synthetic clickstream is
+//! `strata-generator`'s.
 
 pub mod aggregate;
-pub mod clickstream;
 pub mod compat;
 pub mod config;
 pub mod contract;
 pub mod decode;
 pub mod duration;
 pub mod filter;
+pub mod group_key;
+pub mod leb128;
 pub mod problem;
-pub mod rowbinary;
 pub mod sketch;
 pub mod value;
-#[cfg(feature = "warehouse")]
-pub mod warehouse;
 pub mod window;
 
 pub use aggregate::{Accumulator, AggFunction, AggPlan};

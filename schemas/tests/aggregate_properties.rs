@@ -189,57 +189,6 @@ proptest! {
             }
         }
     }
-
-    /// The stored form of a state reads back to the same state.
-    #[test]
-    fn state_round_trips_through_storage_columns(raw in events_strategy()) {
-        let config = reference_config();
-        for metric in &config.metrics {
-            let mut acc = metric.plan.new_accumulator();
-            for r in &raw {
-                metric.plan.update(&mut acc, &event(metric, *r));
-            }
-            let mut row = serde_json::Map::new();
-            metric.plan.write_state(&acc, &mut row);
-            let text = serde_json::Value::Object(row).to_string();
-            let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
-            let back = metric.plan.read_state(&parsed).unwrap();
-            prop_assert_eq!(back, acc);
-        }
-    }
-
-    /// The speed layer's row writer (`write_state_rowbinary`) writes exactly
-    /// the columns and values of the map form, for every kind of state
-    /// (count/sum/min/max, exact and HLL distinct sketches, quantiles).
-    #[test]
-    fn rowbinary_state_equals_the_map_form(raw in events_strategy(), extra_users in 0u32..6000) {
-        let config = all_states_config();
-        let metric = &config.metrics[0];
-        let mut acc = metric.plan.new_accumulator();
-        for r in &raw {
-            metric.plan.update(&mut acc, &event(metric, *r));
-        }
-        // Past the exact limit the distinct sketch switches to HLL.
-        for u in 0..extra_users {
-            let mut e = event(metric, raw[0]);
-            let user = metric.source.contract.field_index("user_id").unwrap();
-            e.values[user] = Value::String(format!("extra{u}"));
-            metric.plan.update(&mut acc, &e);
-        }
-        let mut map = serde_json::Map::new();
-        metric.plan.write_state(&acc, &mut map);
-        let mut bytes = Vec::new();
-        metric.plan.write_state_rowbinary(&acc, &mut bytes);
-        let columns: Vec<(String, String)> = metric
-            .plan
-            .state_columns()
-            .into_iter()
-            .map(|c| (c.name, c.clickhouse_type.to_string()))
-            .collect();
-        let rows = strata_schemas::rowbinary::read_rows(&bytes, &columns).unwrap();
-        prop_assert_eq!(rows.len(), 1);
-        prop_assert_eq!(&rows[0], &map);
-    }
 }
 
 /// A slab slot adds events as an accumulator does, and merging it in place

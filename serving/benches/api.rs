@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json};
 use strata_schemas::aggregate::NumericState;
-use strata_schemas::warehouse;
+use strata_warehouse as warehouse;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -407,7 +407,7 @@ async fn main() {
                     row.insert("window_end_ms".into(), Json::from(start + MINUTE));
                     row.insert("page".into(), Json::from(format!("/page/{p}")));
                     row.insert("country".into(), Json::from(*country));
-                    metric.plan.write_state(&acc, &mut row);
+                    warehouse::state::write_json(&metric.plan, &acc, &mut row);
                     row.insert("retracted".into(), Json::from(0));
                     row.insert("updated_at".into(), now.clone());
                     if start < watermark {

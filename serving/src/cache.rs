@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use serde_json::{Map, Value as Json};
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::warehouse::{self, View};
 use strata_schemas::{Config, MetricDef, WindowKind};
+use strata_warehouse::{self as warehouse, View};
 
 use crate::metrics as m;
 

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use strata_schemas::warehouse::WarehouseError;
+use strata_warehouse::WarehouseError;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]

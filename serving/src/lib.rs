@@ -39,7 +39,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value as Json;
 use strata_schemas::config::ApiKey;
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::{Config, MetricDef, warehouse};
+use strata_schemas::{Config, MetricDef};
+use strata_warehouse as warehouse;
 
 use crate::cache::LatestCache;
 use crate::error::ApiError;

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use clickhouse::Client;
 use serde_json::Value as Json;
-use strata_schemas::warehouse::{self, View, ViewRow};
 use strata_schemas::{Accumulator, FieldType, MetricDef, WindowKind};
+use strata_warehouse::{self as warehouse, View, ViewRow};
 
 use crate::error::ApiError;
 use crate::metrics as m;

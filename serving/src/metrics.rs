@@ -16,7 +16,7 @@ pub const LATEST_CACHE_AGE: &str = "strata_serving_latest_cache_age_seconds";
 
 /// Installs the recorder and describes the metrics.
 pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
-    let handle = strata_speed::metrics::install();
+    let handle = strata_telemetry::install();
     describe_counter!(REQUESTS, "HTTP requests, by route and status.");
     describe_histogram!(
         REQUEST_LATENCY,

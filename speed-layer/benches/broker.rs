@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use strata_schemas::clickstream::ClickstreamConfig;
-use strata_speed::kafka::client_config;
+use strata_generator::clickstream::ClickstreamConfig;
+use strata_kafka::client_config;
 
 fn stack_env(name: &str) -> String {
     if let Ok(v) = std::env::var(name) {
@@ -73,7 +73,7 @@ async fn main() {
     config.metrics = metrics;
 
     let started = Instant::now();
-    let report = strata_speed::generate::generate(
+    let report = strata_generator::generate(
         &config.kafka,
         &topic,
         ClickstreamConfig {
@@ -129,10 +129,8 @@ async fn main() {
     );
 
     // strata speed: the whole pipeline, ClickHouse writes included.
-    let client = strata_schemas::warehouse::client(&config.clickhouse);
-    strata_schemas::warehouse::init(&client, &config)
-        .await
-        .unwrap();
+    let client = strata_warehouse::client(&config.clickhouse);
+    strata_warehouse::init(&client, &config).await.unwrap();
     let config = Arc::new(config);
     let shutdown = Arc::new(AtomicBool::new(false));
     let handle = strata_speed::metrics::install();
@@ -161,7 +159,7 @@ async fn main() {
         "ratio: speed / bare = {:.2} (target >= 0.9)",
         bare.0 / speed_secs
     );
-    let _ = strata_schemas::warehouse::execute(
+    let _ = strata_warehouse::execute(
         &client,
         &format!("DROP DATABASE IF EXISTS {}", config.clickhouse.database),
     )

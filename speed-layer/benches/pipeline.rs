@@ -22,8 +22,8 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::MetricDef;
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config::{self, Config};
 use strata_schemas::decode::Event;
 use strata_speed::state::{Checkpoint, PartitionState};

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use clickhouse::Client;
 use serde_json::{Map, Value as Json};
-use strata_schemas::warehouse::{self, SPEED_CHECKPOINTS_TABLE, WarehouseError};
+use strata_warehouse::{self as warehouse, SPEED_CHECKPOINTS_TABLE, WarehouseError};
 
 use crate::state::Checkpoint;
 

@@ -15,7 +15,7 @@ use strata_schemas::DecodeError;
 use strata_schemas::config::{KafkaSection, Source};
 
 use crate::SpeedError;
-use crate::kafka::{client_config, kafka_err};
+use strata_kafka::{client_config, kafka_err};
 
 /// Header names of a dead letter.
 pub mod headers {
@@ -157,10 +157,10 @@ impl DeadLetters {
         if let Some(key) = origin.key {
             record = record.key(key);
         }
-        send_waiting(&self.producer, record).map_err(kafka_err(
+        Ok(send_waiting(&self.producer, record).map_err(kafka_err(
             &self.kafka,
             format!("dead letter to {}", source.dead_letter_topic),
-        ))
+        ))?)
     }
 
     /// Waits up to `timeout` for every queued dead letter to be
@@ -175,7 +175,7 @@ impl DeadLetters {
             )) => {
                 return Ok(false);
             }
-            Err(e) => return Err(kafka_err(&self.kafka, "dead-letter flush")(e)),
+            Err(e) => return Err(kafka_err(&self.kafka, "dead-letter flush")(e).into()),
         }
         let failed = self.tracker.failed.swap(0, Ordering::Relaxed);
         if failed > 0 {

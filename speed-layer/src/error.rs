@@ -1,29 +1,15 @@
-//! Errors of the speed layer and its Kafka tooling.
+//! Errors of the speed layer and its dead-letter tools.
 
-use strata_schemas::warehouse::WarehouseError;
+use strata_kafka::KafkaError;
+use strata_warehouse::WarehouseError;
 
-/// A failed Kafka client operation, with what Strata was doing.
-#[derive(Debug)]
-pub struct KafkaFailure {
-    /// What Strata was doing.
-    pub operation: String,
-    /// Bootstrap servers used.
-    pub brokers: String,
-    /// The client error.
-    pub source: rdkafka::error::KafkaError,
-}
-
-/// A failure of the speed layer, the generator or the dead-letter tools.
+/// A failure of the speed layer or the dead-letter tools.
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
-    /// A Kafka client operation failed.
-    #[error(
-        "Kafka {} failed: {}; check kafka.brokers ({}) and that the broker is up",
-        .0.operation,
-        .0.source,
-        .0.brokers
-    )]
-    Kafka(Box<KafkaFailure>),
+    /// A Kafka client operation failed (boxed, like the warehouse error:
+    /// this type travels through every hot-path `Result`).
+    #[error(transparent)]
+    Kafka(Box<KafkaError>),
     /// A ClickHouse operation failed (boxed: the client error is large and
     /// this type travels through every hot-path `Result`).
     #[error(transparent)]
@@ -31,6 +17,12 @@ pub enum SpeedError {
     /// The command's arguments do not make sense.
     #[error("{0}")]
     Usage(String),
+}
+
+impl From<KafkaError> for SpeedError {
+    fn from(e: KafkaError) -> Self {
+        SpeedError::Kafka(Box::new(e))
+    }
 }
 
 impl From<WarehouseError> for SpeedError {

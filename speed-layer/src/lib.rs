@@ -1,23 +1,18 @@
 //! # strata-speed
 //!
-//! The speed layer of Strata's Lambda architecture, and the Kafka plumbing
-//! the other commands share:
+//! The speed layer of Strata's Lambda architecture:
 //!
 //! - [`run`]: `strata speed`, the consumer-group loop;
 //! - [`state`]: per-partition window state, deterministic and replayable;
 //! - [`sink`], [`checkpoint`]: ClickHouse writes with retries, checkpoints;
 //! - [`dlq`]: dead letters and their replay;
-//! - [`metrics`]: every exported metric;
-//! - [`kafka`]: client configuration, topic creation;
-//! - [`generate`]: `strata generate`, the seeded clickstream producer.
+//! - [`metrics`]: every exported metric.
 
 pub mod checkpoint;
 pub mod dlq;
 pub mod error;
-pub mod generate;
 mod hot_sessions;
 mod id_table;
-pub mod kafka;
 pub mod metrics;
 pub mod run;
 pub mod sink;

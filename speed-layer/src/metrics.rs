@@ -1,12 +1,8 @@
 //! Every metric the speed layer exports, in one place, with its name, unit
 //! and meaning. Exposed in Prometheus text format on `speed.metrics_listen`.
 
-use std::net::SocketAddr;
-use std::sync::OnceLock;
-
 use metrics::{describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Records read, by topic and partition.
 pub const RECORDS_IN: &str = "strata_speed_records_in_total";
@@ -43,27 +39,12 @@ pub const ASSIGNED_PARTITIONS: &str = "strata_speed_assigned_partitions";
 /// Checkpoints stored.
 pub const CHECKPOINTS: &str = "strata_speed_checkpoints_total";
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Installs the Prometheus recorder once per process and describes every
-/// metric. Returns the handle that renders the exposition text.
+/// Installs the process's recorder (see [`strata_telemetry::install`]) and
+/// describes every metric of the speed layer.
 pub fn install() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
-                .map(PrometheusBuilder::build_recorder)
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            // Another recorder may already be installed (several layers in one
-            // process, e.g. the demo); the handle still renders ours.
-            let _ = metrics::set_global_recorder(recorder);
-            describe();
-            handle
-        })
-        .clone()
+    let handle = strata_telemetry::install();
+    describe();
+    handle
 }
 
 fn describe() {
@@ -120,27 +101,4 @@ fn describe() {
     );
     describe_gauge!(ASSIGNED_PARTITIONS, "Partitions assigned to this process.");
     describe_counter!(CHECKPOINTS, "Checkpoints stored.");
-}
-
-/// Serves `GET /metrics` (any path, really) in Prometheus text format until
-/// the task is dropped. A deliberately tiny HTTP/1.1 responder: the speed
-/// layer needs nothing more and should not pull a web framework in.
-pub async fn serve(listen: SocketAddr, handle: PrometheusHandle) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(listen = %listen, "metrics endpoint listening");
-    loop {
-        let (mut socket, _) = listener.accept().await?;
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 2048];
-            let _ = socket.read(&mut request).await;
-            let body = handle.render();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
-    }
 }

@@ -20,17 +20,17 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::{Map, Value as Json};
 use strata_schemas::config::{Config, Source};
-use strata_schemas::warehouse::{self, InsertFormat, WATERMARKS_TABLE};
 use strata_schemas::{Decoder, MetricDef};
+use strata_warehouse::{self as warehouse, InsertFormat, WATERMARKS_TABLE};
 use tokio::runtime::Handle;
 
 use crate::SpeedError;
 use crate::checkpoint;
 use crate::dlq::{DeadLetters, Origin};
-use crate::kafka::{self, RejoinWatchdog, client_config, ensure_topic, kafka_err, partition_count};
 use crate::metrics as m;
 use crate::sink::{Backoff, insert_once};
 use crate::state::{Checkpoint, MetricRows, PartitionState};
+use strata_kafka::{RejoinWatchdog, client_config, ensure_topic, kafka_err, partition_count};
 
 /// How a run ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -185,7 +185,7 @@ pub async fn run(
     let handle = m::install();
     let listen = config.speed.metrics_listen;
     let metrics_server = tokio::spawn(async move {
-        if let Err(e) = m::serve(listen, handle).await {
+        if let Err(e) = strata_telemetry::serve(listen, handle).await {
             tracing::error!(listen = %listen, error = %e, "metrics endpoint failed");
         }
     });
@@ -328,7 +328,11 @@ impl Speed {
 
     fn rejoin(&mut self) -> Result<(), SpeedError> {
         let topics: Vec<&str> = self.sources.keys().map(String::as_str).collect();
-        kafka::resubscribe(&self.consumer, &self.config.kafka, &topics)
+        Ok(strata_kafka::resubscribe(
+            &self.consumer,
+            &self.config.kafka,
+            &topics,
+        )?)
     }
 
     /// Polls once, handling rebalances and at most one record.

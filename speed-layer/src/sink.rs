@@ -5,14 +5,14 @@
 //! (the caller pauses consumption meanwhile, so memory stays bounded and
 //! nothing is dropped); errors that mean the request itself is wrong (syntax,
 //! unknown column, type mismatch, ...; see
-//! [`strata_schemas::warehouse::NON_RETRYABLE_CODES`]) are returned at once,
+//! [`strata_warehouse::NON_RETRYABLE_CODES`]) are returned at once,
 //! because repeating them cannot succeed.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::Client;
-use strata_schemas::warehouse::{self, InsertFormat, WarehouseError};
+use strata_warehouse::{self as warehouse, InsertFormat, WarehouseError};
 
 use crate::metrics as m;
 

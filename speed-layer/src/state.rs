@@ -19,10 +19,12 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashMap};
 use serde_json::{Map, Value as Json};
 use strata_schemas::aggregate::{AccumulatorSlab, AggPlan};
+use strata_schemas::group_key::{self, KeyValue};
 use strata_schemas::window::{
     Mergeable, SessionSet, Window, WindowKind, boundary_after, boundary_at_or_before,
 };
-use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, rowbinary, warehouse};
+use strata_schemas::{Accumulator, Event, MetricDef};
+use strata_warehouse::{self as warehouse, rowbinary};
 
 use crate::hot_sessions::HotSessions;
 use crate::id_table::IdTable;
@@ -212,9 +214,7 @@ impl KeyDictionary {
         // a short copy costs fewer instructions than walking the stored
         // encoding value by value against the event's values.
         buf.clear();
-        for g in &metric.group_by {
-            encode_value(buf, &event.values[g.index]);
-        }
+        group_key::encode(buf, metric, event);
         let hash = hasher.hash_one(buf.as_slice());
         if let Some(id) = table.find(hash, |id| short_eq(entries[id as usize].key(long), buf)) {
             return id;
@@ -229,7 +229,7 @@ impl KeyDictionary {
 
     /// The group-by values of key `id`, borrowed from the dictionary.
     fn values(&self, id: u32) -> impl Iterator<Item = KeyValue<'_>> {
-        key_values(self.entries[id as usize].key(&self.long))
+        group_key::values(self.entries[id as usize].key(&self.long))
     }
 
     /// Keeps only the keys with `live[id]`, renumbered densely in their old
@@ -258,136 +258,6 @@ impl KeyDictionary {
         }
         remap
     }
-}
-
-/// Length-prefixed, type-tagged encoding: distinct keys never collide.
-fn encode_value(buf: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Null => buf.push(0),
-        Value::String(s) => {
-            buf.push(1);
-            // LEB128: one byte for any string under 128 bytes, so a page
-            // with its country still fits an entry inline.
-            rowbinary::write_len(buf, s.len());
-            buf.extend_from_slice(s.as_bytes());
-        }
-        Value::Int(i) => {
-            buf.push(2);
-            buf.extend_from_slice(&i.to_le_bytes());
-        }
-        Value::Float(f) => {
-            buf.push(3);
-            buf.extend_from_slice(&f.to_bits().to_le_bytes());
-        }
-        Value::Bool(b) => buf.extend_from_slice(&[4, u8::from(*b)]),
-        Value::Timestamp(t) => {
-            buf.push(5);
-            buf.extend_from_slice(&t.to_le_bytes());
-        }
-    }
-}
-
-/// A string's length in a key's encoding (LEB128, as
-/// [`rowbinary::write_len`] writes it) and the bytes after it.
-#[inline]
-fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
-    let mut len = 0_usize;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        len |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((len, &bytes[i + 1..]));
-        }
-    }
-    None
-}
-
-/// One group-by value as stored in a key's encoding, borrowed from it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum KeyValue<'a> {
-    Null,
-    String(&'a str),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    Timestamp(i64),
-}
-
-impl KeyValue<'_> {
-    #[cfg(test)]
-    fn to_value(self) -> Value {
-        match self {
-            KeyValue::Null => Value::Null,
-            KeyValue::String(s) => Value::String(s.to_string()),
-            KeyValue::Int(i) => Value::Int(i),
-            KeyValue::Float(f) => Value::Float(f),
-            KeyValue::Bool(b) => Value::Bool(b),
-            KeyValue::Timestamp(t) => Value::Timestamp(t),
-        }
-    }
-
-    /// Writes the value as a `RowBinary` value of its group-by column, of
-    /// type `ty`: always the column's layout, so one odd value can never
-    /// shift the rest of the body. The decoder gives a field its contract
-    /// type (an int widened to a float is converted); group-by fields are
-    /// required or defaulted, so a key never holds a null, and any other
-    /// mismatch is a bug: in release builds the column's zero is written.
-    fn write_rowbinary(self, ty: FieldType, out: &mut Vec<u8>) {
-        match (self, ty) {
-            (KeyValue::String(s), FieldType::String) => rowbinary::write_str(out, s),
-            (KeyValue::Int(i) | KeyValue::Timestamp(i), FieldType::Int | FieldType::Timestamp) => {
-                rowbinary::write_i64(out, i);
-            }
-            (KeyValue::Float(f), FieldType::Float) => rowbinary::write_f64(out, f),
-            (KeyValue::Int(i), FieldType::Float) => rowbinary::write_f64(out, i as f64),
-            (KeyValue::Bool(b), FieldType::Bool) => rowbinary::write_u8(out, u8::from(b)),
-            (other, ty) => {
-                debug_assert!(other == KeyValue::Null, "a {ty} column holding {other:?}");
-                match ty {
-                    FieldType::String => rowbinary::write_str(out, ""),
-                    FieldType::Int | FieldType::Timestamp => rowbinary::write_i64(out, 0),
-                    FieldType::Float => rowbinary::write_f64(out, 0.0),
-                    FieldType::Bool => rowbinary::write_u8(out, 0),
-                }
-            }
-        }
-    }
-}
-
-/// The inverse of [`encode_value`] over a whole key, value by value. The
-/// input is always an encoding this module wrote, so malformed input is a
-/// bug.
-fn key_values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> &'a [u8] {
-        let (head, rest) = bytes.split_at(n);
-        *bytes = rest;
-        head
-    }
-    fn eight(bytes: &mut &[u8]) -> [u8; 8] {
-        take(bytes, 8).try_into().expect("8 bytes")
-    }
-    std::iter::from_fn(move || {
-        let (&tag, rest) = bytes.split_first()?;
-        bytes = rest;
-        Some(match tag {
-            0 => KeyValue::Null,
-            1 => {
-                let (len, rest) = read_len(bytes).expect("a length was encoded");
-                bytes = rest;
-                let text = take(&mut bytes, len);
-                KeyValue::String(std::str::from_utf8(text).expect("encoded from a String"))
-            }
-            2 => KeyValue::Int(i64::from_le_bytes(eight(&mut bytes))),
-            3 => KeyValue::Float(f64::from_bits(u64::from_le_bytes(eight(&mut bytes)))),
-            4 => KeyValue::Bool(take(&mut bytes, 1)[0] != 0),
-            5 => KeyValue::Timestamp(i64::from_le_bytes(eight(&mut bytes))),
-            other => unreachable!("group key tag {other} was never written"),
-        })
-    })
-}
-
-#[cfg(test)]
-fn decode_key(bytes: &[u8]) -> Vec<Value> {
-    key_values(bytes).map(KeyValue::to_value).collect()
 }
 
 /// A pane's key id → slot map. Key ids are dense (the dictionary is
@@ -964,7 +834,7 @@ pub struct ApplyOutcome {
 }
 
 /// The rows of one metric from one emit, as a `RowBinary` body (see
-/// [`strata_schemas::rowbinary`]) of the metric's speed-row columns: written
+/// [`strata_warehouse::rowbinary`]) of the metric's speed-row columns: written
 /// straight to bytes, ready to send to the speed table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricRows {
@@ -1397,9 +1267,7 @@ impl<'a> RowWriter<'a> {
         updated_at_s: u32,
     ) -> Self {
         let mut empty_state = Vec::new();
-        metric
-            .plan
-            .write_state_rowbinary(&metric.plan.new_accumulator(), &mut empty_state);
+        warehouse::state::write_rowbinary(&metric.plan.new_accumulator(), &mut empty_state);
         RowWriter {
             metric,
             keys,
@@ -1414,7 +1282,7 @@ impl<'a> RowWriter<'a> {
         rowbinary::write_i64(out, window.start_ms);
         rowbinary::write_i64(out, window.end_ms);
         for (field, value) in self.metric.group_by.iter().zip(self.keys.values(key)) {
-            value.write_rowbinary(field.ty, out);
+            rowbinary::write_key_value(out, value, field.ty);
         }
         rowbinary::write_i32(out, self.partition);
     }
@@ -1448,7 +1316,7 @@ impl<'a> RowWriter<'a> {
     ) {
         let body = &mut out.body;
         self.head(body, window, key);
-        self.metric.plan.write_state_rowbinary(acc, body);
+        warehouse::state::write_rowbinary(acc, body);
         // The version only grows: a later offset, or the same offset turned final.
         let version = offsets.last as u64 * 2 + u64::from(is_final);
         self.tail(body, offsets, version, false, is_final);
@@ -1665,105 +1533,6 @@ aggregations = [
             } else {
                 assert_eq!(remap[i], u32::MAX);
             }
-        }
-    }
-
-    #[test]
-    fn distinct_keys_have_distinct_encodings() {
-        let values = vec![
-            Value::Null,
-            Value::String("ü/€ \"x\"".into()),
-            Value::Int(-7),
-            Value::Float(-0.0),
-            Value::Bool(true),
-            Value::Timestamp(1_795_341_600_000),
-            Value::String(String::new()),
-            Value::Float(f64::NAN),
-            // 200 bytes: a length of two LEB128 bytes.
-            Value::String("ß".repeat(100)),
-        ];
-        let encode = |values: &[Value]| {
-            let mut buf = Vec::new();
-            for v in values {
-                encode_value(&mut buf, v);
-            }
-            buf
-        };
-        let buf = encode(&values);
-        assert_eq!(decode_key(&buf).len(), values.len());
-        // Every single change of one value, and every prefix and extension,
-        // is another key: the dictionary compares encodings byte for byte,
-        // so each must be encoded differently.
-        let mut others: Vec<Vec<Value>> = (0..values.len()).map(|n| values[..n].to_vec()).collect();
-        let mut longer = values.clone();
-        longer.push(Value::Null);
-        others.push(longer);
-        for i in 0..values.len() {
-            for replacement in [
-                Value::Null,
-                Value::String("ü/€ \"y\"".into()),
-                Value::String("ü/€ \"x\" ".into()),
-                Value::Int(7),
-                Value::Float(0.0),
-                Value::Bool(false),
-                Value::Timestamp(-7),
-            ] {
-                if replacement.to_string() == values[i].to_string()
-                    && std::mem::discriminant(&replacement) == std::mem::discriminant(&values[i])
-                {
-                    continue;
-                }
-                let mut changed = values.clone();
-                changed[i] = replacement;
-                others.push(changed);
-            }
-        }
-        for other in others {
-            assert_ne!(encode(&other), buf, "{other:?}");
-        }
-    }
-
-    #[test]
-    fn key_dictionary_round_trips_every_value_type() {
-        let values = vec![
-            Value::Null,
-            Value::String("ü/€ \"x\"".into()),
-            Value::Int(-7),
-            Value::Float(1.5),
-            Value::Bool(true),
-            Value::Timestamp(1_795_341_600_000),
-            Value::String(String::new()),
-            Value::String("ß".repeat(100)),
-        ];
-        let mut buf = Vec::new();
-        for v in &values {
-            encode_value(&mut buf, v);
-        }
-        assert_eq!(decode_key(&buf), values);
-        // Rows carry each value in its column's type, reading back as the
-        // value's JSON form (a null, which validation keeps out of keys, as
-        // the column's zero).
-        let types = [
-            FieldType::String,
-            FieldType::String,
-            FieldType::Int,
-            FieldType::Float,
-            FieldType::Bool,
-            FieldType::Timestamp,
-            FieldType::String,
-            FieldType::String,
-        ];
-        for ((kv, v), ty) in key_values(&buf).zip(&values).zip(types) {
-            let mut body = Vec::new();
-            kv.write_rowbinary(ty, &mut body);
-            let column = [("k".to_string(), ty.clickhouse_type().to_string())];
-            let row = rowbinary::read_rows(&body, &column).unwrap().remove(0);
-            let expected = if *v == Value::Null {
-                Json::from("")
-            } else {
-                v.to_json()
-            };
-            assert_eq!(row["k"], expected, "{v:?}");
         }
     }
 

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use serde_json::Value as Json;
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::Event;
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config::{self, Config};
 use strata_speed::state::{Checkpoint, PartitionState};
 

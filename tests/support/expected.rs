@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use strata_schemas::clickstream::GeneratedRecord;
+use strata_generator::clickstream::GeneratedRecord;
 
 /// (window_start, page, country) → (views, total duration).
 pub type PerMinute = BTreeMap<(i64, String, String), (u64, i64)>;

@@ -48,7 +48,7 @@ pub fn optional_endpoint(name: &str) -> Option<String> {
 }
 
 /// Valid events among generated records.
-pub fn valid(records: &[strata_schemas::clickstream::GeneratedRecord]) -> u64 {
+pub fn valid(records: &[strata_generator::clickstream::GeneratedRecord]) -> u64 {
     records.iter().filter(|r| r.event.is_some()).count() as u64
 }
 
@@ -563,14 +563,14 @@ impl TestEnv {
     }
 
     /// Generates `config` into this environment's topic.
-    pub fn generate(&self, config: &strata_schemas::clickstream::ClickstreamConfig) {
+    pub fn generate(&self, config: &strata_generator::clickstream::ClickstreamConfig) {
         run_ok(&mut self.generate_command(config));
     }
 
     /// The `strata generate` command for `config` (add `--rate` to pace it).
     pub fn generate_command(
         &self,
-        config: &strata_schemas::clickstream::ClickstreamConfig,
+        config: &strata_generator::clickstream::ClickstreamConfig,
     ) -> Command {
         let c = config;
         let mut cmd = self.strata();

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
-use strata_schemas::warehouse;
 use strata_schemas::{Config, Event, MetricDef, WindowKind};
+use strata_warehouse as warehouse;
 
 use super::TestEnv;
 
@@ -191,7 +191,7 @@ fn base_row(
     for (g, v) in metric.group_by.iter().zip(key) {
         row.insert(g.name.clone(), v.to_json());
     }
-    metric.plan.write_state(acc, &mut row);
+    warehouse::state::write_json(&metric.plan, acc, &mut row);
     row.insert("retracted".into(), Json::from(0));
     row.insert("updated_at".into(), Json::from(warehouse::now_datetime()));
     row

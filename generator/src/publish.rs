@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use strata_schemas::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
-use strata_schemas::config::KafkaSection;
+use strata_kafka::{KafkaError, client_config, ensure_topic, kafka_err};
 
-use crate::SpeedError;
-use crate::kafka::{client_config, ensure_topic, kafka_err};
+use crate::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
+use strata_schemas::config::KafkaSection;
 
 /// Counts of what was sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,7 +42,7 @@ pub async fn generate(
     config: ClickstreamConfig,
     rate: u64,
     mut progress: impl FnMut(u64),
-) -> Result<GenerateReport, SpeedError> {
+) -> Result<GenerateReport, KafkaError> {
     ensure_topic(kafka, topic, config.partitions as i32).await?;
     let producer: FutureProducer = client_config(kafka)
         .set("enable.idempotence", "true")

@@ -1,5 +1,8 @@
-//! Kafka client configuration and topic management shared by every command
-//! that talks to the brokers.
+//! # strata-kafka
+//!
+//! Everything Strata's commands share to talk to Kafka: client
+//! configuration, topic management, the error that names the operation and
+//! the brokers, and the consumer-group plumbing (the rejoin watchdog).
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +13,33 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use strata_schemas::config::KafkaSection;
 
-use crate::SpeedError;
-use crate::error::KafkaFailure;
+/// A failed Kafka operation, with what Strata was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// A client call failed.
+    #[error(
+        "Kafka {operation} failed: {source}; check kafka.brokers ({brokers}) and that the broker is up"
+    )]
+    Client {
+        /// What Strata was doing.
+        operation: String,
+        /// Bootstrap servers used.
+        brokers: String,
+        /// The client error (boxed: it is large, and this error travels
+        /// through hot-path `Result`s).
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// A blocking client call could not finish (its task panicked or the
+    /// runtime is shutting down).
+    #[error("Kafka {operation} did not finish: {message}")]
+    Task {
+        /// What Strata was doing.
+        operation: String,
+        /// Why.
+        message: String,
+    },
+}
 
 /// A client config for the configured brokers, with the user's extra
 /// librdkafka properties applied last so they can override Strata's choices.
@@ -33,21 +61,19 @@ pub fn client_config(kafka: &KafkaSection) -> ClientConfig {
 pub fn kafka_err(
     kafka: &KafkaSection,
     operation: impl Into<String>,
-) -> impl FnOnce(rdkafka::error::KafkaError) -> SpeedError {
+) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaError {
     let brokers = kafka.brokers.clone();
     let operation = operation.into();
-    move |source| {
-        SpeedError::Kafka(Box::new(KafkaFailure {
-            operation,
-            brokers,
-            source,
-        }))
+    move |source| KafkaError::Client {
+        operation,
+        brokers,
+        source: Box::new(source),
     }
 }
 
 /// Number of partitions of `topic` (0 when it does not exist), from a
 /// consumer's metadata request, which never auto-creates topics.
-pub async fn partition_count(kafka: &KafkaSection, topic: &str) -> Result<i32, SpeedError> {
+pub async fn partition_count(kafka: &KafkaSection, topic: &str) -> Result<i32, KafkaError> {
     let kafka = kafka.clone();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -66,7 +92,10 @@ pub async fn partition_count(kafka: &KafkaSection, topic: &str) -> Result<i32, S
             .sum())
     })
     .await
-    .map_err(|e| SpeedError::Usage(format!("metadata task failed: {e}")))?
+    .map_err(|e| KafkaError::Task {
+        operation: "metadata request".into(),
+        message: e.to_string(),
+    })?
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists. Returns
@@ -75,7 +104,7 @@ pub async fn ensure_topic(
     kafka: &KafkaSection,
     topic: &str,
     partitions: i32,
-) -> Result<bool, SpeedError> {
+) -> Result<bool, KafkaError> {
     // Look first: some brokers (and librdkafka's mock cluster) do not serve
     // CreateTopics, and an existing topic needs nothing.
     if partition_count(kafka, topic).await? > 0 {
@@ -158,7 +187,7 @@ pub fn resubscribe<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     consumer: &C,
     kafka: &KafkaSection,
     topics: &[&str],
-) -> Result<(), SpeedError> {
+) -> Result<(), KafkaError> {
     consumer.unsubscribe();
     consumer
         .subscribe(topics)

@@ -13,6 +13,9 @@
 
 use chrono::DateTime;
 use serde_json::{Map, Value as Json};
+use strata_schemas::group_key::KeyValue;
+use strata_schemas::leb128;
+use strata_schemas::value::FieldType;
 
 /// Appends a `UInt8`.
 #[inline]
@@ -53,12 +56,34 @@ pub fn write_datetime(out: &mut Vec<u8>, unix_s: u32) {
 /// Appends the length of a string or an array (unsigned LEB128).
 #[inline]
 pub fn write_len(out: &mut Vec<u8>, len: usize) {
-    let mut n = len as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
+    leb128::write(out, len);
+}
+
+/// Appends a group-by value as a `RowBinary` value of its column, of type
+/// `ty`: always the column's layout, so one odd value can never shift the
+/// rest of the body. The decoder gives a field its contract type (an int
+/// widened to a float is converted); group-by fields are required or
+/// defaulted, so a key never holds a null, and any other mismatch is a bug:
+/// in release builds the column's zero is written.
+pub fn write_key_value(out: &mut Vec<u8>, value: KeyValue<'_>, ty: FieldType) {
+    match (value, ty) {
+        (KeyValue::String(s), FieldType::String) => write_str(out, s),
+        (KeyValue::Int(i) | KeyValue::Timestamp(i), FieldType::Int | FieldType::Timestamp) => {
+            write_i64(out, i);
+        }
+        (KeyValue::Float(f), FieldType::Float) => write_f64(out, f),
+        (KeyValue::Int(i), FieldType::Float) => write_f64(out, i as f64),
+        (KeyValue::Bool(b), FieldType::Bool) => write_u8(out, u8::from(b)),
+        (other, ty) => {
+            debug_assert!(other == KeyValue::Null, "a {ty} column holding {other:?}");
+            match ty {
+                FieldType::String => write_str(out, ""),
+                FieldType::Int | FieldType::Timestamp => write_i64(out, 0),
+                FieldType::Float => write_f64(out, 0.0),
+                FieldType::Bool => write_u8(out, 0),
+            }
+        }
     }
-    out.push(n as u8);
 }
 
 /// Appends a `String`.
@@ -190,18 +215,21 @@ impl<'b> Reader<'_, 'b> {
     }
 
     fn len(&mut self) -> Result<usize, RowBinaryError> {
-        let mut n = 0_u64;
-        for shift in (0..70).step_by(7) {
-            let byte = self.take(1)?[0];
-            n |= u64::from(byte & 0x7F) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(n as usize);
+        match leb128::read(self.rest) {
+            Some((n, rest)) => {
+                *self.rest = rest;
+                Ok(n)
             }
+            // Every byte left says "more follows": the body ends inside it.
+            None if self.rest.len() < 10 => Err(RowBinaryError::Truncated {
+                row: self.row,
+                column: self.column.to_string(),
+            }),
+            None => Err(RowBinaryError::BadLength {
+                row: self.row,
+                column: self.column.to_string(),
+            }),
         }
-        Err(RowBinaryError::BadLength {
-            row: self.row,
-            column: self.column.to_string(),
-        })
     }
 
     fn value(&mut self, ty: &str) -> Result<Json, RowBinaryError> {
@@ -251,6 +279,8 @@ impl<'b> Reader<'_, 'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_schemas::group_key;
+    use strata_schemas::value::Value;
 
     fn columns(spec: &[(&str, &str)]) -> Vec<(String, String)> {
         spec.iter()
@@ -350,5 +380,48 @@ mod tests {
             read_rows(&bad, &columns(&[("s", "String")])),
             Err(RowBinaryError::NotUtf8 { row: 0, .. })
         ));
+    }
+
+    #[test]
+    fn key_values_are_written_in_their_column_type() {
+        let values = vec![
+            Value::Null,
+            Value::String("ü/€ \"x\"".into()),
+            Value::Int(-7),
+            Value::Float(1.5),
+            Value::Bool(true),
+            Value::Timestamp(1_795_341_600_000),
+            Value::String(String::new()),
+            Value::String("ß".repeat(100)),
+        ];
+        let mut buf = Vec::new();
+        for v in &values {
+            group_key::encode_value(&mut buf, v);
+        }
+        // Rows carry each value in its column's type, reading back as the
+        // value's JSON form (a null, which validation keeps out of keys, as
+        // the column's zero).
+        let types = [
+            FieldType::String,
+            FieldType::String,
+            FieldType::Int,
+            FieldType::Float,
+            FieldType::Bool,
+            FieldType::Timestamp,
+            FieldType::String,
+            FieldType::String,
+        ];
+        for ((kv, v), ty) in group_key::values(&buf).zip(&values).zip(types) {
+            let mut body = Vec::new();
+            write_key_value(&mut body, kv, ty);
+            let column = [("k".to_string(), ty.clickhouse_type().to_string())];
+            let row = read_rows(&body, &column).unwrap().remove(0);
+            let expected = if *v == Value::Null {
+                Json::from("")
+            } else {
+                v.to_json()
+            };
+            assert_eq!(row["k"], expected, "{v:?}");
+        }
     }
 }

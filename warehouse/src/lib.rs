@@ -16,8 +16,12 @@ use std::time::Duration;
 use clickhouse::Client;
 use serde_json::{Map, Value as Json};
 
-use crate::config::{ClickHouseSection, Config, MetricDef};
-use crate::window::WindowKind;
+use strata_schemas::config::{ClickHouseSection, Config, MetricDef};
+use strata_schemas::window::WindowKind;
+
+pub mod rowbinary;
+pub mod rows;
+pub mod state;
 
 /// Watermarks of both layers, one row per (metric, layer, partition).
 pub const WATERMARKS_TABLE: &str = "strata_watermarks";
@@ -279,7 +283,11 @@ pub async fn insert(
         InsertFormat::RowBinary(columns) => {
             // Column names come from validated config and contracts
             // (identifiers: `[a-z_][a-z0-9_]*`), never from a request.
-            debug_assert!(columns.iter().all(|c| crate::contract::is_identifier(c)));
+            debug_assert!(
+                columns
+                    .iter()
+                    .all(|c| strata_schemas::contract::is_identifier(c))
+            );
             let list: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
             format!(
                 "INSERT INTO {target} ({}) FORMAT RowBinary",
@@ -402,7 +410,7 @@ fn sorting_key(metric: &MetricDef, extra: &[&str]) -> String {
 pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
     let mut columns = window_columns(metric);
     columns.push(col("kafka_partition", "Int32"));
-    for c in metric.plan.state_columns() {
+    for c in state::columns(&metric.plan) {
         columns.push(col(&c.name, c.clickhouse_type));
     }
     columns.extend([
@@ -444,7 +452,7 @@ pub fn speed_row_columns(metric: &MetricDef) -> Vec<(String, String)> {
 /// the newest run wins.
 pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
     let mut columns = window_columns(metric);
-    for c in metric.plan.state_columns() {
+    for c in state::columns(&metric.plan) {
         columns.push(col(&c.name, c.clickhouse_type));
     }
     columns.extend([
@@ -590,7 +598,7 @@ pub fn view_sql(
         }
     };
     let mut values = vec!["window_end_ms".to_string()];
-    values.extend(metric.plan.state_columns().into_iter().map(|c| c.name));
+    values.extend(state::columns(&metric.plan).into_iter().map(|c| c.name));
     if view == View::Speed {
         values.push("is_final".into());
     }
@@ -636,7 +644,7 @@ pub struct ViewRow {
     /// Group-by values as stored, in config order.
     pub key: Vec<Json>,
     /// The merged partial state.
-    pub acc: crate::aggregate::Accumulator,
+    pub acc: strata_schemas::aggregate::Accumulator,
     /// Whether the window can no longer change (always true for batch rows).
     pub is_final: bool,
 }
@@ -645,7 +653,7 @@ pub struct ViewRow {
 /// partials of each (window, group key) with [`Accumulator::merge`] (so
 /// distinct and quantile sketches merge, never add). Ordered by start, then key.
 ///
-/// [`Accumulator::merge`]: crate::aggregate::Accumulator::merge
+/// [`Accumulator::merge`]: strata_schemas::aggregate::Accumulator::merge
 pub async fn read_view(
     client: &Client,
     database: &str,
@@ -677,13 +685,10 @@ pub async fn read_view(
             .iter()
             .map(|g| row.get(&g.name).cloned().unwrap_or(Json::Null))
             .collect();
-        let acc = metric
-            .plan
-            .read_state(&row)
-            .map_err(|e| WarehouseError::Decode {
-                operation: format!("read {} view of {}", view_name(view), metric.name),
-                message: e.to_string(),
-            })?;
+        let acc = state::read_json(&metric.plan, &row).map_err(|e| WarehouseError::Decode {
+            operation: format!("read {} view of {}", view_name(view), metric.name),
+            message: e.to_string(),
+        })?;
         let is_final = match view {
             View::Batch { .. } => true,
             View::Speed => row.get("is_final").and_then(json_u64).unwrap_or(0) == 1,
@@ -902,7 +907,7 @@ pub fn merged_view_columns(metric: &MetricDef) -> Vec<String> {
 /// holds at most 4096 distinct values, below the sketch's exact limit), and
 /// quantiles are left to the API (null here).
 pub fn merged_view_sql(database: &str, metric: &MetricDef) -> String {
-    use crate::aggregate::AggFunction;
+    use strata_schemas::aggregate::AggFunction;
     let name = metric.name.replace('\'', "");
     let runs = format!(
         "(SELECT run_id FROM {} WHERE metric = '{name}' AND status = 'published')",
@@ -917,9 +922,7 @@ pub fn merged_view_sql(database: &str, metric: &MetricDef) -> String {
         .iter()
         .map(|g| format!("`{}`", g.name))
         .collect();
-    let states: Vec<String> = metric
-        .plan
-        .state_columns()
+    let states: Vec<String> = state::columns(&metric.plan)
         .into_iter()
         .map(|c| c.name)
         .collect();

@@ -6,8 +6,8 @@
 //! so a test knows exactly what was sent without reading it back. The PRNG is
 //! a local SplitMix64 so the stream never changes with a dependency upgrade.
 
-use crate::sketch::hash_str;
-use crate::value::format_rfc3339_ms;
+use strata_schemas::sketch::hash_str;
+use strata_schemas::value::format_rfc3339_ms;
 
 /// Country codes events are drawn from (the first `countries` are used).
 pub const COUNTRIES: [&str; 20] = [
