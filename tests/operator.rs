@@ -14,7 +14,8 @@ use std::path::Path;
 use serde_json::{Map, Value as Json};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::config;
-use strata_speed::state::{Checkpoint, PartitionState};
+use strata_speed::operator::{Checkpoint, PartitionState};
+use strata_speed::sink::SpeedTables;
 use support::expected::{self, Expected};
 
 const PARTITIONS: i32 = 3;
@@ -136,10 +137,13 @@ fn run(seed: u64, emit_every: usize) -> (Expected, Expected, u64) {
     let mut offsets = vec![0i64; PARTITIONS as usize];
     let mut table = Table::default();
     let mut late = 0u64;
-    let names: Vec<String> = config.metrics.iter().map(|m| m.name.clone()).collect();
     let emit = |state: &mut PartitionState, table: &mut Table| {
-        for row in state.emit(1_795_406_400).parsed_rows() {
-            table.upsert(&names[row.metric], row.row);
+        let mut rows = SpeedTables::new(1_795_406_400);
+        state.emit(&mut rows);
+        for rows in rows.tables() {
+            for row in rows.parsed() {
+                table.upsert(rows.metric(), row);
+            }
         }
     };
     for (i, r) in records.iter().enumerate() {

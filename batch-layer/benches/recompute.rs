@@ -14,8 +14,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use strata_batch::compute::{EventFrame, recompute};
+use strata_batch::lake::{Lake, hour_of};
 use strata_batch::parquet_file::{self, ArchivedEvent};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
+use strata_schemas::config::ObjectStoreSection;
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -72,21 +74,24 @@ fn main() {
         let mut buffers: BTreeMap<(i32, i64), Vec<ArchivedEvent>> = BTreeMap::new();
         let mut offsets = [0i64; 4];
         let mut n = 0;
+        // The archive's own names: a file per flush of one partition's hour.
+        let lake = Lake::open(
+            &ObjectStoreSection {
+                url: format!("file://{}", dir.display()),
+                endpoint: None,
+                region: None,
+            },
+            &repo,
+        )
+        .unwrap();
         let flush = |key: (i32, i64), rows: Vec<ArchivedEvent>, n: &mut u32| {
             let refs: Vec<&ArchivedEvent> = rows.iter().collect();
             let bytes = parquet_file::encode(&source.contract, "page_views", key.0, &refs).unwrap();
-            let hour = chrono::DateTime::from_timestamp_millis(key.1).unwrap();
-            let path = data_dir.join(format!(
-                "dt={}/hour={}",
-                hour.format("%Y-%m-%d"),
-                hour.format("%H")
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            std::fs::write(
-                path.join(format!("page_views-p{}-{:06}.parquet", key.0, *n)),
-                bytes,
-            )
-            .unwrap();
+            let (first, last) = (rows[0].offset, rows[rows.len() - 1].offset);
+            let name = lake.data_path(&source.name, key.1, "page_views", key.0, first, last);
+            let path = dir.join(name.as_ref());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
             *n += 1;
         };
         for record in stream {
@@ -95,8 +100,7 @@ fn main() {
             let Ok(event) = decoder.decode(&record.payload) else {
                 continue;
             };
-            let hour = event.time_ms - event.time_ms.rem_euclid(3_600_000);
-            let key = (record.partition, hour);
+            let key = (record.partition, hour_of(event.time_ms));
             let buffer = buffers.entry(key).or_default();
             buffer.push(ArchivedEvent {
                 event,

@@ -9,13 +9,12 @@
 //! once whatever the group does; Kafka commits follow for lag tools only.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use strata_kafka::{RejoinWatchdog, client_config, kafka_err, resubscribe};
+use rdkafka::{Message, Offset};
+use strata_kafka::{GroupMember, GroupSettings, PartitionChange, Start, StartLoader};
 use strata_schemas::Decoder;
 use strata_schemas::config::{Config, Source};
 use tokio::runtime::Handle;
@@ -38,62 +37,56 @@ pub struct ArchiveReport {
     pub files: u64,
 }
 
-struct ArchiveContext {
+/// Starts each assigned partition at its progress' `next_offset`, once the
+/// files of an interrupted flush are removed, with an empty buffer.
+struct ProgressLoader {
     runtime: Handle,
     lake: Lake,
     sources: HashMap<String, Arc<Source>>,
-    assigned: Mutex<Vec<(String, i32, Progress)>>,
-    revoked: Mutex<Vec<(String, i32)>>,
-    fatal: Mutex<Option<String>>,
 }
 
-impl ClientContext for ArchiveContext {}
+impl StartLoader for ProgressLoader {
+    type State = PartitionBuffer;
+    type Error = BatchError;
 
-impl ConsumerContext for ArchiveContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                for mut elem in tpl.elements() {
-                    let topic = elem.topic().to_string();
-                    let partition = elem.partition();
-                    let Some(source) = self.sources.get(&topic) else {
-                        continue;
-                    };
-                    match self.runtime.block_on(recover(
-                        &self.lake,
-                        &source.name,
-                        &topic,
-                        partition,
-                    )) {
-                        Ok(progress) => {
-                            let _ = elem.set_offset(Offset::Offset(progress.next_offset));
-                            tracing::info!(topic = %topic, partition, next_offset = progress.next_offset, "archive partition assigned");
-                            self.assigned
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((topic, partition, progress));
-                        }
-                        Err(e) => {
-                            // Without its progress a partition could be
-                            // archived twice: stop instead.
-                            *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                                "cannot load the archive progress of {topic}/{partition}: {e}"
-                            ));
-                            return;
-                        }
-                    }
-                }
-            }
-            Rebalance::Revoke(tpl) => {
-                for elem in tpl.elements() {
-                    self.revoked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((elem.topic().to_string(), elem.partition()));
-                }
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
+    fn load_starts(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<Start<PartitionBuffer>>, BatchError> {
+        let source = self.sources.get(topic).ok_or_else(|| {
+            BatchError::Usage(format!("{topic} is not the topic of a configured source"))
+        })?;
+        partitions
+            .iter()
+            .map(|&partition| {
+                let progress = self
+                    .runtime
+                    .block_on(recover(&self.lake, &source.name, topic, partition))
+                    .map_err(|e| {
+                        BatchError::Usage(format!(
+                            "cannot load the archive progress of {topic}/{partition}: {e}"
+                        ))
+                    })?;
+                tracing::info!(
+                    topic,
+                    partition,
+                    next_offset = progress.next_offset,
+                    "archive partition assigned"
+                );
+                Ok(Start {
+                    offset: Offset::Offset(progress.next_offset),
+                    state: PartitionBuffer {
+                        source: source.clone(),
+                        decoder: source.decoder(),
+                        progress,
+                        events: Vec::new(),
+                        last_offset: None,
+                        opened: Instant::now(),
+                    },
+                })
+            })
+            .collect()
     }
 }
 
@@ -174,7 +167,7 @@ struct Archiver {
     config: Arc<Config>,
     runtime: Handle,
     lake: Lake,
-    consumer: BaseConsumer<ArchiveContext>,
+    group: GroupMember<ProgressLoader>,
     buffers: HashMap<(String, i32), PartitionBuffer>,
     shutdown: Arc<AtomicBool>,
     report: ArchiveReport,
@@ -189,40 +182,25 @@ impl Archiver {
         shutdown: Arc<AtomicBool>,
     ) -> Result<Self, BatchError> {
         let topics: Vec<String> = sources.keys().cloned().collect();
-        let context = ArchiveContext {
+        let loader = ProgressLoader {
             runtime: runtime.clone(),
             lake: lake.clone(),
             sources,
-            assigned: Mutex::new(Vec::new()),
-            revoked: Mutex::new(Vec::new()),
-            fatal: Mutex::new(None),
         };
-        let mut kafka_config = client_config(&config.kafka);
-        kafka_config
-            .set("group.id", &config.archive.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.max.bytes", "1048576")
-            .set("max.partition.fetch.bytes", "262144");
-        for (key, value) in &config.kafka.properties {
-            kafka_config.set(key, value);
-        }
-        let consumer: BaseConsumer<ArchiveContext> = kafka_config
-            .create_with_context(context)
-            .map_err(|e| BatchError::from(kafka_err(&config.kafka, "consumer creation")(e)))?;
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topic_refs).map_err(|e| {
-            BatchError::from(kafka_err(&config.kafka, format!("subscribe to {topics:?}"))(e))
-        })?;
+        let settings = GroupSettings {
+            group_id: config.archive.group_id.clone(),
+            // A flush blocks the loop while it uploads: keep librdkafka's
+            // generous default rather than evict a member mid-upload.
+            max_poll_interval: None,
+            lag_gauge: None,
+        };
+        let group = GroupMember::join(&config.kafka, &settings, topics.clone(), loader)?;
         tracing::info!(topics = ?topics, group_id = %config.archive.group_id, lake = %lake.url(), "archiver subscribed");
         Ok(Archiver {
             config,
             runtime,
             lake,
-            consumer,
+            group,
             buffers: HashMap::new(),
             shutdown,
             report: ArchiveReport::default(),
@@ -232,15 +210,8 @@ impl Archiver {
     fn run_loop(&mut self) -> Result<(), BatchError> {
         let flush_interval = Duration::from_millis(self.config.archive.flush_interval.0);
         let mut last_check = Instant::now();
-        let mut watchdog = RejoinWatchdog::default();
         while !self.shutdown.load(Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;
-            // As in the speed layer (see RejoinWatchdog).
-            if watchdog.should_rejoin(!self.buffers.is_empty()) {
-                let topics: Vec<String> = self.consumer.context().sources.keys().cloned().collect();
-                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-                resubscribe(&self.consumer, &self.config.kafka, &topics)?;
-            }
             if last_check.elapsed() >= Duration::from_millis(200) {
                 let due: Vec<(String, i32)> = self
                     .buffers
@@ -261,66 +232,40 @@ impl Archiver {
         for key in keys {
             self.flush(&key)?;
         }
-        self.consumer.unsubscribe();
+        self.group.leave();
         Ok(())
     }
 }
 
-/// Applies the assignments and revocations the rebalance callback queued.
-fn handle_rebalance(
-    consumer: &BaseConsumer<ArchiveContext>,
+/// Applies the assignments and revocations of a poll.
+fn apply_changes(
+    changes: Vec<PartitionChange<PartitionBuffer>>,
     buffers: &mut HashMap<(String, i32), PartitionBuffer>,
-) -> Result<(), BatchError> {
-    let context = consumer.context();
-    if let Some(fatal) = context
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        return Err(BatchError::Usage(fatal));
+) {
+    for change in changes {
+        match change {
+            PartitionChange::Assigned {
+                topic,
+                partition,
+                start,
+            } => {
+                buffers.insert((topic, partition), start);
+            }
+            PartitionChange::Revoked { topic, partition } => {
+                // Unflushed events are dropped: the next owner re-reads them
+                // from the committed progress.
+                buffers.remove(&(topic, partition));
+            }
+        }
     }
-    let revoked: Vec<(String, i32)> =
-        std::mem::take(&mut *context.revoked.lock().unwrap_or_else(|p| p.into_inner()));
-    let assigned: Vec<(String, i32, Progress)> =
-        std::mem::take(&mut *context.assigned.lock().unwrap_or_else(|p| p.into_inner()));
-    for key in revoked {
-        // Unflushed events are dropped: the next owner re-reads them from
-        // the committed progress.
-        buffers.remove(&key);
-    }
-    for (topic, partition, progress) in assigned {
-        let Some(source) = context.sources.get(&topic).cloned() else {
-            continue;
-        };
-        buffers.insert(
-            (topic, partition),
-            PartitionBuffer {
-                decoder: source.decoder(),
-                source,
-                progress,
-                events: Vec::new(),
-                last_offset: None,
-                opened: Instant::now(),
-            },
-        );
-    }
-    Ok(())
 }
 
 impl Archiver {
     fn poll_once(&mut self, timeout: Duration) -> Result<(), BatchError> {
-        let message = self.consumer.poll(timeout);
-        handle_rebalance(&self.consumer, &mut self.buffers)?;
-        let Some(message) = message else {
+        let polled = self.group.poll(timeout)?;
+        apply_changes(polled.changes, &mut self.buffers);
+        let Some(message) = polled.record else {
             return Ok(());
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error");
-                return Ok(());
-            }
         };
         let key = (message.topic().to_string(), message.partition());
         let Some(buffer) = self.buffers.get_mut(&key) else {
@@ -439,11 +384,7 @@ impl Archiver {
         buffer.events.clear();
         buffer.last_offset = None;
         // Lag tools follow the archive through the group's committed offsets.
-        let mut tpl = TopicPartitionList::new();
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(last_offset + 1));
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "kafka commit failed (the archive progress is authoritative)");
-        }
+        self.group.commit([(topic, partition, last_offset + 1)]);
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Polars reads the Parquet files (only the columns the metric uses); every
 //! row then goes through the *same* code as the speed layer: the metric's
-//! [`Filter`](strata_schemas::filter::Filter), [`WindowKind::assign`], and
+//! [`Filter`](strata_schemas::filter::Filter),
+//! [`WindowKind::assign`](strata_schemas::WindowKind::assign) and
 //! [`AggPlan::update`] for fixed windows, [`sessions_of_sorted`] plus
 //! [`AggPlan::update`] for sessions. There is no second definition of any
 //! aggregate, so both layers give the same numbers for the same events.
@@ -14,7 +15,7 @@ use polars::prelude::*;
 use strata_schemas::aggregate::PreparedEvent;
 use strata_schemas::group_key;
 use strata_schemas::window::sessions_of_sorted;
-use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, Window, WindowKind};
+use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, Window};
 
 use crate::BatchError;
 
@@ -250,8 +251,10 @@ pub fn recompute(
     };
     let mut keys = Keys::default();
     let mut out = Recomputed::default();
-    match metric.window {
-        WindowKind::Session { gap } => {
+    // Sessions need a key's events in time order; fixed windows take each
+    // event as it comes.
+    match metric.window.session_gap_ms() {
+        Some(gap) => {
             // (key, time, frame, row), sorted by key then time.
             let mut rows: Vec<(u32, i64, u32, u32)> = Vec::new();
             out.events_read = for_each_event(
@@ -273,7 +276,7 @@ pub fn recompute(
                 let end = start + rows[start..].iter().take_while(|r| r.0 == key).count();
                 times.clear();
                 times.extend(rows[start..end].iter().map(|r| r.1));
-                for (window, a, b) in sessions_of_sorted(&times, gap.as_i64()) {
+                for (window, a, b) in sessions_of_sorted(&times, gap) {
                     if window.end_ms > events_to {
                         out.first_open_session_ms = Some(
                             out.first_open_session_ms
@@ -303,7 +306,7 @@ pub fn recompute(
                 })
                 .collect();
         }
-        WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => {
+        None => {
             // Hashed while aggregating, ordered once at the end.
             let mut states: HashMap<(i64, u32), (Window, Accumulator)> = HashMap::new();
             let mut prepared = PreparedEvent::default();
@@ -323,7 +326,7 @@ pub fn recompute(
                         let (_, acc) = states
                             .entry((window.start_ms, key))
                             .or_insert_with(|| (window, metric.plan.new_accumulator()));
-                        metric.plan.update_prepared(acc, &prepared);
+                        metric.plan.update(acc, &prepared);
                     }
                 },
             );

@@ -24,6 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use strata_schemas::config::ObjectStoreSection;
+use strata_schemas::window::boundary_at_or_before;
 
 use crate::BatchError;
 
@@ -286,7 +287,7 @@ impl Lake {
         progress: &BTreeMap<(String, i32), Progress>,
     ) -> Result<Vec<DataFile>, BatchError> {
         let mut files = Vec::new();
-        let mut hour = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let mut hour = hour_of(from_ms);
         while hour < to_ms {
             let dir = self.hour_dir(source, hour);
             let objects: Vec<_> = self
@@ -386,9 +387,9 @@ fn hour_dir_relative(source: &str, hour_start_ms: i64) -> String {
     )
 }
 
-/// Start of the hour holding `ms`.
+/// Start of the hour holding `ms`: the directory its event goes to.
 pub fn hour_of(ms: i64) -> i64 {
-    ms.div_euclid(HOUR_MS) * HOUR_MS
+    boundary_at_or_before(ms, HOUR_MS)
 }
 
 /// Parses `<topic>-p<partition>-<first>-<last>.parquet`.

@@ -19,18 +19,19 @@
 //!    step changes nothing, and a rerun of the same range writes the same
 //!    rows under a newer id.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
-use serde_json::{Map, Value as Json};
-use strata_schemas::{Config, MetricDef, Value, WindowKind};
+use serde_json::Value as Json;
+use strata_schemas::{Config, MetricDef, Value, Window};
+use strata_warehouse::rows::{BatchRow, BatchRunRow, Layer, WatermarkRow};
 use strata_warehouse::{self as warehouse, BATCH_RUNS_TABLE, View, WATERMARKS_TABLE};
 
 use crate::BatchError;
 use crate::compute::{EventFrame, Recomputed, recompute};
-use crate::lake::{Lake, hour_of};
+use crate::lake::Lake;
 use crate::metrics as m;
 
 /// Rows per INSERT into the batch view.
@@ -208,21 +209,14 @@ async fn run_metric(ctx: &BatchContext, metric: &Arc<MetricDef>) -> Result<RunRe
         Some((_, w)) => w.saturating_sub(lookback).max(earliest),
         None => earliest,
     };
-    let to = match metric.window {
-        WindowKind::Tumbling { size } => floor_to(horizon, size.as_i64()),
-        WindowKind::Hopping { size, slide } => {
-            floor_to(horizon - size.as_i64() + slide.as_i64(), slide.as_i64())
-        }
-        // Refined after the recompute (open sessions).
-        WindowKind::Session { .. } => horizon,
-    };
-    let to = to.max(published.map_or(i64::MIN, |p| p.1));
+    // Windows complete at the horizon; for sessions refined after the
+    // recompute, by the sessions still open.
+    let to = metric
+        .window
+        .complete_before(horizon)
+        .max(published.map_or(i64::MIN, |p| p.1));
     recompute_and_publish(ctx, metric, from, to, horizon, published, true, &mut report).await?;
     Ok(report)
-}
-
-fn floor_to(t: i64, step: i64) -> i64 {
-    t - t.rem_euclid(step)
 }
 
 /// Aligns a range start down so it never cuts a window or a session.
@@ -232,34 +226,33 @@ async fn align_from(
     from: i64,
     published: Option<(u64, i64)>,
 ) -> Result<i64, BatchError> {
-    Ok(match metric.window {
-        WindowKind::Tumbling { size } => floor_to(from, size.as_i64()),
-        WindowKind::Hopping { slide, .. } => floor_to(from, slide.as_i64()),
-        WindowKind::Session { .. } => {
-            // Start at the earliest published session that spans `from`, so
-            // a session is recomputed whole or not at all.
-            let Some((run_id, _)) = published else {
-                return Ok(from);
-            };
-            let sql = format!(
-                "SELECT min(window_start_ms) AS s, count() AS n FROM ({}) WHERE `_v_window_end_ms` > {from}",
-                warehouse::view_sql(
-                    ctx.database(),
-                    metric,
-                    View::Batch { run_id },
-                    i64::MIN,
-                    from
-                )
-            );
-            let rows = warehouse::query_rows(&ctx.client, &sql, &[&metric.name]).await?;
-            match rows.first() {
-                Some(r) if r.get("n").and_then(warehouse::json_u64).unwrap_or(0) > 0 => r
-                    .get("s")
-                    .and_then(warehouse::json_i64)
-                    .map_or(from, |s| s.min(from)),
-                _ => from,
-            }
-        }
+    let aligned = metric.window.align_start(from);
+    if metric.window.is_fixed() {
+        return Ok(aligned);
+    }
+    // Session bounds depend on the events: start at the earliest published
+    // session that spans `from`, so a session is recomputed whole or not at
+    // all.
+    let Some((run_id, _)) = published else {
+        return Ok(aligned);
+    };
+    let sql = format!(
+        "SELECT min(window_start_ms) AS s, count() AS n FROM ({}) WHERE `_v_window_end_ms` > {aligned}",
+        warehouse::view_sql(
+            ctx.database(),
+            metric,
+            View::Batch { run_id },
+            i64::MIN,
+            aligned
+        )
+    );
+    let rows = warehouse::query_rows(&ctx.client, &sql, &[&metric.name]).await?;
+    Ok(match rows.first() {
+        Some(r) if r.get("n").and_then(warehouse::json_u64).unwrap_or(0) > 0 => r
+            .get("s")
+            .and_then(warehouse::json_i64)
+            .map_or(aligned, |s| s.min(aligned)),
+        _ => aligned,
     })
 }
 
@@ -284,10 +277,7 @@ async fn recompute_and_publish(
         return Ok(());
     }
     // Events that can fall in a window starting in [from, to).
-    let events_to = match metric.window {
-        WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => to + size.as_i64(),
-        WindowKind::Session { .. } => horizon,
-    };
+    let events_to = metric.window.events_end(to, horizon);
     let frames = read_frames(ctx, metric, from, events_to).await?;
     let started = Instant::now();
     let metric_for_task = metric.clone();
@@ -300,13 +290,12 @@ async fn recompute_and_publish(
     metrics::counter!(m::BATCH_ROWS_READ, "metric" => metric.name.clone())
         .increment(recomputed.events_read);
     report.events_read = recomputed.events_read;
-    let mut watermark = to;
-    if let (WindowKind::Session { .. }, Some(open)) =
-        (metric.window, recomputed.first_open_session_ms)
-    {
-        watermark = watermark.min(open);
-    }
-    let watermark = watermark.max(published.map_or(i64::MIN, |p| p.1));
+    // Sessions still open at the horizon hold the watermark back (fixed
+    // windows report none); it never moves back.
+    let watermark = recomputed
+        .first_open_session_ms
+        .map_or(to, |open| to.min(open))
+        .max(published.map_or(i64::MIN, |p| p.1));
     // Sessions starting at or after the watermark belong to the speed view.
     let windows: Vec<_> = recomputed
         .windows
@@ -315,28 +304,29 @@ async fn recompute_and_publish(
         .collect();
     let run_id = next_run_id(ctx, &metric.name).await?;
     report.run_id = run_id;
-    let now = Json::from(warehouse::now_datetime());
+    let now = warehouse::now_datetime();
     let mut rows = Vec::with_capacity(windows.len());
-    let mut present: BTreeSet<(i64, String)> = BTreeSet::new();
+    // (window start, key text) of every window this run writes.
+    let mut present: HashSet<(i64, String)> = HashSet::with_capacity(windows.len());
     for w in &windows {
-        let mut row = Map::new();
-        row.insert("window_start_ms".into(), Json::from(w.window.start_ms));
-        row.insert("window_end_ms".into(), Json::from(w.window.end_ms));
-        for (g, v) in metric.group_by.iter().zip(&w.key) {
-            row.insert(g.name.clone(), v.to_json());
-        }
-        strata_warehouse::state::write_json(&metric.plan, &w.acc, &mut row);
-        row.insert("run_id".into(), Json::from(run_id));
-        row.insert("retracted".into(), Json::from(0));
-        row.insert("updated_at".into(), now.clone());
-        present.insert((w.window.start_ms, key_text(&w.key)));
-        rows.push(row);
+        let key: Vec<Json> = w.key.iter().map(Value::to_json).collect();
+        present.insert((w.window.start_ms, key_text(&key)));
+        let row = BatchRow {
+            window: w.window,
+            key,
+            state: &w.acc,
+            run_id,
+            retracted: false,
+        };
+        rows.push(row.to_json(metric, &now));
     }
     // Windows of earlier runs in the range that no longer exist (sessions
     // merged by late events) are retracted by this run.
     let upper = if advance_watermark { watermark } else { to };
     if let Some((published_run, _)) = published {
-        let sql = warehouse::view_sql(
+        let empty = metric.plan.new_accumulator();
+        let old_rows = warehouse::read_view(
+            &ctx.client,
             ctx.database(),
             metric,
             View::Batch {
@@ -344,44 +334,23 @@ async fn recompute_and_publish(
             },
             from,
             upper,
-        );
-        for old in warehouse::query_rows(&ctx.client, &sql, &[&metric.name]).await? {
-            let old = warehouse::unprefix_view_row(old);
-            let start = old
-                .get("window_start_ms")
-                .and_then(warehouse::json_i64)
-                .unwrap_or_default();
-            let key: Vec<Value> = metric
-                .group_by
-                .iter()
-                .map(|g| json_to_value(old.get(&g.name)))
-                .collect();
-            if present.contains(&(start, key_text(&key))) {
+        )
+        .await?;
+        for old in old_rows {
+            if present.contains(&(old.start_ms, key_text(&old.key))) {
                 continue;
             }
-            let mut row = Map::new();
-            row.insert("window_start_ms".into(), Json::from(start));
-            row.insert(
-                "window_end_ms".into(),
-                old.get("window_end_ms")
-                    .cloned()
-                    .unwrap_or(Json::from(start)),
-            );
-            for g in &metric.group_by {
-                row.insert(
-                    g.name.clone(),
-                    old.get(&g.name).cloned().unwrap_or(Json::Null),
-                );
-            }
-            strata_warehouse::state::write_json(
-                &metric.plan,
-                &metric.plan.new_accumulator(),
-                &mut row,
-            );
-            row.insert("run_id".into(), Json::from(run_id));
-            row.insert("retracted".into(), Json::from(1));
-            row.insert("updated_at".into(), now.clone());
-            rows.push(row);
+            let row = BatchRow {
+                window: Window {
+                    start_ms: old.start_ms,
+                    end_ms: old.end_ms,
+                },
+                key: old.key,
+                state: &empty,
+                run_id,
+                retracted: true,
+            };
+            rows.push(row.to_json(metric, &now));
         }
     }
     let table = warehouse::batch_table(&metric.name);
@@ -405,48 +374,46 @@ async fn recompute_and_publish(
     } else {
         published.map_or(i64::MIN, |p| p.1)
     };
-    let mut run = Map::new();
-    run.insert("run_id".into(), Json::from(run_id));
-    run.insert("metric".into(), Json::from(metric.name.clone()));
-    run.insert("status".into(), Json::from("published"));
-    run.insert("from_ms".into(), Json::from(from));
-    run.insert("to_ms".into(), Json::from(upper));
-    run.insert("watermark_ms".into(), Json::from(published_watermark));
-    run.insert("rows_read".into(), Json::from(report.events_read));
-    run.insert("rows_written".into(), Json::from(report.rows_written));
-    run.insert("started_at".into(), Json::from(started_at));
-    run.insert("finished_at".into(), Json::from(warehouse::now_datetime()));
-    run.insert(
-        "message".into(),
-        Json::from(if advance_watermark {
+    let run = BatchRunRow {
+        run_id,
+        metric: &metric.name,
+        status: "published",
+        from_ms: from,
+        to_ms: upper,
+        watermark_ms: published_watermark,
+        rows_read: report.events_read,
+        rows_written: report.rows_written,
+        started_at: &started_at,
+        finished_at: &warehouse::now_datetime(),
+        message: if advance_watermark {
             "scheduled"
         } else {
             "backfill"
-        }),
-    );
+        },
+    };
     warehouse::insert_rows(
         &ctx.client,
         ctx.database(),
         BATCH_RUNS_TABLE,
-        &[run],
+        &[run.to_json()],
         Duration::from_secs(30),
     )
     .await?;
     report.watermark_ms = Some(published_watermark);
     // Mirror for dashboards; readers use the run log above.
-    let mut wm = Map::new();
-    wm.insert("metric".into(), Json::from(metric.name.clone()));
-    wm.insert("layer".into(), Json::from("batch"));
-    wm.insert("kafka_partition".into(), Json::from(-1));
-    wm.insert("watermark_ms".into(), Json::from(published_watermark));
-    wm.insert("version".into(), Json::from(run_id));
-    wm.insert("run_id".into(), Json::from(run_id));
-    wm.insert("updated_at".into(), now);
+    let mirror = WatermarkRow {
+        metric: &metric.name,
+        layer: Layer::Batch,
+        kafka_partition: -1,
+        watermark_ms: published_watermark,
+        version: run_id,
+        run_id,
+    };
     warehouse::insert_rows(
         &ctx.client,
         ctx.database(),
         WATERMARKS_TABLE,
-        &[wm],
+        &[mirror.to_json(&now)],
         Duration::from_secs(30),
     )
     .await?;
@@ -455,24 +422,10 @@ async fn recompute_and_publish(
     Ok(())
 }
 
-fn key_text(key: &[Value]) -> String {
-    key.iter()
-        .map(|v| v.to_json().to_string())
-        .collect::<Vec<_>>()
-        .join("\u{1f}")
-}
-
-fn json_to_value(v: Option<&Json>) -> Value {
-    match v {
-        Some(Json::String(s)) => Value::String(s.clone()),
-        Some(Json::Number(n)) => n
-            .as_i64()
-            .map(Value::Int)
-            .or_else(|| n.as_f64().map(Value::Float))
-            .unwrap_or(Value::Null),
-        Some(Json::Bool(b)) => Value::Bool(*b),
-        _ => Value::Null,
-    }
+/// A group key as stored, as one comparable text: the text the warehouse
+/// merges view rows by ([`warehouse::read_view`]).
+fn key_text(key: &[Json]) -> String {
+    serde_json::to_string(key).unwrap_or_default()
 }
 
 /// Run ids grow: wall-clock milliseconds, or one more than the last id.
@@ -521,7 +474,7 @@ async fn read_frames(
     let progress = ctx.lake.all_progress(source).await?;
     let files = ctx
         .lake
-        .committed_files(source, hour_of(from_ms), to_ms, &progress)
+        .committed_files(source, from_ms, to_ms, &progress)
         .await?;
     let mut frames = Vec::with_capacity(files.len());
     // Downloads overlap with decoding: up to 8 in flight.

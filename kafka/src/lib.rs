@@ -2,7 +2,8 @@
 //!
 //! Everything Strata's commands share to talk to Kafka: client
 //! configuration, topic management, the error that names the operation and
-//! the brokers, and the consumer-group plumbing (the rejoin watchdog).
+//! the brokers, and the consumer-group member shared by the speed layer and
+//! the archive ([`group`]).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use strata_schemas::config::KafkaSection;
+
+pub mod group;
+
+pub use group::{GroupMember, GroupSettings, PartitionChange, Polled, Start, StartLoader};
 
 /// A failed Kafka operation, with what Strata was doing.
 #[derive(Debug, thiserror::Error)]
@@ -180,16 +185,4 @@ impl RejoinWatchdog {
         self.rejoin_after = (self.rejoin_after * 2).min(Self::MAX_DELAY);
         true
     }
-}
-
-/// Leaves and rejoins the consumer group of `topics`.
-pub fn resubscribe<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
-    consumer: &C,
-    kafka: &KafkaSection,
-    topics: &[&str],
-) -> Result<(), KafkaError> {
-    consumer.unsubscribe();
-    consumer
-        .subscribe(topics)
-        .map_err(kafka_err(kafka, format!("resubscribe to {topics:?}")))
 }

@@ -229,184 +229,47 @@ impl Accumulator {
     }
 }
 
-/// The partial aggregates of many (window, group key) pairs of one plan,
-/// stored column-wise and addressed by a dense slot number.
-///
-/// The speed layer keeps one slab per open window: a state with
-/// count/sum/min/max of one field is 40 bytes in two flat vectors instead
-/// of an [`Accumulator`] with its own heap allocation, and a window that
-/// becomes final is dropped in one piece.
-#[derive(Clone, Debug, Default)]
-pub struct AccumulatorSlab {
-    numeric_width: usize,
-    distinct_width: usize,
-    quantile_width: usize,
-    events: Vec<u64>,
-    numeric: Vec<NumericState>,
-    distinct: Vec<DistinctSketch>,
-    quantiles: Vec<QuantileSketch>,
+/// One set of a plan's states, borrowed wherever it is kept: an
+/// [`Accumulator`] (`(&mut acc).into()`), or a store of the caller's own
+/// (the speed layer keeps its states column-wise, and a session's counts in
+/// one cache line). Slices shorter than the plan's (a cache holding only the
+/// numeric states) are updated as far as they reach.
+#[derive(Debug)]
+pub struct StatesMut<'a> {
+    /// Events aggregated.
+    pub events: &'a mut u64,
+    /// The numeric states, in the plan's order.
+    pub numeric: &'a mut [NumericState],
+    /// The distinct sketches, in the plan's order.
+    pub distinct: &'a mut [DistinctSketch],
+    /// The quantile sketches, in the plan's order.
+    pub quantiles: &'a mut [QuantileSketch],
 }
 
-impl AccumulatorSlab {
-    /// Number of states.
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    /// Whether the slab holds no state.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
-    /// Appends an empty state; returns its slot.
-    pub fn push_empty(&mut self) -> usize {
-        let slot = self.events.len();
-        self.events.push(0);
-        self.numeric.extend(std::iter::repeat_n(
-            NumericState::default(),
-            self.numeric_width,
-        ));
-        self.distinct
-            .extend(std::iter::repeat_with(DistinctSketch::default).take(self.distinct_width));
-        self.quantiles
-            .extend(std::iter::repeat_with(QuantileSketch::default).take(self.quantile_width));
-        slot
-    }
-
-    /// Freezes every distinct sketch (see [`DistinctSketch::freeze`]): the
-    /// slab's states are complete, and from now on only read into unions.
-    pub fn freeze_distinct(&mut self) {
-        for sketch in &mut self.distinct {
-            sketch.freeze();
+impl<'a> From<&'a mut Accumulator> for StatesMut<'a> {
+    #[inline]
+    fn from(acc: &'a mut Accumulator) -> Self {
+        StatesMut {
+            events: &mut acc.events,
+            numeric: &mut acc.numeric,
+            distinct: &mut acc.distinct,
+            quantiles: &mut acc.quantiles,
         }
-    }
-
-    /// The state in `slot` as an [`Accumulator`] (a copy), for writing or
-    /// finalizing.
-    pub fn get(&self, slot: usize) -> Accumulator {
-        let range = |n: usize| slot * n..(slot + 1) * n;
-        Accumulator {
-            events: self.events[slot],
-            numeric: self.numeric[range(self.numeric_width)].into(),
-            distinct: self.distinct[range(self.distinct_width)].into(),
-            quantiles: self.quantiles[range(self.quantile_width)].into(),
-        }
-    }
-
-    /// The merge of the states in `parts` (slabs of the same plan, with a
-    /// slot of each), as [`Self::merge_into`] one by one would make it, but
-    /// building each distinct sketch once from all the parts
-    /// ([`DistinctSketch::union_of`]) instead of copying the first part's
-    /// and growing it: a hopping window's row merges its panes this way.
-    /// `None` without parts.
-    pub fn merged(parts: &[(&AccumulatorSlab, usize)]) -> Option<Accumulator> {
-        let &(first, first_slot) = parts.first()?;
-        let mut acc = Accumulator {
-            events: 0,
-            numeric: first.numeric[first_slot * first.numeric_width..][..first.numeric_width]
-                .into(),
-            distinct: Box::default(),
-            quantiles: first.quantiles[first_slot * first.quantile_width..][..first.quantile_width]
-                .into(),
-        };
-        for &(slab, slot) in parts {
-            acc.events += slab.events[slot];
-        }
-        for &(slab, slot) in &parts[1..] {
-            slab.merge_fixed_into(slot, &mut acc);
-        }
-        let mut column: Vec<&DistinctSketch> = Vec::with_capacity(parts.len());
-        acc.distinct = (0..first.distinct_width)
-            .map(|i| {
-                column.clear();
-                column.extend(
-                    parts
-                        .iter()
-                        .map(|&(slab, slot)| &slab.distinct[slot * slab.distinct_width + i]),
-                );
-                DistinctSketch::union_of(&column)
-            })
-            .collect();
-        Some(acc)
-    }
-
-    /// Merges the state in `slot` into `acc` (of the same plan), without
-    /// copying it first: a window of several panes merges each pane's state
-    /// this way, and a distinct sketch can hold thousands of hashes.
-    pub fn merge_into(&self, slot: usize, acc: &mut Accumulator) {
-        acc.events += self.events[slot];
-        self.merge_fixed_into(slot, acc);
-        let distinct = &self.distinct[slot * self.distinct_width..][..self.distinct_width];
-        for (a, b) in acc.distinct.iter_mut().zip(distinct) {
-            a.merge(b);
-        }
-    }
-
-    /// Merges the numeric and quantile states in `slot` into `acc` (the
-    /// parts whose merge does not depend on how many are merged).
-    fn merge_fixed_into(&self, slot: usize, acc: &mut Accumulator) {
-        let range = |n: usize| slot * n..(slot + 1) * n;
-        for (a, b) in acc
-            .numeric
-            .iter_mut()
-            .zip(&self.numeric[range(self.numeric_width)])
-        {
-            a.merge(b);
-        }
-        for (a, b) in acc
-            .quantiles
-            .iter_mut()
-            .zip(&self.quantiles[range(self.quantile_width)])
-        {
-            a.merge(b);
-        }
-    }
-
-    /// Approximate bytes held, for the state-size gauge.
-    pub fn mem_bytes(&self) -> usize {
-        self.events.capacity() * std::mem::size_of::<u64>()
-            + self.numeric.capacity() * std::mem::size_of::<NumericState>()
-            + self
-                .distinct
-                .iter()
-                .map(|d| std::mem::size_of::<DistinctSketch>() + d.mem_bytes())
-                .sum::<usize>()
-            + self
-                .quantiles
-                .iter()
-                .map(|q| std::mem::size_of::<QuantileSketch>() + q.mem_bytes())
-                .sum::<usize>()
     }
 }
 
-/// The one place an event is added to states: the count, then each state
-/// of each kind takes its value, in order, if it has one (a null field is
-/// skipped). The values come from an event's fields or were extracted from
-/// it beforehand ([`PreparedEvent`]). Always inlined, for the reason
-/// [`AggPlan::update_states`] is.
-#[inline(always)]
-fn add_values(
-    events: &mut u64,
-    (numeric, numbers): (&mut [NumericState], impl Iterator<Item = Option<f64>>),
-    (distinct, hashes): (&mut [DistinctSketch], impl Iterator<Item = Option<u64>>),
-    (quantiles, samples): (&mut [QuantileSketch], impl Iterator<Item = Option<f64>>),
-) {
-    *events += 1;
-    for (state, v) in numeric.iter_mut().zip(numbers) {
-        if let Some(v) = v {
-            state.update(v);
-        }
-    }
-    for (sketch, h) in distinct.iter_mut().zip(hashes) {
-        if let Some(h) = h {
-            sketch.insert_hash(h);
-        }
-    }
-    for (sketch, v) in quantiles.iter_mut().zip(samples) {
-        if let Some(v) = v {
-            sketch.insert(v);
-        }
-    }
+/// What [`AggPlan::update`] adds to states: an [`Event`], whose fields are
+/// read as the states take them, or a [`PreparedEvent`], the same values
+/// extracted once for an event that updates several states (a hopping
+/// window's). Each iterator yields one value per state of its kind, in the
+/// plan's order; `None` (a null field) is skipped.
+pub trait UpdateInput {
+    /// The inputs of the plan's numeric states.
+    fn numbers<'a>(&'a self, plan: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a;
+    /// The hashes the plan's distinct sketches take.
+    fn distinct_hashes<'a>(&'a self, plan: &'a AggPlan) -> impl Iterator<Item = Option<u64>> + 'a;
+    /// The samples the plan's quantile sketches take.
+    fn samples<'a>(&'a self, plan: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a;
 }
 
 /// The values of `fields` in `event`, in order.
@@ -415,13 +278,47 @@ fn field_values<'a>(fields: &'a [FieldRef], event: &'a Event) -> impl Iterator<I
     fields.iter().map(move |f| &event.values[f.index])
 }
 
-/// The values one event contributes to a plan's slots (see
+impl UpdateInput for Event {
+    #[inline]
+    fn numbers<'a>(&'a self, plan: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a {
+        field_values(&plan.numeric_fields, self).map(Value::as_f64)
+    }
+
+    #[inline]
+    fn distinct_hashes<'a>(&'a self, plan: &'a AggPlan) -> impl Iterator<Item = Option<u64>> + 'a {
+        field_values(&plan.distinct_fields, self).map(Value::distinct_hash)
+    }
+
+    #[inline]
+    fn samples<'a>(&'a self, plan: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a {
+        field_values(&plan.quantile_fields, self).map(Value::as_f64)
+    }
+}
+
+/// The values one event contributes to a plan's states (see
 /// [`AggPlan::prepare`]); reused across events to avoid allocation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PreparedEvent {
     numeric: Vec<Option<f64>>,
     distinct: Vec<Option<u64>>,
     quantiles: Vec<Option<f64>>,
+}
+
+impl UpdateInput for PreparedEvent {
+    #[inline]
+    fn numbers<'a>(&'a self, _: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a {
+        self.numeric.iter().copied()
+    }
+
+    #[inline]
+    fn distinct_hashes<'a>(&'a self, _: &'a AggPlan) -> impl Iterator<Item = Option<u64>> + 'a {
+        self.distinct.iter().copied()
+    }
+
+    #[inline]
+    fn samples<'a>(&'a self, _: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a {
+        self.quantiles.iter().copied()
+    }
 }
 
 /// Where an aggregation reads its state from.
@@ -528,110 +425,54 @@ impl AggPlan {
         }
     }
 
-    /// An empty slab of states of this plan.
-    pub fn new_slab(&self) -> AccumulatorSlab {
-        AccumulatorSlab {
-            numeric_width: self.numeric_fields.len(),
-            distinct_width: self.distinct_fields.len(),
-            quantile_width: self.quantile_fields.len(),
-            ..AccumulatorSlab::default()
-        }
-    }
-
-    /// Adds one event to an accumulator.
-    #[inline]
-    pub fn update(&self, acc: &mut Accumulator, event: &Event) {
-        self.update_states(
-            &mut acc.events,
-            &mut acc.numeric,
-            &mut acc.distinct,
-            &mut acc.quantiles,
-            event,
-        );
-    }
-
-    /// Adds one event to the state in `slot` of `slab` (a slab of this
-    /// plan), as [`Self::update`] adds it to an accumulator: for an event
-    /// that updates one state only (a pane), where extracting its values
-    /// first ([`Self::prepare`]) would only add work.
-    #[inline]
-    pub fn update_slot(&self, slab: &mut AccumulatorSlab, slot: usize, event: &Event) {
-        let range = |n: usize| slot * n..(slot + 1) * n;
-        self.update_states(
-            &mut slab.events[slot],
-            &mut slab.numeric[range(slab.numeric_width)],
-            &mut slab.distinct[range(slab.distinct_width)],
-            &mut slab.quantiles[range(slab.quantile_width)],
-            event,
-        );
-    }
-
-    /// Adds one event to a plan's states wherever they are kept (an
-    /// accumulator, a slab slot, a cache of them): the event count, then
-    /// each state its field's value. Slices shorter than the plan's (a
-    /// cache holding only the numeric states) update only what they hold.
+    /// Adds one event to a set of this plan's states (an accumulator, or
+    /// any [`StatesMut`]): the event count, then each state its field's
+    /// value. The one place states take events; `input` is the event, or
+    /// its values prepared beforehand ([`Self::prepare`]), which add
+    /// exactly the same.
     ///
     /// Always inlined: it runs per event and metric, and for a state or two
     /// a call cost more than the update (measured: 100 instructions per
     /// event in the speed layer's session cache).
     #[inline(always)]
-    pub fn update_states(
-        &self,
-        events: &mut u64,
-        numeric: &mut [NumericState],
-        distinct: &mut [DistinctSketch],
-        quantiles: &mut [QuantileSketch],
-        event: &Event,
-    ) {
-        let values = |fields| field_values(fields, event);
-        add_values(
+    pub fn update<'s, I: UpdateInput + ?Sized>(&self, states: impl Into<StatesMut<'s>>, input: &I) {
+        let StatesMut {
             events,
-            (numeric, values(&self.numeric_fields).map(Value::as_f64)),
-            (
-                distinct,
-                values(&self.distinct_fields).map(Value::distinct_hash),
-            ),
-            (quantiles, values(&self.quantile_fields).map(Value::as_f64)),
-        );
+            numeric,
+            distinct,
+            quantiles,
+        } = states.into();
+        *events += 1;
+        for (state, v) in numeric.iter_mut().zip(input.numbers(self)) {
+            if let Some(v) = v {
+                state.update(v);
+            }
+        }
+        for (sketch, h) in distinct.iter_mut().zip(input.distinct_hashes(self)) {
+            if let Some(h) = h {
+                sketch.insert_hash(h);
+            }
+        }
+        for (sketch, v) in quantiles.iter_mut().zip(input.samples(self)) {
+            if let Some(v) = v {
+                sketch.insert(v);
+            }
+        }
     }
 
     /// Extracts, once, the values an event contributes (numbers, distinct
     /// hashes, quantile inputs) into a reusable buffer, for an event that
     /// updates several accumulators (hopping windows): hashing a string per
-    /// window would dominate otherwise. [`Self::update_prepared`] then gives
-    /// exactly what [`Self::update`] gives.
+    /// window would dominate otherwise. [`Self::update`] then adds the
+    /// prepared event exactly as it adds the event.
     #[inline]
     pub fn prepare(&self, event: &Event, out: &mut PreparedEvent) {
         out.numeric.clear();
-        out.numeric.extend(
-            self.numeric_fields
-                .iter()
-                .map(|f| event.values[f.index].as_f64()),
-        );
+        out.numeric.extend(event.numbers(self));
         out.distinct.clear();
-        out.distinct.extend(
-            self.distinct_fields
-                .iter()
-                .map(|f| event.values[f.index].distinct_hash()),
-        );
+        out.distinct.extend(event.distinct_hashes(self));
         out.quantiles.clear();
-        out.quantiles.extend(
-            self.quantile_fields
-                .iter()
-                .map(|f| event.values[f.index].as_f64()),
-        );
-    }
-
-    /// Adds a prepared event to an accumulator: the arithmetic of
-    /// [`Self::update`], on values extracted beforehand.
-    #[inline]
-    pub fn update_prepared(&self, acc: &mut Accumulator, event: &PreparedEvent) {
-        add_values(
-            &mut acc.events,
-            (&mut acc.numeric, event.numeric.iter().copied()),
-            (&mut acc.distinct, event.distinct.iter().copied()),
-            (&mut acc.quantiles, event.quantiles.iter().copied()),
-        );
+        out.quantiles.extend(event.samples(self));
     }
 
     /// The output columns, in config order; a `quantiles` aggregation named

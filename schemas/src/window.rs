@@ -1,4 +1,8 @@
-//! Event-time window assignment: the one implementation both layers run.
+//! Event-time window assignment: the one implementation both layers run,
+//! and every rule that depends on the window kind (which windows are
+//! complete at a horizon, where a range of windows may start, which events
+//! a range needs): a new kind changes this module, configuration and the
+//! speed layer's operator, never the batch layer.
 //!
 //! Windows are half-open intervals `[start, end)` of epoch milliseconds,
 //! aligned to the Unix epoch. An event at exactly a window's end belongs to
@@ -100,6 +104,65 @@ impl WindowKind {
         match *self {
             WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => size.as_i64(),
             WindowKind::Session { gap } => gap.as_i64(),
+        }
+    }
+
+    /// The gap of session windows, whose extents depend on the events
+    /// around them ([`SessionSet`], [`sessions_of_sorted`]); `None` for
+    /// fixed windows, which [`Self::assign`] places from one event's time.
+    pub fn session_gap_ms(&self) -> Option<i64> {
+        match *self {
+            WindowKind::Session { gap } => Some(gap.as_i64()),
+            WindowKind::Tumbling { .. } | WindowKind::Hopping { .. } => None,
+        }
+    }
+
+    /// Whether windows lie on a fixed grid of the epoch (tumbling, hopping),
+    /// so a window's bounds never depend on other events.
+    pub fn is_fixed(&self) -> bool {
+        self.session_gap_ms().is_none()
+    }
+
+    /// The latest window start at or before `t`, so a range of windows
+    /// starting there never begins inside a fixed window. Session starts
+    /// depend on the events, so `t` itself: a caller holding sessions must
+    /// move back to the start of a session spanning `t`.
+    pub fn align_start(&self, t: i64) -> i64 {
+        match *self {
+            WindowKind::Tumbling { size } => boundary_at_or_before(t, size.as_i64()),
+            WindowKind::Hopping { slide, .. } => boundary_at_or_before(t, slide.as_i64()),
+            WindowKind::Session { .. } => t,
+        }
+    }
+
+    /// The largest window boundary `W` such that every window starting
+    /// before `W` ends at or before `horizon` (and the window starting at
+    /// `W` does not): when every event before `horizon` is known, the
+    /// windows starting before `W` are complete. For sessions, which can
+    /// always still grow, `horizon` itself: the caller bounds it further by
+    /// the earliest session still open at `horizon`.
+    pub fn complete_before(&self, horizon: i64) -> i64 {
+        match *self {
+            WindowKind::Tumbling { size } => boundary_at_or_before(horizon, size.as_i64()),
+            WindowKind::Hopping { size, slide } => {
+                let (size, slide) = (size.as_i64(), slide.as_i64());
+                boundary_at_or_before(horizon - size + slide, slide)
+            }
+            WindowKind::Session { .. } => horizon,
+        }
+    }
+
+    /// An end for the event times that can fall in a window starting before
+    /// `windows_end`, given every event before `horizon` is known: one
+    /// window length after `windows_end` for fixed windows (a bound for any
+    /// `windows_end`, aligned or not); `horizon` for sessions, which have no
+    /// length bound.
+    pub fn events_end(&self, windows_end: i64, horizon: i64) -> i64 {
+        match *self {
+            WindowKind::Tumbling { size } | WindowKind::Hopping { size, .. } => {
+                windows_end + size.as_i64()
+            }
+            WindowKind::Session { .. } => horizon,
         }
     }
 }
@@ -436,6 +499,32 @@ mod tests {
         assert_eq!(starts, vec![300_000, 360_000, 420_000, 480_000, 540_000]);
     }
 
+    #[test]
+    fn range_bounds_per_kind() {
+        let minute = 60_000;
+        let hopping = WindowKind::Hopping {
+            size: DurationMs(300_000),
+            slide: DurationMs(60_000),
+        };
+        let session = WindowKind::Session {
+            gap: DurationMs(1_800_000),
+        };
+        // The batch layer's watermarks: the last full minute; the largest
+        // boundary whose windows before it all end by the horizon.
+        let horizon = 10 * minute + 59_999;
+        assert_eq!(tumbling(60_000).complete_before(horizon), 10 * minute);
+        assert_eq!(hopping.complete_before(horizon), 6 * minute);
+        assert_eq!(session.complete_before(horizon), horizon);
+        assert_eq!(tumbling(60_000).align_start(-1), -minute);
+        assert_eq!(hopping.align_start(5 * minute + 1), 5 * minute);
+        assert_eq!(session.align_start(5 * minute + 1), 5 * minute + 1);
+        assert_eq!(hopping.events_end(6 * minute, horizon), 11 * minute);
+        assert_eq!(session.events_end(6 * minute, horizon), horizon);
+        assert!(tumbling(60_000).is_fixed() && hopping.is_fixed() && !session.is_fixed());
+        assert_eq!(session.session_gap_ms(), Some(1_800_000));
+        assert_eq!(hopping.session_gap_ms(), None);
+    }
+
     #[derive(Debug, Default, PartialEq)]
     struct Count(u64);
     impl Mergeable for Count {
@@ -523,6 +612,31 @@ mod tests {
                     start += step;
                 }
                 prop_assert_eq!(assigned, expected);
+            }
+        }
+
+        /// Every window starting before `complete_before(h)` ends by `h`, the
+        /// window starting there does not, and no aligned range start or
+        /// event bound cuts a window.
+        #[test]
+        fn complete_windows_end_at_the_horizon(
+            horizon in -10_000_000i64..10_000_000,
+            t in -10_000_000i64..10_000_000,
+            slide_units in 1u64..10,
+            multiple in 1u64..8,
+        ) {
+            let slide = slide_units * 1_000;
+            let size = slide * multiple;
+            for kind in [tumbling(size), WindowKind::Hopping { size: DurationMs(size), slide: DurationMs(slide) }] {
+                let end = kind.complete_before(horizon);
+                let last_before = kind.align_start(end - 1);
+                prop_assert!(last_before < end && last_before + size as i64 <= horizon);
+                prop_assert_eq!(kind.align_start(end), end);
+                prop_assert!(end + size as i64 > horizon);
+                let start = kind.align_start(t);
+                // The latest start of a window holding `t`.
+                prop_assert_eq!(kind.assign(t).last().map(|w| w.start_ms), Some(start));
+                prop_assert!(kind.assign(t).all(|w| w.end_ms <= kind.events_end(t + 1, horizon)));
             }
         }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use proptest::prelude::*;
+use strata_schemas::aggregate::PreparedEvent;
 use strata_schemas::config::{self, MetricDef};
 use strata_schemas::value::Value;
 use strata_schemas::window::{SessionSet, Window, WindowKind};
@@ -191,19 +192,18 @@ proptest! {
     }
 }
 
-/// A slab slot adds events as an accumulator does, and merging it in place
-/// gives what copying it out and merging gives.
+/// A prepared event adds to states exactly what the event adds, for every
+/// kind of state (the batch layer prepares an event once for all of its
+/// hopping windows).
 #[test]
-fn slab_merge_into_equals_copy_and_merge() {
+fn prepared_events_add_what_events_add() {
     let config = all_states_config();
     let metric = &config.metrics[0];
     let plan = &metric.plan;
-    let mut slab = plan.new_slab();
-    let (a, b) = (slab.push_empty(), slab.push_empty());
-    // The same events through `AggPlan::update` into accumulators.
-    let (mut acc_a, mut acc_b) = (plan.new_accumulator(), plan.new_accumulator());
-    for i in 0..3000u32 {
-        let e = event(
+    let (mut from_events, mut from_prepared) = (plan.new_accumulator(), plan.new_accumulator());
+    let mut prepared = PreparedEvent::default();
+    for i in 0..6000u32 {
+        let mut e = event(
             metric,
             (
                 i64::from(i),
@@ -214,69 +214,21 @@ fn slab_merge_into_equals_copy_and_merge() {
                 0,
             ),
         );
-        let (slot, acc) = if i % 3 == 0 {
-            (a, &mut acc_a)
-        } else {
-            (b, &mut acc_b)
-        };
-        plan.update_slot(&mut slab, slot, &e);
-        plan.update(acc, &e);
-    }
-    assert_eq!(
-        slab.get(a),
-        acc_a,
-        "a slot adds events as an accumulator does"
-    );
-    assert_eq!(slab.get(b), acc_b);
-    let mut copied = slab.get(a);
-    copied.merge(&slab.get(b));
-    let mut in_place = slab.get(a);
-    slab.merge_into(b, &mut in_place);
-    assert_eq!(in_place, copied);
-    assert_eq!(in_place.events, 3000);
-}
-
-/// `AccumulatorSlab::merged` over several slabs (a hopping window's panes)
-/// equals merging their states one by one, for every kind of state,
-/// including distinct sets whose union crosses into HyperLogLog.
-#[test]
-fn slab_merged_equals_merging_one_by_one() {
-    let config = all_states_config();
-    let metric = &config.metrics[0];
-    let plan = &metric.plan;
-    // Five panes; users overlap between neighbours, and over all five the
-    // union passes the exact limit (4,096) in key 0 but not in key 1.
-    let panes: Vec<_> = (0..5u32)
-        .map(|p| {
-            let mut slab = plan.new_slab();
-            let keys = [slab.push_empty(), slab.push_empty()];
-            for i in 0..2400u32 {
-                let mut e = event(
-                    metric,
-                    (i64::from(i), 0, 0, (i % 3) as u8, i64::from(i % 89), 0),
-                );
-                let user = metric.source.contract.field_index("user_id").unwrap();
-                let key = (i % 2) as usize;
-                let id = if key == 0 { p * 2000 + i } else { i % 700 };
-                e.values[user] = Value::String(format!("user{id}"));
-                plan.update_slot(&mut slab, keys[key], &e);
-            }
-            slab
-        })
-        .collect();
-    for key in 0..2 {
-        let parts: Vec<_> = panes.iter().map(|slab| (slab, key)).collect();
-        let merged = strata_schemas::aggregate::AccumulatorSlab::merged(&parts).unwrap();
-        let mut expected = plan.new_accumulator();
-        for slab in &panes {
-            slab.merge_into(key, &mut expected);
+        // Past the exact limit of the distinct sketch, and some nulls.
+        let user = metric.source.contract.field_index("user_id").unwrap();
+        e.values[user] = Value::String(format!("user{i}"));
+        if i % 10 == 0 {
+            let duration = metric.source.contract.field_index("duration_ms").unwrap();
+            e.values[duration] = Value::Null;
         }
-        assert_eq!(merged, expected, "key {key}");
-        assert_eq!(merged.events, 6000);
-        // Key 0's union (about 5,200 users) is past the exact limit.
-        assert_eq!(merged.distinct[0].is_exact(), key == 1, "key {key}");
+        plan.update(&mut from_events, &e);
+        plan.prepare(&e, &mut prepared);
+        plan.update(&mut from_prepared, &prepared);
     }
-    assert!(strata_schemas::aggregate::AccumulatorSlab::merged(&[]).is_none());
+    assert_eq!(from_prepared, from_events);
+    assert_eq!(from_events.events, 6000);
+    assert_eq!(from_events.numeric[0].count, 5400);
+    assert!(!from_events.distinct[0].is_exact());
 }
 
 /// One metric with every kind of state.

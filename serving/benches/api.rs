@@ -484,12 +484,15 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let query = "/v1/metrics/page_views_per_minute/query?from=2026-11-22T10:00:00Z&to=2026-11-23T10:00:00Z&granularity=1m&top=10&order_by=views";
+    // The state columns' names are the warehouse's.
+    let events = warehouse::state::EVENTS_COLUMN;
+    let [_, sum, _, _] = warehouse::state::StateField("duration_ms").numeric();
     let direct_sql = format!(
         "SELECT window_start_ms, page, country, sum(e) AS views, sum(s) AS total_duration_ms, sum(s) / sum(e) AS avg_duration_ms FROM (\
-         SELECT window_start_ms, page, country, argMax(agg_events, run_id) AS e, argMax(agg_duration_ms_sum, run_id) AS s FROM {database}.page_views_per_minute_batch \
+         SELECT window_start_ms, page, country, argMax({events}, run_id) AS e, argMax({sum}, run_id) AS s FROM {database}.page_views_per_minute_batch \
          WHERE window_start_ms >= {S} AND window_start_ms < {watermark} AND run_id IN (SELECT run_id FROM {database}.strata_batch_runs WHERE metric = 'page_views_per_minute' AND status = 'published') \
          GROUP BY window_start_ms, page, country \
-         UNION ALL SELECT window_start_ms, page, country, argMax(agg_events, version) AS e, argMax(agg_duration_ms_sum, version) AS s FROM {database}.page_views_per_minute_speed \
+         UNION ALL SELECT window_start_ms, page, country, argMax({events}, version) AS e, argMax({sum}, version) AS s FROM {database}.page_views_per_minute_speed \
          WHERE window_start_ms >= {watermark} AND window_start_ms < {} GROUP BY window_start_ms, page, country, kafka_partition) \
          GROUP BY window_start_ms, page, country ORDER BY window_start_ms, views DESC, page, country LIMIT 10 BY window_start_ms FORMAT JSONEachRow",
         S + 1440 * MINUTE

@@ -26,7 +26,8 @@ use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::MetricDef;
 use strata_schemas::config::{self, Config};
 use strata_schemas::decode::Event;
-use strata_speed::state::{Checkpoint, PartitionState};
+use strata_speed::operator::{Checkpoint, PartitionState};
+use strata_speed::sink::SpeedTables;
 
 fn reference() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml");
@@ -101,9 +102,12 @@ fn run_pipeline(
     let mut emitting = Duration::ZERO;
     let mut emit_all = |partitions: &mut Vec<PartitionState>| {
         let emit_started = Instant::now();
+        // One sink for every partition, as a flush of `strata speed` does.
+        let mut tables = SpeedTables::new(1_795_406_400);
         for state in partitions.iter_mut() {
-            rows += std::hint::black_box(state.emit(1_795_406_400)).row_count();
+            std::hint::black_box(state.emit(&mut tables));
         }
+        rows += std::hint::black_box(tables).row_count();
         emits += 1;
         let took = emit_started.elapsed();
         emitting += took;

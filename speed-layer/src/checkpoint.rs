@@ -13,7 +13,7 @@ use clickhouse::Client;
 use serde_json::{Map, Value as Json};
 use strata_warehouse::{self as warehouse, SPEED_CHECKPOINTS_TABLE, WarehouseError};
 
-use crate::state::Checkpoint;
+use crate::operator::Checkpoint;
 
 /// The newest checkpoint of each partition of `topic` for `group_id`.
 pub async fn load(

@@ -1,5 +1,5 @@
-//! A hash table of dense ids with one memory read per lookup, for the key
-//! dictionary of [`crate::state`].
+//! A hash table of dense ids with one memory read per lookup, for the
+//! group-key dictionary of the [`crate::operator`].
 //!
 //! A lookup of a group key is on the path of every event and every metric,
 //! and with many keys (user sessions) each read of the table is a cache

@@ -10,14 +10,13 @@
 //! `poll` on this same thread.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::Client;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 use serde_json::{Map, Value as Json};
 use strata_schemas::config::{Config, Source};
 use strata_schemas::{Decoder, MetricDef};
@@ -28,9 +27,11 @@ use crate::SpeedError;
 use crate::checkpoint;
 use crate::dlq::{DeadLetters, Origin};
 use crate::metrics as m;
-use crate::sink::{Backoff, insert_once};
-use crate::state::{Checkpoint, MetricRows, PartitionState};
-use strata_kafka::{RejoinWatchdog, client_config, ensure_topic, kafka_err, partition_count};
+use crate::operator::{Checkpoint, PartitionState};
+use crate::sink::{Backoff, SpeedTables, insert_once};
+use strata_kafka::{
+    GroupMember, GroupSettings, PartitionChange, Start, StartLoader, ensure_topic, partition_count,
+};
 
 /// How a run ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,92 +44,54 @@ pub struct SpeedReport {
     pub rows_written: u64,
 }
 
-enum PartitionEvent {
-    Assigned(String, i32, Checkpoint),
-    Revoked(String, i32),
-}
-
-/// The consumer context: loads checkpoints when partitions are assigned, so
+/// Starts each assigned partition at its newest checkpoint, or at the
+/// beginning when it has none. Runs in the rebalance callback, so
 /// consumption starts exactly at each partition's checkpoint.
-struct SpeedContext {
+struct CheckpointLoader {
     runtime: Handle,
     client: Client,
     database: String,
-    group_id: String,
-    events: Mutex<Vec<PartitionEvent>>,
-    fatal: Mutex<Option<String>>,
+    checkpoint_namespace: String,
 }
 
-impl ClientContext for SpeedContext {
-    /// Consumer lag from librdkafka's statistics: computed from the high
-    /// watermarks fetch responses already carry, so measuring lag costs no
-    /// extra broker request.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if p.partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
+impl StartLoader for CheckpointLoader {
+    type State = Checkpoint;
+    type Error = SpeedError;
+
+    fn load_starts(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<Start<Checkpoint>>, SpeedError> {
+        let checkpoints = self
+            .load_with_retries(topic)
+            .map_err(|e| SpeedError::Usage(format!("cannot load checkpoints of {topic}: {e}")))?;
+        Ok(partitions
+            .iter()
+            .map(|&partition| {
+                let start = match checkpoints.get(&partition) {
+                    Some(ck) => Start {
+                        offset: Offset::Offset(ck.next_offset),
+                        state: *ck,
+                    },
+                    None => Start {
+                        offset: Offset::Beginning,
+                        state: Checkpoint::fresh(0),
+                    },
+                };
+                tracing::info!(
+                    topic,
+                    partition,
+                    next_offset = start.state.next_offset,
+                    "partition assigned"
+                );
+                start
+            })
+            .collect())
     }
 }
 
-impl ConsumerContext for SpeedContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let mut by_topic: HashMap<String, HashMap<i32, Checkpoint>> = HashMap::new();
-                for mut elem in tpl.elements() {
-                    let topic = elem.topic().to_string();
-                    if !by_topic.contains_key(&topic) {
-                        match self.load_with_retries(&topic) {
-                            Ok(cks) => {
-                                by_topic.insert(topic.clone(), cks);
-                            }
-                            Err(e) => {
-                                // Without its checkpoint a partition could be
-                                // double counted: stop instead.
-                                *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    Some(format!("cannot load checkpoints of {topic}: {e}"));
-                                return;
-                            }
-                        }
-                    }
-                    let partition = elem.partition();
-                    let checkpoint = by_topic[&topic].get(&partition).copied();
-                    let start = match checkpoint {
-                        Some(ck) => {
-                            let _ = elem.set_offset(Offset::Offset(ck.next_offset));
-                            ck
-                        }
-                        None => {
-                            let _ = elem.set_offset(Offset::Beginning);
-                            Checkpoint::fresh(0)
-                        }
-                    };
-                    tracing::info!(topic = %topic, partition, next_offset = start.next_offset, "partition assigned");
-                    self.events
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(PartitionEvent::Assigned(topic, partition, start));
-                }
-            }
-            Rebalance::Revoke(tpl) => {
-                for elem in tpl.elements() {
-                    tracing::info!(topic = %elem.topic(), partition = elem.partition(), "partition revoked");
-                    self.events.lock().unwrap_or_else(|p| p.into_inner()).push(
-                        PartitionEvent::Revoked(elem.topic().to_string(), elem.partition()),
-                    );
-                }
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-impl SpeedContext {
+impl CheckpointLoader {
     fn load_with_retries(&self, topic: &str) -> Result<HashMap<i32, Checkpoint>, String> {
         let mut backoff = Backoff::default();
         let mut last = String::new();
@@ -136,7 +99,7 @@ impl SpeedContext {
             match self.runtime.block_on(checkpoint::load(
                 &self.client,
                 &self.database,
-                &self.group_id,
+                &self.checkpoint_namespace,
                 topic,
             )) {
                 Ok(cks) => return Ok(cks),
@@ -166,7 +129,7 @@ struct Speed {
     config: Arc<Config>,
     runtime: Handle,
     client: Client,
-    consumer: BaseConsumer<SpeedContext>,
+    group: GroupMember<CheckpointLoader>,
     dead_letters: DeadLetters,
     sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
     partitions: HashMap<(String, i32), Assigned>,
@@ -248,54 +211,32 @@ impl Speed {
         sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
         shutdown: Arc<AtomicBool>,
     ) -> Result<Self, SpeedError> {
-        let context = SpeedContext {
+        let loader = CheckpointLoader {
             runtime: runtime.clone(),
             client: client.clone(),
             database: config.clickhouse.database.clone(),
-            group_id: config.speed.checkpoint_namespace.clone(),
-            events: Mutex::new(Vec::new()),
-            fatal: Mutex::new(None),
+            checkpoint_namespace: config.speed.checkpoint_namespace.clone(),
         };
-        let mut kafka_config = client_config(&config.kafka);
-        kafka_config
-            .set("group.id", &config.speed.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // Fast failover when a process dies (its partitions move after
-            // 10 s); overridable in [kafka.properties]. The loop polls every
-            // 50 ms, and keeps polling while ClickHouse retries, so a short
-            // max poll interval only ever evicts a truly stuck process.
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+        let settings = GroupSettings {
+            group_id: config.speed.group_id.clone(),
             // A dead member is only evicted when this much time passes, so
             // it bounds the failover time after a crash. The loop never
             // blocks longer than a poll: ClickHouse writes run on the async
-            // runtime while the loop keeps polling.
-            .set("max.poll.interval.ms", "10000")
-            // Small fetches keep the per-record latency low and the brokers'
-            // responses short (an SQLite-backed broker stalls on a large
-            // response to a consumer that died mid-fetch).
-            .set("fetch.max.bytes", "1048576")
-            .set("max.partition.fetch.bytes", "262144")
-            .set("statistics.interval.ms", "5000");
-        for (key, value) in &config.kafka.properties {
-            kafka_config.set(key, value);
-        }
-        let consumer: BaseConsumer<SpeedContext> = kafka_config
-            .create_with_context(context)
-            .map_err(kafka_err(&config.kafka, "consumer creation"))?;
-        let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(kafka_err(&config.kafka, format!("subscribe to {topics:?}")))?;
+            // runtime while the loop keeps polling (every 50 ms, and while
+            // ClickHouse retries), so this only ever evicts a truly stuck
+            // process.
+            max_poll_interval: Some(Duration::from_secs(10)),
+            lag_gauge: Some(m::CONSUMER_LAG),
+        };
+        let topics: Vec<String> = sources.keys().cloned().collect();
+        let group = GroupMember::join(&config.kafka, &settings, topics.clone(), loader)?;
         tracing::info!(topics = ?topics, group_id = %config.speed.group_id, "speed layer subscribed");
         let dead_letters = DeadLetters::new(&config.kafka)?;
         Ok(Speed {
             config,
             runtime,
             client,
-            consumer,
+            group,
             dead_letters,
             sources,
             partitions: HashMap::new(),
@@ -309,12 +250,8 @@ impl Speed {
     fn run_loop(&mut self) -> Result<(), SpeedError> {
         let emit_interval = Duration::from_millis(self.config.speed.emit_interval.0);
         let mut last_emit = Instant::now();
-        let mut watchdog = RejoinWatchdog::default();
         while !self.shutdown.load(Ordering::Relaxed) {
             self.poll_once(Duration::from_millis(50))?;
-            if watchdog.should_rejoin(!self.partitions.is_empty()) {
-                self.rejoin()?;
-            }
             if last_emit.elapsed() >= emit_interval {
                 self.flush()?;
                 last_emit = Instant::now();
@@ -322,33 +259,16 @@ impl Speed {
         }
         tracing::info!("shutting down: final flush and commit");
         self.flush()?;
-        self.consumer.unsubscribe();
+        self.group.leave();
         Ok(())
-    }
-
-    fn rejoin(&mut self) -> Result<(), SpeedError> {
-        let topics: Vec<&str> = self.sources.keys().map(String::as_str).collect();
-        Ok(strata_kafka::resubscribe(
-            &self.consumer,
-            &self.config.kafka,
-            &topics,
-        )?)
     }
 
     /// Polls once, handling rebalances and at most one record.
     fn poll_once(&mut self, timeout: Duration) -> Result<(), SpeedError> {
-        let message = self.consumer.poll(timeout);
-        handle_partition_events(&self.consumer, &mut self.partitions, &self.sources)?;
-        let Some(message) = message else {
+        let polled = self.group.poll(timeout)?;
+        handle_partition_events(polled.changes, &mut self.partitions, &self.sources);
+        let Some(message) = polled.record else {
             return Ok(());
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(e) => {
-                // Transient broker errors are retried by librdkafka itself.
-                tracing::warn!(error = %e, "consumer error");
-                return Ok(());
-            }
         };
         let key = (message.topic().to_string(), message.partition());
         let Some(assigned) = self.partitions.get_mut(&key) else {
@@ -391,7 +311,6 @@ impl Speed {
 
     /// Writes every changed window, then the checkpoints, then commits.
     fn flush(&mut self) -> Result<(), SpeedError> {
-        let mut tables: HashMap<String, MetricRows> = HashMap::new();
         let mut checkpoints = Vec::new();
         let mut watermarks = Vec::new();
         let mut open = 0;
@@ -401,18 +320,12 @@ impl Speed {
         // ClickHouse's DateTime is u32 seconds: good until 2106.
         let now_s = u32::try_from(now_utc.timestamp()).unwrap_or(u32::MAX);
         let now = Json::from(now_utc.format("%Y-%m-%d %H:%M:%S").to_string());
+        // Every partition's rows, one body per speed table.
+        let mut tables = SpeedTables::new(now_s);
         for ((topic, partition), assigned) in &mut self.partitions {
-            let emission = assigned.state.emit(now_s);
+            let emission = assigned.state.emit(&mut tables);
             finalized += emission.finalized;
             let (_, metrics) = &self.sources[topic];
-            for (metric, rows) in metrics.iter().zip(&emission.rows) {
-                if rows.count > 0 {
-                    tables
-                        .entry(warehouse::speed_table(&metric.name))
-                        .or_insert_with(|| MetricRows::new(rows.columns.clone()))
-                        .append(rows);
-                }
-            }
             let mut ck = checkpoint::row(
                 &self.config.speed.checkpoint_namespace,
                 topic,
@@ -449,12 +362,9 @@ impl Speed {
             // Keep the group membership alive while the broker acknowledges.
             self.poll_once(Duration::from_millis(5))?;
         }
-        let mut names: Vec<String> = tables.keys().cloned().collect();
-        names.sort();
-        for table in names {
-            let rows = tables.remove(&table).expect("a name of the map");
-            let count = rows.count;
-            self.write_with_retry(&table, &rows.format(), &rows.body.into(), count)?;
+        for rows in tables.into_tables() {
+            let (table, format, count) = (rows.table().to_string(), rows.format(), rows.count());
+            self.write_with_retry(&table, &format, &rows.into_body().into(), count)?;
             self.report.rows_written += count as u64;
         }
         self.write_with_retry(
@@ -482,24 +392,13 @@ impl Speed {
     /// Kafka commits mirror the checkpoints (every 10 s, and on shutdown) so
     /// standard lag tools see progress; correctness never depends on them.
     fn commit(&self, checkpoints: &[Map<String, Json>]) {
-        let mut tpl = TopicPartitionList::new();
-        for ck in checkpoints {
-            if let (Some(topic), Some(partition), Some(offset)) = (
-                ck.get("topic").and_then(Json::as_str),
-                ck.get("kafka_partition").and_then(Json::as_i64),
-                ck.get("next_offset").and_then(Json::as_i64),
-            ) && self
-                .partitions
-                .contains_key(&(topic.to_string(), partition as i32))
-            {
-                let _ = tpl.add_partition_offset(topic, partition as i32, Offset::Offset(offset));
-            }
-        }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
-            tracing::debug!(error = %e, "kafka commit failed (checkpoints are authoritative)");
-        }
+        self.group.commit(checkpoints.iter().filter_map(|ck| {
+            Some((
+                ck.get("topic").and_then(Json::as_str)?,
+                ck.get("kafka_partition").and_then(Json::as_i64)? as i32,
+                ck.get("next_offset").and_then(Json::as_i64)?,
+            ))
+        }));
     }
 
     /// Inserts with retries; while ClickHouse fails, consumption is paused
@@ -560,16 +459,10 @@ impl Speed {
     }
 
     fn set_paused(&mut self, paused: bool) {
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let result = if paused {
-            self.consumer.pause(&assignment)
-        } else {
+        if !paused {
             tracing::info!("ClickHouse writes succeed again; resuming consumption");
-            self.consumer.resume(&assignment)
-        };
-        if let Err(e) = result {
+        }
+        if let Err(e) = self.group.set_paused(paused) {
             tracing::warn!(error = %e, paused, "pause/resume failed");
         }
         self.paused = paused;
@@ -598,31 +491,19 @@ impl Speed {
     }
 }
 
-/// Applies the assignments and revocations the rebalance callback queued.
+/// Applies the assignments and revocations of a poll.
 fn handle_partition_events(
-    consumer: &BaseConsumer<SpeedContext>,
+    changes: Vec<PartitionChange<Checkpoint>>,
     partitions: &mut HashMap<(String, i32), Assigned>,
     sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
-) -> Result<(), SpeedError> {
-    if let Some(fatal) = consumer
-        .context()
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        return Err(SpeedError::Usage(fatal));
-    }
-    let events: Vec<PartitionEvent> = std::mem::take(
-        &mut *consumer
-            .context()
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
-    for event in events {
-        match event {
-            PartitionEvent::Assigned(topic, partition, checkpoint) => {
+) {
+    for change in changes {
+        match change {
+            PartitionChange::Assigned {
+                topic,
+                partition,
+                start: checkpoint,
+            } => {
                 let Some((source, metrics)) = sources.get(&topic) else {
                     continue;
                 };
@@ -646,7 +527,7 @@ fn handle_partition_events(
                     },
                 );
             }
-            PartitionEvent::Revoked(topic, partition) => {
+            PartitionChange::Revoked { topic, partition } => {
                 // Open windows are dropped: the next owner rebuilds them
                 // from the last checkpoint, identically.
                 partitions.remove(&(topic, partition));
@@ -654,5 +535,4 @@ fn handle_partition_events(
         }
     }
     metrics::gauge!(m::ASSIGNED_PARTITIONS).set(partitions.len() as f64);
-    Ok(())
 }

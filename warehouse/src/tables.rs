@@ -1,0 +1,380 @@
+//! The tables Strata manages: their names and layouts, and `strata init`,
+//! which creates what is missing and reports drift.
+//!
+//! The SQL sticks to what ClickHouse 18.16 (Debian's package) and current
+//! releases both accept: `ReplacingMergeTree(version)` with `PARTITION BY` /
+//! `ORDER BY`, `ALIAS` columns, no `LowCardinality`, no `DateTime64`, no
+//! Nullable sorting keys.
+
+use std::fmt::Write as _;
+
+use clickhouse::Client;
+use serde_json::Value as Json;
+use strata_schemas::config::{Config, MetricDef};
+
+use crate::merged::{merged_view, merged_view_columns, merged_view_sql};
+use crate::{WarehouseError, execute, qualified, query_rows, state};
+
+/// Watermarks of both layers, one row per (metric, layer, partition).
+pub const WATERMARKS_TABLE: &str = "strata_watermarks";
+/// One row per batch run and metric.
+pub const BATCH_RUNS_TABLE: &str = "strata_batch_runs";
+/// Speed-layer restart points, one row per (consumer group, topic, partition).
+pub const SPEED_CHECKPOINTS_TABLE: &str = "strata_speed_checkpoints";
+
+/// Name of a metric's speed view table.
+pub fn speed_table(metric: &str) -> String {
+    format!("{metric}_speed")
+}
+
+/// Name of a metric's batch view table.
+pub fn batch_table(metric: &str) -> String {
+    format!("{metric}_batch")
+}
+
+/// A table Strata manages: its name, columns and engine clause.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSpec {
+    /// Table name (without database).
+    pub name: String,
+    /// (name, type, extra) — `extra` is e.g. `DEFAULT now()` or `ALIAS ...`.
+    pub columns: Vec<(String, String, String)>,
+    /// Everything after the column list.
+    pub engine: String,
+}
+
+impl TableSpec {
+    /// `CREATE TABLE IF NOT EXISTS ...`.
+    pub fn create_sql(&self, database: &str) -> String {
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n",
+            qualified(database, &self.name)
+        );
+        for (i, (name, ty, extra)) in self.columns.iter().enumerate() {
+            let sep = if i + 1 == self.columns.len() { "" } else { "," };
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" {extra}")
+            };
+            let _ = writeln!(sql, "    `{name}` {ty}{extra}{sep}");
+        }
+        let _ = write!(sql, ") {}", self.engine);
+        sql
+    }
+}
+
+fn col(name: &str, ty: &str) -> (String, String, String) {
+    (name.to_string(), ty.to_string(), String::new())
+}
+
+const DAY_PARTITION: &str = "toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))";
+
+fn window_columns(metric: &MetricDef) -> Vec<(String, String, String)> {
+    let mut cols = vec![
+        col("window_start_ms", "Int64"),
+        col("window_end_ms", "Int64"),
+    ];
+    for g in &metric.group_by {
+        cols.push(col(&g.name, g.ty.clickhouse_type()));
+    }
+    cols
+}
+
+fn alias_columns() -> Vec<(String, String, String)> {
+    vec![
+        (
+            "window_start".into(),
+            "DateTime".into(),
+            "ALIAS toDateTime(intDiv(window_start_ms, 1000))".into(),
+        ),
+        (
+            "window_end".into(),
+            "DateTime".into(),
+            "ALIAS toDateTime(intDiv(window_end_ms, 1000))".into(),
+        ),
+    ]
+}
+
+fn sorting_key(metric: &MetricDef, extra: &[&str]) -> String {
+    let mut key = vec!["window_start_ms".to_string()];
+    key.extend(metric.group_by.iter().map(|g| format!("`{}`", g.name)));
+    key.extend(extra.iter().map(|s| s.to_string()));
+    key.join(", ")
+}
+
+/// The speed view: one row per (window, group key, Kafka partition), an
+/// idempotent upsert whose `version` only grows (see docs/ARCHITECTURE.md).
+/// Session rows whose session merged into another carry `retracted = 1`.
+pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
+    let mut columns = window_columns(metric);
+    columns.push(col("kafka_partition", "Int32"));
+    for c in state::columns(&metric.plan) {
+        columns.push(col(&c.name, c.clickhouse_type));
+    }
+    columns.extend([
+        col("first_offset", "Int64"),
+        col("last_offset", "Int64"),
+        col("version", "UInt64"),
+        col("retracted", "UInt8"),
+        col("is_final", "UInt8"),
+        (
+            "updated_at".into(),
+            "DateTime".into(),
+            "DEFAULT now()".into(),
+        ),
+    ]);
+    columns.extend(alias_columns());
+    TableSpec {
+        name: speed_table(&metric.name),
+        columns,
+        engine: format!(
+            "ENGINE = ReplacingMergeTree(version) PARTITION BY {DAY_PARTITION} ORDER BY ({})",
+            sorting_key(metric, &["kafka_partition"])
+        ),
+    }
+}
+
+/// The columns a speed row carries, (name, ClickHouse type) in the order the
+/// speed layer writes them: every column of [`speed_table_spec`] but its
+/// aliases. A `RowBinary` insert names exactly these.
+pub fn speed_row_columns(metric: &MetricDef) -> Vec<(String, String)> {
+    speed_table_spec(metric)
+        .columns
+        .into_iter()
+        .filter(|(_, _, extra)| !extra.starts_with("ALIAS"))
+        .map(|(name, ty, _)| (name, ty))
+        .collect()
+}
+
+/// The batch view: one complete row per (window, group key) per batch run;
+/// the newest run wins.
+pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
+    let mut columns = window_columns(metric);
+    for c in state::columns(&metric.plan) {
+        columns.push(col(&c.name, c.clickhouse_type));
+    }
+    columns.extend([
+        col("run_id", "UInt64"),
+        col("retracted", "UInt8"),
+        (
+            "updated_at".into(),
+            "DateTime".into(),
+            "DEFAULT now()".into(),
+        ),
+    ]);
+    columns.extend(alias_columns());
+    TableSpec {
+        name: batch_table(&metric.name),
+        columns,
+        engine: format!(
+            "ENGINE = ReplacingMergeTree(run_id) PARTITION BY {DAY_PARTITION} ORDER BY ({})",
+            sorting_key(metric, &[])
+        ),
+    }
+}
+
+/// Watermarks: `layer` is `batch` (partition -1) or `speed` (per partition).
+pub fn watermarks_table_spec() -> TableSpec {
+    TableSpec {
+        name: WATERMARKS_TABLE.into(),
+        columns: vec![
+            col("metric", "String"),
+            col("layer", "String"),
+            col("kafka_partition", "Int32"),
+            col("watermark_ms", "Int64"),
+            col("version", "UInt64"),
+            col("run_id", "UInt64"),
+            (
+                "updated_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
+        ],
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, layer, kafka_partition)"
+            .into(),
+    }
+}
+
+/// The batch run log.
+pub fn batch_runs_table_spec() -> TableSpec {
+    TableSpec {
+        name: BATCH_RUNS_TABLE.into(),
+        columns: vec![
+            col("run_id", "UInt64"),
+            col("metric", "String"),
+            col("status", "String"),
+            col("from_ms", "Int64"),
+            col("to_ms", "Int64"),
+            col("watermark_ms", "Int64"),
+            col("rows_read", "UInt64"),
+            col("rows_written", "UInt64"),
+            col("started_at", "DateTime"),
+            col("finished_at", "DateTime"),
+            col("message", "String"),
+        ],
+        engine: "ENGINE = MergeTree ORDER BY (metric, run_id)".into(),
+    }
+}
+
+/// Speed-layer checkpoints: where a partition's consumption restarts
+/// (`next_offset`), the partition's max event time before that offset (so
+/// the replay sees the same watermarks as the first pass), and the
+/// watermark up to which every window is final and already written. The
+/// newest checkpoint (highest `next_offset`) wins; every checkpoint ever
+/// written is a valid restart point (docs/ARCHITECTURE.md).
+pub fn speed_checkpoints_table_spec() -> TableSpec {
+    TableSpec {
+        name: SPEED_CHECKPOINTS_TABLE.into(),
+        columns: vec![
+            col("group_id", "String"),
+            col("topic", "String"),
+            col("kafka_partition", "Int32"),
+            col("next_offset", "Int64"),
+            col("replay_max_event_ms", "Int64"),
+            col("final_watermark_ms", "Int64"),
+            col("version", "UInt64"),
+            (
+                "updated_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
+        ],
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (group_id, topic, kafka_partition)"
+            .into(),
+    }
+}
+
+/// Every table `strata init` manages for a configuration, in creation order.
+pub fn all_table_specs(config: &Config) -> Vec<TableSpec> {
+    let mut specs = vec![
+        watermarks_table_spec(),
+        batch_runs_table_spec(),
+        speed_checkpoints_table_spec(),
+    ];
+    for m in &config.metrics {
+        specs.push(speed_table_spec(m));
+        specs.push(batch_table_spec(m));
+    }
+    specs
+}
+
+/// What `strata init` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitReport {
+    /// Whether the database was created.
+    pub created_database: bool,
+    /// Tables created.
+    pub created: Vec<String>,
+    /// Tables that already existed with the expected layout.
+    pub unchanged: Vec<String>,
+}
+
+impl InitReport {
+    /// Whether the run changed nothing.
+    pub fn is_noop(&self) -> bool {
+        !self.created_database && self.created.is_empty()
+    }
+}
+
+/// Creates the database and every missing table; checks existing tables
+/// against the expected layout. Idempotent: a second run changes nothing.
+pub async fn init(client: &Client, config: &Config) -> Result<InitReport, WarehouseError> {
+    let database = &config.clickhouse.database;
+    let mut report = InitReport::default();
+    let exists = query_rows(
+        client,
+        "SELECT name FROM system.databases WHERE name = ?",
+        &[database],
+    )
+    .await?;
+    if exists.is_empty() {
+        execute(
+            client,
+            &format!("CREATE DATABASE IF NOT EXISTS `{database}`"),
+        )
+        .await?;
+        report.created_database = true;
+    }
+    for spec in all_table_specs(config) {
+        let existing = query_rows(
+            client,
+            "SELECT name, type FROM system.columns WHERE database = ? AND table = ?",
+            &[database, &spec.name],
+        )
+        .await?;
+        if existing.is_empty() {
+            execute(client, &spec.create_sql(database)).await?;
+            tracing::info!(database = %database, table = %spec.name, "created table");
+            report.created.push(spec.name);
+            continue;
+        }
+        let actual: Vec<(String, String)> = existing
+            .iter()
+            .map(|r| {
+                (
+                    r.get("name")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    r.get("type")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let mut differences = Vec::new();
+        for (name, ty, _) in &spec.columns {
+            match actual.iter().find(|(n, _)| n == name) {
+                None => differences.push(format!("column {name} is missing")),
+                Some((_, t)) if t != ty => {
+                    differences.push(format!("column {name} is {t}, expected {ty}"));
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &actual {
+            if !spec.columns.iter().any(|(n, _, _)| n == name) {
+                differences.push(format!("column {name} is not in the metric definition"));
+            }
+        }
+        if !differences.is_empty() {
+            return Err(WarehouseError::Drift {
+                table: format!("{database}.{}", spec.name),
+                differences: differences.join("; "),
+            });
+        }
+        report.unchanged.push(spec.name);
+    }
+    for metric in &config.metrics {
+        let name = merged_view(&metric.name);
+        let existing = query_rows(
+            client,
+            "SELECT name FROM system.columns WHERE database = ? AND table = ?",
+            &[database, &name],
+        )
+        .await?;
+        let actual: Vec<&str> = existing
+            .iter()
+            .filter_map(|r| r.get("name").and_then(Json::as_str))
+            .collect();
+        let expected = merged_view_columns(metric);
+        if actual == expected {
+            report.unchanged.push(name);
+            continue;
+        }
+        // A view stores nothing: replacing it loses nothing.
+        if !actual.is_empty() {
+            execute(
+                client,
+                &format!("DROP TABLE IF EXISTS {}", qualified(database, &name)),
+            )
+            .await?;
+        }
+        execute(client, &merged_view_sql(database, metric)).await?;
+        tracing::info!(database = %database, view = %name, "created merged view");
+        report.created.push(name);
+    }
+    Ok(report)
+}
