@@ -66,23 +66,7 @@ pub async fn reconcile(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<ReconcileReport, BatchError> {
-    let metric = ctx
-        .config
-        .metrics
-        .iter()
-        .find(|m| m.name == metric_name)
-        .cloned()
-        .ok_or_else(|| {
-            BatchError::Usage(format!(
-                "unknown metric {metric_name:?}; choose one of: {}",
-                ctx.config
-                    .metrics
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+    let metric = ctx.metric(metric_name)?;
     let database = &ctx.config.clickhouse.database;
     let Some((run_id, _)) = warehouse::published_batch(&ctx.client, database, &metric.name).await?
     else {

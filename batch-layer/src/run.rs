@@ -85,24 +85,14 @@ impl BatchContext {
         &self.config.clickhouse.database
     }
 
-    fn metric(&self, name: &str) -> Result<Arc<MetricDef>, BatchError> {
-        self.config
-            .metrics
-            .iter()
-            .find(|m| m.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                BatchError::Usage(format!(
-                    "unknown metric {name:?}; the metrics of {} are: {}",
-                    self.config.file,
-                    self.config
-                        .metrics
-                        .iter()
-                        .map(|m| m.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })
+    pub(crate) fn metric(&self, name: &str) -> Result<Arc<MetricDef>, BatchError> {
+        self.config.metric(name).cloned().ok_or_else(|| {
+            BatchError::Usage(format!(
+                "unknown metric {name:?}; the metrics of {} are: {}",
+                self.config.file,
+                self.config.metric_names()
+            ))
+        })
     }
 }
 

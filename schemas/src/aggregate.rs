@@ -108,6 +108,35 @@ pub struct AggregationDef {
     pub quantiles: Vec<f64>,
 }
 
+/// The type of an aggregation's final values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputType {
+    /// A count: an unsigned integer.
+    Count,
+    /// An integer: the sum, min or max of an int field.
+    Int,
+    /// A float: averages, quantiles, anything over float fields.
+    Float,
+}
+
+impl AggregationDef {
+    /// The type of the aggregation's final values (its column type in the
+    /// API's typed answers). An `Int` value is written as an integer when
+    /// it is whole and exact, which a sum of ints always is below 2^53.
+    pub fn output_type(&self) -> OutputType {
+        let int_field = self.field.as_ref().is_some_and(|f| f.ty == FieldType::Int);
+        match self.function {
+            AggFunction::Count | AggFunction::CountDistinct => OutputType::Count,
+            AggFunction::Sum | AggFunction::Min | AggFunction::Max if int_field => OutputType::Int,
+            AggFunction::Sum
+            | AggFunction::Min
+            | AggFunction::Max
+            | AggFunction::Avg
+            | AggFunction::Quantiles => OutputType::Float,
+        }
+    }
+}
+
 /// A contract field referenced by a metric.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldRef {
@@ -517,9 +546,9 @@ impl AggPlan {
                 }
                 (function, Slot::Numeric(i)) => {
                     let s = &acc.numeric[i];
-                    let int_field = a.field.as_ref().is_some_and(|f| f.ty == FieldType::Int);
+                    let int_output = a.output_type() == OutputType::Int;
                     let number = |v: f64| {
-                        if int_field && v.fract() == 0.0 && v.abs() < 9.0e15 {
+                        if int_output && v.fract() == 0.0 && v.abs() < 9.0e15 {
                             Json::from(v as i64)
                         } else {
                             Json::from(v)

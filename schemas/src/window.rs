@@ -117,6 +117,31 @@ impl WindowKind {
         }
     }
 
+    /// The kind's lengths as (name, epoch ms) pairs, as the API describes
+    /// them: `size_ms` (tumbling), `size_ms` and `slide_ms` (hopping),
+    /// `gap_ms` (session).
+    pub fn lengths_ms(&self) -> Vec<(&'static str, i64)> {
+        match *self {
+            WindowKind::Tumbling { size } => vec![("size_ms", size.as_i64())],
+            WindowKind::Hopping { size, slide } => {
+                vec![("size_ms", size.as_i64()), ("slide_ms", slide.as_i64())]
+            }
+            WindowKind::Session { gap } => vec![("gap_ms", gap.as_i64())],
+        }
+    }
+
+    /// The grid that windows can be re-aggregated on: a coarser bucket of a
+    /// multiple of this length holds whole windows. Only tumbling windows
+    /// have one; hopping windows overlap and sessions follow the events, so
+    /// merging them into buckets would count an event more than once or
+    /// cut a session.
+    pub fn regrid_step_ms(&self) -> Option<i64> {
+        match *self {
+            WindowKind::Tumbling { size } => Some(size.as_i64()),
+            WindowKind::Hopping { .. } | WindowKind::Session { .. } => None,
+        }
+    }
+
     /// Whether windows lie on a fixed grid of the epoch (tumbling, hopping),
     /// so a window's bounds never depend on other events.
     pub fn is_fixed(&self) -> bool {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use serde_json::{Map, Value as Json};
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::{Config, MetricDef, WindowKind};
+use strata_schemas::{Config, MetricDef};
 use strata_warehouse::{self as warehouse, View};
 
 use crate::metrics as m;
@@ -73,10 +73,10 @@ impl LatestCache {
                 .and_then(warehouse::json_i64)
                 .unwrap_or(0);
             // Every key active in the last few windows (sessions: gaps).
-            let span = match metric.window {
-                WindowKind::Session { gap } => gap.as_i64() * 4,
-                _ => metric.window.max_extent_ms() * 3,
-            };
+            let span = metric
+                .window
+                .session_gap_ms()
+                .map_or(metric.window.max_extent_ms() * 3, |gap| gap * 4);
             let view = warehouse::read_view(
                 client,
                 database,

@@ -11,8 +11,9 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use serde_json::Value as Json;
+use strata_schemas::aggregate::OutputType;
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::{AggFunction, FieldType, MetricDef};
+use strata_schemas::{FieldType, MetricDef};
 
 use crate::error::ApiError;
 use crate::merge::{Answer, AnswerRow};
@@ -218,13 +219,10 @@ pub fn arrow(metric: &MetricDef, spec: &QuerySpec, answer: &Answer) -> Result<Ve
     let aggs = metric.plan.aggregations();
     for c in metric.plan.output_columns() {
         let a = &aggs[c.aggregation];
-        let int_field = a.field.as_ref().is_some_and(|f| f.ty == FieldType::Int);
-        let (ty, kind) = match a.function {
-            AggFunction::Count | AggFunction::CountDistinct => (DataType::UInt64, Kind::UInt),
-            AggFunction::Sum | AggFunction::Min | AggFunction::Max if int_field => {
-                (DataType::Int64, Kind::Int)
-            }
-            _ => (DataType::Float64, Kind::Float),
+        let (ty, kind) = match a.output_type() {
+            OutputType::Count => (DataType::UInt64, Kind::UInt),
+            OutputType::Int => (DataType::Int64, Kind::Int),
+            OutputType::Float => (DataType::Float64, Kind::Float),
         };
         fields.push(Field::new(&c.name, ty, true));
         kinds.push(kind);

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value as Json, json};
 use strata_schemas::value::format_rfc3339_ms;
-use strata_schemas::{Config, FieldType, MetricDef, WindowKind};
+use strata_schemas::{Config, FieldType, MetricDef};
 
 fn json_type(ty: FieldType) -> &'static str {
     match ty {
@@ -20,13 +20,11 @@ pub fn describe_metric(
     batch_watermark: Option<i64>,
     speed_watermark: Option<i64>,
 ) -> Json {
-    let window = match metric.window {
-        WindowKind::Tumbling { size } => json!({"kind": "tumbling", "size_ms": size.as_i64()}),
-        WindowKind::Hopping { size, slide } => {
-            json!({"kind": "hopping", "size_ms": size.as_i64(), "slide_ms": slide.as_i64()})
-        }
-        WindowKind::Session { gap } => json!({"kind": "session", "gap_ms": gap.as_i64()}),
-    };
+    let mut window = Map::new();
+    window.insert("kind".into(), Json::from(metric.window.name()));
+    for (name, ms) in metric.window.lengths_ms() {
+        window.insert(name.into(), Json::from(ms));
+    }
     let aggs: Vec<Json> = metric
         .plan
         .output_columns()
@@ -131,7 +129,7 @@ pub fn document(config: &Config) -> Json {
                 json!({"type": "string", "enum": ["json", "csv", "arrow"], "default": "json"}),
             ),
         ];
-        if matches!(metric.window, WindowKind::Tumbling { .. }) {
+        if metric.window.regrid_step_ms().is_some() {
             params.push(param("granularity", "Re-aggregate windows into buckets of this length (a multiple of the window size, e.g. 5m).", false, json!({"type": "string"})));
         }
         for g in &metric.group_by {

@@ -5,7 +5,7 @@
 use serde_json::Value as Json;
 use strata_schemas::config::ServingSettings;
 use strata_schemas::value::parse_rfc3339_ms;
-use strata_schemas::{FieldType, MetricDef, WindowKind};
+use strata_schemas::{FieldType, MetricDef};
 
 use crate::error::ApiError;
 
@@ -195,9 +195,8 @@ pub fn parse(
         None => None,
         Some(text) => {
             let g = parse_duration_param("granularity", text)?;
-            match metric.window {
-                WindowKind::Tumbling { size } => {
-                    let size = size.as_i64();
+            match metric.window.regrid_step_ms() {
+                Some(size) => {
                     if g <= 0 || g % size != 0 {
                         return Err(ApiError::bad(format!(
                             "granularity={text:?} must be a positive multiple of the window size of {} ({size} ms)",
@@ -206,7 +205,7 @@ pub fn parse(
                     }
                     Some(g)
                 }
-                _ => {
+                None => {
                     return Err(ApiError::bad(format!(
                         "granularity is only supported for tumbling windows; {} uses {} windows, whose windows overlap or vary in length and cannot be re-aggregated",
                         metric.name,

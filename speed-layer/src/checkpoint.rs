@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use clickhouse::Client;
-use serde_json::{Map, Value as Json};
-use strata_warehouse::{self as warehouse, SPEED_CHECKPOINTS_TABLE, WarehouseError};
+use strata_warehouse::rows::CheckpointRow;
+use strata_warehouse::{self as warehouse, WarehouseError};
 
 use crate::operator::Checkpoint;
 
@@ -22,59 +22,32 @@ pub async fn load(
     group_id: &str,
     topic: &str,
 ) -> Result<HashMap<i32, Checkpoint>, WarehouseError> {
-    let sql = format!(
-        "SELECT kafka_partition, next_offset, replay_max_event_ms, final_watermark_ms \
-         FROM {} WHERE group_id = ? AND topic = ? \
-         ORDER BY kafka_partition, version DESC, updated_at DESC LIMIT 1 BY kafka_partition",
-        warehouse::qualified(database, SPEED_CHECKPOINTS_TABLE)
-    );
+    let sql = CheckpointRow::select_newest_sql(database);
     let rows = warehouse::query_rows(client, &sql, &[group_id, topic]).await?;
-    let mut out = HashMap::new();
-    for r in rows {
-        let get = |k: &str| r.get(k).and_then(Json::as_i64);
-        if let (Some(p), Some(next_offset), Some(replay), Some(final_wm)) = (
-            get("kafka_partition"),
-            get("next_offset"),
-            get("replay_max_event_ms"),
-            get("final_watermark_ms"),
-        ) {
-            out.insert(
-                p as i32,
+    Ok(rows
+        .iter()
+        .filter_map(CheckpointRow::from_json)
+        .map(|r| {
+            (
+                r.kafka_partition,
                 Checkpoint {
-                    next_offset,
-                    replay_max_event_ms: replay,
-                    final_watermark_ms: final_wm,
+                    next_offset: r.next_offset,
+                    replay_max_event_ms: r.replay_max_event_ms,
+                    final_watermark_ms: r.final_watermark_ms,
                 },
-            );
-        }
-    }
-    Ok(out)
+            )
+        })
+        .collect())
 }
 
-/// The row storing `checkpoint`.
-pub fn row(
-    group_id: &str,
-    topic: &str,
-    partition: i32,
-    checkpoint: &Checkpoint,
-) -> Map<String, Json> {
-    let mut row = Map::new();
-    row.insert("group_id".into(), Json::from(group_id));
-    row.insert("topic".into(), Json::from(topic));
-    row.insert("kafka_partition".into(), Json::from(partition));
-    row.insert("next_offset".into(), Json::from(checkpoint.next_offset));
-    row.insert(
-        "replay_max_event_ms".into(),
-        Json::from(checkpoint.replay_max_event_ms),
-    );
-    row.insert(
-        "final_watermark_ms".into(),
-        Json::from(checkpoint.final_watermark_ms),
-    );
-    // Offsets only grow along a partition, whichever process owns it.
-    row.insert(
-        "version".into(),
-        Json::from(checkpoint.next_offset.max(0) as u64),
-    );
-    row
+/// The row storing `checkpoint` of `topic`/`partition`.
+pub fn row(group_id: &str, topic: &str, partition: i32, checkpoint: &Checkpoint) -> CheckpointRow {
+    CheckpointRow {
+        group_id: group_id.to_string(),
+        topic: topic.to_string(),
+        kafka_partition: partition,
+        next_offset: checkpoint.next_offset,
+        replay_max_event_ms: checkpoint.replay_max_event_ms,
+        final_watermark_ms: checkpoint.final_watermark_ms,
+    }
 }

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clickhouse::Client;
 use rdkafka::{Message, Offset};
-use serde_json::{Map, Value as Json};
 use strata_schemas::config::{Config, Source};
 use strata_schemas::{Decoder, MetricDef};
+use strata_warehouse::rows::{CheckpointRow, Layer, WatermarkRow};
 use strata_warehouse::{self as warehouse, InsertFormat, WATERMARKS_TABLE};
 use tokio::runtime::Handle;
 
@@ -319,34 +319,29 @@ impl Speed {
         let now_ms = now_utc.timestamp_millis();
         // ClickHouse's DateTime is u32 seconds: good until 2106.
         let now_s = u32::try_from(now_utc.timestamp()).unwrap_or(u32::MAX);
-        let now = Json::from(now_utc.format("%Y-%m-%d %H:%M:%S").to_string());
+        let now = now_utc.format("%Y-%m-%d %H:%M:%S").to_string();
         // Every partition's rows, one body per speed table.
         let mut tables = SpeedTables::new(now_s);
         for ((topic, partition), assigned) in &mut self.partitions {
             let emission = assigned.state.emit(&mut tables);
             finalized += emission.finalized;
             let (_, metrics) = &self.sources[topic];
-            let mut ck = checkpoint::row(
+            checkpoints.push(checkpoint::row(
                 &self.config.speed.checkpoint_namespace,
                 topic,
                 *partition,
                 &emission.checkpoint,
-            );
-            ck.insert("updated_at".into(), now.clone());
-            checkpoints.push(ck);
+            ));
             for metric in metrics {
-                let mut row = Map::new();
-                row.insert("metric".into(), Json::from(metric.name.clone()));
-                row.insert("layer".into(), Json::from("speed"));
-                row.insert("kafka_partition".into(), Json::from(*partition));
-                row.insert(
-                    "watermark_ms".into(),
-                    Json::from(assigned.state.watermark()),
-                );
-                row.insert("version".into(), Json::from(now_ms));
-                row.insert("run_id".into(), Json::from(0));
-                row.insert("updated_at".into(), now.clone());
-                watermarks.push(row);
+                let row = WatermarkRow {
+                    metric: &metric.name,
+                    layer: Layer::Speed,
+                    kafka_partition: *partition,
+                    watermark_ms: assigned.state.watermark(),
+                    version: u64::try_from(now_ms).unwrap_or_default(),
+                    run_id: 0,
+                };
+                watermarks.push(row.to_json(&now));
             }
             open += assigned.state.open_windows();
         }
@@ -362,6 +357,7 @@ impl Speed {
             // Keep the group membership alive while the broker acknowledges.
             self.poll_once(Duration::from_millis(5))?;
         }
+        let checkpoint_rows: Vec<_> = checkpoints.iter().map(|c| c.to_json(&now)).collect();
         for rows in tables.into_tables() {
             let (table, format, count) = (rows.table().to_string(), rows.format(), rows.count());
             self.write_with_retry(&table, &format, &rows.into_body().into(), count)?;
@@ -370,7 +366,7 @@ impl Speed {
         self.write_with_retry(
             warehouse::SPEED_CHECKPOINTS_TABLE,
             &InsertFormat::JsonEachRow,
-            &warehouse::json_each_row(&checkpoints).into(),
+            &warehouse::json_each_row(&checkpoint_rows).into(),
             checkpoints.len(),
         )?;
         metrics::counter!(m::CHECKPOINTS).increment(checkpoints.len() as u64);
@@ -391,14 +387,12 @@ impl Speed {
 
     /// Kafka commits mirror the checkpoints (every 10 s, and on shutdown) so
     /// standard lag tools see progress; correctness never depends on them.
-    fn commit(&self, checkpoints: &[Map<String, Json>]) {
-        self.group.commit(checkpoints.iter().filter_map(|ck| {
-            Some((
-                ck.get("topic").and_then(Json::as_str)?,
-                ck.get("kafka_partition").and_then(Json::as_i64)? as i32,
-                ck.get("next_offset").and_then(Json::as_i64)?,
-            ))
-        }));
+    fn commit(&self, checkpoints: &[CheckpointRow]) {
+        self.group.commit(
+            checkpoints
+                .iter()
+                .map(|ck| (ck.topic.as_str(), ck.kafka_partition, ck.next_offset)),
+        );
     }
 
     /// Inserts with retries; while ClickHouse fails, consumption is paused

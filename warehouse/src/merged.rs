@@ -22,7 +22,6 @@ use std::fmt::Write as _;
 use serde_json::Value as Json;
 use strata_schemas::aggregate::{AggFunction, AggPlan};
 use strata_schemas::config::MetricDef;
-use strata_schemas::window::WindowKind;
 
 use crate::state::{EVENTS_COLUMN, StateField};
 use crate::views::{CurrentRows, Runs, name_literal, window_and_groups, window_range};
@@ -421,10 +420,9 @@ impl<'a> MergedSql<'a> {
         // before the watermark and speed windows from it on, so no bucket
         // has both.
         let one_window_per_bucket = shape.group_by.len() == metric.group_by.len()
-            && match (shape.granularity_ms, metric.window) {
-                (None, _) => true,
-                (Some(g), WindowKind::Tumbling { size }) => g == size.as_i64(),
-                _ => false,
+            && match shape.granularity_ms {
+                None => true,
+                Some(g) => metric.window.regrid_step_ms() == Some(g),
             };
         // With a granularity the bucket end is computed, so the stored
         // window ends are not read at all.

@@ -290,14 +290,14 @@ pub fn read_rows(
     if columns.is_empty() && !body.is_empty() {
         return Err(RowBinaryError::NoColumns { bytes: body.len() });
     }
-    let mut rest = body;
+    let mut cursor = Cursor::new(body);
     let mut rows = Vec::new();
-    while !rest.is_empty() {
+    while !cursor.is_empty() {
         let row = rows.len();
         let mut map = Map::new();
         for (name, ty) in columns {
             let mut reader = Reader {
-                rest: &mut rest,
+                cursor: &mut cursor,
                 row,
                 column: name,
             };
@@ -309,79 +309,51 @@ pub fn read_rows(
     Ok(rows)
 }
 
+/// A [`Cursor`] reading one value of one row, naming both in its errors.
 struct Reader<'a, 'b> {
-    rest: &'a mut &'b [u8],
+    cursor: &'a mut Cursor<'b>,
     row: usize,
     column: &'a str,
 }
 
-impl<'b> Reader<'_, 'b> {
-    fn take(&mut self, n: usize) -> Result<&'b [u8], RowBinaryError> {
-        if self.rest.len() < n {
-            return Err(RowBinaryError::Truncated {
-                row: self.row,
-                column: self.column.to_string(),
-            });
-        }
-        let (head, tail) = self.rest.split_at(n);
-        *self.rest = tail;
-        Ok(head)
-    }
-
-    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], RowBinaryError> {
-        Ok(self.take(N)?.try_into().expect("N bytes"))
-    }
-
-    fn len(&mut self) -> Result<usize, RowBinaryError> {
-        match leb128::read(self.rest) {
-            Some((n, rest)) => {
-                *self.rest = rest;
-                Ok(n)
-            }
-            // Every byte left says "more follows": the body ends inside it.
-            None if self.rest.len() < 10 => Err(RowBinaryError::Truncated {
-                row: self.row,
-                column: self.column.to_string(),
-            }),
-            None => Err(RowBinaryError::BadLength {
-                row: self.row,
-                column: self.column.to_string(),
-            }),
+impl Reader<'_, '_> {
+    fn fail(&self, e: CursorError) -> RowBinaryError {
+        let (row, column) = (self.row, self.column.to_string());
+        match e {
+            CursorError::Truncated => RowBinaryError::Truncated { row, column },
+            CursorError::BadLength => RowBinaryError::BadLength { row, column },
         }
     }
 
     fn value(&mut self, ty: &str) -> Result<Json, RowBinaryError> {
-        Ok(match ty {
-            "UInt8" => Json::from(self.take(1)?[0]),
-            "Int32" => Json::from(i32::from_le_bytes(self.fixed()?)),
-            "Int64" => Json::from(i64::from_le_bytes(self.fixed()?)),
-            "UInt64" => Json::from(u64::from_le_bytes(self.fixed()?)),
-            "Float64" => Json::from(f64::from_le_bytes(self.fixed()?)),
-            "DateTime" => {
-                let secs = u32::from_le_bytes(self.fixed()?);
+        let c = &mut *self.cursor;
+        let value = match ty {
+            "UInt8" => c.u8().map(Json::from),
+            "Int32" => c.i32().map(Json::from),
+            "Int64" => c.i64().map(Json::from),
+            "UInt64" => c.u64().map(Json::from),
+            "Float64" => c.f64().map(Json::from),
+            "DateTime" => c.datetime().map(|secs| {
                 let time = DateTime::from_timestamp(i64::from(secs), 0).expect("any u32 is a time");
                 Json::from(time.format("%Y-%m-%d %H:%M:%S").to_string())
-            }
+            }),
             "String" => {
-                let len = self.len()?;
-                let bytes = self.take(len)?;
-                match std::str::from_utf8(bytes) {
-                    Ok(s) => Json::from(s),
-                    Err(_) => {
-                        return Err(RowBinaryError::NotUtf8 {
-                            row: self.row,
-                            column: self.column.to_string(),
-                        });
-                    }
-                }
+                let bytes = c.string().map_err(|e| self.fail(e))?;
+                return match std::str::from_utf8(bytes) {
+                    Ok(s) => Ok(Json::from(s)),
+                    Err(_) => Err(RowBinaryError::NotUtf8 {
+                        row: self.row,
+                        column: self.column.to_string(),
+                    }),
+                };
             }
             _ => match ty.strip_prefix("Array(").and_then(|t| t.strip_suffix(')')) {
                 Some(inner @ ("UInt8" | "Int32" | "UInt64")) => {
-                    let len = self.len()?;
+                    let len = c.length().map_err(|e| self.fail(e))?;
                     let items = (0..len)
                         .map(|_| self.value(inner))
                         .collect::<Result<Vec<Json>, _>>()?;
-                    Json::Array(items)
+                    return Ok(Json::Array(items));
                 }
                 _ => {
                     return Err(RowBinaryError::UnsupportedType {
@@ -390,7 +362,8 @@ impl<'b> Reader<'_, 'b> {
                     });
                 }
             },
-        })
+        };
+        value.map_err(|e| self.fail(e))
     }
 }
 
