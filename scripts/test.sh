@@ -56,11 +56,19 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
   log "cargo nextest run"
-  cargo nextest run --workspace --locked --no-fail-fast "$@"
+  summary=$(mktemp)
+  cargo nextest run --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$summary"
   # nextest does not run doctests.
   cargo test --workspace --doc --locked
+  # The suite's count last (the doctests' "0 passed" would read as no test).
+  counts=$(sed -n 's/.*Summary \[.*\] \([0-9]*\) tests\{0,1\} run: \([0-9]*\) passed.*/\2/p' "$summary" | tail -n 1)
+  rm -f "$summary"
+  log "all tests passed in $(( $(date +%s) - started ))s"
+  if [ -n "$counts" ]; then
+    printf 'tests: %s passed, 0 failed\n' "$counts"
+  fi
 else
   log "cargo test (install cargo-nextest for faster, isolated runs)"
   cargo test --workspace --locked --no-fail-fast "$@"
+  log "all tests passed in $(( $(date +%s) - started ))s"
 fi
-log "all tests passed in $(( $(date +%s) - started ))s"

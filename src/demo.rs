@@ -269,14 +269,11 @@ pub async fn run(
             .iter()
             .find(|m| &m.name == metric)
             .unwrap_or(&config.metrics[0]);
-        let speed_wm = strata_serving::merge::speed_watermark(&client, &args.database, m)
+        let state = warehouse::run_log::query_state(&client, &args.database, &m.name)
             .await
-            .ok()
-            .flatten();
-        let batch_wm = warehouse::published_batch(&client, &args.database, &m.name)
-            .await
-            .ok()
-            .flatten();
+            .ok();
+        let speed_wm = state.and_then(|s| s.speed_watermark);
+        let batch_wm = state.and_then(|s| s.batch);
         let text = handle.render();
         let dead: f64 = text
             .lines()

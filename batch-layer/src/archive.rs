@@ -69,7 +69,7 @@ impl StartLoader for ProgressLoader {
                         ))
                     })?;
                 tracing::info!(
-                    topic,
+                    topic = %topic,
                     partition,
                     next_offset = progress.next_offset,
                     "archive partition assigned"

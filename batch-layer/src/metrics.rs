@@ -1,6 +1,6 @@
 //! Every metric the archive and the batch layer export, in one place.
 //! Rendered by the same Prometheus recorder as the speed layer's
-//! ([`strata_speed::metrics::install`]), on `archive.metrics_listen` and
+//! ([`strata_telemetry::install`]), on `archive.metrics_listen` and
 //! `batch.metrics_listen`.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram};

@@ -19,7 +19,7 @@
 //!    step changes nothing, and a rerun of the same range writes the same
 //!    rows under a newer id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -226,24 +226,10 @@ async fn align_from(
     let Some((run_id, _)) = published else {
         return Ok(aligned);
     };
-    let sql = format!(
-        "SELECT min(window_start_ms) AS s, count() AS n FROM ({}) WHERE `_v_window_end_ms` > {aligned}",
-        warehouse::view_sql(
-            ctx.database(),
-            metric,
-            View::Batch { run_id },
-            i64::MIN,
-            aligned
-        )
-    );
-    let rows = warehouse::query_rows(&ctx.client, &sql, &[&metric.name]).await?;
-    Ok(match rows.first() {
-        Some(r) if r.get("n").and_then(warehouse::json_u64).unwrap_or(0) > 0 => r
-            .get("s")
-            .and_then(warehouse::json_i64)
-            .map_or(aligned, |s| s.min(aligned)),
-        _ => aligned,
-    })
+    let spanning =
+        warehouse::batch_window_spanning(&ctx.client, ctx.database(), metric, run_id, aligned)
+            .await?;
+    Ok(spanning.map_or(aligned, |s| s.min(aligned)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -420,36 +406,9 @@ fn key_text(key: &[Json]) -> String {
 
 /// Run ids grow: wall-clock milliseconds, or one more than the last id.
 async fn next_run_id(ctx: &BatchContext, metric: &str) -> Result<u64, BatchError> {
-    let rows = warehouse::query_rows(
-        &ctx.client,
-        &format!(
-            "SELECT max(run_id) AS r FROM {} WHERE metric = ?",
-            warehouse::qualified(ctx.database(), BATCH_RUNS_TABLE)
-        ),
-        &[metric],
-    )
-    .await?;
-    let last = rows
-        .first()
-        .and_then(|r| r.get("r"))
-        .and_then(warehouse::json_u64)
-        .unwrap_or(0);
-    let batch_rows = warehouse::query_rows(
-        &ctx.client,
-        &format!(
-            "SELECT max(run_id) AS r FROM {}",
-            warehouse::qualified(ctx.database(), &warehouse::batch_table(metric))
-        ),
-        &[],
-    )
-    .await?;
-    let last_rows = batch_rows
-        .first()
-        .and_then(|r| r.get("r"))
-        .and_then(warehouse::json_u64)
-        .unwrap_or(0);
+    let last = warehouse::run_log::last_run_id(&ctx.client, ctx.database(), metric).await?;
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    Ok(now.max(last.max(last_rows) + 1))
+    Ok(now.max(last + 1))
 }
 
 /// Reads, with Polars, the archive files of the metric's source that can
@@ -524,26 +483,8 @@ pub async fn backfill(
     let Some(horizon) = archive_horizon(ctx, &metric).await? else {
         return Err(BatchError::Usage("the archive is empty".into()));
     };
-    let done: HashMap<(i64, i64), u64> = warehouse::query_rows(
-        &ctx.client,
-        &format!(
-            "SELECT from_ms, to_ms, max(run_id) AS r FROM {} WHERE metric = ? AND status = 'published' AND message = 'backfill' GROUP BY from_ms, to_ms",
-            warehouse::qualified(ctx.database(), BATCH_RUNS_TABLE)
-        ),
-        &[&metric.name],
-    )
-    .await?
-    .iter()
-    .filter_map(|r| {
-        Some((
-            (
-                r.get("from_ms").and_then(warehouse::json_i64)?,
-                r.get("to_ms").and_then(warehouse::json_i64)?,
-            ),
-            r.get("r").and_then(warehouse::json_u64)?,
-        ))
-    })
-    .collect();
+    let done =
+        warehouse::run_log::published_backfills(&ctx.client, ctx.database(), &metric.name).await?;
     let chunk_ms = chunk_ms.max(1);
     let mut chunks = Vec::new();
     let mut start = from;

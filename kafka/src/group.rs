@@ -146,6 +146,19 @@ impl<L: StartLoader> GroupContext<L> {
                     return;
                 }
             };
+            if starts.len() != partitions.len() {
+                // A partition without its start would begin at the group's
+                // committed offset, which the start points replace.
+                self.pending().fatal = Some(L::Error::from(KafkaError::Task {
+                    operation: format!("loading the start points of {topic}"),
+                    message: format!(
+                        "{} starts for {} partitions",
+                        starts.len(),
+                        partitions.len()
+                    ),
+                }));
+                return;
+            }
             for (partition, start) in partitions.into_iter().zip(starts) {
                 if let Some(mut elem) = tpl.find_partition(&topic, partition) {
                     // Fails only for offsets with no librdkafka form

@@ -148,7 +148,7 @@ pub async fn ensure_topic(
 /// dead member. The delay doubles (capped) so an instance that is idle by
 /// design (more instances than partitions) rarely disturbs the group.
 #[derive(Debug)]
-pub struct RejoinWatchdog {
+pub(crate) struct RejoinWatchdog {
     unassigned_since: Instant,
     rejoin_after: Duration,
 }

@@ -70,7 +70,8 @@ pub enum KeyValue<'a> {
 
 impl KeyValue<'_> {
     /// The owned value.
-    pub fn to_value(self) -> Value {
+    #[cfg(test)]
+    fn to_value(self) -> Value {
         match self {
             KeyValue::Null => Value::Null,
             KeyValue::String(s) => Value::String(s.to_string()),
@@ -115,7 +116,8 @@ pub fn values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
 }
 
 /// The owned values of an encoding.
-pub fn decode(bytes: &[u8]) -> Vec<Value> {
+#[cfg(test)]
+fn decode(bytes: &[u8]) -> Vec<Value> {
     values(bytes).map(KeyValue::to_value).collect()
 }
 

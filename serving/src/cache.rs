@@ -51,27 +51,8 @@ impl LatestCache {
         database: &str,
         metric: &MetricDef,
     ) -> Result<usize, warehouse::WarehouseError> {
-        let newest = warehouse::query_rows(
-            client,
-            &format!(
-                "SELECT max(window_start_ms) AS s, count() AS n FROM {}",
-                warehouse::qualified(database, &warehouse::speed_table(&metric.name))
-            ),
-            &[],
-        )
-        .await?;
         let mut rows = HashMap::new();
-        let has_rows = newest
-            .first()
-            .and_then(|r| r.get("n"))
-            .and_then(warehouse::json_u64)
-            .unwrap_or(0)
-            > 0;
-        if has_rows {
-            let newest = newest[0]
-                .get("s")
-                .and_then(warehouse::json_i64)
-                .unwrap_or(0);
+        if let Some(newest) = warehouse::newest_speed_window(client, database, metric).await? {
             // Every key active in the last few windows (sessions: gaps).
             let span = metric
                 .window

@@ -386,11 +386,7 @@ async fn latest(
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
-        warehouse::query_rows(&state.client, "SELECT 1 AS one", &[]),
-    )
-    .await;
+    let ping = tokio::time::timeout(Duration::from_secs(2), warehouse::ping(&state.client)).await;
     match ping {
         Ok(Ok(_)) => axum::Json(serde_json::json!({
             "status": "ready",

@@ -23,6 +23,7 @@ use serde_json::Value as Json;
 use strata_schemas::window::boundary_at_or_before;
 use strata_schemas::{Accumulator, MetricDef};
 use strata_warehouse::merged::reads;
+use strata_warehouse::run_log::QueryState;
 use strata_warehouse::{self as warehouse, View, ViewRow};
 
 use crate::error::ApiError;
@@ -62,28 +63,6 @@ pub struct Answer {
     pub truncated: bool,
 }
 
-/// The speed layer's watermark for a metric: min over its partitions.
-pub async fn speed_watermark(
-    client: &Client,
-    database: &str,
-    metric: &MetricDef,
-) -> Result<Option<i64>, ApiError> {
-    let rows = warehouse::query_rows(
-        client,
-        &format!(
-            "SELECT kafka_partition, argMax(watermark_ms, version) AS w FROM {} WHERE metric = ? AND layer = 'speed' GROUP BY kafka_partition",
-            warehouse::qualified(database, warehouse::WATERMARKS_TABLE)
-        ),
-        &[&metric.name],
-    )
-    .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| r.get("w").and_then(warehouse::json_i64))
-        .filter(|w| *w > i64::MIN)
-        .min())
-}
-
 async fn timed_view(
     client: &Client,
     database: &str,
@@ -99,61 +78,14 @@ async fn timed_view(
     Ok(rows)
 }
 
-/// What a query reads before the views: the newest published batch run
-/// `(run_id, watermark_ms)` and the speed watermark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueryState {
-    /// The newest published batch run and its watermark, if any.
-    pub batch: Option<(u64, i64)>,
-    /// Min over the speed layer's partitions, if it reported any.
-    pub speed_watermark: Option<i64>,
-}
-
-/// The newest published batch run and [`speed_watermark`] in one round trip. The run id
-/// and the watermark come from one aggregation over one read of the run
-/// log, so they always belong to the same run.
-///
-/// They are not folded into the data query as scalar subqueries: ClickHouse
-/// 18.16 evaluates every occurrence of a scalar subquery separately (checked
-/// with `(SELECT rand())` twice), so the batch half and the speed half could
-/// see different watermarks if a run were published in between, and a
-/// window would be read twice or not at all.
+/// The newest published batch run and the speed watermark, read once per
+/// query (see [`warehouse::run_log::query_state`]).
 pub async fn query_state(
     client: &Client,
     database: &str,
     metric: &MetricDef,
 ) -> Result<QueryState, ApiError> {
-    // Both halves cast every column to the same type, so UNION ALL needs
-    // no type unification on any server version.
-    let sql = format!(
-        "SELECT toUInt8(0) AS part, toUInt64(count()) AS n, toUInt64(max(run_id)) AS run, toInt64(argMax(watermark_ms, run_id)) AS w \
-         FROM {} WHERE metric = ? AND status = 'published' \
-         UNION ALL SELECT toUInt8(1) AS part, toUInt64(1) AS n, toUInt64(0) AS run, toInt64(argMax(watermark_ms, version)) AS w \
-         FROM {} WHERE metric = ? AND layer = 'speed' GROUP BY kafka_partition",
-        warehouse::qualified(database, warehouse::BATCH_RUNS_TABLE),
-        warehouse::qualified(database, warehouse::WATERMARKS_TABLE),
-    );
-    let rows = warehouse::query_rows(client, &sql, &[&metric.name, &metric.name]).await?;
-    let mut state = QueryState {
-        batch: None,
-        speed_watermark: None,
-    };
-    for row in &rows {
-        let field = |name: &str| row.get(name).and_then(warehouse::json_i64);
-        match (field("part"), field("n"), field("w")) {
-            (Some(0), Some(n), Some(w)) if n > 0 => {
-                let run = row.get("run").and_then(warehouse::json_u64);
-                state.batch = run.map(|run| (run, w));
-            }
-            // As `speed_watermark`: partitions without a watermark yet
-            // (i64::MIN) do not hold the minimum down.
-            (Some(1), _, Some(w)) if w > i64::MIN => {
-                state.speed_watermark = Some(state.speed_watermark.map_or(w, |s| s.min(w)));
-            }
-            _ => {}
-        }
-    }
-    Ok(state)
+    Ok(warehouse::run_log::query_state(client, database, &metric.name).await?)
 }
 
 /// A query speculates (see [`LastStates`]) only while at most this many

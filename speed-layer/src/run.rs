@@ -80,7 +80,7 @@ impl StartLoader for CheckpointLoader {
                     },
                 };
                 tracing::info!(
-                    topic,
+                    topic = %topic,
                     partition,
                     next_offset = start.state.next_offset,
                     "partition assigned"
@@ -154,16 +154,13 @@ pub async fn run(
     });
     let client = warehouse::client(&config.clickhouse);
     // Fail early, with the fix, when `strata init` was not run.
-    let tables = warehouse::query_rows(
+    let exists = warehouse::run_log::table_exists(
         &client,
-        "SELECT name FROM system.tables WHERE database = ? AND name = ?",
-        &[
-            &config.clickhouse.database,
-            warehouse::SPEED_CHECKPOINTS_TABLE,
-        ],
+        &config.clickhouse.database,
+        warehouse::SPEED_CHECKPOINTS_TABLE,
     )
     .await?;
-    if tables.is_empty() {
+    if !exists {
         return Err(SpeedError::Usage(format!(
             "table {}.{} does not exist; run `strata init` first",
             config.clickhouse.database,
@@ -453,13 +450,16 @@ impl Speed {
     }
 
     fn set_paused(&mut self, paused: bool) {
-        if !paused {
-            tracing::info!("ClickHouse writes succeed again; resuming consumption");
+        match self.group.set_paused(paused) {
+            Ok(()) => {
+                if !paused {
+                    tracing::info!("ClickHouse writes succeed again; resuming consumption");
+                }
+                self.paused = paused;
+            }
+            // Left as it was: the next write's outcome tries again.
+            Err(e) => tracing::warn!(error = %e, paused, "pause/resume failed"),
         }
-        if let Err(e) = self.group.set_paused(paused) {
-            tracing::warn!(error = %e, paused, "pause/resume failed");
-        }
-        self.paused = paused;
     }
 
     fn publish_watermark_gauges(&self) {

@@ -309,3 +309,8 @@ pub fn json_i64(v: &Json) -> Option<i64> {
 pub fn json_u64(v: &Json) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
+
+/// Whether the server answers a query (for readiness checks).
+pub async fn ping(client: &Client) -> Result<(), WarehouseError> {
+    query_rows(client, "SELECT 1 AS one", &[]).await.map(drop)
+}

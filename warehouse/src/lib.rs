@@ -8,17 +8,21 @@
 //! - [`merged`]: the merged batch + speed answer as SQL, for the API and
 //!   the `<metric>_merged` view;
 //! - [`state`], [`rowbinary`], [`rows`]: the aggregate-state columns and
-//!   their codecs, the `RowBinary` format, typed rows of shared tables.
+//!   their codecs, the `RowBinary` format, typed rows of shared tables;
+//! - [`run_log`]: what the batch run log and the watermarks mirror are
+//!   asked (the newest published run, the speed watermark, run ids).
 //!
 //! Every table name and column comes from the metric definitions (never from
 //! user input), so SQL is assembled from identifiers that config validation
-//! has already restricted to `[a-z_][a-z0-9_]*`. The items of the first four
-//! modules are re-exported here.
+//! has already restricted to `[a-z_][a-z0-9_]*`. The items of [`client`]
+//! and [`tables`], and what callers use of [`views`] and [`merged`], are
+//! re-exported here.
 
 pub mod client;
 pub mod merged;
 pub mod rowbinary;
 pub mod rows;
+pub mod run_log;
 pub mod state;
 pub mod tables;
 pub mod views;
@@ -26,4 +30,6 @@ pub mod views;
 pub use client::*;
 pub use merged::{merged_view, merged_view_columns, merged_view_sql};
 pub use tables::*;
-pub use views::{View, ViewRow, published_batch, read_view, unprefix_view_row, view_sql};
+pub use views::{
+    View, ViewRow, batch_window_spanning, newest_speed_window, published_batch, read_view, view_sql,
+};

@@ -200,7 +200,7 @@ pub(crate) fn window_and_groups(metric: &MetricDef) -> Vec<String> {
 }
 
 /// Renames the `_v_<column>` fields of a [`view_sql`] row back to `<column>`.
-pub fn unprefix_view_row(row: Map<String, Json>) -> Map<String, Json> {
+fn unprefix_view_row(row: Map<String, Json>) -> Map<String, Json> {
     row.into_iter()
         .filter(|(k, _)| k != "_retracted")
         .map(|(k, v)| match k.strip_prefix("_v_") {
@@ -318,4 +318,47 @@ pub async fn published_batch(
             json_i64(r.get("watermark_ms")?)?,
         ))
     }))
+}
+
+/// The start of the newest window in a metric's speed table, if it holds
+/// any row.
+pub async fn newest_speed_window(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+) -> Result<Option<i64>, WarehouseError> {
+    let rows = query_rows(
+        client,
+        &format!(
+            "SELECT max(window_start_ms) AS s, count() AS n FROM {}",
+            qualified(database, &crate::speed_table(&metric.name))
+        ),
+        &[],
+    )
+    .await?;
+    Ok(rows
+        .first()
+        .filter(|r| r.get("n").and_then(json_u64).unwrap_or(0) > 0)
+        .and_then(|r| r.get("s").and_then(json_i64)))
+}
+
+/// The earliest start of a window of batch run `run_id` that starts before
+/// `before` and ends after it: the start of a published session spanning
+/// `before`, if any.
+pub async fn batch_window_spanning(
+    client: &Client,
+    database: &str,
+    metric: &MetricDef,
+    run_id: u64,
+    before: i64,
+) -> Result<Option<i64>, WarehouseError> {
+    let sql = format!(
+        "SELECT min(window_start_ms) AS s, count() AS n FROM ({}) WHERE `_v_window_end_ms` > {before}",
+        view_sql(database, metric, View::Batch { run_id }, i64::MIN, before)
+    );
+    let rows = query_rows(client, &sql, &[&metric.name]).await?;
+    Ok(rows
+        .first()
+        .filter(|r| r.get("n").and_then(json_u64).unwrap_or(0) > 0)
+        .and_then(|r| r.get("s").and_then(json_i64)))
 }
