@@ -92,6 +92,12 @@ impl EventFrame {
                     FieldColumn::Int(column.i64().map_err(err)?.rechunk().into_owned())
                 }
                 FieldType::Float => {
+                    // int -> float is a backward-compatible contract change:
+                    // files archived under the older version hold Int64.
+                    let column = match column.dtype() {
+                        DataType::Float64 => column.clone(),
+                        _ => column.cast(&DataType::Float64).map_err(err)?,
+                    };
                     FieldColumn::Float(column.f64().map_err(err)?.rechunk().into_owned())
                 }
                 FieldType::Bool => {
