@@ -768,6 +768,34 @@ async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
         "replayed {} of {} scanned dead letters from {dlq_topic} to {target}",
         report.replayed, report.scanned
     );
+    if report.duplicates > 0 {
+        println!(
+            "skipped {} duplicate dead letter(s) of source records already replayed in this run",
+            report.duplicates
+        );
+    }
+    if !report.truncated.is_empty() {
+        println!(
+            "not replayed: {} dead letter(s) whose payload was cut (speed.dead_letter_max_payload_bytes); the originals are in the source topic until its retention (dead letter: source topic/partition/offset):",
+            report.truncated.len()
+        );
+        for letter in &report.truncated {
+            println!("  {letter}");
+        }
+    }
+    if !report.failed.is_empty() {
+        const SHOWN: usize = 20;
+        for failure in report.failed.iter().take(SHOWN) {
+            eprintln!("failed: {failure}");
+        }
+        if report.failed.len() > SHOWN {
+            eprintln!("... and {} more", report.failed.len() - SHOWN);
+        }
+        anyhow::bail!(
+            "{} dead letter(s) could not be replayed to {target} (listed above as dead-letter topic/partition/offset); fix the cause and replay that range again",
+            report.failed.len()
+        );
+    }
     Ok(())
 }
 

@@ -219,3 +219,79 @@ async fn broker_request_errors_from_the_mock_cluster_lose_nothing() {
     assert_eq!(env.speed_view().await, expected);
     env.drop_database().await;
 }
+
+/// A flush whose windows span more months than ClickHouse takes in one
+/// INSERT (100 partitions; code 252, which retrying cannot fix) was retried
+/// forever: 200 events a month apart, replayed at once (their record
+/// timestamps are their event times, so they are within the source's
+/// bounds), must all reach every speed table.
+#[tokio::test]
+async fn a_flush_spanning_200_months_is_written_whole() {
+    let mock = MockCluster::new(1).unwrap();
+    let mut env = TestEnv::new("months", "");
+    env.kafka_brokers = mock.bootstrap_servers();
+    mock.create_topic(&env.topic, 1, 1).unwrap();
+    mock.create_topic(&format!("{}.dlq", env.topic), 1, 1)
+        .unwrap();
+    env.init();
+    const MONTHS: i64 = 200;
+    const FIRST_MS: i64 = 1_199_145_600_000; // 2008-01-01
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    for month in 0..MONTHS {
+        let time_ms = FIRST_MS + month * 31 * 24 * 3_600_000;
+        let payload = serde_json::json!({
+            "event_time": time_ms, "user_id": format!("u{month}"), "page": "/p",
+            "country": "de", "duration_ms": 5,
+        })
+        .to_string();
+        producer
+            .send(
+                FutureRecord::to(&env.topic)
+                    .partition(0)
+                    .key("k")
+                    .payload(&payload)
+                    .timestamp(time_ms),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    let mut speed = env.spawn_speed(0);
+    let db = env.database.clone();
+    let counts = || async {
+        let mut out = Vec::new();
+        for table in ["page_views_per_minute_speed", "user_sessions_speed"] {
+            let rows = support::try_rows_at(
+                &env.clickhouse_url,
+                &format!(
+                    "SELECT count() AS windows, sum(agg_events) AS events, \
+                     uniqExact(toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))) AS months \
+                     FROM {db}.{table} FINAL WHERE retracted = 0"
+                ),
+            )
+            .await
+            .unwrap_or_default();
+            out.push(rows.first().map_or((0, 0, 0), |r| {
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                (n("windows"), n("events"), n("months"))
+            }));
+        }
+        out
+    };
+    let whole = (MONTHS as u64, MONTHS as u64, MONTHS as u64);
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            counts().await == [whole, whole]
+        })
+        .await,
+        "(windows, events, months) of the per-minute and session tables: {:?}, expected {whole:?} each\n{}",
+        counts().await,
+        env.speed_log(0)
+    );
+    assert_eq!(terminate(&mut speed), Some(0), "{}", env.speed_log(0));
+    env.drop_database().await;
+}

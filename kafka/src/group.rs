@@ -17,15 +17,35 @@
 //! meanwhile.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use strata_schemas::config::KafkaSection;
 
+use crate::metrics as m;
 use crate::{KafkaError, RejoinWatchdog, client_config, kafka_err};
+
+/// The session timeout unless `[kafka.properties]` sets one: Kafka's own
+/// default. A coordinator slowed by load (an SQLite-backed broker answering
+/// a heartbeat after 10 s) must not cost the group its assignment; a
+/// process that dies is still replaced within this time.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+/// The heartbeat interval unless `[kafka.properties]` sets one (Kafka's
+/// default, well under a third of the session timeout).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// How long one watermark request of the gap check may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the gap check of one assignment may take in all. It runs in the
+/// rebalance callback, i.e. inside a poll: a member that does not poll
+/// within `max.poll.interval.ms` (at least [`SESSION_TIMEOUT`]) leaves the
+/// group, so a slow broker must not hold the callback for a request timeout
+/// (and retries) per partition. Partitions left when it is spent start
+/// unchecked, with a warning.
+const GAP_CHECK_BUDGET: Duration = Duration::from_secs(15);
 
 /// What differs between the groups of the layers.
 #[derive(Clone, Debug)]
@@ -33,9 +53,10 @@ pub struct GroupSettings {
     /// The consumer group.
     pub group_id: String,
     /// librdkafka's `max.poll.interval.ms` (its default, 5 min, when
-    /// `None`): a member that does not poll for this long leaves the group.
-    /// Only a member that keeps polling through its slow operations can
-    /// afford a short one.
+    /// `None`; raised to the session timeout when shorter, as librdkafka
+    /// requires): a member that does not poll for this long leaves the
+    /// group. Only a member that keeps polling through its slow operations
+    /// can afford a short one.
     pub max_poll_interval: Option<Duration>,
     /// The gauge that receives each partition's consumer lag (labels
     /// `topic`, `partition`), from librdkafka's statistics every 5 s; no
@@ -52,6 +73,70 @@ pub struct Start<S> {
     /// checkpoint, the archive's buffer holding its progress), handed back
     /// in [`PartitionChange::Assigned`].
     pub state: S,
+}
+
+/// A loaded start that is not in the partition's log. The member then starts
+/// the partition at the log start instead and asks the loader for the state
+/// that goes with it ([`StartLoader::restart_after_gap`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetGap {
+    /// The start is below the log start: the records from `start` to
+    /// `log_start` were deleted (retention, DeleteRecords) before the layer
+    /// read them. They are lost to this layer.
+    BelowLogStart {
+        /// The loaded start.
+        start: i64,
+        /// The partition's first offset.
+        log_start: i64,
+    },
+    /// The start is beyond the high watermark: the offset belongs to a log
+    /// that no longer exists (the topic was deleted and recreated, or
+    /// truncated), so the partition is new to the layer.
+    BeyondHighWatermark {
+        /// The loaded start.
+        start: i64,
+        /// The partition's first offset.
+        log_start: i64,
+        /// The partition's next offset to be written.
+        high_watermark: i64,
+    },
+}
+
+impl OffsetGap {
+    /// The gap of a start at `start` in a log holding `[low, high)`, if
+    /// any. A start equal to `high` is the next record, not a gap.
+    pub fn classify(start: i64, low: i64, high: i64) -> Option<Self> {
+        if start < low {
+            Some(OffsetGap::BelowLogStart {
+                start,
+                log_start: low,
+            })
+        } else if start > high {
+            Some(OffsetGap::BeyondHighWatermark {
+                start,
+                log_start: low,
+                high_watermark: high,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Where the partition starts instead: its log start.
+    pub fn restart_at(&self) -> i64 {
+        match *self {
+            OffsetGap::BelowLogStart { log_start, .. }
+            | OffsetGap::BeyondHighWatermark { log_start, .. } => log_start,
+        }
+    }
+
+    /// The `kind` label of [`crate::metrics::OFFSET_GAPS`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OffsetGap::BelowLogStart { .. } => "below_log_start",
+            OffsetGap::BeyondHighWatermark { .. } => "beyond_high_watermark",
+        }
+    }
 }
 
 /// Loads where assigned partitions start. Called from the rebalance
@@ -72,6 +157,25 @@ pub trait StartLoader: Send + Sync + 'static {
         topic: &str,
         partitions: &[i32],
     ) -> Result<Vec<Start<Self::State>>, Self::Error>;
+
+    /// The state of `partition` when its loaded start (whose state is
+    /// `loaded`) is not in the log: the partition starts at
+    /// [`OffsetGap::restart_at`] instead, and records from there on must be
+    /// processed, not taken for ones already seen. The default keeps
+    /// `loaded`, which suits a layer that does not skip records below its
+    /// start; a layer that does (a dedup by offset) must restate where it
+    /// resumes, at least for [`OffsetGap::BeyondHighWatermark`], where every
+    /// offset of the new log is below the old start.
+    fn restart_after_gap(
+        &self,
+        topic: &str,
+        partition: i32,
+        gap: &OffsetGap,
+        loaded: Self::State,
+    ) -> Self::State {
+        let _ = (topic, partition, gap);
+        loaded
+    }
 }
 
 /// A change of the member's assignment.
@@ -118,6 +222,14 @@ struct GroupContext<L: StartLoader> {
     loader: L,
     lag_gauge: Option<&'static str>,
     pending: Mutex<Pending<L::State, L::Error>>,
+    /// A mirror commit was sent and not answered yet: the next one waits,
+    /// so commits never pile up on the coordinator's connection ahead of
+    /// the heartbeats.
+    commit_in_flight: AtomicBool,
+    /// [`GroupMember::set_paused`]'s state: partitions assigned while it is
+    /// set are paused too (with incremental rebalancing an assignment adds
+    /// partitions to the paused ones, which would otherwise be read).
+    paused: AtomicBool,
 }
 
 impl<L: StartLoader> GroupContext<L> {
@@ -126,10 +238,104 @@ impl<L: StartLoader> GroupContext<L> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
+    /// The partition's (low, high) watermarks, with a few retries (a
+    /// rebalance is when brokers are busiest), all before `deadline`.
+    fn watermarks(
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        partition: i32,
+        deadline: Instant,
+    ) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+        let mut attempt = 0;
+        loop {
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WATERMARK_TIMEOUT);
+            match consumer.fetch_watermarks(topic, partition, timeout) {
+                Ok(marks) => return Ok(marks),
+                Err(e) => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(200 << attempt);
+                    if attempt > 2 || Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(topic = %topic, partition, error = %e, "watermark request failed, retrying");
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+    }
+
+    /// Compares a loaded start with the partition's log: a start outside
+    /// `[log start, high watermark]` moves to the log start, with the
+    /// loader's state for it, and is logged and counted.
+    fn check_start(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        partition: i32,
+        start: Start<L::State>,
+        deadline: Instant,
+    ) -> Start<L::State> {
+        let Offset::Offset(offset) = start.offset else {
+            // Beginning, end, ...: always in the log.
+            return start;
+        };
+        let (low, high) = match Self::watermarks(consumer, topic, partition, deadline) {
+            Ok(marks) => marks,
+            Err(e) => {
+                // Unchecked, the start still holds unless the log moved;
+                // refusing the partition would stall it on a flaky broker.
+                tracing::warn!(topic = %topic, partition, start = offset, error = %e, "could not check the start against the partition's watermarks");
+                return start;
+            }
+        };
+        let Some(gap) = OffsetGap::classify(offset, low, high) else {
+            return start;
+        };
+        metrics::counter!(m::OFFSET_GAPS, "kind" => gap.kind(), "topic" => topic.to_string())
+            .increment(1);
+        match gap {
+            OffsetGap::BelowLogStart { start, log_start } => {
+                metrics::counter!(m::OFFSET_GAP_RECORDS, "topic" => topic.to_string())
+                    .increment((log_start - start) as u64);
+                tracing::error!(
+                    topic = %topic,
+                    partition,
+                    start,
+                    log_start,
+                    lost_records = log_start - start,
+                    "partition start is below the log start: records were deleted by retention before they were read; starting at the log start"
+                );
+            }
+            OffsetGap::BeyondHighWatermark {
+                start,
+                log_start,
+                high_watermark,
+            } => {
+                tracing::error!(
+                    topic = %topic,
+                    partition,
+                    start,
+                    log_start,
+                    high_watermark,
+                    "partition start is beyond the high watermark: the topic was recreated or truncated; reading the partition as new from its log start"
+                );
+            }
+        }
+        Start {
+            offset: Offset::Offset(gap.restart_at()),
+            state: self
+                .loader
+                .restart_after_gap(topic, partition, &gap, start.state),
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         // One load per topic: a loader may answer a whole topic with one
         // query.
         let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
+        let deadline = Instant::now() + GAP_CHECK_BUDGET;
         for elem in tpl.elements() {
             match topics.iter_mut().find(|(topic, _)| topic == elem.topic()) {
                 Some((_, partitions)) => partitions.push(elem.partition()),
@@ -160,6 +366,7 @@ impl<L: StartLoader> GroupContext<L> {
                 return;
             }
             for (partition, start) in partitions.into_iter().zip(starts) {
+                let start = self.check_start(consumer, &topic, partition, start, deadline);
                 if let Some(mut elem) = tpl.find_partition(&topic, partition) {
                     // Fails only for offsets with no librdkafka form
                     // (negative ones), which no start is.
@@ -206,11 +413,31 @@ impl<L: StartLoader> ClientContext for GroupContext<L> {
 }
 
 impl<L: StartLoader> ConsumerContext for GroupContext<L> {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => self.assign(tpl),
+            Rebalance::Assign(tpl) => self.assign(consumer, tpl),
             Rebalance::Revoke(tpl) => self.revoke(tpl),
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance
+            && self.paused.load(Ordering::Acquire)
+            && let Err(e) = consumer.pause(tpl)
+        {
+            tracing::warn!(error = %e, "pausing newly assigned partitions failed");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        self.commit_in_flight.store(false, Ordering::Release);
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "kafka commit failed (the layer's own progress is authoritative)");
         }
     }
 }
@@ -224,6 +451,8 @@ pub struct GroupMember<L: StartLoader> {
     /// The partitions handed to the caller as assigned and not revoked.
     assigned: HashSet<(String, i32)>,
     watchdog: RejoinWatchdog,
+    /// When the last commit was sent.
+    commit_sent: Mutex<Instant>,
 }
 
 impl<L: StartLoader> GroupMember<L> {
@@ -243,17 +472,41 @@ impl<L: StartLoader> GroupMember<L> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            // Fast failover when a process dies (its partitions move after
-            // 10 s); overridable in [kafka.properties].
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            // Kafka's defaults rather than a fast failover: with a 10 s
+            // session, a coordinator that answers heartbeats late (an
+            // SQLite-backed broker under load, heartbeats queued behind an
+            // offset commit) revoked every partition every few seconds.
+            // A dead process's partitions move after 45 s; a clean
+            // shutdown leaves the group at once. Overridable in
+            // [kafka.properties].
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                HEARTBEAT_INTERVAL.as_millis().to_string(),
+            )
+            // Incremental rebalancing: a member joining or leaving moves
+            // only the partitions that change owner; the others keep being
+            // read (and keep their open windows) through the rebalance.
+            // Every member of a group must use it (librdkafka refuses to mix
+            // it with the eager assignors).
+            .set("partition.assignment.strategy", "cooperative-sticky")
             // Small fetches keep the per-record latency low and the brokers'
             // responses short (an SQLite-backed broker stalls on a large
             // response to a consumer that died mid-fetch).
             .set("fetch.max.bytes", "1048576")
             .set("max.partition.fetch.bytes", "262144");
         if let Some(interval) = settings.max_poll_interval {
-            config.set("max.poll.interval.ms", interval.as_millis().to_string());
+            // librdkafka refuses a poll interval below the session timeout.
+            let session_ms = kafka
+                .properties
+                .get("session.timeout.ms")
+                .and_then(|v| v.parse::<u128>().ok())
+                .unwrap_or(SESSION_TIMEOUT.as_millis());
+            let interval_ms = interval.as_millis().max(session_ms);
+            config.set("max.poll.interval.ms", interval_ms.to_string());
         }
         if settings.lag_gauge.is_some() {
             config.set("statistics.interval.ms", "5000");
@@ -269,7 +522,10 @@ impl<L: StartLoader> GroupMember<L> {
                 changes: Vec::new(),
                 fatal: None,
             }),
+            commit_in_flight: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
         };
+        m::describe();
         let consumer: BaseConsumer<GroupContext<L>> = config
             .create_with_context(context)
             .map_err(kafka_err(kafka, "consumer creation"))?;
@@ -279,6 +535,7 @@ impl<L: StartLoader> GroupMember<L> {
             topics,
             assigned: HashSet::new(),
             watchdog: RejoinWatchdog::default(),
+            commit_sent: Mutex::new(Instant::now()),
         };
         member.subscribe()?;
         Ok(member)
@@ -329,8 +586,9 @@ impl<L: StartLoader> GroupMember<L> {
         Ok(Polled { changes, record })
     }
 
-    /// Pauses (or resumes) fetching for every partition assigned now; the
-    /// member stays in its group as long as it keeps polling.
+    /// Pauses (or resumes) fetching for every partition assigned now and,
+    /// until resumed, for partitions assigned later; the member stays in its
+    /// group as long as it keeps polling.
     pub fn set_paused(&self, paused: bool) -> Result<(), KafkaError> {
         let assignment = self
             .consumer
@@ -339,28 +597,49 @@ impl<L: StartLoader> GroupMember<L> {
         if paused {
             self.consumer
                 .pause(&assignment)
-                .map_err(kafka_err(&self.kafka, "pause"))
+                .map_err(kafka_err(&self.kafka, "pause"))?;
         } else {
             self.consumer
                 .resume(&assignment)
-                .map_err(kafka_err(&self.kafka, "resume"))
+                .map_err(kafka_err(&self.kafka, "resume"))?;
         }
+        self.consumer
+            .context()
+            .paused
+            .store(paused, Ordering::Release);
+        Ok(())
     }
 
     /// Commits the next offsets of partitions the member holds, without
     /// waiting, so lag tools see the layer's progress. Correctness never
     /// depends on it: a failure is logged at debug level only, and offsets
-    /// of partitions no longer held are left to their new owner.
+    /// of partitions no longer held are left to their new owner. While the
+    /// previous commit is unanswered (a slow coordinator) the commit is
+    /// skipped: the next one carries newer offsets anyway, and commits
+    /// queued on the coordinator would delay its heartbeat answers.
     pub fn commit<'a>(&self, next_offsets: impl IntoIterator<Item = (&'a str, i32, i64)>) {
+        let in_flight = &self.consumer.context().commit_in_flight;
+        let mut sent = self.commit_sent.lock().unwrap_or_else(|p| p.into_inner());
+        // An answer that never comes (a request lost with its connection)
+        // must not stop the mirror for good.
+        if in_flight.load(Ordering::Acquire) && sent.elapsed() < SESSION_TIMEOUT {
+            metrics::counter!(m::COMMITS_SKIPPED).increment(1);
+            tracing::debug!("previous kafka commit still in flight; skipping this one");
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in next_offsets {
             if self.assigned.contains(&(topic.to_string(), partition)) {
                 let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
             }
         }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
-        {
+        if tpl.count() == 0 {
+            return;
+        }
+        in_flight.store(true, Ordering::Release);
+        *sent = Instant::now();
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            in_flight.store(false, Ordering::Release);
             tracing::debug!(error = %e, "kafka commit failed (the layer's own progress is authoritative)");
         }
     }

@@ -15,8 +15,11 @@ use rdkafka::error::RDKafkaErrorCode;
 use strata_schemas::config::KafkaSection;
 
 pub mod group;
+pub mod metrics;
 
-pub use group::{GroupMember, GroupSettings, PartitionChange, Polled, Start, StartLoader};
+pub use group::{
+    GroupMember, GroupSettings, OffsetGap, PartitionChange, Polled, Start, StartLoader,
+};
 
 /// A failed Kafka operation, with what Strata was doing.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,18 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<bool, KafkaError> {
+    ensure_topic_replicated(kafka, topic, partitions, 1).await
+}
+
+/// [`ensure_topic`] with a replication factor (dead-letter topics are
+/// written with acks=all: the factor must reach the broker's
+/// `min.insync.replicas`).
+pub async fn ensure_topic_replicated(
+    kafka: &KafkaSection,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<bool, KafkaError> {
     // Look first: some brokers (and librdkafka's mock cluster) do not serve
     // CreateTopics, and an existing topic needs nothing.
     if partition_count(kafka, topic).await? > 0 {
@@ -118,7 +133,7 @@ pub async fn ensure_topic(
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(kafka_err(kafka, "admin client creation"))?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&new_topic], &options)

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::aggregate::{AggFunction, AggPlan, AggregationDef, FieldRef};
 use crate::contract::{Contract, ContractRegistry, is_identifier};
-use crate::decode::Decoder;
+use crate::decode::{DecodeError, DecodeErrorKind, Decoder};
 use crate::duration::DurationMs;
 use crate::filter::{Arity, Condition, Filter, FilterOp};
 use crate::problem::{Problem, Problems};
@@ -202,6 +202,14 @@ pub struct SpeedSection {
     pub idle_timeout: String,
     /// Prometheus endpoint. Env: `STRATA_SPEED_METRICS_LISTEN`.
     pub metrics_listen: String,
+    /// Partitions of a dead-letter topic Strata creates; 0: as many as its
+    /// source topic.
+    pub dead_letter_partitions: i32,
+    /// Replication factor of a dead-letter topic Strata creates.
+    pub dead_letter_replication: i32,
+    /// Longest dead-letter payload; longer ones are cut, with their size and
+    /// hash in headers.
+    pub dead_letter_max_payload_bytes: usize,
 }
 
 impl Default for SpeedSection {
@@ -212,6 +220,9 @@ impl Default for SpeedSection {
             emit_interval: "1s".into(),
             idle_timeout: "30s".into(),
             metrics_listen: "127.0.0.1:9464".into(),
+            dead_letter_partitions: 0,
+            dead_letter_replication: 1,
+            dead_letter_max_payload_bytes: 512 * 1024,
         }
     }
 }
@@ -280,6 +291,22 @@ pub struct ServingSection {
     pub api_keys: Vec<ApiKey>,
     /// Allowed CORS origins (`*` for any).
     pub cors_origins: Vec<String>,
+    /// Serve without API keys on a non-loopback address. Env:
+    /// `STRATA_SERVING_ALLOW_ANONYMOUS` (`true`/`false`).
+    pub allow_anonymous: bool,
+    /// Most queries the API runs at once; more get 429.
+    pub max_concurrent_queries: usize,
+    /// `max_memory_usage` of each of the API's ClickHouse queries, bytes.
+    pub query_max_memory_bytes: u64,
+    /// Most bytes of sketch states (distinct, quantiles) one query merges in
+    /// the API; more is refused (400).
+    pub query_max_merge_bytes: u64,
+    /// The ClickHouse user the API reads with (a read-only one); default:
+    /// `clickhouse.user`. Env: `STRATA_SERVING_CLICKHOUSE_USER`.
+    pub clickhouse_user: Option<String>,
+    /// Its password; default: `clickhouse.password` when `clickhouse_user`
+    /// is unset, else empty. Env: `STRATA_SERVING_CLICKHOUSE_PASSWORD`.
+    pub clickhouse_password: Option<String>,
 }
 
 /// One API key and the metrics it may read.
@@ -303,6 +330,12 @@ impl Default for ServingSection {
             query_timeout: "10s".into(),
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
+            allow_anonymous: false,
+            max_concurrent_queries: 16,
+            query_max_memory_bytes: 1_000_000_000,
+            query_max_merge_bytes: 256 * 1024 * 1024,
+            clickhouse_user: None,
+            clickhouse_password: None,
         }
     }
 }
@@ -329,10 +362,22 @@ pub struct RawSource {
     /// Dead-letter topic; default `<topic>.dlq`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// How far an event time may be ahead of its record's Kafka timestamp.
+    #[serde(default = "default_max_future")]
+    pub max_future: String,
+    /// How far an event time may be behind its record's Kafka timestamp.
+    #[serde(default = "default_max_past")]
+    pub max_past: String,
 }
 
 fn default_lateness() -> String {
     "0s".into()
+}
+fn default_max_future() -> String {
+    "1h".into()
+}
+fn default_max_past() -> String {
+    "365d".into()
 }
 fn default_max_event_bytes() -> usize {
     64 * 1024
@@ -425,9 +470,55 @@ pub struct Source {
     pub allowed_lateness: DurationMs,
     /// Largest accepted payload.
     pub max_event_bytes: usize,
+    /// Largest event time ahead of the record's Kafka timestamp.
+    pub max_future: DurationMs,
+    /// Largest event time behind the record's Kafka timestamp.
+    pub max_past: DurationMs,
 }
 
 impl Source {
+    /// Checks a decoded event time against the record's Kafka timestamp
+    /// (`record_ms`; `now_ms`, the ingestion time, when the record has
+    /// none): an event more than `max_future` ahead or `max_past` behind is
+    /// refused with a reason naming the field, the value, the bound and the
+    /// setting. Both layers apply it to every record, so the speed
+    /// watermark never passes `record time + max_future` and the master
+    /// dataset holds exactly the events the speed layer counted.
+    pub fn check_event_time(
+        &self,
+        event_time_ms: i64,
+        record_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), DecodeError> {
+        let (reference, what) = match record_ms {
+            Some(t) => (t, "the record's Kafka timestamp"),
+            None => (
+                now_ms,
+                "the ingestion time (the record has no Kafka timestamp)",
+            ),
+        };
+        let ahead = i128::from(event_time_ms) - i128::from(reference);
+        let (bound, setting, relation) = if ahead > i128::from(self.max_future.0) {
+            (self.max_future, "max_future", "after")
+        } else if -ahead > i128::from(self.max_past.0) {
+            (self.max_past, "max_past", "before")
+        } else {
+            return Ok(());
+        };
+        let field = self.event_time_field();
+        Err(DecodeError::new(
+            DecodeErrorKind::EventTimeOutOfBounds,
+            Some(field),
+            format!(
+                "field {field:?}: event time {} is {} {relation} {what} {}; sources.{}.{setting} = {bound} (raise it if such events are legitimate)",
+                rfc3339_ms(event_time_ms),
+                human_span(ahead.unsigned_abs()),
+                rfc3339_ms(reference),
+                self.name,
+            ),
+        ))
+    }
+
     /// A decoder for this source's payloads.
     pub fn decoder(&self) -> Decoder {
         Decoder::new(
@@ -530,6 +621,12 @@ pub struct SpeedSettings {
     pub idle_timeout: DurationMs,
     /// Prometheus endpoint.
     pub metrics_listen: SocketAddr,
+    /// Partitions of a created dead-letter topic (0: as its source).
+    pub dead_letter_partitions: i32,
+    /// Replication factor of a created dead-letter topic.
+    pub dead_letter_replication: i32,
+    /// Longest dead-letter payload.
+    pub dead_letter_max_payload_bytes: usize,
 }
 
 /// Checked `[archive]`.
@@ -573,6 +670,18 @@ pub struct ServingSettings {
     pub api_keys: Vec<ApiKey>,
     /// CORS origins.
     pub cors_origins: Vec<String>,
+    /// Serve without keys on a non-loopback address.
+    pub allow_anonymous: bool,
+    /// Most queries in flight.
+    pub max_concurrent_queries: usize,
+    /// ClickHouse `max_memory_usage` per query, bytes.
+    pub query_max_memory_bytes: u64,
+    /// Sketch states one query may merge in the API, bytes.
+    pub query_max_merge_bytes: u64,
+    /// The ClickHouse user the API reads with (`None`: `clickhouse.user`).
+    pub clickhouse_user: Option<String>,
+    /// Its password (`None`: see [`ServingSection::clickhouse_password`]).
+    pub clickhouse_password: Option<String>,
 }
 
 type Setter = fn(&mut RawConfig, String);
@@ -580,7 +689,7 @@ type Setter = fn(&mut RawConfig, String);
 /// Environment variables that override connection settings, with the config
 /// path each one replaces. Only deployment-specific settings are overridable:
 /// metric definitions stay in the file so both layers always agree.
-pub const ENV_OVERRIDES: [(&str, &str, Setter); 15] = [
+pub const ENV_OVERRIDES: [(&str, &str, Setter); 18] = [
     ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| {
         c.kafka.brokers = v;
     }),
@@ -636,6 +745,21 @@ pub const ENV_OVERRIDES: [(&str, &str, Setter); 15] = [
     ("STRATA_SERVING_LISTEN", "serving.listen", |c, v| {
         c.serving.listen = v;
     }),
+    (
+        "STRATA_SERVING_CLICKHOUSE_USER",
+        "serving.clickhouse_user",
+        |c, v| c.serving.clickhouse_user = Some(v),
+    ),
+    (
+        "STRATA_SERVING_CLICKHOUSE_PASSWORD",
+        "serving.clickhouse_password",
+        |c, v| c.serving.clickhouse_password = Some(v),
+    ),
+    (
+        "STRATA_SERVING_ALLOW_ANONYMOUS",
+        "serving.allow_anonymous",
+        |c, v| c.serving.allow_anonymous = matches!(v.trim(), "true" | "1"),
+    ),
 ];
 
 /// Loads, overrides from the environment, and checks a config file.
@@ -789,6 +913,21 @@ fn compile(
     }
 
     let speed = (|| {
+        if raw.speed.dead_letter_partitions < 0 {
+            c.push(
+                "speed.dead_letter_partitions",
+                "must be 0 (as many as the source topic) or more",
+            );
+        }
+        if raw.speed.dead_letter_replication < 1 {
+            c.push("speed.dead_letter_replication", "must be at least 1");
+        }
+        if raw.speed.dead_letter_max_payload_bytes < 1024 {
+            c.push(
+                "speed.dead_letter_max_payload_bytes",
+                "must be at least 1024 (headers and the reason take room too)",
+            );
+        }
         Some(SpeedSettings {
             group_id: raw.speed.group_id.clone(),
             checkpoint_namespace: raw
@@ -799,6 +938,9 @@ fn compile(
             emit_interval: c.positive_duration("speed.emit_interval", &raw.speed.emit_interval)?,
             idle_timeout: c.positive_duration("speed.idle_timeout", &raw.speed.idle_timeout)?,
             metrics_listen: c.socket("speed.metrics_listen", &raw.speed.metrics_listen)?,
+            dead_letter_partitions: raw.speed.dead_letter_partitions,
+            dead_letter_replication: raw.speed.dead_letter_replication,
+            dead_letter_max_payload_bytes: raw.speed.dead_letter_max_payload_bytes,
         })
     })();
     let archive = (|| {
@@ -842,6 +984,21 @@ fn compile(
         if raw.serving.max_rows == 0 {
             c.push("serving.max_rows", "must be at least 1");
         }
+        if raw.serving.max_concurrent_queries == 0 {
+            c.push("serving.max_concurrent_queries", "must be at least 1");
+        }
+        if raw.serving.query_max_merge_bytes < 1_000_000 {
+            c.push(
+                "serving.query_max_merge_bytes",
+                "must be at least 1000000 (1 MB)",
+            );
+        }
+        if raw.serving.query_max_memory_bytes < 1_000_000 {
+            c.push(
+                "serving.query_max_memory_bytes",
+                "must be at least 1000000 (1 MB); ClickHouse needs memory to answer anything",
+            );
+        }
         Some(ServingSettings {
             listen: c.socket("serving.listen", &raw.serving.listen)?,
             max_range: c.positive_duration("serving.max_range", &raw.serving.max_range)?,
@@ -850,6 +1007,12 @@ fn compile(
                 .positive_duration("serving.query_timeout", &raw.serving.query_timeout)?,
             api_keys: raw.serving.api_keys.clone(),
             cors_origins: raw.serving.cors_origins.clone(),
+            allow_anonymous: raw.serving.allow_anonymous,
+            max_concurrent_queries: raw.serving.max_concurrent_queries.max(1),
+            query_max_memory_bytes: raw.serving.query_max_memory_bytes,
+            query_max_merge_bytes: raw.serving.query_max_merge_bytes,
+            clickhouse_user: raw.serving.clickhouse_user.clone(),
+            clickhouse_password: raw.serving.clickhouse_password.clone(),
         })
     })();
     for (i, key) in raw.serving.api_keys.iter().enumerate() {
@@ -955,6 +1118,8 @@ fn compile_source(
         );
     }
     let lateness = c.duration(&format!("{path}.allowed_lateness"), &s.allowed_lateness);
+    let max_future = c.duration(&format!("{path}.max_future"), &s.max_future);
+    let max_past = c.duration(&format!("{path}.max_past"), &s.max_past);
     if s.max_event_bytes == 0 {
         c.push(format!("{path}.max_event_bytes"), "must be at least 1");
     }
@@ -1033,6 +1198,8 @@ fn compile_source(
         event_time_index,
         allowed_lateness: lateness?,
         max_event_bytes: s.max_event_bytes,
+        max_future: max_future?,
+        max_past: max_past?,
     })
 }
 
@@ -1366,5 +1533,80 @@ fn operand(v: &toml::Value, ty: FieldType) -> Option<Value> {
         (FieldType::Timestamp, toml::Value::String(s)) => parse_rfc3339_ms(s).map(Value::Timestamp),
         (FieldType::Timestamp, toml::Value::Integer(i)) => Some(Value::Timestamp(*i)),
         _ => None,
+    }
+}
+
+/// `2026-12-04T17:00:00.000Z`, or the raw number when out of chrono's range.
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || format!("{ms} ms"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// A span in its largest whole unit, e.g. `7975 years`, `1 day`, `90 seconds`.
+fn human_span(ms: u128) -> String {
+    const UNITS: [(u128, &str); 5] = [
+        (365 * 86_400_000, "year"),
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1_000, "second"),
+    ];
+    let (factor, name) = UNITS
+        .into_iter()
+        .find(|(factor, _)| ms >= *factor)
+        .unwrap_or((1, "millisecond"));
+    let n = ms / factor;
+    format!("{n} {name}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod event_time_bound_tests {
+    use super::*;
+
+    fn page_views() -> Arc<Source> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml");
+        let config = load_with_env(&path, |_| None).expect("the reference strata.toml");
+        config.sources["page_views"].clone()
+    }
+
+    #[test]
+    fn event_times_are_bounded_by_the_record_timestamp_inclusively() {
+        let s = page_views();
+        let (hour, year) = (3_600_000, 365 * 86_400_000);
+        let t = 1_795_341_600_000;
+        assert_eq!(s.check_event_time(t + hour, Some(t), 0), Ok(()));
+        assert_eq!(s.check_event_time(t - year, Some(t), 0), Ok(()));
+        let e = s.check_event_time(t + hour + 1, Some(t), 0).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::EventTimeOutOfBounds);
+        assert_eq!(e.field.as_deref(), Some("event_time"));
+        assert_eq!(
+            e.message,
+            "field \"event_time\": event time 2026-11-22T11:00:00.001Z is 1 hour after the record's Kafka timestamp 2026-11-22T10:00:00.000Z; sources.page_views.max_future = 1h (raise it if such events are legitimate)"
+        );
+        let e = s.check_event_time(t - year - 1, Some(t), 0).unwrap_err();
+        assert!(
+            e.message
+                .contains("is 1 year before the record's Kafka timestamp"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("sources.page_views.max_past = 365d"),
+            "{}",
+            e.message
+        );
+        // Without a Kafka timestamp, the ingestion time is the reference.
+        let e = s.check_event_time(t + 2 * hour, None, t).unwrap_err();
+        assert!(
+            e.message
+                .contains("the ingestion time (the record has no Kafka timestamp)"),
+            "{}",
+            e.message
+        );
+        assert_eq!(s.check_event_time(t, None, t), Ok(()));
+        // Extremes do not overflow.
+        assert!(s.check_event_time(i64::MAX, Some(i64::MIN), 0).is_err());
     }
 }

@@ -43,6 +43,10 @@ pub enum DecodeErrorKind {
     UnknownField,
     /// The same key twice.
     DuplicateField,
+    /// A valid event time too far from the record's Kafka timestamp (the
+    /// source's `max_future` / `max_past`): a broken clock or unit that
+    /// would otherwise move the watermark or the batch layer's range.
+    EventTimeOutOfBounds,
 }
 
 impl DecodeErrorKind {
@@ -57,6 +61,7 @@ impl DecodeErrorKind {
             DecodeErrorKind::InvalidValue => "invalid_value",
             DecodeErrorKind::UnknownField => "unknown_field",
             DecodeErrorKind::DuplicateField => "duplicate_field",
+            DecodeErrorKind::EventTimeOutOfBounds => "event_time_out_of_bounds",
         }
     }
 }
@@ -74,7 +79,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(kind: DecodeErrorKind, field: Option<&str>, message: String) -> Self {
+    pub(crate) fn new(kind: DecodeErrorKind, field: Option<&str>, message: String) -> Self {
         DecodeError {
             kind,
             field: field.map(str::to_string),

@@ -51,3 +51,46 @@ pub fn row(group_id: &str, topic: &str, partition: i32, checkpoint: &Checkpoint)
         final_watermark_ms: checkpoint.final_watermark_ms,
     }
 }
+
+/// The namespace of the dead-letter marks of checkpoint namespace `namespace`.
+///
+/// A partition's mark is the first source offset above every dead letter
+/// the broker acknowledged: after a restart the replay skips re-sending the
+/// dead letters below it, so the dead-letter topic holds each bad record
+/// once. It is stored as a checkpoint row of its own namespace (its
+/// `next_offset`; the other columns unused), which needs no new table and
+/// rides in the same insert as the checkpoints.
+pub fn dead_letter_namespace(namespace: &str) -> String {
+    format!("{namespace}/dead-letters")
+}
+
+/// The newest dead-letter mark of each partition of `topic`.
+pub async fn load_dead_letter_marks(
+    client: &Client,
+    database: &str,
+    namespace: &str,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, WarehouseError> {
+    Ok(
+        load(client, database, &dead_letter_namespace(namespace), topic)
+            .await?
+            .into_iter()
+            .map(|(partition, ck)| (partition, ck.next_offset))
+            .collect(),
+    )
+}
+
+/// The row storing dead-letter mark `mark` of `topic`/`partition`.
+pub fn dead_letter_mark_row(
+    namespace: &str,
+    topic: &str,
+    partition: i32,
+    mark: i64,
+) -> CheckpointRow {
+    row(
+        &dead_letter_namespace(namespace),
+        topic,
+        partition,
+        &Checkpoint::fresh(mark),
+    )
+}

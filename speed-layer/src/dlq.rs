@@ -2,9 +2,9 @@
 //! `<topic>.dlq` with headers saying why; `strata dlq replay` sends a range of
 //! them back once the producer or the contract is fixed.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,6 +15,8 @@ use strata_schemas::DecodeError;
 use strata_schemas::config::{KafkaSection, Source};
 
 use crate::SpeedError;
+use crate::metrics as m;
+use crate::sink::Backoff;
 use strata_kafka::{client_config, kafka_err};
 
 /// Header names of a dead letter.
@@ -39,33 +41,105 @@ pub mod headers {
     pub const SOURCE_TIMESTAMP: &str = "strata.source.timestamp";
     /// On a replayed record: the dead letter it came from (`topic/partition/offset`).
     pub const REPLAYED_FROM: &str = "strata.replayed_from";
+    /// `true` when the payload was cut to `speed.dead_letter_max_payload_bytes`.
+    pub const PAYLOAD_TRUNCATED: &str = "strata.payload.truncated";
+    /// Size in bytes of the original payload of a truncated dead letter.
+    pub const PAYLOAD_SIZE: &str = "strata.payload.size";
+    /// FNV-1a 64 (hex) of the original payload of a truncated dead letter.
+    pub const PAYLOAD_FNV1A64: &str = "strata.payload.fnv1a64";
 }
 
-/// Counts failed deliveries so the speed layer never checkpoints past a dead
-/// letter that did not reach the broker.
+/// Delivery outcomes reported by the producer's background thread, by the
+/// id the letter was sent with.
+#[derive(Default)]
+struct Outcomes {
+    acked: Vec<usize>,
+    failed: Vec<(usize, String)>,
+}
+
+/// Collects delivery reports, so the speed layer resends a dead letter
+/// that failed and never checkpoints past one that is not acknowledged.
 #[derive(Clone, Default)]
 pub struct DeliveryTracker {
-    failed: Arc<AtomicU64>,
+    outcomes: Arc<Mutex<Outcomes>>,
+}
+
+impl DeliveryTracker {
+    fn take(&self) -> Outcomes {
+        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl ClientContext for DeliveryTracker {}
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::error!(error = %e, "dead letter delivery failed");
-            self.failed.fetch_add(1, Ordering::Relaxed);
+    fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(_) => outcomes.acked.push(id),
+            Err((e, _)) => outcomes.failed.push((id, e.to_string())),
         }
     }
 }
 
+/// How dead letters are produced.
+#[derive(Clone, Debug)]
+pub struct DeadLetterSettings {
+    /// Longest payload kept; a longer one is cut to this many bytes, with
+    /// its size and hash in headers.
+    pub max_payload_bytes: usize,
+    /// How long librdkafka tries one delivery before reporting it failed
+    /// (then Strata backs off and resends it).
+    pub delivery_timeout: Duration,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        DeadLetterSettings {
+            max_payload_bytes: 512 * 1024,
+            delivery_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One dead letter, kept until the broker acknowledges it.
+struct Letter {
+    topic: String,
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+    source_topic: String,
+    source_partition: i32,
+    source_offset: i64,
+    in_flight: bool,
+}
+
 /// Producer of dead letters.
+///
+/// Every letter stays in memory until the broker acknowledges it; a failed
+/// delivery (topic missing, broker refusing writes, ...) is counted, logged
+/// and resent after a backoff instead of stopping the process, and the
+/// partition's checkpoint stays behind it ([`Self::has_pending`]).
 pub struct DeadLetters {
     producer: ThreadedProducer<DeliveryTracker>,
     tracker: DeliveryTracker,
     kafka: KafkaSection,
+    settings: DeadLetterSettings,
+    /// Partition count of each dead-letter topic: letters are routed by
+    /// source partition modulo this, so a DLQ with fewer partitions than
+    /// its source works and each source partition's letters stay in order.
+    partitions: HashMap<String, i32>,
+    letters: HashMap<usize, Letter>,
+    next_id: usize,
+    /// Highest acknowledged source offset + 1, per source partition.
+    acked: HashMap<(String, i32), i64>,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// Since when deliveries fail (`None`: they succeed).
+    failing_since: Option<Instant>,
 }
 
 /// Where a dead letter came from.
@@ -84,29 +158,40 @@ pub struct Origin<'a> {
 }
 
 impl DeadLetters {
-    /// An idempotent producer for dead letters.
-    pub fn new(kafka: &KafkaSection) -> Result<Self, SpeedError> {
+    /// An idempotent producer for dead letters; `partitions` holds the
+    /// partition count of each dead-letter topic that exists.
+    pub fn new(
+        kafka: &KafkaSection,
+        settings: DeadLetterSettings,
+        partitions: HashMap<String, i32>,
+    ) -> Result<Self, SpeedError> {
         let tracker = DeliveryTracker::default();
-        let producer = client_config(kafka)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
-            .create_with_context(tracker.clone())
-            .map_err(kafka_err(kafka, "dead-letter producer creation"))?;
+        let producer = dead_letter_producer(kafka, &settings, &tracker)?;
         Ok(DeadLetters {
             producer,
             tracker,
             kafka: kafka.clone(),
+            settings,
+            partitions,
+            letters: HashMap::new(),
+            next_id: 0,
+            acked: HashMap::new(),
+            retry_at: None,
+            backoff: Backoff::default(),
+            failing_since: None,
         })
     }
 
-    /// Queues one dead letter (payload unchanged, key kept, reasons in headers).
+    /// Queues one dead letter (key kept, payload unchanged up to
+    /// `max_payload_bytes`, reasons in headers). It never fails: a letter
+    /// that cannot be sent now is resent later.
     pub fn send(
-        &self,
+        &mut self,
         source: &Source,
         origin: Origin<'_>,
         payload: &[u8],
         error: &DecodeError,
-    ) -> Result<(), SpeedError> {
+    ) {
         let partition = origin.partition.to_string();
         let offset = origin.offset.to_string();
         let timestamp = origin.timestamp.map(|t| t.to_string()).unwrap_or_default();
@@ -150,41 +235,251 @@ impl DeadLetters {
                 value: Some(field.as_str()),
             });
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&source.dead_letter_topic)
-            .payload(payload)
-            .partition(origin.partition)
-            .headers(headers);
-        if let Some(key) = origin.key {
-            record = record.key(key);
+        let max = self.settings.max_payload_bytes;
+        let payload = if payload.len() > max {
+            // Over the producer's message size the broker (or librdkafka,
+            // before sending) refuses the letter forever: keep the fact,
+            // the reason, the head of the payload and what identifies the
+            // whole (size, hash, source offset) instead.
+            let size = payload.len().to_string();
+            let hash = format!("{:016x}", fnv1a64(payload));
+            headers = headers
+                .insert(Header {
+                    key: headers::PAYLOAD_TRUNCATED,
+                    value: Some("true"),
+                })
+                .insert(Header {
+                    key: headers::PAYLOAD_SIZE,
+                    value: Some(size.as_str()),
+                })
+                .insert(Header {
+                    key: headers::PAYLOAD_FNV1A64,
+                    value: Some(hash.as_str()),
+                });
+            metrics::counter!(m::DEAD_LETTERS_TRUNCATED, "topic" => origin.topic.to_string())
+                .increment(1);
+            payload[..max].to_vec()
+        } else {
+            payload.to_vec()
+        };
+        let topic = source.dead_letter_topic.clone();
+        let letter = Letter {
+            partition: self
+                .partitions
+                .get(&topic)
+                .filter(|n| **n > 0)
+                .map(|n| origin.partition.rem_euclid(*n)),
+            topic,
+            key: origin.key.map(<[u8]>::to_vec),
+            payload,
+            headers,
+            source_topic: origin.topic.to_string(),
+            source_partition: origin.partition,
+            source_offset: origin.offset,
+            in_flight: false,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.letters.insert(id, letter);
+        if self.retry_at.is_none() {
+            self.produce(id);
         }
-        Ok(send_waiting(&self.producer, record).map_err(kafka_err(
-            &self.kafka,
-            format!("dead letter to {}", source.dead_letter_topic),
-        ))?)
     }
 
-    /// Waits up to `timeout` for every queued dead letter to be
-    /// acknowledged: `Ok(true)` when all are, `Ok(false)` when some are still
-    /// in flight (call again), an error if any delivery failed, so the caller
-    /// does not checkpoint past it.
-    pub fn flush(&self, timeout: Duration) -> Result<bool, SpeedError> {
-        match self.producer.flush(timeout) {
-            Ok(()) => {}
-            Err(rdkafka::error::KafkaError::Flush(
-                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-            )) => {
-                return Ok(false);
-            }
-            Err(e) => return Err(kafka_err(&self.kafka, "dead-letter flush")(e).into()),
+    /// Hands letter `id` to librdkafka; a refusal counts as a failed
+    /// delivery.
+    fn produce(&mut self, id: usize) {
+        let Some(letter) = self.letters.get_mut(&id) else {
+            return;
+        };
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&letter.topic, id)
+                .payload(&letter.payload[..])
+                .headers(letter.headers.clone());
+        if let Some(p) = letter.partition {
+            record = record.partition(p);
         }
-        let failed = self.tracker.failed.swap(0, Ordering::Relaxed);
-        if failed > 0 {
-            return Err(SpeedError::Usage(format!(
-                "{failed} dead letter(s) could not be delivered; not checkpointing past them (check the dead-letter topic exists and the broker accepts writes)"
-            )));
+        if let Some(key) = &letter.key {
+            record = record.key(&key[..]);
         }
-        Ok(true)
+        // Never block the consumer loop: a full local queue (the broker
+        // has been unreachable for a while) is a failure like any other,
+        // retried after the backoff.
+        match self.producer.send(record) {
+            Ok(()) => letter.in_flight = true,
+            Err((e, _)) => self.failed(id, &e.to_string()),
+        }
     }
+
+    fn failed(&mut self, id: usize, error: &str) {
+        let Some(letter) = self.letters.get_mut(&id) else {
+            return;
+        };
+        letter.in_flight = false;
+        metrics::counter!(m::DEAD_LETTER_FAILURES, "topic" => letter.topic.clone()).increment(1);
+        let delay = self.backoff.next_delay();
+        // One warning per outage (the metric counts every failure), not
+        // one per letter and retry.
+        if self.failing_since.is_none() {
+            self.failing_since = Some(Instant::now());
+            tracing::warn!(
+                dead_letter_topic = %letter.topic,
+                source_topic = %letter.source_topic,
+                source_partition = letter.source_partition,
+                source_offset = letter.source_offset,
+                error,
+                retry_in_ms = delay.as_millis() as u64,
+                "dead letter delivery failed; the partition's checkpoint stays behind it and it is resent"
+            );
+        } else {
+            tracing::debug!(
+                dead_letter_topic = %letter.topic,
+                source_partition = letter.source_partition,
+                source_offset = letter.source_offset,
+                error,
+                "dead letter delivery failed again"
+            );
+        }
+        let at = Instant::now() + delay;
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+    }
+
+    /// Takes in the delivery reports and resends failed letters whose
+    /// backoff has passed. Returns the number still in flight.
+    pub fn settle(&mut self) -> usize {
+        let outcomes = self.tracker.take();
+        for id in outcomes.acked {
+            if let Some(letter) = self.letters.remove(&id) {
+                let mark = self
+                    .acked
+                    .entry((letter.source_topic, letter.source_partition))
+                    .or_insert(i64::MIN);
+                *mark = (*mark).max(letter.source_offset + 1);
+            }
+        }
+        for (id, error) in outcomes.failed {
+            self.failed(id, &error);
+        }
+        if self.letters.is_empty() {
+            self.backoff = Backoff::default();
+            self.retry_at = None;
+            if let Some(since) = self.failing_since.take() {
+                tracing::info!(
+                    failing_for_s = since.elapsed().as_secs(),
+                    "dead letters are delivered again"
+                );
+            }
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() >= at) {
+            self.retry_at = None;
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                // An idempotent producer can end in a fatal state (e.g. the
+                // broker lost its sequence state): only a new one sends.
+                tracing::error!(error = %reason, code = ?code, "dead-letter producer failed fatally; creating a new one");
+                match dead_letter_producer(&self.kafka, &self.settings, &self.tracker) {
+                    Ok(p) => {
+                        self.producer = p;
+                        for letter in self.letters.values_mut() {
+                            letter.in_flight = false;
+                        }
+                        // Reports of the old producer's letters are void.
+                        let _ = self.tracker.take();
+                    }
+                    Err(e) => {
+                        // The letters are resent after the next backoff.
+                        tracing::error!(error = %e, "creating the dead-letter producer failed; retrying");
+                    }
+                }
+            }
+            let mut waiting: Vec<usize> = self
+                .letters
+                .iter()
+                .filter(|(_, l)| !l.in_flight)
+                .map(|(id, _)| *id)
+                .collect();
+            waiting.sort_unstable();
+            for id in waiting {
+                self.produce(id);
+            }
+        }
+        metrics::gauge!(m::DEAD_LETTERS_PENDING).set(self.letters.len() as f64);
+        self.letters.values().filter(|l| l.in_flight).count()
+    }
+
+    /// Waits up to `timeout` for the letters in flight to be reported
+    /// (acknowledged or failed); returns the number still worth waiting
+    /// for. While deliveries fail it neither waits nor asks to (returns 0):
+    /// a letter in flight then takes up to `delivery_timeout` to be
+    /// reported, and holding the consumer loop on it would slow the main
+    /// flow for as long as the outage lasts (the partition's checkpoint
+    /// waits for the letter either way).
+    pub fn wait(&mut self, timeout: Duration) -> usize {
+        if self.failing_since.is_some() {
+            self.settle();
+            return 0;
+        }
+        let _ = self.producer.flush(timeout);
+        self.settle()
+    }
+
+    /// Whether a dead letter of `topic`/`partition` is not acknowledged
+    /// yet: the partition must not checkpoint past it.
+    pub fn has_pending(&self, topic: &str, partition: i32) -> bool {
+        self.letters
+            .values()
+            .any(|l| l.source_partition == partition && l.source_topic == topic)
+    }
+
+    /// Every source offset of `topic`/`partition` below the returned one
+    /// that was dead-lettered is acknowledged by the broker (`None`: none
+    /// was acknowledged in this process).
+    pub fn acknowledged_below(&self, topic: &str, partition: i32) -> Option<i64> {
+        let acked = *self.acked.get(&(topic.to_string(), partition))?;
+        let pending = self
+            .letters
+            .values()
+            .filter(|l| l.source_partition == partition && l.source_topic == topic)
+            .map(|l| l.source_offset)
+            .min();
+        Some(pending.map_or(acked, |p| p.min(acked)))
+    }
+
+    /// Letters not acknowledged yet.
+    pub fn pending(&self) -> usize {
+        self.letters.len()
+    }
+
+    /// Bytes (payloads and keys) of the letters not acknowledged yet.
+    pub fn pending_bytes(&self) -> usize {
+        self.letters
+            .values()
+            .map(|l| l.payload.len() + l.key.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+fn dead_letter_producer(
+    kafka: &KafkaSection,
+    settings: &DeadLetterSettings,
+    tracker: &DeliveryTracker,
+) -> Result<ThreadedProducer<DeliveryTracker>, SpeedError> {
+    Ok(client_config(kafka)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout.as_millis().to_string(),
+        )
+        .create_with_context(tracker.clone())
+        .map_err(kafka_err(kafka, "dead-letter producer creation"))?)
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free fingerprint of a truncated
+/// payload, to match it with the original in the source topic.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Which dead letters to replay.
@@ -221,13 +516,27 @@ impl ReplayRange {
 pub struct ReplayReport {
     /// Dead letters read.
     pub scanned: u64,
-    /// Dead letters re-published.
+    /// Dead letters re-published and acknowledged.
     pub replayed: u64,
+    /// Dead letters in range skipped because an earlier one of the same
+    /// source record (topic, partition, offset) was already replayed.
+    pub duplicates: u64,
+    /// Dead letters whose re-publication failed: `dlq/partition/offset: why`.
+    pub failed: Vec<String>,
+    /// Dead letters not re-published because their payload was cut
+    /// (`speed.dead_letter_max_payload_bytes`): replaying the cut payload
+    /// would only make a new bad record. Each names where the original is:
+    /// `dlq/partition/offset: source topic/partition/offset`.
+    pub truncated: Vec<String>,
 }
 
 /// Re-publishes the dead letters of `dlq_topic` within `range` to `target`,
-/// payload and key unchanged, with a `strata.replayed_from` header.
-/// `progress(scanned, total)` is called as it goes.
+/// payload and key unchanged, with a `strata.replayed_from` header, once
+/// per source record: a dead letter sent twice (a speed process that
+/// crashed between its delivery and its checkpoint) is replayed once.
+/// Reads each partition up to its high watermark at the start, so the end
+/// is known, not guessed from a pause. `progress(scanned, total)` is
+/// called as it goes. Failed sends are in [`ReplayReport::failed`].
 pub fn replay(
     kafka: &KafkaSection,
     dlq_topic: &str,
@@ -254,7 +563,7 @@ pub fn replay(
             "dead-letter topic {dlq_topic} has no partitions (does it exist?)"
         )));
     }
-    let mut ends = std::collections::HashMap::new();
+    let mut ends = HashMap::new();
     let mut total = 0u64;
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {
@@ -271,9 +580,10 @@ pub fn replay(
                 .map_err(kafka_err(kafka, "assignment"))?;
         }
     }
+    let tracker = DeliveryTracker::default();
     let producer: ThreadedProducer<DeliveryTracker> = client_config(kafka)
         .set("enable.idempotence", "true")
-        .create_with_context(DeliveryTracker::default())
+        .create_with_context(tracker.clone())
         .map_err(kafka_err(kafka, "replay producer creation"))?;
     let mut report = ReplayReport::default();
     if ends.is_empty() {
@@ -283,13 +593,38 @@ pub fn replay(
         .assign(&assignment)
         .map_err(kafka_err(kafka, "assign"))?;
     let mut remaining = ends.clone();
-    let mut idle = 0;
-    while !remaining.is_empty() && idle < 100 {
+    // What each send was (its id is the index), to name failures.
+    let mut sent: Vec<String> = Vec::new();
+    let mut seen: HashSet<(String, String, String)> = HashSet::new();
+    const STALL: Duration = Duration::from_secs(60);
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            idle += 1;
+            // Offsets may be missing below the end (compaction, transaction
+            // markers): a partition whose position reached its end is done.
+            if let Ok(positions) = consumer.position() {
+                for e in positions.elements() {
+                    if let (Offset::Offset(at), Some(end)) =
+                        (e.offset(), remaining.get(&e.partition()))
+                        && at >= *end
+                    {
+                        remaining.remove(&e.partition());
+                    }
+                }
+            }
+            if last_progress.elapsed() > STALL && !remaining.is_empty() {
+                let mut left: Vec<_> = remaining.iter().collect();
+                left.sort();
+                return Err(SpeedError::Usage(format!(
+                    "replay of {dlq_topic} stalled: nothing read for {} s before the end of partitions {left:?} (partition, end offset); {} of {total} dead letters scanned, {} replayed",
+                    STALL.as_secs(),
+                    report.scanned,
+                    sent.len()
+                )));
+            }
             continue;
         };
-        idle = 0;
+        last_progress = Instant::now();
         let message = message.map_err(kafka_err(kafka, format!("read {dlq_topic}")))?;
         let (p, offset) = (message.partition(), message.offset());
         let Some(end) = remaining.get(&p).copied() else {
@@ -304,27 +639,76 @@ pub fn replay(
         }
         report.scanned += 1;
         if range.contains(p, offset, message.timestamp().to_millis()) {
+            if let Some(h) = message.headers() {
+                let origin = (
+                    header(h, headers::SOURCE_TOPIC),
+                    header(h, headers::SOURCE_PARTITION),
+                    header(h, headers::SOURCE_OFFSET),
+                );
+                if let (Some(t), Some(sp), Some(so)) = origin
+                    && !seen.insert((t.to_string(), sp.to_string(), so.to_string()))
+                {
+                    report.duplicates += 1;
+                    continue;
+                }
+                if header(h, headers::PAYLOAD_TRUNCATED) == Some("true") {
+                    let (t, sp, so) = origin;
+                    report.truncated.push(format!(
+                        "{dlq_topic}/{p}/{offset}: {}/{}/{}",
+                        t.unwrap_or("?"),
+                        sp.unwrap_or("?"),
+                        so.unwrap_or("?")
+                    ));
+                    continue;
+                }
+            }
             let from = format!("{dlq_topic}/{p}/{offset}");
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(target)
-                .payload(message.payload().unwrap_or_default())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: headers::REPLAYED_FROM,
-                    value: Some(from.as_str()),
-                }));
+            let id = sent.len();
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(target, id)
+                    .payload(message.payload().unwrap_or_default())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: headers::REPLAYED_FROM,
+                        value: Some(from.as_str()),
+                    }));
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
-            send_waiting(&producer, record)
-                .map_err(kafka_err(kafka, format!("replay to {target}")))?;
-            report.replayed += 1;
+            if let Err(e) = send_waiting(&producer, record) {
+                report.failed.push(format!("{from}: {e}"));
+            }
+            sent.push(from);
         }
         if report.scanned % 100 == 0 {
             progress(report.scanned, total);
         }
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .map_err(kafka_err(kafka, "replay flush"))?;
+    if producer.flush(Duration::from_secs(60)).is_err() {
+        tracing::warn!(target, "replay: some sends not acknowledged within 60 s");
+    }
+    let outcomes = tracker.take();
+    let mut acked = vec![false; sent.len()];
+    for id in outcomes.acked {
+        if let Some(a) = acked.get_mut(id) {
+            *a = true;
+        }
+    }
+    let mut failed: HashMap<usize, String> = outcomes.failed.into_iter().collect();
+    for (id, from) in sent.iter().enumerate() {
+        if acked[id] {
+            report.replayed += 1;
+        } else if let Some(e) = failed.remove(&id) {
+            report.failed.push(format!("{from}: {e}"));
+        } else if !report
+            .failed
+            .iter()
+            .any(|f| f.starts_with(&format!("{from}:")))
+        {
+            report.failed.push(format!(
+                "{from}: not acknowledged by the broker within 60 s"
+            ));
+        }
+    }
     progress(report.scanned, total);
     Ok(report)
 }
@@ -333,7 +717,7 @@ pub fn replay(
 /// background thread to drain it instead of failing.
 fn send_waiting(
     producer: &ThreadedProducer<DeliveryTracker>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
+    mut record: BaseRecord<'_, [u8], [u8], usize>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     loop {
         match producer.send(record) {

@@ -38,6 +38,17 @@ pub const BACKPRESSURE_PAUSES: &str = "strata_speed_backpressure_pauses_total";
 pub const ASSIGNED_PARTITIONS: &str = "strata_speed_assigned_partitions";
 /// Checkpoints stored.
 pub const CHECKPOINTS: &str = "strata_speed_checkpoints_total";
+/// Failed dead-letter deliveries (each is resent after a backoff), by
+/// dead-letter topic.
+pub const DEAD_LETTER_FAILURES: &str = "strata_speed_dead_letter_failures_total";
+/// Dead letters not yet acknowledged by the broker.
+pub const DEAD_LETTERS_PENDING: &str = "strata_speed_dead_letters_pending";
+/// Dead letters whose payload was cut to `speed.dead_letter_max_payload_bytes`,
+/// by source topic.
+pub const DEAD_LETTERS_TRUNCATED: &str = "strata_speed_dead_letters_truncated_total";
+/// Dead letters not sent again on a replay after a restart because the
+/// dead-letter topic already holds them, by source topic.
+pub const DEAD_LETTERS_ALREADY_SENT: &str = "strata_speed_dead_letters_already_sent_total";
 
 /// Installs the process's recorder (see [`strata_telemetry::install`]) and
 /// describes every metric of the speed layer.
@@ -101,4 +112,20 @@ fn describe() {
     );
     describe_gauge!(ASSIGNED_PARTITIONS, "Partitions assigned to this process.");
     describe_counter!(CHECKPOINTS, "Checkpoints stored.");
+    describe_counter!(
+        DEAD_LETTER_FAILURES,
+        "Failed dead-letter deliveries, resent after a backoff; the partition's checkpoint waits, by dead-letter topic."
+    );
+    describe_gauge!(
+        DEAD_LETTERS_PENDING,
+        "Dead letters not yet acknowledged by the broker."
+    );
+    describe_counter!(
+        DEAD_LETTERS_TRUNCATED,
+        "Dead letters whose payload was cut to speed.dead_letter_max_payload_bytes, by source topic."
+    );
+    describe_counter!(
+        DEAD_LETTERS_ALREADY_SENT,
+        "Dead letters not sent again after a restart (already in the dead-letter topic), by source topic."
+    );
 }

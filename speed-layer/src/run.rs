@@ -25,13 +25,19 @@ use tokio::runtime::Handle;
 
 use crate::SpeedError;
 use crate::checkpoint;
-use crate::dlq::{DeadLetters, Origin};
+use crate::dlq::{DeadLetterSettings, DeadLetters, Origin};
 use crate::metrics as m;
 use crate::operator::{Checkpoint, PartitionState};
 use crate::sink::{Backoff, SpeedTables, insert_once};
 use strata_kafka::{
-    GroupMember, GroupSettings, PartitionChange, Start, StartLoader, ensure_topic, partition_count,
+    GroupMember, GroupSettings, OffsetGap, PartitionChange, Start, StartLoader,
+    ensure_topic_replicated, partition_count,
 };
+
+/// Undelivered dead letters above this many bytes pause consumption: a
+/// dead-letter topic that stays unwritable then stops intake instead of
+/// growing memory without bound (64 MiB: thousands of ordinary letters).
+const DEAD_LETTER_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a run ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,6 +48,14 @@ pub struct SpeedReport {
     pub dead_letters: u64,
     /// Rows written.
     pub rows_written: u64,
+}
+
+/// Where an assigned partition resumes: its checkpoint, and the first
+/// source offset whose dead letter may not be in the dead-letter topic yet.
+#[derive(Clone, Copy, Debug)]
+struct Resume {
+    checkpoint: Checkpoint,
+    dead_letter_mark: i64,
 }
 
 /// Starts each assigned partition at its newest checkpoint, or at the
@@ -55,53 +69,105 @@ struct CheckpointLoader {
 }
 
 impl StartLoader for CheckpointLoader {
-    type State = Checkpoint;
+    type State = Resume;
     type Error = SpeedError;
 
     fn load_starts(
         &self,
         topic: &str,
         partitions: &[i32],
-    ) -> Result<Vec<Start<Checkpoint>>, SpeedError> {
-        let checkpoints = self
+    ) -> Result<Vec<Start<Resume>>, SpeedError> {
+        let (checkpoints, marks) = self
             .load_with_retries(topic)
             .map_err(|e| SpeedError::Usage(format!("cannot load checkpoints of {topic}: {e}")))?;
         Ok(partitions
             .iter()
             .map(|&partition| {
+                let dead_letter_mark = marks.get(&partition).copied().unwrap_or(i64::MIN);
                 let start = match checkpoints.get(&partition) {
                     Some(ck) => Start {
                         offset: Offset::Offset(ck.next_offset),
-                        state: *ck,
+                        state: Resume {
+                            checkpoint: *ck,
+                            dead_letter_mark,
+                        },
                     },
                     None => Start {
                         offset: Offset::Beginning,
-                        state: Checkpoint::fresh(0),
+                        state: Resume {
+                            checkpoint: Checkpoint::fresh(0),
+                            dead_letter_mark,
+                        },
                     },
                 };
                 tracing::info!(
                     topic = %topic,
                     partition,
-                    next_offset = start.state.next_offset,
+                    next_offset = start.state.checkpoint.next_offset,
+                    dead_letter_mark,
                     "partition assigned"
                 );
                 start
             })
             .collect())
     }
+
+    /// The checkpoint is outside the log (see `strata_kafka::group`): the
+    /// partition resumes at the log start. A recreated topic is a new
+    /// partition: the old checkpoint and dead-letter mark describe another
+    /// log, and keeping them would skip every new record as a duplicate.
+    /// After retention, the checkpoint's watermarks still hold (windows
+    /// final at the checkpoint stay final); only the deleted records are
+    /// missing.
+    fn restart_after_gap(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        gap: &OffsetGap,
+        loaded: Resume,
+    ) -> Resume {
+        let next_offset = gap.restart_at();
+        match gap {
+            OffsetGap::BeyondHighWatermark { .. } => Resume {
+                checkpoint: Checkpoint::fresh(next_offset),
+                dead_letter_mark: i64::MIN,
+            },
+            OffsetGap::BelowLogStart { .. } => Resume {
+                checkpoint: Checkpoint {
+                    next_offset,
+                    ..loaded.checkpoint
+                },
+                ..loaded
+            },
+        }
+    }
 }
 
+type Loaded = (HashMap<i32, Checkpoint>, HashMap<i32, i64>);
+
 impl CheckpointLoader {
-    fn load_with_retries(&self, topic: &str) -> Result<HashMap<i32, Checkpoint>, String> {
+    fn load_with_retries(&self, topic: &str) -> Result<Loaded, String> {
         let mut backoff = Backoff::default();
         let mut last = String::new();
         for _ in 0..8 {
-            match self.runtime.block_on(checkpoint::load(
-                &self.client,
-                &self.database,
-                &self.checkpoint_namespace,
-                topic,
-            )) {
+            let loaded = self.runtime.block_on(async {
+                let cks = checkpoint::load(
+                    &self.client,
+                    &self.database,
+                    &self.checkpoint_namespace,
+                    topic,
+                )
+                .await?;
+                let marks = checkpoint::load_dead_letter_marks(
+                    &self.client,
+                    &self.database,
+                    &self.checkpoint_namespace,
+                    topic,
+                )
+                .await?;
+                Ok::<_, strata_warehouse::WarehouseError>((cks, marks))
+            });
+            match loaded {
                 Ok(cks) => return Ok(cks),
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "loading checkpoints failed, retrying");
@@ -118,6 +184,9 @@ struct Assigned {
     source: Arc<Source>,
     decoder: Decoder,
     state: PartitionState,
+    /// Dead letters of offsets below this are already in the dead-letter
+    /// topic (loaded at assignment, raised as deliveries are stored).
+    dead_letter_mark: i64,
     last_record: Instant,
     /// Counter handles resolved once per assignment: labelling a counter
     /// allocates and hashes, which the per-record path should not pay.
@@ -136,6 +205,9 @@ struct Speed {
     shutdown: Arc<AtomicBool>,
     report: SpeedReport,
     paused: bool,
+    /// Consumption is paused because undelivered dead letters hold more
+    /// than [`DEAD_LETTER_BACKLOG_BYTES`].
+    dead_letter_paused: bool,
     last_commit: Instant,
 }
 
@@ -168,6 +240,7 @@ pub async fn run(
         )));
     }
     let mut sources = HashMap::new();
+    let mut dead_letter_partitions = HashMap::new();
     for source in config.sources.values() {
         let metrics: Vec<Arc<MetricDef>> = config
             .metrics
@@ -178,19 +251,44 @@ pub async fn run(
         if metrics.is_empty() {
             continue;
         }
-        let partitions = partition_count(&config.kafka, &source.topic).await?.max(1);
+        let partitions = match config.speed.dead_letter_partitions {
+            0 => partition_count(&config.kafka, &source.topic).await?.max(1),
+            n => n,
+        };
         // Dead-letter topics are often managed by whoever owns the cluster
         // (and some brokers refuse CreateTopics): a failed creation is
         // reported, not fatal. If the topic really is missing, dead-letter
-        // deliveries fail and the checkpoint stops before them.
-        if let Err(e) = ensure_topic(&config.kafka, &source.dead_letter_topic, partitions).await {
+        // deliveries fail, are retried with backoff and counted in
+        // strata_speed_dead_letter_failures_total, and the partition's
+        // checkpoint stays before them.
+        if let Err(e) = ensure_topic_replicated(
+            &config.kafka,
+            &source.dead_letter_topic,
+            partitions,
+            config.speed.dead_letter_replication,
+        )
+        .await
+        {
             tracing::warn!(topic = %source.dead_letter_topic, error = %e, "could not create the dead-letter topic; create it or grant CreateTopics");
+        }
+        // Letters are routed by source partition modulo the partitions the
+        // dead-letter topic really has, which may be fewer than the source's.
+        let existing = partition_count(&config.kafka, &source.dead_letter_topic).await?;
+        if existing > 0 {
+            dead_letter_partitions.insert(source.dead_letter_topic.clone(), existing);
         }
         sources.insert(source.topic.clone(), (source.clone(), metrics));
     }
     let runtime = Handle::current();
     let result = tokio::task::spawn_blocking(move || -> Result<SpeedReport, SpeedError> {
-        let mut speed = Speed::new(config, runtime, client, sources, shutdown)?;
+        let mut speed = Speed::new(
+            config,
+            runtime,
+            client,
+            sources,
+            dead_letter_partitions,
+            shutdown,
+        )?;
         speed.run_loop()?;
         Ok(speed.report)
     })
@@ -206,6 +304,7 @@ impl Speed {
         runtime: Handle,
         client: Client,
         sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
+        dead_letter_partitions: HashMap<String, i32>,
         shutdown: Arc<AtomicBool>,
     ) -> Result<Self, SpeedError> {
         let loader = CheckpointLoader {
@@ -216,19 +315,26 @@ impl Speed {
         };
         let settings = GroupSettings {
             group_id: config.speed.group_id.clone(),
-            // A dead member is only evicted when this much time passes, so
-            // it bounds the failover time after a crash. The loop never
+            // Evicts a process whose loop is stuck (the group member raises
+            // it to the 45 s session timeout, librdkafka's minimum; a crashed
+            // process is evicted by that session timeout). The loop never
             // blocks longer than a poll: ClickHouse writes run on the async
             // runtime while the loop keeps polling (every 50 ms, and while
-            // ClickHouse retries), so this only ever evicts a truly stuck
-            // process.
+            // ClickHouse retries).
             max_poll_interval: Some(Duration::from_secs(10)),
             lag_gauge: Some(m::CONSUMER_LAG),
         };
         let topics: Vec<String> = sources.keys().cloned().collect();
         let group = GroupMember::join(&config.kafka, &settings, topics.clone(), loader)?;
         tracing::info!(topics = ?topics, group_id = %config.speed.group_id, "speed layer subscribed");
-        let dead_letters = DeadLetters::new(&config.kafka)?;
+        let dead_letters = DeadLetters::new(
+            &config.kafka,
+            DeadLetterSettings {
+                max_payload_bytes: config.speed.dead_letter_max_payload_bytes,
+                ..DeadLetterSettings::default()
+            },
+            dead_letter_partitions,
+        )?;
         Ok(Speed {
             config,
             runtime,
@@ -240,6 +346,7 @@ impl Speed {
             shutdown,
             report: SpeedReport::default(),
             paused: false,
+            dead_letter_paused: false,
             last_commit: Instant::now(),
         })
     }
@@ -256,6 +363,13 @@ impl Speed {
         }
         tracing::info!("shutting down: final flush and commit");
         self.flush()?;
+        let pending = self.dead_letters.pending();
+        if pending > 0 {
+            tracing::warn!(
+                pending,
+                "dead letters not delivered at shutdown; their partitions' checkpoints stay before them, so the next start sends them"
+            );
+        }
         self.group.leave();
         Ok(())
     }
@@ -280,7 +394,21 @@ impl Speed {
         }
         assigned.last_record = Instant::now();
         let payload = message.payload().unwrap_or_default();
-        match assigned.decoder.decode(payload) {
+        let record_ms = message.timestamp().to_millis();
+        // The event time is bounded by the record's own timestamp before
+        // the operator sees it: a broken clock must not move the watermark
+        // past every real event (the archive applies the same rule).
+        let decoded = assigned.decoder.decode(payload).and_then(|event| {
+            let now_ms = match record_ms {
+                Some(_) => 0,
+                None => chrono::Utc::now().timestamp_millis(),
+            };
+            assigned
+                .source
+                .check_event_time(event.time_ms, record_ms, now_ms)
+                .map(|()| event)
+        });
+        match decoded {
             Ok(event) => {
                 let outcome = assigned.state.apply(offset, &event);
                 if outcome.late > 0 {
@@ -289,17 +417,24 @@ impl Speed {
             }
             Err(error) => {
                 metrics::counter!(m::DECODE_ERRORS, "topic" => key.0.clone(), "kind" => error.kind.as_str()).increment(1);
-                let origin = Origin {
-                    topic: &key.0,
-                    partition: key.1,
-                    offset,
-                    timestamp: message.timestamp().to_millis(),
-                    key: message.key(),
-                };
-                self.dead_letters
-                    .send(&assigned.source, origin, payload, &error)?;
-                metrics::counter!(m::DEAD_LETTERS, "topic" => key.0.clone()).increment(1);
-                self.report.dead_letters += 1;
+                if offset < assigned.dead_letter_mark {
+                    // A replay after a restart: this dead letter is already
+                    // in the dead-letter topic.
+                    metrics::counter!(m::DEAD_LETTERS_ALREADY_SENT, "topic" => key.0.clone())
+                        .increment(1);
+                } else {
+                    let origin = Origin {
+                        topic: &key.0,
+                        partition: key.1,
+                        offset,
+                        timestamp: record_ms,
+                        key: message.key(),
+                    };
+                    self.dead_letters
+                        .send(&assigned.source, origin, payload, &error);
+                    metrics::counter!(m::DEAD_LETTERS, "topic" => key.0.clone()).increment(1);
+                    self.report.dead_letters += 1;
+                }
                 assigned.state.skip(offset);
             }
         }
@@ -308,7 +443,19 @@ impl Speed {
 
     /// Writes every changed window, then the checkpoints, then commits.
     fn flush(&mut self) -> Result<(), SpeedError> {
+        // Dead letters first: a checkpoint must never pass a record that is
+        // neither in a window nor acknowledged in the dead-letter topic.
+        // Wait (polling, so the group membership lives) for the letters in
+        // flight, at most one emit interval: a partition whose letter is
+        // still unacknowledged (or failed, waiting to be resent) keeps its
+        // previous checkpoint, while every other partition goes on.
+        let wait_until = Instant::now() + Duration::from_millis(self.config.speed.emit_interval.0);
+        while self.dead_letters.wait(Duration::from_millis(50)) > 0 && Instant::now() < wait_until {
+            self.poll_once(Duration::from_millis(5))?;
+        }
+        self.pace_dead_letters();
         let mut checkpoints = Vec::new();
+        let mut marks = Vec::new();
         let mut watermarks = Vec::new();
         let mut open = 0;
         let mut finalized = 0;
@@ -323,12 +470,27 @@ impl Speed {
             let emission = assigned.state.emit(&mut tables);
             finalized += emission.finalized;
             let (_, metrics) = &self.sources[topic];
-            checkpoints.push(checkpoint::row(
-                &self.config.speed.checkpoint_namespace,
-                topic,
-                *partition,
-                &emission.checkpoint,
-            ));
+            if self.dead_letters.has_pending(topic, *partition) {
+                tracing::debug!(topic = %topic, partition, "dead letter not acknowledged yet; checkpoint held back");
+            } else {
+                checkpoints.push(checkpoint::row(
+                    &self.config.speed.checkpoint_namespace,
+                    topic,
+                    *partition,
+                    &emission.checkpoint,
+                ));
+            }
+            if let Some(mark) = self.dead_letters.acknowledged_below(topic, *partition)
+                && mark > assigned.dead_letter_mark
+            {
+                marks.push(checkpoint::dead_letter_mark_row(
+                    &self.config.speed.checkpoint_namespace,
+                    topic,
+                    *partition,
+                    mark,
+                ));
+                assigned.dead_letter_mark = mark;
+            }
             for metric in metrics {
                 let row = WatermarkRow {
                     metric: &metric.name,
@@ -345,27 +507,29 @@ impl Speed {
         metrics::gauge!(m::WINDOW_STATE).set(open as f64);
         metrics::counter!(m::WINDOWS_FINALIZED).increment(finalized);
         self.publish_watermark_gauges();
-        if checkpoints.is_empty() {
+        if watermarks.is_empty() {
             return Ok(());
         }
-        // Dead letters first: a checkpoint must never pass a record that is
-        // neither in a window nor safely in the dead-letter topic.
-        while !self.dead_letters.flush(Duration::from_millis(100))? {
-            // Keep the group membership alive while the broker acknowledges.
-            self.poll_once(Duration::from_millis(5))?;
-        }
-        let checkpoint_rows: Vec<_> = checkpoints.iter().map(|c| c.to_json(&now)).collect();
+        let checkpoint_rows: Vec<_> = checkpoints
+            .iter()
+            .chain(&marks)
+            .map(|c| c.to_json(&now))
+            .collect();
         for rows in tables.into_tables() {
-            let (table, format, count) = (rows.table().to_string(), rows.format(), rows.count());
-            self.write_with_retry(&table, &format, &rows.into_body().into(), count)?;
-            self.report.rows_written += count as u64;
+            let (table, format) = (rows.table().to_string(), rows.format());
+            for (body, count) in rows.into_blocks() {
+                self.write_with_retry(&table, &format, &body.into(), count)?;
+                self.report.rows_written += count as u64;
+            }
         }
-        self.write_with_retry(
-            warehouse::SPEED_CHECKPOINTS_TABLE,
-            &InsertFormat::JsonEachRow,
-            &warehouse::json_each_row(&checkpoint_rows).into(),
-            checkpoints.len(),
-        )?;
+        if !checkpoint_rows.is_empty() {
+            self.write_with_retry(
+                warehouse::SPEED_CHECKPOINTS_TABLE,
+                &InsertFormat::JsonEachRow,
+                &warehouse::json_each_row(&checkpoint_rows).into(),
+                checkpoint_rows.len(),
+            )?;
+        }
         metrics::counter!(m::CHECKPOINTS).increment(checkpoints.len() as u64);
         self.write_with_retry(
             WATERMARKS_TABLE,
@@ -425,7 +589,7 @@ impl Speed {
                 .map_err(|e| SpeedError::Usage(format!("ClickHouse write task failed: {e}")))?;
             match result {
                 Ok(()) => {
-                    if self.paused {
+                    if self.paused && !self.dead_letter_paused {
                         self.set_paused(false);
                     }
                     return Ok(());
@@ -446,6 +610,38 @@ impl Speed {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Pauses consumption while undelivered dead letters hold more than
+    /// [`DEAD_LETTER_BACKLOG_BYTES`] (a long outage of the dead-letter topic
+    /// must not grow memory without bound) and resumes once they drain.
+    fn pace_dead_letters(&mut self) {
+        let bytes = self.dead_letters.pending_bytes();
+        let backlog = bytes > DEAD_LETTER_BACKLOG_BYTES;
+        if backlog == self.dead_letter_paused {
+            return;
+        }
+        if self.paused {
+            // Paused for ClickHouse already; its resume checks this flag.
+            self.dead_letter_paused = backlog;
+            return;
+        }
+        match self.group.set_paused(backlog) {
+            Ok(()) => {
+                if backlog {
+                    tracing::warn!(
+                        pending_bytes = bytes,
+                        pending = self.dead_letters.pending(),
+                        "dead letters are not being delivered; pausing consumption until they are"
+                    );
+                } else {
+                    tracing::info!("dead letters delivered again; resuming consumption");
+                }
+                self.dead_letter_paused = backlog;
+            }
+            // Left as it was: the next flush tries again.
+            Err(e) => tracing::warn!(error = %e, paused = backlog, "pause/resume failed"),
         }
     }
 
@@ -487,7 +683,7 @@ impl Speed {
 
 /// Applies the assignments and revocations of a poll.
 fn handle_partition_events(
-    changes: Vec<PartitionChange<Checkpoint>>,
+    changes: Vec<PartitionChange<Resume>>,
     partitions: &mut HashMap<(String, i32), Assigned>,
     sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
 ) {
@@ -496,7 +692,7 @@ fn handle_partition_events(
             PartitionChange::Assigned {
                 topic,
                 partition,
-                start: checkpoint,
+                start: resume,
             } => {
                 let Some((source, metrics)) = sources.get(&topic) else {
                     continue;
@@ -505,7 +701,7 @@ fn handle_partition_events(
                     partition,
                     source.allowed_lateness.as_i64(),
                     metrics,
-                    checkpoint,
+                    resume.checkpoint,
                 );
                 let records_in = metrics::counter!(m::RECORDS_IN, "topic" => topic.clone(), "partition" => partition.to_string());
                 let late_events = metrics::counter!(m::LATE_EVENTS, "topic" => topic.clone());
@@ -515,6 +711,7 @@ fn handle_partition_events(
                         source: source.clone(),
                         decoder: source.decoder(),
                         state,
+                        dead_letter_mark: resume.dead_letter_mark,
                         last_record: Instant::now(),
                         records_in,
                         late_events,

@@ -89,6 +89,7 @@ impl RowSink for SpeedTables {
     fn push(&mut self, row: &SpeedRow<'_>) {
         let updated_at_s = self.updated_at_s;
         let table = self.table_of(row.metric);
+        table.row_starts.push(table.body.len());
         let out = &mut table.body;
         rowbinary::write_i64(out, row.window.start_ms);
         rowbinary::write_i64(out, row.window.end_ms);
@@ -115,6 +116,9 @@ pub struct SpeedTableRows {
     /// (name, ClickHouse type) of every column of a row, in order.
     columns: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Where each row starts in `body` (a row starts with its window
+    /// start), to cut the body into blocks ClickHouse accepts.
+    row_starts: Vec<usize>,
     count: usize,
 }
 
@@ -125,6 +129,7 @@ impl SpeedTableRows {
             table: warehouse::speed_table(&metric.name),
             columns: warehouse::speed_row_columns(metric),
             body: Vec::new(),
+            row_starts: Vec::new(),
             count: 0,
         }
     }
@@ -149,9 +154,39 @@ impl SpeedTableRows {
         InsertFormat::row_binary(&self.columns)
     }
 
-    /// The rows, back to back.
-    pub fn into_body(self) -> Vec<u8> {
-        self.body
+    /// The rows as insert bodies with their row counts: one body, unless
+    /// the rows' windows span more months than one insert may touch
+    /// ([`warehouse::insert_blocks`]), which a replay of old events can do.
+    pub fn into_blocks(self) -> Vec<(Vec<u8>, usize)> {
+        let row_end = |row: usize| {
+            self.row_starts
+                .get(row + 1)
+                .copied()
+                .unwrap_or(self.body.len())
+        };
+        let window_starts: Vec<i64> = self
+            .row_starts
+            .iter()
+            .map(|&at| {
+                let bytes = self.body[at..at + 8]
+                    .try_into()
+                    .expect("a row starts with an Int64");
+                i64::from_le_bytes(bytes)
+            })
+            .collect();
+        let Some(blocks) = warehouse::insert_blocks(&window_starts) else {
+            return vec![(self.body, self.count)];
+        };
+        blocks
+            .into_iter()
+            .map(|rows| {
+                let mut body = Vec::new();
+                for &row in &rows {
+                    body.extend_from_slice(&self.body[self.row_starts[row]..row_end(row)]);
+                }
+                (body, rows.len())
+            })
+            .collect()
     }
 
     /// Every row read back into a map keyed by column name, for tests and

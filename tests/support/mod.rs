@@ -325,6 +325,11 @@ impl TestEnv {
                 &format!("group_id = {:?}", unique(&format!("{name}_archive"))),
             )
             .replace("flush_interval = \"60s\"", "flush_interval = \"1s\"")
+            // The fixtures' event times are fixed (November 2026) while the
+            // generator's records carry the time they are sent: ten years
+            // of `max_past` keeps the suite from expiring a year after them
+            // (and still refuses a 1970 event).
+            .replace("max_past = \"365d\"", "max_past = \"3650d\"")
             .replace(
                 "metrics_listen = \"127.0.0.1:9465\"",
                 &format!("metrics_listen = \"127.0.0.1:{}\"", free_port()),

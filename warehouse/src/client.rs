@@ -76,6 +76,12 @@ pub const NON_RETRYABLE_CODES: [u32; 18] = [
     6, 16, 26, 27, 32, 33, 36, 38, 41, 43, 44, 47, 53, 60, 62, 81, 164, 497,
 ];
 
+/// Code 252 means two things: "too many parts" (transient: merges catch
+/// up) and "too many partitions for single INSERT block" (the block itself
+/// is wrong; [`crate::insert_blocks`] keeps Strata's inserts under the
+/// limit, so this is a server set below the default).
+const TOO_MANY_PARTS: u32 = 252;
+
 /// Whether a client error is worth retrying: network failures, timeouts,
 /// and server errors outside [`NON_RETRYABLE_CODES`] (too many parts, memory
 /// limits, server shutting down, ...).
@@ -83,9 +89,11 @@ pub fn is_retryable(e: &clickhouse::error::Error) -> bool {
     use clickhouse::error::Error as E;
     match e {
         E::Network(_) | E::TimedOut => true,
-        E::BadResponse(_) => {
-            exception_code(e).is_none_or(|code| !NON_RETRYABLE_CODES.contains(&code))
-        }
+        E::BadResponse(text) => match exception_code(e) {
+            None => true,
+            Some(TOO_MANY_PARTS) => !text.contains("for single INSERT block"),
+            Some(code) => !NON_RETRYABLE_CODES.contains(&code),
+        },
         _ => false,
     }
 }
@@ -190,11 +198,28 @@ pub async fn insert_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    insert_json_each_row(client, database, table, json_each_row(rows).into(), timeout).await
+    // Window rows of many months go in several inserts (see insert_blocks).
+    let window_starts: Option<Vec<i64>> = rows
+        .iter()
+        .map(|row| row.get("window_start_ms").and_then(json_i64))
+        .collect();
+    let Some(blocks) = window_starts.as_deref().and_then(crate::insert_blocks) else {
+        return insert_json_each_row(client, database, table, json_each_row(rows).into(), timeout)
+            .await;
+    };
+    for block in blocks {
+        let body = json_lines(block.iter().map(|&row| &rows[row]));
+        insert_json_each_row(client, database, table, body.into(), timeout).await?;
+    }
+    Ok(())
 }
 
 /// `rows` as a `JSONEachRow` body: one object per line.
 pub fn json_each_row(rows: &[Map<String, Json>]) -> Vec<u8> {
+    json_lines(rows.iter())
+}
+
+fn json_lines<'a>(rows: impl ExactSizeIterator<Item = &'a Map<String, Json>>) -> Vec<u8> {
     let mut body = Vec::with_capacity(rows.len() * 256);
     for row in rows {
         // A map of JSON values always serialises; the writer is a Vec.
@@ -313,4 +338,29 @@ pub fn json_u64(v: &Json) -> Option<u64> {
 /// Whether the server answers a query (for readiness checks).
 pub async fn ping(client: &Client) -> Result<(), WarehouseError> {
     query_rows(client, "SELECT 1 AS one", &[]).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_partitions_for_one_insert_is_not_retried_but_too_many_parts_is() {
+        // The messages of a current ClickHouse (18.16 has no per-insert limit).
+        let partitions = clickhouse::error::Error::BadResponse(
+            "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100). \
+             The limit is controlled by 'max_partitions_per_insert_block' setting."
+                .into(),
+        );
+        let parts = clickhouse::error::Error::BadResponse(
+            "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly \
+             slower than inserts."
+                .into(),
+        );
+        assert!(!is_retryable(&partitions));
+        assert!(is_retryable(&parts));
+        let syntax =
+            clickhouse::error::Error::BadResponse("Code: 62. DB::Exception: Syntax error".into());
+        assert!(!is_retryable(&syntax));
+    }
 }

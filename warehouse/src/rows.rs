@@ -177,6 +177,39 @@ impl BatchRunRow<'_> {
     }
 }
 
+/// One row of a batch-run lease claim (see [`crate::batch_leases_table_spec`]):
+/// the claim, a renewal (later `expires_ms`) or the release, each with a
+/// higher `version` than the last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow<'a> {
+    /// Metric name.
+    pub metric: &'a str,
+    /// Who claims: random 128 bits, host and process id.
+    pub holder: &'a str,
+    /// When the claim was first made (epoch ms): the oldest live claim wins.
+    pub claimed_ms: i64,
+    /// The claim lapses at this time unless renewed (epoch ms).
+    pub expires_ms: i64,
+    /// Whether the holder gave it up.
+    pub released: bool,
+    /// Grows with every row of one claim.
+    pub version: u64,
+}
+
+impl LeaseRow<'_> {
+    /// The row as JSON.
+    pub fn to_json(&self) -> Map<String, Json> {
+        let mut row = Map::new();
+        row.insert("metric".into(), Json::from(self.metric));
+        row.insert("holder".into(), Json::from(self.holder));
+        row.insert("claimed_ms".into(), Json::from(self.claimed_ms));
+        row.insert("expires_ms".into(), Json::from(self.expires_ms));
+        row.insert("released".into(), Json::from(u8::from(self.released)));
+        row.insert("version".into(), Json::from(self.version));
+        row
+    }
+}
+
 /// A row of a metric's batch view: one (window, group key) of one run, or
 /// the retraction of a window an earlier run published that no longer
 /// exists.

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use clickhouse::Client;
 
 use crate::{
-    BATCH_RUNS_TABLE, WATERMARKS_TABLE, WarehouseError, batch_table, json_i64, json_u64, qualified,
-    query_rows,
+    BATCH_LEASES_TABLE, BATCH_RUNS_TABLE, WATERMARKS_TABLE, WarehouseError, batch_table, json_i64,
+    json_u64, qualified, query_rows,
 };
 
 /// What a query of the merged answer reads before the views: the newest
@@ -133,6 +133,53 @@ pub async fn published_backfills(
             ))
         })
         .collect())
+}
+
+/// A live claim of a metric's batch-run lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseClaim {
+    /// Who claims.
+    pub holder: String,
+    /// When the claim was made (epoch ms).
+    pub claimed_ms: i64,
+    /// When it lapses unless renewed (epoch ms).
+    pub expires_ms: i64,
+}
+
+/// The live claims of a metric's lease at `now_ms` (newest row of each
+/// holder, neither released nor expired), oldest first: the first one holds
+/// the lease. Rows whose expiry passed are left out before the newest row
+/// is picked; a release keeps the expiry of the row it ends, so it is never
+/// filtered out while the claim it releases would still be live.
+pub async fn lease_claims(
+    client: &Client,
+    database: &str,
+    metric: &str,
+    now_ms: i64,
+) -> Result<Vec<LeaseClaim>, WarehouseError> {
+    // `now_ms` is an integer of ours, not user text.
+    let rows = query_rows(
+        client,
+        &format!(
+            "SELECT holder, argMax(claimed_ms, version) AS c, argMax(expires_ms, version) AS e, argMax(released, version) AS r \
+             FROM {} WHERE metric = ? AND expires_ms > {now_ms} GROUP BY holder HAVING r = 0 AND e > {now_ms}",
+            qualified(database, BATCH_LEASES_TABLE)
+        ),
+        &[metric],
+    )
+    .await?;
+    let mut claims: Vec<LeaseClaim> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(LeaseClaim {
+                holder: r.get("holder")?.as_str()?.to_string(),
+                claimed_ms: r.get("c").and_then(json_i64)?,
+                expires_ms: r.get("e").and_then(json_i64)?,
+            })
+        })
+        .collect();
+    claims.sort_by(|a, b| (a.claimed_ms, &a.holder).cmp(&(b.claimed_ms, &b.holder)));
+    Ok(claims)
 }
 
 /// Whether `database.table` exists.

@@ -19,6 +19,8 @@ use crate::{WarehouseError, execute, qualified, query_rows, state};
 pub const WATERMARKS_TABLE: &str = "strata_watermarks";
 /// One row per batch run and metric.
 pub const BATCH_RUNS_TABLE: &str = "strata_batch_runs";
+/// Batch-run leases: who may run a metric's batch run now.
+pub const BATCH_LEASES_TABLE: &str = "strata_batch_leases";
 /// Speed-layer restart points, one row per (consumer group, topic, partition).
 pub const SPEED_CHECKPOINTS_TABLE: &str = "strata_speed_checkpoints";
 
@@ -68,7 +70,48 @@ fn col(name: &str, ty: &str) -> (String, String, String) {
     (name.to_string(), ty.to_string(), String::new())
 }
 
-const DAY_PARTITION: &str = "toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))";
+/// Window tables are partitioned by the month of the window start, in the
+/// server's time zone.
+const MONTH_PARTITION: &str = "toYYYYMM(toDateTime(intDiv(window_start_ms, 1000)))";
+
+/// Months of window starts one insert may touch. ClickHouse refuses an
+/// INSERT block whose rows fall in more than `max_partitions_per_insert_block`
+/// partitions (100 by default; code 252, which retrying cannot fix). The
+/// partition is a month in the *server's* time zone, and a UTC month overlaps
+/// at most two of those, so 50 UTC months stay within the limit anywhere.
+pub const MONTHS_PER_INSERT: i64 = 50;
+
+/// The UTC month of `window_start_ms`, counted from year 0 (`year * 12 +
+/// month - 1`): rows of one such month share at most two partitions.
+pub fn utc_month(window_start_ms: i64) -> i64 {
+    use chrono::Datelike;
+    let time = chrono::DateTime::from_timestamp_millis(window_start_ms).unwrap_or_default();
+    i64::from(time.year()) * 12 + i64::from(time.month0())
+}
+
+/// Splits rows, given by their window starts in row order, into insert
+/// blocks of at most [`MONTHS_PER_INSERT`] UTC months each: `None` when one
+/// block holds them all (the usual case: checked from the first and last
+/// month alone), else the row indexes of each block.
+pub fn insert_blocks(window_starts: &[i64]) -> Option<Vec<Vec<usize>>> {
+    let (min, max) = window_starts
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+    if window_starts.is_empty() || utc_month(max) - utc_month(min) < MONTHS_PER_INSERT {
+        return None;
+    }
+    let mut by_month: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (row, &start) in window_starts.iter().enumerate() {
+        by_month.entry(utc_month(start)).or_default().push(row);
+    }
+    let months: Vec<Vec<usize>> = by_month.into_values().collect();
+    Some(
+        months
+            .chunks(MONTHS_PER_INSERT as usize)
+            .map(|chunk| chunk.concat())
+            .collect(),
+    )
+}
 
 fn window_columns(metric: &MetricDef) -> Vec<(String, String, String)> {
     let mut cols = vec![
@@ -129,7 +172,7 @@ pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
         name: speed_table(&metric.name),
         columns,
         engine: format!(
-            "ENGINE = ReplacingMergeTree(version) PARTITION BY {DAY_PARTITION} ORDER BY ({})",
+            "ENGINE = ReplacingMergeTree(version) PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
             sorting_key(metric, &["kafka_partition"])
         ),
     }
@@ -168,7 +211,7 @@ pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
         name: batch_table(&metric.name),
         columns,
         engine: format!(
-            "ENGINE = ReplacingMergeTree(run_id) PARTITION BY {DAY_PARTITION} ORDER BY ({})",
+            "ENGINE = ReplacingMergeTree(run_id) PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
             sorting_key(metric, &[])
         ),
     }
@@ -245,11 +288,36 @@ pub fn speed_checkpoints_table_spec() -> TableSpec {
     }
 }
 
+/// Batch-run leases: one claim per (metric, holder), its newest row (highest
+/// `version`) wins. ClickHouse has no compare-and-set, so a run claims by
+/// inserting and then reads every live claim; every reader picks the same
+/// winner (the oldest claim), see `strata_batch::lease`.
+pub fn batch_leases_table_spec() -> TableSpec {
+    TableSpec {
+        name: BATCH_LEASES_TABLE.into(),
+        columns: vec![
+            col("metric", "String"),
+            col("holder", "String"),
+            col("claimed_ms", "Int64"),
+            col("expires_ms", "Int64"),
+            col("released", "UInt8"),
+            col("version", "UInt64"),
+            (
+                "updated_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
+        ],
+        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, holder)".into(),
+    }
+}
+
 /// Every table `strata init` manages for a configuration, in creation order.
 pub fn all_table_specs(config: &Config) -> Vec<TableSpec> {
     let mut specs = vec![
         watermarks_table_spec(),
         batch_runs_table_spec(),
+        batch_leases_table_spec(),
         speed_checkpoints_table_spec(),
     ];
     for m in &config.metrics {
@@ -377,4 +445,43 @@ pub async fn init(client: &Client, config: &Config) -> Result<InitReport, Wareho
         report.created.push(name);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONTH_MS: i64 = 31 * 24 * 3_600_000;
+
+    #[test]
+    fn rows_of_few_months_are_one_block() {
+        let starts: Vec<i64> = (0..MONTHS_PER_INSERT)
+            .map(|m| m * 28 * 24 * 3_600_000)
+            .collect();
+        assert_eq!(insert_blocks(&starts), None);
+        assert_eq!(insert_blocks(&[]), None);
+    }
+
+    #[test]
+    fn rows_of_many_months_are_cut_into_blocks_of_whole_months() {
+        // 120 months, two rows each, in a shuffled order.
+        let mut starts = Vec::new();
+        for m in (0..120).rev() {
+            starts.push(1_199_145_600_000 + m * MONTH_MS);
+            starts.push(1_199_145_600_000 + m * MONTH_MS + 60_000);
+        }
+        let blocks = insert_blocks(&starts).expect("120 months need several inserts");
+        assert_eq!(
+            blocks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![100, 100, 40]
+        );
+        let mut rows: Vec<usize> = blocks.concat();
+        rows.sort_unstable();
+        assert_eq!(rows, (0..240).collect::<Vec<_>>(), "every row exactly once");
+        for block in &blocks {
+            let months: std::collections::BTreeSet<i64> =
+                block.iter().map(|&r| utc_month(starts[r])).collect();
+            assert!(months.len() as i64 <= MONTHS_PER_INSERT);
+        }
+    }
 }
