@@ -88,7 +88,7 @@ fn main() {
             let refs: Vec<&ArchivedEvent> = rows.iter().collect();
             let bytes = parquet_file::encode(&source.contract, "page_views", key.0, &refs).unwrap();
             let (first, last) = (rows[0].offset, rows[rows.len() - 1].offset);
-            let name = lake.data_path(&source.name, key.1, "page_views", key.0, first, last);
+            let name = lake.data_path(&source.name, key.1, "page_views", key.0, first, last, 0);
             let path = dir.join(name.as_ref());
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, bytes).unwrap();

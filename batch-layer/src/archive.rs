@@ -7,6 +7,10 @@
 //! the commit point (see [`crate::lake`]). Restarts begin at the progress'
 //! `next_offset`, never at the Kafka commit, so an event is archived exactly
 //! once whatever the group does; Kafka commits follow for lag tools only.
+//! An assigned partition is first claimed under a new generation, so an
+//! archiver that lost it without noticing (frozen past its session, or a
+//! revocation not yet polled) finds its next progress write taken: it drops
+//! its buffer instead of committing records the new owner archives too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,13 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::{Message, Offset};
-use strata_kafka::{GroupMember, GroupSettings, PartitionChange, Start, StartLoader};
+use strata_kafka::{GroupMember, GroupSettings, OffsetGap, PartitionChange, Start, StartLoader};
 use strata_schemas::Decoder;
 use strata_schemas::config::{Config, Source};
 use tokio::runtime::Handle;
 
 use crate::BatchError;
-use crate::lake::{Lake, Progress, hour_of};
+use crate::lake::{Lake, Progress, Step, hour_of};
 use crate::metrics as m;
 use crate::parquet_file::{self, ArchivedEvent};
 
@@ -60,7 +64,7 @@ impl StartLoader for ProgressLoader {
         partitions
             .iter()
             .map(|&partition| {
-                let progress = self
+                let (step, progress) = self
                     .runtime
                     .block_on(recover(&self.lake, &source.name, topic, partition))
                     .map_err(|e| {
@@ -72,6 +76,7 @@ impl StartLoader for ProgressLoader {
                     topic = %topic,
                     partition,
                     next_offset = progress.next_offset,
+                    generation = progress.generation,
                     "archive partition assigned"
                 );
                 Ok(Start {
@@ -80,6 +85,7 @@ impl StartLoader for ProgressLoader {
                         source: source.clone(),
                         decoder: source.decoder(),
                         progress,
+                        step,
                         events: Vec::new(),
                         last_offset: None,
                         opened: Instant::now(),
@@ -88,45 +94,87 @@ impl StartLoader for ProgressLoader {
             })
             .collect()
     }
+
+    /// A progress beyond the high watermark belongs to a log that no longer
+    /// exists (the topic was recreated): the partition is read from its log
+    /// start, and its progress must say so, or every record below the old
+    /// `next_offset` would be dropped as already archived. The new log's
+    /// files get a segment of this owner's generation, so they never mix
+    /// with the old log's (earlier generations), which stay in the dataset.
+    /// Below the log start the deleted records are lost to the archive (the
+    /// group counts them); the progress goes on from where it was.
+    fn restart_after_gap(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        gap: &OffsetGap,
+        mut loaded: PartitionBuffer,
+    ) -> PartitionBuffer {
+        if let OffsetGap::BeyondHighWatermark { .. } = gap {
+            loaded.progress.next_offset = gap.restart_at();
+        }
+        loaded
+    }
 }
 
-/// Loads a partition's progress and removes the files of a flush that a
-/// crash interrupted (they were never committed, so no reader used them).
+/// Claims a partition: writes the next step of its progress log under a new
+/// generation (the step's number), which fences every earlier owner (their
+/// next write finds the step taken), then removes the files of a flush
+/// that did not commit (a crash, or an owner fenced mid-flush: no reader
+/// used them). Returns the claimed step and the progress.
 async fn recover(
     lake: &Lake,
     source: &str,
     topic: &str,
     partition: i32,
-) -> Result<Progress, BatchError> {
-    let Some(mut progress) = lake.load_progress(source, topic, partition).await? else {
-        return Ok(Progress {
-            next_offset: 0,
-            max_event_ms: i64::MIN,
-            ..Progress::default()
-        });
-    };
-    if !progress.pending.is_empty() {
-        tracing::warn!(
-            topic,
-            partition,
-            files = progress.pending.len(),
-            "removing the files of an interrupted flush"
-        );
-        for path in &progress.pending {
-            lake.delete(&object_store::path::Path::from(path.as_str()))
-                .await?;
-        }
+) -> Result<(u64, Progress), BatchError> {
+    loop {
+        let (step, loaded) = match lake.load_progress(source, topic, partition).await? {
+            Some(found) => found,
+            None => (
+                0,
+                Progress {
+                    next_offset: 0,
+                    max_event_ms: i64::MIN,
+                    ..Progress::default()
+                },
+            ),
+        };
+        let mut progress = loaded.clone();
         progress.pending.clear();
-        lake.store_progress(source, topic, partition, &progress)
-            .await?;
+        progress.generation = step + 1;
+        if lake
+            .store_progress(source, topic, partition, step + 1, &progress)
+            .await?
+            == Step::Fenced
+        {
+            // Another archiver wrote meanwhile (the previous owner still
+            // flushing, or a rival claim): read the newer step and claim again.
+            continue;
+        }
+        if !loaded.pending.is_empty() {
+            tracing::warn!(
+                topic,
+                partition,
+                files = loaded.pending.len(),
+                "removing the files of an interrupted flush"
+            );
+            for path in &loaded.pending {
+                lake.delete(&object_store::path::Path::from(path.as_str()))
+                    .await?;
+            }
+        }
+        return Ok((step + 1, progress));
     }
-    Ok(progress)
 }
 
 struct PartitionBuffer {
     source: Arc<Source>,
     decoder: Decoder,
     progress: Progress,
+    /// The step of the progress log this owner wrote last: its next write
+    /// is `step + 1`, which fails once another archiver claimed.
+    step: u64,
     events: Vec<ArchivedEvent>,
     /// Offset of the last record consumed (valid or not) since the flush.
     last_offset: Option<i64>,
@@ -237,11 +285,14 @@ impl Archiver {
     }
 }
 
-/// Applies the assignments and revocations of a poll.
+/// Applies the assignments and revocations of a poll; returns the buffers
+/// of revoked partitions that hold records (and were not assigned back in
+/// the same poll), for the caller to hand over.
 fn apply_changes(
     changes: Vec<PartitionChange<PartitionBuffer>>,
     buffers: &mut HashMap<(String, i32), PartitionBuffer>,
-) {
+) -> Vec<((String, i32), PartitionBuffer)> {
+    let mut handover = Vec::new();
     for change in changes {
         match change {
             PartitionChange::Assigned {
@@ -249,55 +300,98 @@ fn apply_changes(
                 partition,
                 start,
             } => {
-                buffers.insert((topic, partition), start);
+                let key = (topic, partition);
+                // Assigned back at once: the new start was loaded from the
+                // progress before this buffer could be committed, so the
+                // buffer is dropped and its records are read again.
+                handover.retain(|(k, _): &((String, i32), PartitionBuffer)| *k != key);
+                buffers.insert(key, start);
             }
             PartitionChange::Revoked { topic, partition } => {
-                // Unflushed events are dropped: the next owner re-reads them
-                // from the committed progress.
-                buffers.remove(&(topic, partition));
+                let key = (topic, partition);
+                if let Some(buffer) = buffers.remove(&key)
+                    && buffer.last_offset.is_some()
+                {
+                    handover.push((key, buffer));
+                }
             }
         }
     }
+    handover
+}
+
+/// Buffers one record; returns its partition when the buffer is full.
+fn take(
+    record: Option<rdkafka::message::BorrowedMessage<'_>>,
+    buffers: &mut HashMap<(String, i32), PartitionBuffer>,
+    report: &mut ArchiveReport,
+    max_file_rows: usize,
+) -> Option<(String, i32)> {
+    let message = record?;
+    let key = (message.topic().to_string(), message.partition());
+    let buffer = buffers.get_mut(&key)?;
+    let offset = message.offset();
+    let next = buffer
+        .last_offset
+        .map_or(buffer.progress.next_offset, |o| o + 1);
+    if offset < next {
+        // Redelivered after a seek: already buffered or archived.
+        return None;
+    }
+    report.records += 1;
+    metrics::counter!(m::ARCHIVE_RECORDS, "topic" => key.0.clone()).increment(1);
+    if buffer.last_offset.is_none() {
+        buffer.opened = Instant::now();
+    }
+    buffer.last_offset = Some(offset);
+    buffer.progress.last_record_at_ms = chrono::Utc::now().timestamp_millis();
+    // The speed layer's rule: an event time out of the source's
+    // max_future / max_past is a dead letter, not part of the master dataset.
+    let record_ms = message.timestamp().to_millis();
+    let now_ms = buffer.progress.last_record_at_ms;
+    match buffer
+        .decoder
+        .decode(message.payload().unwrap_or_default())
+        .and_then(|event| {
+            buffer
+                .source
+                .check_event_time(event.time_ms, record_ms, now_ms)
+                .map(|()| event)
+        }) {
+        Ok(event) => buffer.events.push(ArchivedEvent {
+            event,
+            offset,
+            kafka_timestamp_ms: message.timestamp().to_millis(),
+        }),
+        Err(_) => {
+            report.invalid += 1;
+            metrics::counter!(m::ARCHIVE_INVALID, "topic" => key.0.clone()).increment(1);
+        }
+    }
+    (buffer.events.len() >= max_file_rows).then_some(key)
 }
 
 impl Archiver {
     fn poll_once(&mut self, timeout: Duration) -> Result<(), BatchError> {
         let polled = self.group.poll(timeout)?;
-        apply_changes(polled.changes, &mut self.buffers);
-        let Some(message) = polled.record else {
-            return Ok(());
-        };
-        let key = (message.topic().to_string(), message.partition());
-        let Some(buffer) = self.buffers.get_mut(&key) else {
-            return Ok(());
-        };
-        let offset = message.offset();
-        let next = buffer
-            .last_offset
-            .map_or(buffer.progress.next_offset, |o| o + 1);
-        if offset < next {
-            // Redelivered after a seek: already buffered or archived.
-            return Ok(());
+        let handover = apply_changes(polled.changes, &mut self.buffers);
+        let full = take(
+            polled.record,
+            &mut self.buffers,
+            &mut self.report,
+            self.config.archive.max_file_rows,
+        );
+        // A revoked partition's buffer is committed before it is let go,
+        // so the next owner starts after it instead of reading it again. If
+        // the next owner has claimed the partition already (this member was
+        // evicted, e.g. frozen past its session), the commit is fenced and
+        // the buffer dropped: the owner reads those records itself.
+        for (key, buffer) in handover {
+            self.buffers.insert(key.clone(), buffer);
+            self.flush(&key)?;
+            self.buffers.remove(&key);
         }
-        self.report.records += 1;
-        metrics::counter!(m::ARCHIVE_RECORDS, "topic" => key.0.clone()).increment(1);
-        if buffer.last_offset.is_none() {
-            buffer.opened = Instant::now();
-        }
-        buffer.last_offset = Some(offset);
-        buffer.progress.last_record_at_ms = chrono::Utc::now().timestamp_millis();
-        match buffer.decoder.decode(message.payload().unwrap_or_default()) {
-            Ok(event) => buffer.events.push(ArchivedEvent {
-                event,
-                offset,
-                kafka_timestamp_ms: message.timestamp().to_millis(),
-            }),
-            Err(_) => {
-                self.report.invalid += 1;
-                metrics::counter!(m::ARCHIVE_INVALID, "topic" => key.0.clone()).increment(1);
-            }
-        }
-        if buffer.events.len() >= self.config.archive.max_file_rows {
+        if let Some(key) = full {
             self.flush(&key)?;
         }
         Ok(())
@@ -329,6 +423,7 @@ impl Archiver {
                 partition,
                 first_offset,
                 last_offset,
+                buffer.progress.generation,
             );
             let bytes = parquet_file::encode(&source.contract, topic, partition, events)?;
             files.push((path, bytes));
@@ -340,25 +435,67 @@ impl Archiver {
         let file_count = files.len() as u64;
         let byte_count: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
         let event_count = buffer.events.len() as u64;
-        let committed = self.runtime.block_on(async {
+        let mut step = buffer.step;
+        let outcome = self.runtime.block_on(async {
+            let mut uploaded = Vec::new();
             if !pending.is_empty() {
                 progress.pending = pending;
-                lake.store_progress(&source.name, topic, partition, &progress)
-                    .await?;
+                step += 1;
+                if lake
+                    .store_progress(&source.name, topic, partition, step, &progress)
+                    .await?
+                    == Step::Fenced
+                {
+                    return Ok(None);
+                }
                 for (path, bytes) in files {
                     lake.put(&path, bytes).await?;
+                    uploaded.push(path);
                 }
             }
             progress.pending.clear();
-            progress.next_offset = last_offset + 1;
+            progress.commit_offsets(progress.generation, first_offset, last_offset + 1);
             progress.events += event_count;
             if let Some(t) = max_event {
                 progress.max_event_ms = progress.max_event_ms.max(t);
             }
-            lake.store_progress(&source.name, topic, partition, &progress)
-                .await?;
-            Ok::<Progress, BatchError>(progress)
+            step += 1;
+            if lake
+                .store_progress(&source.name, topic, partition, step, &progress)
+                .await?
+                == Step::Fenced
+            {
+                // Never committed, and the new owner may have cleaned up
+                // before these uploads landed: remove them (the dataset
+                // ignores them anyway, their generation's segment ends
+                // below them).
+                for path in &uploaded {
+                    if let Err(e) = lake.delete(path).await {
+                        tracing::warn!(path = %path, error = %e, "cannot delete a file of a fenced flush; it is not part of the dataset");
+                    }
+                }
+                return Ok(None);
+            }
+            Ok::<Option<Progress>, BatchError>(Some(progress))
         })?;
+        let Some(committed) = outcome else {
+            // Another archiver claimed the partition (a rebalance this
+            // process has not seen yet, or a process that lost its session):
+            // drop the buffer; the owner re-reads these events from the
+            // committed progress. The partition comes back with a new claim
+            // only if the group assigns it here again.
+            tracing::warn!(
+                topic,
+                partition,
+                first_offset,
+                last_offset,
+                generation = buffer.progress.generation,
+                "archive partition taken over by another archiver: flush dropped, the new owner archives these records"
+            );
+            metrics::counter!(m::ARCHIVE_FENCED, "topic" => topic.to_string()).increment(1);
+            self.buffers.remove(key);
+            return Ok(());
+        };
         metrics::histogram!(m::ARCHIVE_UPLOAD_LATENCY).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::ARCHIVE_FILES, "source" => source.name.clone()).increment(file_count);
         metrics::counter!(m::ARCHIVE_BYTES, "source" => source.name.clone()).increment(byte_count);
@@ -381,6 +518,7 @@ impl Archiver {
         self.report.files += file_count;
         self.report.events += event_count;
         buffer.progress = committed;
+        buffer.step = step;
         buffer.events.clear();
         buffer.last_offset = None;
         // Lag tools follow the archive through the group's committed offsets.

@@ -17,10 +17,18 @@ pub const ARCHIVE_BYTES: &str = "strata_archive_bytes_total";
 pub const ARCHIVE_EVENTS: &str = "strata_archive_events_total";
 /// Upload latency of one flush (every file plus the progress), seconds.
 pub const ARCHIVE_UPLOAD_LATENCY: &str = "strata_archive_upload_seconds";
+/// Flushes dropped because another archiver claimed the partition, by topic.
+pub const ARCHIVE_FENCED: &str = "strata_archive_fenced_flushes_total";
 /// Wall clock minus the newest archived event time, seconds, by source.
 pub const ARCHIVE_LAG: &str = "strata_archive_lag_seconds";
 /// Batch runs, by metric and outcome.
 pub const BATCH_RUNS: &str = "strata_batch_runs_total";
+/// Batch runs that found another run of their metric holding the lease
+/// (skipped, or a backfill refused), by metric.
+pub const BATCH_LEASE_BUSY: &str = "strata_batch_lease_busy_total";
+/// Batch runs computed but not published because another run published or
+/// took the lease meanwhile (their rows stay invisible), by metric.
+pub const BATCH_RUNS_SUPERSEDED: &str = "strata_batch_runs_superseded_total";
 /// Batch run duration, seconds, by metric.
 pub const BATCH_RUN_DURATION: &str = "strata_batch_run_seconds";
 /// Events read from the archive, by metric.
@@ -48,11 +56,23 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
         ARCHIVE_UPLOAD_LATENCY,
         "Upload latency of one flush (its files and progress), seconds."
     );
+    describe_counter!(
+        ARCHIVE_FENCED,
+        "Flushes dropped because another archiver claimed the partition (its owner re-reads them), by topic."
+    );
     describe_gauge!(
         ARCHIVE_LAG,
         "Wall clock minus the newest archived event time, seconds, by source."
     );
     describe_counter!(BATCH_RUNS, "Batch runs, by metric and outcome.");
+    describe_counter!(
+        BATCH_LEASE_BUSY,
+        "Batch runs that found another run of their metric holding the lease, by metric."
+    );
+    describe_counter!(
+        BATCH_RUNS_SUPERSEDED,
+        "Batch runs not published because another run published or took the lease meanwhile, by metric."
+    );
     describe_histogram!(
         BATCH_RUN_DURATION,
         "Batch run duration, seconds, by metric."

@@ -2,9 +2,11 @@
 //! from the master dataset and publish it.
 //!
 //! A run of one metric:
-//! 1. reads the newest *published* run `(P, W_old)` and the archive horizon
-//!    `H` (min over partitions of the newest archived event − allowed
-//!    lateness): every event before `H` is in the archive;
+//! 1. holds the metric's lease (one run per metric at a time,
+//!    [`crate::lease`]), reads the newest *published* run `(P, W_old)` and
+//!    the archive horizon `H` (min over the partitions whose progress has
+//!    not reached the broker's high-water mark of the newest archived event
+//!    − allowed lateness): every event before `H` is in the archive;
 //! 2. picks the new watermark `W`: for fixed windows the largest window
 //!    boundary such that every window starting before it ends by `H`; for
 //!    sessions the start of the earliest session that could still grow (or
@@ -13,8 +15,9 @@
 //!    the archive's first hour on the first run) and inserts it under a new
 //!    run id `R`, with retraction rows for windows of earlier runs that no
 //!    longer exist (merged sessions);
-//! 4. publishes: one row in `strata_batch_runs` with status `published`
-//!    and watermark `W`. Readers only see rows of published runs
+//! 4. publishes, if the published run is still `P` and the lease still
+//!    held: one row in `strata_batch_runs` with status `published` and
+//!    watermark `W`. Readers only see rows of published runs
 //!    ([`strata_warehouse::view_sql`]), so a run killed before this
 //!    step changes nothing, and a rerun of the same range writes the same
 //!    rows under a newer id.
@@ -32,6 +35,7 @@ use strata_warehouse::{self as warehouse, BATCH_RUNS_TABLE, View, WATERMARKS_TAB
 use crate::BatchError;
 use crate::compute::{EventFrame, Recomputed, recompute};
 use crate::lake::Lake;
+use crate::lease::{self, Lease};
 use crate::metrics as m;
 
 /// Rows per INSERT into the batch view.
@@ -142,35 +146,114 @@ pub async fn run_once(
 }
 
 /// The archive horizon of a metric's source: every event before it is in
-/// the archive. `None` when nothing was archived yet.
+/// the archive. `None` when nothing was archived yet, or while a partition
+/// holding records has no archived event (see [`horizon_of`]).
 pub async fn archive_horizon(
     ctx: &BatchContext,
     metric: &MetricDef,
 ) -> Result<Option<i64>, BatchError> {
-    let progress = ctx.lake.all_progress(&metric.source.name).await?;
-    let idle_ms = ctx.config.speed.idle_timeout.as_i64();
-    let now = chrono::Utc::now().timestamp_millis();
-    let lateness = metric.source.allowed_lateness.as_i64();
+    Ok(match horizon_of(ctx, metric).await? {
+        Horizon::At(h) => Some(h),
+        Horizon::Empty | Horizon::Blocked(_) => None,
+    })
+}
+
+/// Where the archive of a metric's source stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Horizon {
+    /// Nothing archived yet.
+    Empty,
+    /// A partition has records in Kafka but no archived event: nothing can
+    /// be said about its event times (the reason, for the run report).
+    Blocked(String),
+    /// Every event before this time is archived (late events aside).
+    At(i64),
+}
+
+/// The horizon: min over the partitions the archive has not caught up with
+/// of (newest archived event − allowed lateness). A partition is caught up,
+/// and does not hold the horizon back, only when its progress reached the
+/// broker's high-water mark: wall-clock idleness cannot tell a quiet
+/// partition from an archiver that is behind or has not flushed yet. The
+/// broker is asked after the progress is read, so a record that arrives in
+/// between makes the partition count as behind, never the reverse.
+pub async fn horizon_of(ctx: &BatchContext, metric: &MetricDef) -> Result<Horizon, BatchError> {
+    let source = &metric.source;
+    let progress = ctx.lake.all_progress(&source.name).await?;
+    let ends = crate::broker::partition_ends(&ctx.config.kafka, &source.topic).await?;
+    let lateness = source.allowed_lateness.as_i64();
     let mut horizon: Option<i64> = None;
     let mut newest: Option<i64> = None;
-    for p in progress.values() {
-        if p.max_event_ms == i64::MIN {
+    for (&partition, &(low, high)) in &ends {
+        let p = progress.get(&(source.topic.clone(), partition));
+        if let Some(p) = p.filter(|p| p.max_event_ms > i64::MIN) {
+            newest = Some(newest.map_or(p.max_event_ms, |n| n.max(p.max_event_ms)));
+        }
+        // A progress beyond the high watermark is of a log that no longer
+        // exists (the topic was recreated): behind, unless the new log is
+        // empty.
+        let caught_up = high <= low || p.is_some_and(|p| p.next_offset == high);
+        if caught_up {
             continue;
         }
-        newest = Some(newest.map_or(p.max_event_ms, |n: i64| n.max(p.max_event_ms)));
-        // An idle partition (no record for idle_timeout) does not hold the
-        // horizon back, as in the speed layer.
-        if now - p.last_record_at_ms > idle_ms && p.last_record_at_ms > 0 {
-            continue;
+        match p {
+            Some(p) if p.max_event_ms > i64::MIN => {
+                let h = p.max_event_ms - lateness;
+                horizon = Some(horizon.map_or(h, |x| x.min(h)));
+            }
+            _ => {
+                return Ok(Horizon::Blocked(format!(
+                    "partition {partition} of {} holds records (up to offset {high}) of which the archive has stored no event yet",
+                    source.topic
+                )));
+            }
         }
-        let h = p.max_event_ms - lateness;
-        horizon = Some(horizon.map_or(h, |x: i64| x.min(h)));
     }
-    // Every partition idle: the newest event bounds what is complete.
-    Ok(horizon.or(newest.map(|n| n - lateness)))
+    // Every partition caught up: the newest event bounds what is complete.
+    Ok(match horizon.or(newest.map(|n| n - lateness)) {
+        Some(h) => Horizon::At(h),
+        None => Horizon::Empty,
+    })
 }
 
 async fn run_metric(ctx: &BatchContext, metric: &Arc<MetricDef>) -> Result<RunReport, BatchError> {
+    // One run per metric at a time (crate::lease): a scheduled run or
+    // `--once` that finds another run holding the metric skips this round.
+    let lease = match lease::acquire(&ctx.client, ctx.database(), &metric.name, Duration::ZERO)
+        .await?
+    {
+        Ok(lease) => lease,
+        Err(other) => {
+            metrics::counter!(m::BATCH_LEASE_BUSY, "metric" => metric.name.clone()).increment(1);
+            let published =
+                warehouse::published_batch(&ctx.client, ctx.database(), &metric.name).await?;
+            return Ok(RunReport {
+                metric: metric.name.clone(),
+                run_id: 0,
+                from_ms: 0,
+                to_ms: 0,
+                watermark_ms: published.map(|p| p.1),
+                events_read: 0,
+                rows_written: 0,
+                skipped: Some(format!(
+                    "another run of this metric holds its lease ({}, claimed at {} ms)",
+                    other.holder, other.claimed_ms
+                )),
+            });
+        }
+    };
+    let result = run_metric_leased(ctx, metric, &lease).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!(metric = %metric.name, error = %e, "cannot release the batch lease; it lapses by itself");
+    }
+    result
+}
+
+async fn run_metric_leased(
+    ctx: &BatchContext,
+    metric: &Arc<MetricDef>,
+    lease: &Lease,
+) -> Result<RunReport, BatchError> {
     let mut report = RunReport {
         metric: metric.name.clone(),
         run_id: 0,
@@ -183,9 +266,16 @@ async fn run_metric(ctx: &BatchContext, metric: &Arc<MetricDef>) -> Result<RunRe
     };
     let published = warehouse::published_batch(&ctx.client, ctx.database(), &metric.name).await?;
     report.watermark_ms = published.map(|p| p.1);
-    let Some(horizon) = archive_horizon(ctx, metric).await? else {
-        report.skipped = Some("the archive holds no event of this metric's source yet".into());
-        return Ok(report);
+    let horizon = match horizon_of(ctx, metric).await? {
+        Horizon::At(h) => h,
+        Horizon::Empty => {
+            report.skipped = Some("the archive holds no event of this metric's source yet".into());
+            return Ok(report);
+        }
+        Horizon::Blocked(reason) => {
+            report.skipped = Some(reason);
+            return Ok(report);
+        }
     };
     let Some(first_hour) = ctx.lake.first_hour(&metric.source.name).await? else {
         report.skipped = Some("the archive holds no data file yet".into());
@@ -205,7 +295,17 @@ async fn run_metric(ctx: &BatchContext, metric: &Arc<MetricDef>) -> Result<RunRe
         .window
         .complete_before(horizon)
         .max(published.map_or(i64::MIN, |p| p.1));
-    recompute_and_publish(ctx, metric, from, to, horizon, published, true, &mut report).await?;
+    recompute_and_publish(
+        ctx,
+        metric,
+        (from, to),
+        horizon,
+        published,
+        true,
+        lease,
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 
@@ -236,11 +336,11 @@ async fn align_from(
 async fn recompute_and_publish(
     ctx: &BatchContext,
     metric: &Arc<MetricDef>,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     horizon: i64,
     published: Option<(u64, i64)>,
     advance_watermark: bool,
+    lease: &Lease,
     report: &mut RunReport,
 ) -> Result<(), BatchError> {
     let from = align_from(ctx, metric, from, published).await?;
@@ -282,11 +382,11 @@ async fn recompute_and_publish(
     report.run_id = run_id;
     let now = warehouse::now_datetime();
     let mut rows = Vec::with_capacity(windows.len());
-    // (window start, key text) of every window this run writes.
-    let mut present: HashSet<(i64, String)> = HashSet::with_capacity(windows.len());
+    // (window start, typed key) of every window this run writes.
+    let mut present: HashSet<(i64, Vec<u8>)> = HashSet::with_capacity(windows.len());
     for w in &windows {
         let key: Vec<Json> = w.key.iter().map(Value::to_json).collect();
-        present.insert((w.window.start_ms, key_text(&key)));
+        present.insert((w.window.start_ms, typed_key(metric, &key)));
         let row = BatchRow {
             window: w.window,
             key,
@@ -313,7 +413,7 @@ async fn recompute_and_publish(
         )
         .await?;
         for old in old_rows {
-            if present.contains(&(old.start_ms, key_text(&old.key))) {
+            if present.contains(&(old.start_ms, typed_key(metric, &old.key))) {
                 continue;
             }
             let row = BatchRow {
@@ -344,6 +444,26 @@ async fn recompute_and_publish(
     report.rows_written = rows.len() as u64;
     metrics::counter!(m::BATCH_ROWS_WRITTEN, "metric" => metric.name.clone())
         .increment(report.rows_written);
+    // Publish only on top of the run this one was computed from, and only
+    // while holding the lease: otherwise its retractions are relative to the
+    // wrong run and its watermark may be older than the one published.
+    let current = warehouse::published_batch(&ctx.client, ctx.database(), &metric.name).await?;
+    if current != published || !lease.still_held().await? {
+        metrics::counter!(m::BATCH_RUNS_SUPERSEDED, "metric" => metric.name.clone()).increment(1);
+        tracing::warn!(
+            metric = %metric.name,
+            run_id,
+            based_on = ?published,
+            now_published = ?current,
+            "batch run not published: another run published or took the lease meanwhile; its rows stay invisible"
+        );
+        report.skipped = Some(format!(
+            "not published: computed on top of run {:?}, but {:?} is published now or the lease was lost",
+            published.map(|p| p.0),
+            current.map(|p| p.0)
+        ));
+        return Ok(());
+    }
     // The commit point: one row, atomically visible.
     let published_watermark = if advance_watermark {
         watermark
@@ -398,17 +518,52 @@ async fn recompute_and_publish(
     Ok(())
 }
 
-/// A group key as stored, as one comparable text: the text the warehouse
-/// merges view rows by ([`warehouse::read_view`]).
-fn key_text(key: &[Json]) -> String {
-    serde_json::to_string(key).unwrap_or_default()
+/// A group key as one comparable byte string, typed by the group-by fields
+/// ([`strata_schemas::group_key`]): the JSON ClickHouse returns for a stored
+/// key is not the JSON the run wrote (a float `3.0` comes back as `3`), and
+/// comparing texts would retract a window this run rewrites, under its own
+/// run id, so the window could vanish.
+fn typed_key(metric: &MetricDef, key: &[Json]) -> Vec<u8> {
+    use strata_schemas::aggregate::FieldRef;
+    use strata_schemas::value::FieldType;
+    let typed = |field: &FieldRef, v: &Json| -> Value {
+        let int = || v.as_i64().or_else(|| v.as_str()?.parse().ok());
+        let float = || v.as_f64().or_else(|| v.as_str()?.parse().ok());
+        let typed = match field.ty {
+            _ if v.is_null() => Some(Value::Null),
+            FieldType::String => v.as_str().map(|s| Value::String(s.to_string())),
+            FieldType::Int => int().map(Value::Int),
+            FieldType::Timestamp => int().map(Value::Timestamp),
+            // -0.0 and 0.0 are one key to ClickHouse.
+            FieldType::Float => float().map(|f| Value::Float(if f == 0.0 { 0.0 } else { f })),
+            FieldType::Bool => v
+                .as_bool()
+                .or_else(|| v.as_u64().map(|b| b != 0))
+                .map(Value::Bool),
+        };
+        // A value of an unexpected shape still compares by its text.
+        typed.unwrap_or_else(|| Value::String(v.to_string()))
+    };
+    let mut bytes = Vec::new();
+    for (field, v) in metric.group_by.iter().zip(key) {
+        strata_schemas::group_key::encode_value(&mut bytes, &typed(field, v));
+    }
+    bytes
 }
 
-/// Run ids grow: wall-clock milliseconds, or one more than the last id.
+/// Run ids grow and are never shared: wall-clock milliseconds × 1000 plus
+/// 0–999 at random, or one more than the last id. Two runs that started in
+/// the same millisecond (the lease makes that an anomaly) thus almost never
+/// write under one id, and ids stay above the millisecond ids of earlier
+/// releases.
 async fn next_run_id(ctx: &BatchContext, metric: &str) -> Result<u64, BatchError> {
+    use std::hash::{BuildHasher, Hasher};
     let last = warehouse::run_log::last_run_id(&ctx.client, ctx.database(), metric).await?;
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    Ok(now.max(last + 1))
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now);
+    let jitter = h.finish() % 1000;
+    Ok((now * 1000 + jitter).max(last + 1))
 }
 
 /// Reads, with Polars, the archive files of the metric's source that can
@@ -464,9 +619,38 @@ pub async fn backfill(
     from: i64,
     to: i64,
     chunk_ms: i64,
-    mut on_chunk: impl FnMut(usize, usize, &RunReport),
+    on_chunk: impl FnMut(usize, usize, &RunReport),
 ) -> Result<Vec<RunReport>, BatchError> {
     let metric = ctx.metric(metric_name)?;
+    // A backfill waits for a scheduled run of the metric to finish.
+    let lease = match lease::acquire(&ctx.client, ctx.database(), &metric.name, lease::LEASE_TTL)
+        .await?
+    {
+        Ok(lease) => lease,
+        Err(other) => {
+            metrics::counter!(m::BATCH_LEASE_BUSY, "metric" => metric.name.clone()).increment(1);
+            return Err(BatchError::Usage(format!(
+                "another run of {} holds its lease ({}, claimed at {} ms); try again when it finished",
+                metric.name, other.holder, other.claimed_ms
+            )));
+        }
+    };
+    let result = backfill_leased(ctx, &metric, (from, to), chunk_ms, on_chunk, &lease).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!(metric = %metric.name, error = %e, "cannot release the batch lease; it lapses by itself");
+    }
+    result
+}
+
+async fn backfill_leased(
+    ctx: &BatchContext,
+    metric: &Arc<MetricDef>,
+    (from, to): (i64, i64),
+    chunk_ms: i64,
+    mut on_chunk: impl FnMut(usize, usize, &RunReport),
+    lease: &Lease,
+) -> Result<Vec<RunReport>, BatchError> {
+    let metric = metric.clone();
     if from >= to {
         return Err(BatchError::Usage(format!(
             "--from ({from}) must be before --to ({to})"
@@ -480,8 +664,14 @@ pub async fn backfill(
         )));
     };
     let to = to.min(watermark);
-    let Some(horizon) = archive_horizon(ctx, &metric).await? else {
-        return Err(BatchError::Usage("the archive is empty".into()));
+    let horizon = match horizon_of(ctx, &metric).await? {
+        Horizon::At(h) => h,
+        Horizon::Empty => return Err(BatchError::Usage("the archive is empty".into())),
+        Horizon::Blocked(reason) => {
+            return Err(BatchError::Usage(format!(
+                "the archive is behind: {reason}; retry once `strata archive` has stored it"
+            )));
+        }
     };
     let done =
         warehouse::run_log::published_backfills(&ctx.client, ctx.database(), &metric.name).await?;
@@ -516,14 +706,20 @@ pub async fn backfill(
             recompute_and_publish(
                 ctx,
                 &metric,
-                start,
-                end,
+                (start, end),
                 horizon,
                 current,
                 false,
+                lease,
                 &mut report,
             )
             .await?;
+            if report.skipped.is_some() && report.run_id != 0 {
+                return Err(BatchError::Usage(format!(
+                    "backfill chunk [{start}, {end}) of {} was not published: another run published meanwhile; run the backfill again (it resumes)",
+                    metric.name
+                )));
+            }
         }
         on_chunk(i + 1, total, &report);
         reports.push(report);
