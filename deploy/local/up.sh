@@ -5,7 +5,8 @@
 # Starts, on loopback (127.0.0.1) only, the three servers the project's tests need:
 #
 #   clickhouse  Debian's clickhouse-server 18.16, own config under $STRATA_HOME/clickhouse/
-#               (not the system service). Installed with apt-get when missing.
+#               (not the system service). Installed with apt-get when missing. Users:
+#               default, and strata_reader (read-only: the serving API's).
 #   kafka       Tansu, a Kafka-compatible broker with SQLite storage in $STRATA_HOME/tansu/.
 #               Installed with `cargo install tansu --locked --features libsql` when missing.
 #   s3          moto's S3 server (in-memory). Installed with pip (into a venv under
@@ -320,6 +321,15 @@ EOF
             <use_uncompressed_cache>0</use_uncompressed_cache>
             <load_balancing>random</load_balancing>
         </default>
+        <!-- The serving API's profile: readonly = 2 allows reads and
+             per-query settings (the API sets max_execution_time,
+             max_memory_usage, query_id), refuses every write and DDL. -->
+        <strata_reader>
+            <readonly>2</readonly>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>random</load_balancing>
+        </strata_reader>
     </profiles>
     <users>
         <default>
@@ -331,6 +341,17 @@ EOF
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <!-- [serving] clickhouse_user of strata.toml: the API reads with it.
+             ClickHouse 18.16 has no CREATE USER: users are defined here. -->
+        <strata_reader>
+            <password></password>
+            <networks replace="replace">
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>strata_reader</profile>
+            <quota>default</quota>
+        </strata_reader>
     </users>
     <quotas>
         <default>

@@ -162,10 +162,23 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// A text cell that a spreadsheet would run as a formula (starting with
+/// `=`, `+`, `-`, `@`, tab or carriage return: CSV injection, OWASP) gets
+/// a leading `'`, which spreadsheets show as text. Group-by values come from
+/// the events, i.e. from anyone who can produce one.
+fn csv_text(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        csv_field(&format!("'{text}"))
+    } else {
+        csv_field(text)
+    }
+}
+
 fn csv_value(v: &Json) -> String {
     match v {
         Json::Null => String::new(),
-        Json::String(s) => csv_field(s),
+        Json::String(s) => csv_text(s),
+        // Numbers (negative ones too) are data, not formulas.
         other => csv_field(&other.to_string()),
     }
 }
@@ -381,6 +394,7 @@ mod tests {
             top: None,
             order_by: None,
             limit: 10,
+            refuse_over_limit: false,
             format: Format::Json,
         };
         let row = |minute: i64, page: &str, values: Vec<Json>, source| AnswerRow {

@@ -9,6 +9,8 @@
 //! - [`format`]: JSON, CSV and Arrow IPC answers;
 //! - [`cache`]: the in-process cache behind `latest`;
 //! - [`openapi`]: the OpenAPI document, generated from the metric definitions;
+//! - [`limits`]: what bounds a request (concurrency, ClickHouse settings,
+//!   query ids killed when a request ends early) and request ids;
 //! - [`metrics`]: every exported metric.
 //!
 //! User text never reaches SQL: identifiers come from the metric
@@ -19,6 +21,7 @@
 pub mod cache;
 pub mod error;
 pub mod format;
+pub mod limits;
 pub mod merge;
 pub mod metrics;
 pub mod openapi;
@@ -44,19 +47,32 @@ use strata_warehouse as warehouse;
 
 use crate::cache::LatestCache;
 use crate::error::ApiError;
+use crate::limits::{Queries, Slots};
 use crate::query::Format;
 
 /// Longest accepted query string, in bytes.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
+/// How long a client may take to send a request's headers (also between
+/// two requests of a kept-alive connection); then the connection is
+/// closed. Without it a client that connects and sends nothing holds a
+/// connection and its task forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the requests in flight beyond
+/// `serving.query_timeout`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<Config>,
+    /// The reader (`serving.clickhouse_user`), every query bounded.
     client: Client,
     cache: Arc<LatestCache>,
     prometheus: PrometheusHandle,
     last_states: Arc<merge::LastStates>,
+    slots: Slots,
 }
 
 /// The identity a request authenticated as.
@@ -74,13 +90,14 @@ impl Caller {
 
 /// Builds the router (also used by tests in-process).
 pub fn router(config: &Arc<Config>, cache: Arc<LatestCache>) -> Router {
-    let client = warehouse::client(&config.clickhouse);
+    let client = limits::reader_client(config);
     let state = AppState {
         prometheus: metrics::install(),
         config: config.clone(),
         client,
         cache,
         last_states: Arc::default(),
+        slots: Slots::new(config.serving.max_concurrent_queries),
     };
     let api = Router::new()
         .route("/v1/metrics", get(list_metrics))
@@ -99,12 +116,19 @@ pub fn router(config: &Arc<Config>, cache: Arc<LatestCache>) -> Router {
         .layer(middleware::from_fn(observe))
         .with_state(state);
     if !config.serving.cors_origins.is_empty() {
-        let origins: Vec<HeaderValue> = config
-            .serving
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
+        // `*` among the origins means any: tower-http panics on a wildcard
+        // inside a list of origins, so it is its own case.
+        let origins = if config.serving.cors_origins.iter().any(|o| o.trim() == "*") {
+            tower_http::cors::AllowOrigin::any()
+        } else {
+            let list: Vec<HeaderValue> = config
+                .serving
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            tower_http::cors::AllowOrigin::list(list)
+        };
         router = router.layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(origins)
@@ -115,36 +139,150 @@ pub fn router(config: &Arc<Config>, cache: Arc<LatestCache>) -> Router {
     router
 }
 
+/// Refuses to serve an open API (no `serving.api_keys`) on an address other
+/// than loopback unless `serving.allow_anonymous` says it is on purpose, and
+/// warns loudly whenever the API is open or reads with a user that can write.
+pub fn check_exposure(config: &Config) -> std::io::Result<()> {
+    let serving = &config.serving;
+    let listen = serving.listen;
+    if serving.clickhouse_user.is_none() {
+        tracing::warn!(
+            user = %config.clickhouse.user,
+            "serving.clickhouse_user is unset: the API reads ClickHouse as clickhouse.user, which can write; \
+             create a read-only user (readonly = 2; deploy/local/up.sh defines strata_reader) and set serving.clickhouse_user"
+        );
+    }
+    if !serving.api_keys.is_empty() {
+        return Ok(());
+    }
+    if listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %listen,
+            "serving.api_keys is empty: the API answers every request without a key (loopback only)"
+        );
+        return Ok(());
+    }
+    if serving.allow_anonymous {
+        tracing::warn!(
+            listen = %listen,
+            "serving.api_keys is empty and serving.allow_anonymous = true: ANYONE WHO CAN REACH {listen} READS EVERY METRIC; \
+             add [[serving.api_keys]] unless a proxy in front authenticates"
+        );
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "refusing to serve an open API on {listen}, which is not a loopback address: serving.api_keys is empty. \
+             Add [[serving.api_keys]] (name, key, metrics), or set serving.allow_anonymous = true \
+             (env STRATA_SERVING_ALLOW_ANONYMOUS=true) if a proxy in front authenticates"
+        ),
+    ))
+}
+
 /// Runs the API on `serving.listen` until `shutdown` resolves.
 pub async fn serve(
     config: Arc<Config>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
+    check_exposure(&config)?;
     let cache = Arc::new(LatestCache::default());
     let refresher = tokio::spawn(cache.clone().keep_fresh(
         config.clone(),
-        warehouse::client(&config.clickhouse),
+        limits::reader_client(&config),
         Duration::from_secs(1),
     ));
     let listener = tokio::net::TcpListener::bind(config.serving.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, metrics = config.metrics.len(), "serving API listening");
     let app = router(&config, cache);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let grace = Duration::from_millis(config.serving.query_timeout.0) + SHUTDOWN_GRACE;
+    run(listener, app, shutdown, grace).await;
     refresher.abort();
-    result.map(|()| addr)
+    Ok(addr)
 }
 
-/// Counts and times every request by route and status.
+/// Serves HTTP/1.1 connections until `shutdown`, then lets the requests in
+/// flight finish (at most `grace`). Each connection must send its request
+/// headers within [`HEADER_READ_TIMEOUT`]; a failed accept (out of file
+/// descriptors, say) is logged and counted, and the loop goes on.
+async fn run(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, app.clone(), closed.clone()));
+                }
+                Err(e) => {
+                    ::metrics::counter!(metrics::ACCEPT_ERRORS).increment(1);
+                    tracing::warn!(error = %e, "accepting a connection failed; still listening");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "shutdown: requests still in flight after the grace period; dropping them"
+        );
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = closing.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Counts and times every request by route and status, and gives it a
+/// request id (`x-request-id`, in error bodies and log lines).
 async fn observe(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let id = limits::new_request_id();
+    let mut response = limits::with_request_id(id.clone(), next.run(request)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     let status = response.status().as_u16().to_string();
     ::metrics::counter!(metrics::REQUESTS, "route" => route.clone(), "status" => status)
         .increment(1);
@@ -250,21 +388,26 @@ async fn list_metrics(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Response, ApiError> {
+    let _slot = state.slots.take()?;
+    let queries = Queries::new(&state.client);
     let mut out = Vec::new();
-    for metric in state
+    for (i, metric) in state
         .config
         .metrics
         .iter()
         .filter(|m| caller.may_read(&m.name))
+        .enumerate()
     {
         let db = &state.config.clickhouse.database;
-        let now = with_timeout(&state, merge::query_state(&state.client, db, metric)).await?;
+        let client = queries.client(&format!("state{i}"));
+        let now = with_timeout(&state, merge::query_state(&client, db, metric)).await?;
         out.push(openapi::describe_metric(
             metric,
             now.batch.map(|b| b.1),
             now.speed_watermark,
         ));
     }
+    queries.finish();
     Ok(axum::Json(serde_json::json!({ "metrics": out })).into_response())
 }
 
@@ -276,17 +419,23 @@ async fn query_metric(
 ) -> Result<Response, ApiError> {
     let metric = find_metric(&state, &caller, &name)?;
     let spec = query::parse(&metric, &state.config.serving, &pairs(raw)?)?;
+    let _slot = state.slots.take()?;
+    // Dropped unfinished (timeout, or the client went away and the server
+    // dropped this handler), it kills the ClickHouse queries it started.
+    let queries = Queries::new(&state.client);
     let answer = with_timeout(
         &state,
         merge::answer(
-            &state.client,
+            &queries,
             &state.config.clickhouse.database,
             &metric,
             &spec,
             &state.last_states,
+            &state.config.serving,
         ),
     )
     .await?;
+    queries.finish();
     // Encoding a large answer (megabytes of JSON) takes milliseconds of CPU:
     // off the async workers, so it does not stall the other requests they
     // are serving.
@@ -371,12 +520,9 @@ async fn latest(
     match state.cache.get(&metric.name, &key_text) {
         // The cached body is shared, not copied.
         Some(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
-        None if !state.cache.is_warm(&metric.name) => {
-            Err(ApiError::Warehouse(warehouse::WarehouseError::Decode {
-                operation: "latest".into(),
-                message: "the cache is not filled yet; retry in a second".into(),
-            }))
-        }
+        None if !state.cache.is_warm(&metric.name) => Err(ApiError::Unavailable(
+            "the cache is not filled yet; retry in a second".into(),
+        )),
         None => Err(ApiError::NotFound(format!(
             "no recent window of {} for {}",
             metric.name,
@@ -385,29 +531,34 @@ async fn latest(
     }
 }
 
+/// Readiness: whether ClickHouse answers the API's user. The reason of a
+/// failure (ClickHouse's error text: users, hosts, paths) goes to the log,
+/// never to the client.
 async fn ready(State(state): State<AppState>) -> Response {
     let ping = tokio::time::timeout(Duration::from_secs(2), warehouse::ping(&state.client)).await;
-    match ping {
-        Ok(Ok(_)) => axum::Json(serde_json::json!({
-            "status": "ready",
-            "clickhouse": "reachable",
-            "config": state.config.file,
-            "metrics": state.config.metrics.len(),
-        }))
-        .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "not ready", "clickhouse": e.to_string()})),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                serde_json::json!({"status": "not ready", "clickhouse": "no answer within 2 s"}),
-            ),
-        )
-            .into_response(),
-    }
+    let failure = match ping {
+        Ok(Ok(())) => {
+            return axum::Json(serde_json::json!({
+                "status": "ready",
+                "clickhouse": "reachable",
+                "metrics": state.config.metrics.len(),
+            }))
+            .into_response();
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 2 s".to_string(),
+    };
+    let request_id = limits::request_id();
+    tracing::warn!(request_id = %request_id, error = %failure, "not ready: ClickHouse does not answer");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "status": "not ready",
+            "clickhouse": "unreachable",
+            "request_id": request_id,
+        })),
+    )
+        .into_response()
 }
 
 async fn prometheus(State(state): State<AppState>) -> Response {

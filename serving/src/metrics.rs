@@ -13,6 +13,15 @@ pub const CLICKHOUSE_QUERY: &str = "strata_serving_clickhouse_query_seconds";
 pub const LATEST_CACHE_ENTRIES: &str = "strata_serving_latest_cache_entries";
 /// Age of the `latest` cache, seconds, by metric.
 pub const LATEST_CACHE_AGE: &str = "strata_serving_latest_cache_age_seconds";
+/// Requests refused with 429: `serving.max_concurrent_queries` in flight.
+pub const REJECTED_BUSY: &str = "strata_serving_rejected_busy_total";
+/// Requests that ended without their answer (timeout, client gone,
+/// refused or failed midway), whose ClickHouse queries were killed.
+pub const QUERIES_KILLED: &str = "strata_serving_killed_queries_total";
+/// Connections the API failed to accept (it keeps listening).
+pub const ACCEPT_ERRORS: &str = "strata_serving_accept_errors_total";
+/// Queries in flight (holding a slot of `serving.max_concurrent_queries`).
+pub const QUERIES_IN_FLIGHT: &str = "strata_serving_queries_in_flight";
 
 /// Installs the recorder and describes the metrics.
 pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
@@ -29,6 +38,22 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
     describe_gauge!(
         LATEST_CACHE_ENTRIES,
         "Group keys in the latest-window cache, by metric."
+    );
+    describe_counter!(
+        REJECTED_BUSY,
+        "Requests refused with 429 because serving.max_concurrent_queries queries were in flight."
+    );
+    describe_counter!(
+        QUERIES_KILLED,
+        "Requests that ended without their answer (timeout, client gone, refused, failed) whose ClickHouse queries were killed."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Connections the API failed to accept (it keeps listening)."
+    );
+    describe_gauge!(
+        QUERIES_IN_FLIGHT,
+        "Queries in flight, out of serving.max_concurrent_queries."
     );
     describe_gauge!(
         LATEST_CACHE_AGE,

@@ -64,7 +64,7 @@ fn param(name: &str, description: &str, required: bool, schema: Json) -> Json {
 fn error_responses() -> Map<String, Json> {
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let mut m = Map::new();
-    for code in ["400", "401", "403", "404", "503", "504"] {
+    for code in ["400", "401", "403", "404", "429", "500", "503", "504"] {
         m.insert(code.into(), error.clone());
     }
     m
@@ -118,7 +118,7 @@ pub fn document(config: &Config) -> Json {
             ),
             param(
                 "limit",
-                "Most rows in the answer.",
+                "Most rows in the answer (the first ones). Without it, an answer of more than serving.max_rows rows is refused (400) instead of cut.",
                 false,
                 json!({"type": "integer", "minimum": 1, "maximum": config.serving.max_rows}),
             ),
@@ -213,7 +213,7 @@ pub fn document(config: &Config) -> Json {
         "security": if config.serving.api_keys.is_empty() { json!([]) } else { json!([{"bearer": []}]) },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}}
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}, "request_id": {"type": "string"}}}}
         }
     })
 }

@@ -57,6 +57,9 @@ pub struct QuerySpec {
     pub order_by: Option<usize>,
     /// Most rows in the answer.
     pub limit: usize,
+    /// No `limit` was given: an answer of more than `serving.max_rows`
+    /// rows is refused (400) rather than silently cut.
+    pub refuse_over_limit: bool,
     /// Encoding.
     pub format: Format,
 }
@@ -255,7 +258,8 @@ pub fn parse(
             output_names.join(", ")
         )));
     }
-    let limit = match single(pairs, "limit")? {
+    let limit_text = single(pairs, "limit")?;
+    let limit = match limit_text {
         None => settings.max_rows,
         Some(text) => text
             .parse::<usize>()
@@ -289,6 +293,7 @@ pub fn parse(
         top,
         order_by,
         limit,
+        refuse_over_limit: limit_text.is_none(),
         format,
     })
 }
