@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use strata_batch::lake::{Lake, Step};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, GeneratedRecord};
+use support::archive::{add_file_records, sent_records};
 use support::{TestEnv, run_ok, terminate, wait_until};
 
 const MINUTE: i64 = 60_000;
@@ -35,19 +36,6 @@ fn stream(events: u64, seed: u64) -> ClickstreamConfig {
 }
 
 /// (partition, offset) → event time of every valid record sent.
-fn sent_records(records: &[GeneratedRecord]) -> BTreeMap<(i32, i64), i64> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for r in records {
-        let offset = next.entry(r.partition).or_insert(0);
-        if let Some(e) = &r.event {
-            out.insert((r.partition, *offset), e.event_time_ms);
-        }
-        *offset += 1;
-    }
-    out
-}
-
 fn lake_of(env: &TestEnv) -> Lake {
     let config = strata_schemas::config::load(&env.config).unwrap();
     Lake::open(&config.object_store, &config.base_dir).unwrap()
@@ -89,44 +77,10 @@ fn s3_bucket(prefix: &str) -> (String, String) {
 /// The dataset as the batch layer sees it: every record of every committed
 /// file, (partition, offset) → event time; panics on a record stored twice.
 async fn committed_records(lake: &Lake) -> BTreeMap<(i32, i64), i64> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
     let mut out = BTreeMap::new();
     for file in lake.all_committed_files("page_views").await.unwrap() {
         let bytes = lake.get(&file.path).await.unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let partition = batch
-                .column_by_name("_kafka_partition")
-                .unwrap()
-                .as_primitive::<Int32Type>()
-                .clone();
-            let offset = batch
-                .column_by_name("_kafka_offset")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .clone();
-            let time = batch
-                .column_by_name("event_time")
-                .unwrap()
-                .as_primitive::<TimestampMillisecondType>()
-                .clone();
-            assert_eq!(time.null_count(), 0);
-            for i in 0..batch.num_rows() {
-                let previous = out.insert((partition.value(i), offset.value(i)), time.value(i));
-                assert!(
-                    previous.is_none(),
-                    "{}: record {}/{} is in the dataset twice",
-                    file.path,
-                    partition.value(i),
-                    offset.value(i)
-                );
-            }
-        }
+        add_file_records(bytes, file.path.as_ref(), &mut out);
     }
     out
 }

@@ -8,7 +8,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_generator::clickstream::{Clickstream, ClickstreamConfig, GeneratedRecord};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
+use support::archive::{add_file_records, sent_records};
 use support::expected::{self, Expected};
 use support::{TestEnv, rows_at, run_ok, terminate, wait_until};
 
@@ -132,11 +133,9 @@ fn assert_same(actual: &Expected, expected: &Expected) {
     assert_eq!(actual.sessions, expected.sessions, "user_sessions");
 }
 
-/// Every archived record, read back from the Parquet files: (topic,
-/// partition, offset) → event time, with a check that none is stored twice.
+/// Every archived record, read back from the Parquet files: (partition,
+/// offset) → event time, with a check that none is stored twice.
 fn archived_records(env: &TestEnv) -> BTreeMap<(i32, i64), i64> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
     let mut out = BTreeMap::new();
     let mut files = Vec::new();
     let mut stack = vec![env.lake.join("page_views")];
@@ -157,55 +156,7 @@ fn archived_records(env: &TestEnv) -> BTreeMap<(i32, i64), i64> {
             rel.starts_with("page_views/dt=2026-11-22/hour="),
             "hive layout by event hour: {rel}"
         );
-        let file = std::fs::File::open(&path).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let partition = batch
-                .column_by_name("_kafka_partition")
-                .unwrap()
-                .as_primitive::<Int32Type>()
-                .clone();
-            let offset = batch
-                .column_by_name("_kafka_offset")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .clone();
-            let time = batch
-                .column_by_name("event_time")
-                .unwrap()
-                .as_primitive::<TimestampMillisecondType>()
-                .clone();
-            assert_eq!(time.null_count(), 0);
-            for i in 0..batch.num_rows() {
-                let previous = out.insert((partition.value(i), offset.value(i)), time.value(i));
-                assert!(
-                    previous.is_none(),
-                    "{rel}: record {}/{} archived twice",
-                    partition.value(i),
-                    offset.value(i)
-                );
-            }
-        }
-    }
-    out
-}
-
-/// What the generator sent: (partition, offset within the partition) of
-/// every valid record → its event time. The generator writes each
-/// partition in order starting at offset 0.
-fn sent_records(records: &[GeneratedRecord]) -> BTreeMap<(i32, i64), i64> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for r in records {
-        let offset = next.entry(r.partition).or_insert(0);
-        if let Some(e) = &r.event {
-            out.insert((r.partition, *offset), e.event_time_ms);
-        }
-        *offset += 1;
+        add_file_records(std::fs::File::open(&path).unwrap(), &rel, &mut out);
     }
     out
 }
