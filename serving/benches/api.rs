@@ -367,6 +367,9 @@ async fn main() {
     let database = "strata_bench_api".to_string();
     config.clickhouse.url = url.clone();
     config.clickhouse.database = database.clone();
+    // Latency under load is measured here, not admission: the 64-client
+    // level must not meet the default cap of queries in flight (429).
+    config.serving.max_concurrent_queries = config.serving.max_concurrent_queries.max(128);
     let client = warehouse::client(&config.clickhouse);
     warehouse::execute(&client, &format!("DROP DATABASE IF EXISTS {database}"))
         .await
