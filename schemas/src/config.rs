@@ -373,6 +373,10 @@ pub struct RawSource {
 fn default_lateness() -> String {
     "0s".into()
 }
+/// Bytes of a dead letter kept for its key, headers and the record's
+/// framing next to a payload cut to `speed.dead_letter_max_payload_bytes`.
+const DEAD_LETTER_ROOM: usize = 64 * 1024;
+
 fn default_max_future() -> String {
     "1h".into()
 }
@@ -926,6 +930,24 @@ fn compile(
             c.push(
                 "speed.dead_letter_max_payload_bytes",
                 "must be at least 1024 (headers and the reason take room too)",
+            );
+        }
+        // A letter the producer refuses locally is retried forever while its
+        // partition's checkpoint waits: leave room for the key and headers.
+        let message_max_bytes = raw
+            .kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        if raw.speed.dead_letter_max_payload_bytes + DEAD_LETTER_ROOM > message_max_bytes {
+            c.push(
+                "speed.dead_letter_max_payload_bytes",
+                format!(
+                    "{} leaves no room for the key and headers under the producer's message.max.bytes ({message_max_bytes}): set it to at most {} (or raise message.max.bytes in kafka.properties and on the broker)",
+                    raw.speed.dead_letter_max_payload_bytes,
+                    message_max_bytes.saturating_sub(DEAD_LETTER_ROOM)
+                ),
             );
         }
         Some(SpeedSettings {
@@ -1608,5 +1630,46 @@ mod event_time_bound_tests {
         assert_eq!(s.check_event_time(t, None, t), Ok(()));
         // Extremes do not overflow.
         assert!(s.check_event_time(i64::MAX, Some(i64::MIN), 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod dead_letter_size_tests {
+    use super::*;
+
+    fn problems_with(setting: &str, properties: &str) -> Vec<Problem> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(dir.join("strata.toml"))
+            .unwrap()
+            .replace(
+                "dead_letter_max_payload_bytes = 524288",
+                &format!("dead_letter_max_payload_bytes = {setting}"),
+            )
+            .replace(
+                "client_id = \"strata\"",
+                &format!("client_id = \"strata\"\n{properties}"),
+            );
+        match parse(&text, "strata.toml", &dir, |_| None) {
+            Ok(_) => Vec::new(),
+            Err(Problems(problems)) => problems,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_payload_limit_the_producer_would_refuse_is_a_problem() {
+        let problems = problems_with("990000", "");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "speed.dead_letter_max_payload_bytes");
+        assert!(
+            problems[0]
+                .message
+                .contains("message.max.bytes (1000000): set it to at most 934464"),
+            "{}",
+            problems[0].message
+        );
+        // Fine once the producer takes larger messages.
+        let raised = r#"properties = { "message.max.bytes" = "2000000" }"#;
+        assert!(problems_with("990000", raised).is_empty());
+        assert!(problems_with("524288", "").is_empty());
     }
 }
