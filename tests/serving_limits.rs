@@ -240,11 +240,12 @@ async fn a_timed_out_query_answers_at_the_timeout_and_leaves_nothing_running() {
         "{}",
         answer.text()
     );
+    // Slack for a loaded CI machine; the old code answered 200 after 5.6 s.
     assert!(
-        took < Duration::from_millis(2500),
+        took < Duration::from_millis(4000),
         "the 504 came after {took:?}, not at the 1 s timeout"
     );
-    let gone = wait_until(Duration::from_secs(3), || async {
+    let gone = wait_until(Duration::from_secs(10), || async {
         running(&env).await.is_empty()
     })
     .await;
