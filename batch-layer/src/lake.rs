@@ -240,6 +240,15 @@ impl Lake {
         }
     }
 
+    /// Every object below `prefix`.
+    async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, BatchError> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| BatchError::store(format!("list {prefix}"), e))
+    }
+
     /// The hour directory of `source` holding events of `hour_start_ms`.
     pub fn hour_dir(&self, source: &str, hour_start_ms: i64) -> Path {
         self.join(&hour_dir_relative(source, hour_start_ms))
@@ -351,12 +360,7 @@ impl Lake {
         partition: i32,
     ) -> Result<Option<u64>, BatchError> {
         let dir = self.log_dir(source, topic, partition);
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(|e| BatchError::store(format!("list {dir}"), e))?;
+        let objects = self.list(&dir).await?;
         Ok(objects
             .iter()
             .filter_map(|m| {
@@ -451,12 +455,7 @@ impl Lake {
         let mut partitions = std::collections::BTreeSet::new();
         for (root, depth) in [("_strata/archive-log", 3), ("_strata/archive", 2)] {
             let prefix = self.join(&format!("{root}/{source}"));
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| BatchError::store(format!("list {prefix}"), e))?;
+            let objects = self.list(&prefix).await?;
             for meta in objects {
                 let parts: Vec<_> = meta.location.parts().collect();
                 let n = parts.len();
@@ -495,12 +494,7 @@ impl Lake {
         let mut hour = hour_of(from_ms);
         while hour < to_ms {
             let dir = self.hour_dir(source, hour);
-            let objects: Vec<_> = self
-                .store
-                .list(Some(&dir))
-                .try_collect()
-                .await
-                .map_err(|e| BatchError::store(format!("list {dir}"), e))?;
+            let objects = self.list(&dir).await?;
             for meta in objects {
                 let Some(file) = parse_data_file(&meta.location, meta.size) else {
                     continue;
@@ -582,12 +576,7 @@ impl Lake {
     /// Every data file of `source` (tests, `strata archive` checks).
     pub async fn all_files(&self, source: &str) -> Result<Vec<DataFile>, BatchError> {
         let root = self.join(source);
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|e| BatchError::store(format!("list {root}"), e))?;
+        let objects = self.list(&root).await?;
         let mut files: Vec<DataFile> = objects
             .iter()
             .filter_map(|m| parse_data_file(&m.location, m.size))

@@ -6,17 +6,15 @@
 //!   storage, exactly once;
 //! - [`lake`]: the dataset's layout, progress objects and listing;
 //! - [`parquet_file`]: the archive file format (arrow-rs, zstd);
-//! - [`broker`]: the source partitions' log ends, which tell the batch
-//!   layer whether the archive caught up;
 //! - [`compute`]: the Polars reader and the recompute through the shared
 //!   `schemas` definitions;
 //! - [`lease`]: one batch run per metric at a time;
-//! - [`run`]: scheduled runs, publishing and backfills;
+//! - [`run`]: scheduled runs, the archive horizon (archive progress against
+//!   the broker's log ends), publishing and backfills;
 //! - [`reconcile`]: batch view against speed view;
 //! - [`metrics`]: every exported metric.
 
 pub mod archive;
-pub mod broker;
 pub mod compute;
 pub mod error;
 pub mod lake;

@@ -180,7 +180,7 @@ pub enum Horizon {
 pub async fn horizon_of(ctx: &BatchContext, metric: &MetricDef) -> Result<Horizon, BatchError> {
     let source = &metric.source;
     let progress = ctx.lake.all_progress(&source.name).await?;
-    let ends = crate::broker::partition_ends(&ctx.config.kafka, &source.topic).await?;
+    let ends = strata_kafka::partition_watermarks(&ctx.config.kafka, &source.topic).await?;
     let lateness = source.allowed_lateness.as_i64();
     let mut horizon: Option<i64> = None;
     let mut newest: Option<i64> = None;

@@ -106,6 +106,50 @@ pub async fn partition_count(kafka: &KafkaSection, topic: &str) -> Result<i32, K
     })?
 }
 
+/// `(low, high)` watermarks (log start, log end) of every partition of
+/// `topic`, by partition; a topic that does not exist has none.
+pub async fn partition_watermarks(
+    kafka: &KafkaSection,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<i32, (i64, i64)>, KafkaError> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let kafka = kafka.clone();
+    let topic = topic.to_string();
+    // librdkafka's calls block: keep them off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client_config(&kafka)
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(kafka_err(&kafka, "watermark client creation"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), TIMEOUT)
+            .map_err(kafka_err(&kafka, format!("metadata of {topic}")))?;
+        let mut marks = std::collections::BTreeMap::new();
+        for t in metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+        {
+            for p in t.partitions() {
+                let range =
+                    consumer
+                        .fetch_watermarks(&topic, p.id(), TIMEOUT)
+                        .map_err(kafka_err(
+                            &kafka,
+                            format!("watermarks of {topic}/{}", p.id()),
+                        ))?;
+                marks.insert(p.id(), range);
+            }
+        }
+        Ok(marks)
+    })
+    .await
+    .map_err(|e| KafkaError::Task {
+        operation: "watermarks request".into(),
+        message: e.to_string(),
+    })?
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists. Returns
 /// whether it was created.
 pub async fn ensure_topic(

@@ -21,13 +21,13 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use clickhouse::Client;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use strata_schemas::config::ServingSettings;
 use strata_schemas::window::boundary_at_or_before;
 use strata_schemas::{Accumulator, MetricDef};
 use strata_warehouse::merged::reads;
 use strata_warehouse::run_log::QueryState;
-use strata_warehouse::{self as warehouse, View, ViewRow, WarehouseError, json_i64, json_u64};
+use strata_warehouse::{self as warehouse, View, ViewRow, WarehouseError};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -245,12 +245,12 @@ async fn sketch_answer(
         speed_watermark,
     } = query_state(&queries.client("state"), database, metric).await?;
     let views = reads(batch, spec.from_ms, spec.to_ms);
-    let sources: Vec<Source> = views.iter().map(|(v, _, _)| Source::of(*v)).collect();
+    let parts: Vec<View> = views.iter().map(|(v, _, _)| *v).collect();
     let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
     let merge = tokio::task::spawn_blocking({
         let metric = metric.clone();
         let spec = spec.clone();
-        move || merge_stream(&metric, &spec, (max_rows, budget), rx, &sources)
+        move || merge_stream(&metric, &spec, (max_rows, budget), rx, &parts)
     });
     let read = |i: usize| {
         let part = views.get(i).copied();
@@ -333,17 +333,17 @@ enum MergeError {
     Stopped,
 }
 
-/// Merges the rows of the reads of `sources` as they come.
+/// Merges the rows of the reads of `views` (one per part) as they come.
 fn merge_stream(
     metric: &MetricDef,
     spec: &QuerySpec,
     (max_rows, budget): (usize, usize),
     mut rx: mpsc::Receiver<Piece>,
-    sources: &[Source],
+    views: &[View],
 ) -> Result<Answer, MergeError> {
     let mut buckets = Buckets::new(metric, spec, Some(max_rows));
     buckets.budget = Some(budget);
-    let mut pending: Vec<Vec<u8>> = vec![Vec::new(); sources.len()];
+    let mut pending: Vec<Vec<u8>> = vec![Vec::new(); views.len()];
     let mut ended = 0;
     let refused = MergeError::Refused;
     while let Some(piece) = rx.blocking_recv() {
@@ -371,63 +371,32 @@ fn merge_stream(
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
         {
-            let row = view_row(metric, sources[i], line).map_err(|e| refused(e.into()))?;
-            buckets.add(sources[i], row).map_err(refused)?;
+            let row = view_row(metric, views[i], line).map_err(|e| refused(e.into()))?;
+            buckets.add(Source::of(views[i]), row).map_err(refused)?;
         }
         buffer.drain(..complete);
     }
-    if ended < sources.len() {
+    if ended < views.len() {
         return Err(MergeError::Stopped);
     }
     Ok(buckets.finish())
 }
 
-/// One `JSONEachRow` line of a `view_sql` read as a [`ViewRow`] (one Kafka
-/// partition of the speed view: the merge adds partitions like windows).
-fn view_row(metric: &MetricDef, source: Source, line: &[u8]) -> Result<ViewRow, WarehouseError> {
-    let decode = |message: String| WarehouseError::Decode {
-        operation: format!("read {} view of {}", source.name(), metric.name),
-        message,
-    };
-    let row: Map<String, Json> = match serde_json::from_slice(line) {
-        Ok(Json::Object(row)) => row,
-        Ok(other) => {
-            return Err(decode(format!(
-                "expected a JSON object per row, got {other}"
-            )));
-        }
+/// One `JSONEachRow` line of a `view_sql` read as a [`ViewRow`].
+fn view_row(metric: &MetricDef, view: View, line: &[u8]) -> Result<ViewRow, WarehouseError> {
+    match serde_json::from_slice(line) {
+        Ok(Json::Object(row)) => warehouse::view_row(metric, view, row),
+        Ok(other) => Err(WarehouseError::Decode {
+            operation: format!("read {} view of {}", Source::of(view).name(), metric.name),
+            message: format!("expected a JSON object per row, got {other}"),
+        }),
         // A line that is not JSON is ClickHouse's error text after the
         // rows it had sent (say, max_execution_time reached).
-        Err(e) => return Err(decode(format!("{e}: {}", String::from_utf8_lossy(line)))),
-    };
-    let row: Map<String, Json> = row
-        .into_iter()
-        .map(|(k, v)| match k.strip_prefix("_v_") {
-            Some(name) => (name.to_string(), v),
-            None => (k, v),
-        })
-        .collect();
-    let acc = warehouse::state::read_json(&metric.plan, &row).map_err(|e| decode(e.to_string()))?;
-    Ok(ViewRow {
-        start_ms: row
-            .get("window_start_ms")
-            .and_then(json_i64)
-            .ok_or_else(|| decode("no window_start_ms".into()))?,
-        end_ms: row
-            .get("window_end_ms")
-            .and_then(json_i64)
-            .ok_or_else(|| decode("no window_end_ms".into()))?,
-        key: metric
-            .group_by
-            .iter()
-            .map(|g| row.get(&g.name).cloned().unwrap_or(Json::Null))
-            .collect(),
-        acc,
-        is_final: match source {
-            Source::Batch => true,
-            Source::Speed => row.get("is_final").and_then(json_u64) == Some(1),
-        },
-    })
+        Err(e) => Err(WarehouseError::Decode {
+            operation: format!("read {} view of {}", Source::of(view).name(), metric.name),
+            message: format!("{e}: {}", String::from_utf8_lossy(line)),
+        }),
+    }
 }
 
 fn json_eq(a: &Json, b: &Json) -> bool {

@@ -31,5 +31,6 @@ pub use client::*;
 pub use merged::{merged_view, merged_view_columns, merged_view_sql};
 pub use tables::*;
 pub use views::{
-    View, ViewRow, batch_window_spanning, newest_speed_window, published_batch, read_view, view_sql,
+    View, ViewRow, batch_window_spanning, newest_speed_window, published_batch, read_view,
+    view_row, view_sql,
 };

@@ -225,6 +225,39 @@ pub struct ViewRow {
     pub is_final: bool,
 }
 
+/// One row of a [`view_sql`] read (for the speed view, one Kafka partition
+/// of a window and key) as a [`ViewRow`].
+pub fn view_row(
+    metric: &MetricDef,
+    view: View,
+    row: Map<String, Json>,
+) -> Result<ViewRow, WarehouseError> {
+    let row = unprefix_view_row(row);
+    let decode = |message: String| WarehouseError::Decode {
+        operation: format!("read {} view of {}", view_name(view), metric.name),
+        message,
+    };
+    let bound = |name: &str| {
+        row.get(name)
+            .and_then(json_i64)
+            .ok_or_else(|| decode(format!("no {name}")))
+    };
+    Ok(ViewRow {
+        start_ms: bound("window_start_ms")?,
+        end_ms: bound("window_end_ms")?,
+        key: metric
+            .group_by
+            .iter()
+            .map(|g| row.get(&g.name).cloned().unwrap_or(Json::Null))
+            .collect(),
+        acc: state::read_json(&metric.plan, &row).map_err(|e| decode(e.to_string()))?,
+        is_final: match view {
+            View::Batch { .. } => true,
+            View::Speed => row.get("is_final").and_then(json_u64) == Some(1),
+        },
+    })
+}
+
 /// Reads a view with window start in `[from_ms, to_ms)` and merges the
 /// partials of each (window, group key) with [`Accumulator::merge`] (so
 /// distinct and quantile sketches merge, never add). Ordered by start, then key.
@@ -246,28 +279,13 @@ pub async fn read_view(
     let rows = query_rows(client, &sql, binds).await?;
     let mut merged: BTreeMap<(i64, String), ViewRow> = BTreeMap::new();
     for row in rows {
-        let row = unprefix_view_row(row);
-        let start = row
-            .get("window_start_ms")
-            .and_then(json_i64)
-            .unwrap_or_default();
-        let end = row
-            .get("window_end_ms")
-            .and_then(json_i64)
-            .unwrap_or_default();
-        let key: Vec<Json> = metric
-            .group_by
-            .iter()
-            .map(|g| row.get(&g.name).cloned().unwrap_or(Json::Null))
-            .collect();
-        let acc = state::read_json(&metric.plan, &row).map_err(|e| WarehouseError::Decode {
-            operation: format!("read {} view of {}", view_name(view), metric.name),
-            message: e.to_string(),
-        })?;
-        let is_final = match view {
-            View::Batch { .. } => true,
-            View::Speed => row.get("is_final").and_then(json_u64).unwrap_or(0) == 1,
-        };
+        let ViewRow {
+            start_ms: start,
+            end_ms: end,
+            key,
+            acc,
+            is_final,
+        } = view_row(metric, view, row)?;
         let text = serde_json::to_string(&key).unwrap_or_default();
         match merged.entry((start, text)) {
             Entry::Occupied(mut e) => {
