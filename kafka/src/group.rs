@@ -47,6 +47,13 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// unchecked, with a warning.
 const GAP_CHECK_BUDGET: Duration = Duration::from_secs(15);
 
+/// How long leaving the group may take before the member gives up on a
+/// clean close. librdkafka's own close (rdkafka's `Drop`) waits for the
+/// coordinator without a bound; a coordinator that never answers (seen with
+/// injected broker errors on a loaded 2-core machine) held shutdown until
+/// the process's grace period killed it.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What differs between the groups of the layers.
 #[derive(Clone, Debug)]
 pub struct GroupSettings {
@@ -445,7 +452,9 @@ impl<L: StartLoader> ConsumerContext for GroupContext<L> {
 /// A member of a consumer group whose partitions start where a
 /// [`StartLoader`] says.
 pub struct GroupMember<L: StartLoader> {
-    consumer: BaseConsumer<GroupContext<L>>,
+    /// Always set; taken by [`GroupMember`]'s own `Drop`, which bounds the
+    /// close.
+    consumer: Option<BaseConsumer<GroupContext<L>>>,
     kafka: KafkaSection,
     topics: Vec<String>,
     /// The partitions handed to the caller as assigned and not revoked.
@@ -453,6 +462,8 @@ pub struct GroupMember<L: StartLoader> {
     watchdog: RejoinWatchdog,
     /// When the last commit was sent.
     commit_sent: Mutex<Instant>,
+    /// Set by [`GroupMember::leave`]: whether the close was confirmed.
+    left: Option<bool>,
 }
 
 impl<L: StartLoader> GroupMember<L> {
@@ -530,22 +541,26 @@ impl<L: StartLoader> GroupMember<L> {
             .create_with_context(context)
             .map_err(kafka_err(kafka, "consumer creation"))?;
         let member = GroupMember {
-            consumer,
+            consumer: Some(consumer),
             kafka: kafka.clone(),
             topics,
             assigned: HashSet::new(),
             watchdog: RejoinWatchdog::default(),
             commit_sent: Mutex::new(Instant::now()),
+            left: None,
         };
         member.subscribe()?;
         Ok(member)
     }
 
-    fn subscribe(&self) -> Result<(), KafkaError> {
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+    fn consumer(&self) -> &BaseConsumer<GroupContext<L>> {
         self.consumer
-            .subscribe(&topics)
-            .map_err(kafka_err(&self.kafka, format!("subscribe to {topics:?}")))
+            .as_ref()
+            .expect("the consumer is only taken when the member is dropped")
+    }
+
+    fn subscribe(&self) -> Result<(), KafkaError> {
+        subscribe(self.consumer(), &self.kafka, &self.topics)
     }
 
     /// Polls once: runs the group protocol (rebalances included), waits up
@@ -553,7 +568,13 @@ impl<L: StartLoader> GroupMember<L> {
     /// rejoins the group when the watchdog says so. Fails when a start
     /// could not be loaded (the member must stop) or the rejoin fails.
     pub fn poll(&mut self, timeout: Duration) -> Result<Polled<'_, L::State>, L::Error> {
-        let record = match self.consumer.poll(timeout) {
+        // A borrow of the field alone: the record borrows the consumer
+        // while the assignment below changes.
+        let consumer = self
+            .consumer
+            .as_ref()
+            .expect("the consumer is only taken when the member is dropped");
+        let record = match consumer.poll(timeout) {
             Some(Ok(record)) => Some(record),
             Some(Err(e)) => {
                 // Transient broker errors are retried by librdkafka itself.
@@ -563,7 +584,7 @@ impl<L: StartLoader> GroupMember<L> {
             None => None,
         };
         let changes = {
-            let mut pending = self.consumer.context().pending();
+            let mut pending = consumer.context().pending();
             if let Some(fatal) = pending.fatal.take() {
                 return Err(fatal);
             }
@@ -580,8 +601,8 @@ impl<L: StartLoader> GroupMember<L> {
             };
         }
         if self.watchdog.should_rejoin(!self.assigned.is_empty()) {
-            self.consumer.unsubscribe();
-            self.subscribe()?;
+            consumer.unsubscribe();
+            subscribe(consumer, &self.kafka, &self.topics)?;
         }
         Ok(Polled { changes, record })
     }
@@ -591,19 +612,19 @@ impl<L: StartLoader> GroupMember<L> {
     /// group as long as it keeps polling.
     pub fn set_paused(&self, paused: bool) -> Result<(), KafkaError> {
         let assignment = self
-            .consumer
+            .consumer()
             .assignment()
             .map_err(kafka_err(&self.kafka, "assignment"))?;
         if paused {
-            self.consumer
+            self.consumer()
                 .pause(&assignment)
                 .map_err(kafka_err(&self.kafka, "pause"))?;
         } else {
-            self.consumer
+            self.consumer()
                 .resume(&assignment)
                 .map_err(kafka_err(&self.kafka, "resume"))?;
         }
-        self.consumer
+        self.consumer()
             .context()
             .paused
             .store(paused, Ordering::Release);
@@ -618,7 +639,7 @@ impl<L: StartLoader> GroupMember<L> {
     /// skipped: the next one carries newer offsets anyway, and commits
     /// queued on the coordinator would delay its heartbeat answers.
     pub fn commit<'a>(&self, next_offsets: impl IntoIterator<Item = (&'a str, i32, i64)>) {
-        let in_flight = &self.consumer.context().commit_in_flight;
+        let in_flight = &self.consumer().context().commit_in_flight;
         let mut sent = self.commit_sent.lock().unwrap_or_else(|p| p.into_inner());
         // An answer that never comes (a request lost with its connection)
         // must not stop the mirror for good.
@@ -638,14 +659,68 @@ impl<L: StartLoader> GroupMember<L> {
         }
         in_flight.store(true, Ordering::Release);
         *sent = Instant::now();
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self.consumer().commit(&tpl, CommitMode::Async) {
             in_flight.store(false, Ordering::Release);
             tracing::debug!(error = %e, "kafka commit failed (the layer's own progress is authoritative)");
         }
     }
 
-    /// Leaves the group (the partitions move to the other members at once).
-    pub fn leave(&self) {
-        self.consumer.unsubscribe();
+    /// Leaves the group: the partitions move to the other members at once.
+    /// Bounded by [`LEAVE_TIMEOUT`]; a member that could not leave cleanly
+    /// is abandoned and its partitions move after the session timeout
+    /// (nothing is lost: the layers' own progress is the restart point).
+    /// The member reads nothing more afterwards; dropping it leaves too.
+    pub fn leave(&mut self) {
+        if self.left.is_some() {
+            return;
+        }
+        self.consumer().unsubscribe();
+        let closed = match self.consumer().close_queue() {
+            Ok(()) => {
+                let deadline = Instant::now() + LEAVE_TIMEOUT;
+                // Polling serves the close's rebalance callbacks.
+                while !self.consumer().closed() && Instant::now() < deadline {
+                    let _ = self.consumer().poll(Duration::from_millis(100));
+                }
+                self.consumer().closed()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the consumer failed");
+                false
+            }
+        };
+        if !closed {
+            metrics::counter!(m::UNCLEAN_LEAVES).increment(1);
+            tracing::warn!(
+                timeout_s = LEAVE_TIMEOUT.as_secs(),
+                "the group coordinator did not confirm the leave in time; abandoning the consumer (its partitions move after the session timeout)"
+            );
+        }
+        self.left = Some(closed);
+    }
+}
+
+fn subscribe<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    kafka: &KafkaSection,
+    topics: &[String],
+) -> Result<(), KafkaError> {
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(kafka_err(kafka, format!("subscribe to {topics:?}")))
+}
+
+impl<L: StartLoader> Drop for GroupMember<L> {
+    fn drop(&mut self) {
+        self.leave();
+        if let Some(consumer) = self.consumer.take()
+            && self.left != Some(true)
+        {
+            // rdkafka's `Drop` would wait for the close without a bound:
+            // the client is abandoned instead (its threads end with the
+            // process).
+            std::mem::forget(consumer);
+        }
     }
 }

@@ -16,6 +16,9 @@ pub const OFFSET_GAP_RECORDS: &str = "strata_kafka_offset_gap_records_total";
 /// (one commit in flight at a time keeps heartbeats from queueing behind
 /// commits on a slow coordinator).
 pub const COMMITS_SKIPPED: &str = "strata_kafka_commits_skipped_total";
+/// Members abandoned because the coordinator did not confirm their leave
+/// in time (their partitions move after the session timeout).
+pub const UNCLEAN_LEAVES: &str = "strata_kafka_unclean_leaves_total";
 
 /// Describes the metrics above (idempotent).
 pub fn describe() {
@@ -30,5 +33,9 @@ pub fn describe() {
     describe_counter!(
         COMMITS_SKIPPED,
         "Mirror offset commits skipped because the previous one was still in flight."
+    );
+    describe_counter!(
+        UNCLEAN_LEAVES,
+        "Group members abandoned because the coordinator did not confirm their leave in time."
     );
 }

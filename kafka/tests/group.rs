@@ -668,3 +668,50 @@ fn a_start_below_the_log_start_restarts_at_the_log_start() {
     );
     member.leave();
 }
+
+/// Leaving is bounded: with a mirror commit in flight to a coordinator that
+/// answers after 120 s (a CI run's shutdown hung past its grace period
+/// after injected commit errors), librdkafka's close waits for the commit
+/// without a bound; `leave` gives up after its timeout instead.
+#[test]
+fn leaving_a_silent_coordinator_is_bounded() {
+    const GROUP: &str = "silent-coordinator";
+    let mock = MockCluster::new(2).unwrap();
+    mock.create_topic(TOPIC, 2, 1).unwrap();
+    for partition in 0..2 {
+        mock.partition_leader(TOPIC, partition, Some(2)).unwrap();
+    }
+    mock.coordinator(MockCoordinator::Group(GROUP.into()), 1)
+        .unwrap();
+    let kafka = KafkaSection {
+        brokers: mock.bootstrap_servers(),
+        ..KafkaSection::default()
+    };
+    let mut member = GroupMember::join(
+        &kafka,
+        &settings(GROUP),
+        vec![TOPIC.into()],
+        Loader::default(),
+    )
+    .unwrap();
+    let mut assigned = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned < 2 {
+        assert!(Instant::now() < deadline, "never assigned");
+        assigned += member
+            .poll(Duration::from_millis(50))
+            .unwrap()
+            .changes
+            .len();
+    }
+    mock.broker_round_trip_time(1, Duration::from_secs(120))
+        .unwrap();
+    // A commit in flight at the leave: librdkafka's close waits for it.
+    member.commit([(TOPIC, 0, 5), (TOPIC, 1, 5)]);
+    let leaving = Instant::now();
+    member.leave();
+    drop(member);
+    let took = leaving.elapsed();
+    assert!(took < Duration::from_secs(30), "leaving took {took:?}");
+    mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
+}
