@@ -440,3 +440,69 @@ async fn batch_split_chunk_failures_are_retried_and_a_run_missing_a_chunk_is_nev
     assert!(next.skipped.is_none(), "{next:?}");
     drop_database(&ctx).await;
 }
+
+/// The commands a Kubernetes Indexed Job runs, end to end through the CLI:
+/// plan, publish refused while chunks are missing, one `chunk` per index
+/// (in any order), publish.
+#[tokio::test]
+async fn batch_split_cli_plans_computes_and_publishes_one_run_across_processes() {
+    let env = TestEnv::new("split_cli", "");
+    let ctx = context(&env, &env.database, DAY, 2).await;
+    write_archive(&env, &ctx, &page_views(2)).await;
+    let metric = "page_views_per_minute";
+    support::run_ok(
+        env.strata()
+            .args(["batch", "run", "--once", "--metric", metric]),
+    );
+    let (first_run, watermark) = env.published(metric).await;
+    let want = view_rows(&ctx, metric, first_run, watermark).await;
+    let key = ["--key", "cli-backfill"];
+    let out = support::run_ok(
+        env.strata()
+            .args([
+                "batch",
+                "plan",
+                "--metric",
+                metric,
+                "--from",
+                "2026-10-01T00:00:00Z",
+                "--to",
+                "2026-10-03T00:00:00Z",
+                "--chunks",
+                "3",
+            ])
+            .args(key),
+    );
+    assert!(out.contains("in 3 chunks"), "{out}");
+    let refused = env
+        .strata()
+        .args(["batch", "publish", "--metric", metric])
+        .args(key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("missing chunks [0, 1, 2] of 3"), "{stderr}");
+    assert_eq!(env.published(metric).await.0, first_run);
+    for index in ["2", "0", "1"] {
+        let out = support::run_ok(
+            env.strata()
+                .args([
+                    "batch", "chunk", "--metric", metric, "--index", index, "--of", "3",
+                ])
+                .args(key),
+        );
+        assert!(out.contains(&format!("chunk {index} of 3 of run")), "{out}");
+    }
+    let out = support::run_ok(
+        env.strata()
+            .args(["batch", "publish", "--metric", metric])
+            .args(key),
+    );
+    assert!(out.contains("published"), "{out}");
+    let (run_id, after) = env.published(metric).await;
+    assert!(run_id > first_run);
+    assert_eq!(after, watermark, "a backfill keeps the watermark");
+    assert!(view_rows(&ctx, metric, run_id, watermark).await == want);
+    drop_database(&ctx).await;
+}
