@@ -352,8 +352,8 @@ pub fn batch_plans_table_spec() -> TableSpec {
 }
 
 /// Chunks of planned runs whose rows are all inserted: a run publishes
-/// only when every chunk index of its plan has a row here. A chunk done
-/// twice (a worker retried after it recorded) has two rows; either counts.
+/// only when every chunk index of its plan has a row here. A chunk two
+/// workers raced on has two rows; either counts.
 /// `open_session_ms` is the earliest start of a session of the chunk still
 /// open at the plan's horizon (`i64::MAX`: none), which bounds the
 /// watermark of a scheduled session run.
