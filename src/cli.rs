@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use strata_batch::split::ChunkProgress;
 use strata_generator::clickstream::ClickstreamConfig;
 use strata_schemas::compat;
 use strata_schemas::config::{self, Config};
@@ -108,12 +109,69 @@ pub enum BatchCommand {
         /// Last window start (RFC 3339 or epoch ms, exclusive).
         #[arg(long)]
         to: String,
-        /// Each chunk of this length is published as its own run.
-        #[arg(long, default_value = "1h")]
-        chunk: String,
+        /// Chunk length (default: batch.chunk); the chunks are computed
+        /// batch.parallelism at once and published together as one run.
+        #[arg(long)]
+        chunk: Option<String>,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Plan a run split into --chunks chunks for workers in other
+    /// processes (`strata batch chunk`), e.g. a Kubernetes Indexed Job.
+    Plan {
+        /// Metric to recompute.
+        #[arg(long)]
+        metric: String,
+        /// Backfill from this window start (RFC 3339 or epoch ms); without
+        /// --from/--to, the range a scheduled run would recompute now.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// Backfill up to this window start (exclusive).
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Number of chunks (the Job's completions).
+        #[arg(long)]
+        chunks: u32,
+        /// Name of the plan for workers started together (a Job's uid):
+        /// every call with the same key returns the same plan.
+        #[arg(long, env = "STRATA_PLAN_KEY", default_value = "")]
+        key: String,
+        /// A plan no worker renewed for this long is abandoned (its lease lapses).
+        #[arg(long, default_value = "1h")]
+        lease_ttl: String,
+        /// How long to wait for another run of the metric to end.
+        #[arg(long, default_value = "5m")]
+        wait: String,
+    },
+    /// Compute one chunk of the planned run (the plan of --key, else the
+    /// newest unpublished plan of the metric).
+    Chunk {
+        /// Metric of the plan.
+        #[arg(long)]
+        metric: String,
+        /// Chunk index, from 0 (a Job's JOB_COMPLETION_INDEX).
+        #[arg(long, env = "JOB_COMPLETION_INDEX")]
+        index: u32,
+        /// Number of chunks the plan must have.
+        #[arg(long)]
+        of: u32,
+        /// The plan's key (see `strata batch plan --key`).
+        #[arg(long, env = "STRATA_PLAN_KEY")]
+        key: Option<String>,
+    },
+    /// Publish the planned run once every chunk is in (a run with a
+    /// missing chunk is never published).
+    Publish {
+        /// Metric of the plan.
+        #[arg(long)]
+        metric: String,
+        /// The plan's key (see `strata batch plan --key`).
+        #[arg(long, env = "STRATA_PLAN_KEY")]
+        key: Option<String>,
+        /// Wait this long for the plan and missing chunks (0: fail at once).
+        #[arg(long, default_value = "0s")]
+        wait: String,
     },
 }
 
@@ -292,7 +350,41 @@ pub async fn run(args: Args) -> ExitCode {
                     chunk,
                     quiet,
                 },
-        } => batch_backfill(&args.config, metric, from, to, chunk, *quiet).await,
+        } => batch_backfill(&args.config, metric, from, to, chunk.as_deref(), *quiet).await,
+        Command::Batch {
+            command:
+                BatchCommand::Plan {
+                    metric,
+                    from,
+                    to,
+                    chunks,
+                    key,
+                    lease_ttl,
+                    wait,
+                },
+        } => {
+            batch_plan(
+                &args.config,
+                metric,
+                (from.as_deref(), to.as_deref()),
+                *chunks,
+                key,
+                (lease_ttl, wait),
+            )
+            .await
+        }
+        Command::Batch {
+            command:
+                BatchCommand::Chunk {
+                    metric,
+                    index,
+                    of,
+                    key,
+                },
+        } => batch_chunk(&args.config, metric, *index, *of, key.as_deref()).await,
+        Command::Batch {
+            command: BatchCommand::Publish { metric, key, wait },
+        } => batch_publish(&args.config, metric, key.as_deref(), wait).await,
         Command::Reconcile(r) => match reconcile(&args.config, r).await {
             Ok(true) => return ExitCode::from(3),
             Ok(false) => Ok(()),
@@ -635,16 +727,13 @@ async fn batch_backfill(
     metric: &str,
     from: &str,
     to: &str,
-    chunk: &str,
+    chunk: Option<&str>,
     quiet: bool,
 ) -> anyhow::Result<()> {
     let config = Arc::new(load(path)?);
     let from = required_time("--from", from)?;
     let to = required_time("--to", to)?;
-    let chunk_ms = chunk
-        .parse::<strata_schemas::DurationMs>()
-        .map_err(|e| anyhow::anyhow!("--chunk {chunk:?}: {e}"))?
-        .as_i64();
+    let chunk_ms = chunk.map(|c| duration_ms("--chunk", c)).transpose()?;
     let ctx = strata_batch::run::BatchContext::new(config)?;
     let bar = if quiet {
         ProgressBar::hidden()
@@ -655,30 +744,185 @@ async fn batch_backfill(
         ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let reports =
-        strata_batch::run::backfill(&ctx, metric, from, to, chunk_ms, |done, total, r| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(format!(
-                "{} events, {} rows{}",
-                r.events_read,
-                r.rows_written,
-                if r.skipped.is_some() {
-                    " (already done)"
-                } else {
-                    ""
+    let report =
+        strata_batch::run::backfill(
+            &ctx,
+            metric,
+            (from, to),
+            chunk_ms,
+            &|progress| match progress {
+                ChunkProgress::Done {
+                    chunk,
+                    resumed,
+                    done,
+                    total,
+                } => {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    bar.set_message(format!(
+                        "chunk {} [{}, {}): {} events, {} rows{}",
+                        chunk.chunk_index,
+                        strata_schemas::value::format_rfc3339_ms(chunk.from_ms),
+                        strata_schemas::value::format_rfc3339_ms(chunk.to_ms),
+                        chunk.events_read,
+                        chunk.rows_written,
+                        if resumed { " (already done)" } else { "" }
+                    ));
                 }
-            ));
-        })
+                ChunkProgress::Failed {
+                    index,
+                    attempt,
+                    error,
+                    retrying,
+                } => bar.println(format!(
+                    "chunk {index} attempt {attempt} failed: {error}{}",
+                    if retrying { "; retrying" } else { "" }
+                )),
+            },
+        )
         .await?;
     bar.finish_and_clear();
-    let events: u64 = reports.iter().map(|r| r.events_read).sum();
-    let rows: u64 = reports.iter().map(|r| r.rows_written).sum();
-    let resumed = reports.iter().filter(|r| r.skipped.is_some()).count();
+    if report.chunks == 0 {
+        println!(
+            "backfill of {metric}: {}",
+            report.skipped.as_deref().unwrap_or("nothing to do")
+        );
+        return Ok(());
+    }
     println!(
-        "backfill of {metric} done: {} chunks ({resumed} already published), {events} events read, {rows} rows written",
-        reports.len()
+        "backfill of {metric} done: {} chunks ({} already published), run {}, {} events read, {} rows written",
+        report.chunks,
+        report.chunks_resumed,
+        report.run_id,
+        report.events_read,
+        report.rows_written
     );
+    Ok(())
+}
+
+fn duration_ms(flag: &str, text: &str) -> anyhow::Result<i64> {
+    Ok(text
+        .parse::<strata_schemas::DurationMs>()
+        .map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))?
+        .as_i64())
+}
+
+async fn batch_plan(
+    path: &Path,
+    metric: &str,
+    (from, to): (Option<&str>, Option<&str>),
+    chunks: u32,
+    key: &str,
+    (lease_ttl, wait): (&str, &str),
+) -> anyhow::Result<()> {
+    use strata_batch::run::{PlanRange, PlanRequest};
+    let config = Arc::new(load(path)?);
+    let range = match (from, to) {
+        (Some(from), Some(to)) => PlanRange::Backfill {
+            from_ms: required_time("--from", from)?,
+            to_ms: required_time("--to", to)?,
+        },
+        _ => PlanRange::Scheduled,
+    };
+    let request = PlanRequest {
+        range,
+        chunks,
+        plan_key: key.to_string(),
+        lease_ttl: Duration::from_millis(duration_ms("--lease-ttl", lease_ttl)?.max(1) as u64),
+        wait: Duration::from_millis(duration_ms("--wait", wait)?.max(0) as u64),
+    };
+    let ctx = strata_batch::run::BatchContext::new(config)?;
+    let plan = strata_batch::run::plan(&ctx, metric, &request).await?;
+    println!(
+        "planned run {} of {metric} ({}): windows [{}, {}) in {} chunks",
+        plan.run_id,
+        plan.kind,
+        strata_schemas::value::format_rfc3339_ms(plan.from_ms),
+        strata_schemas::value::format_rfc3339_ms(plan.to_ms),
+        plan.chunk_count
+    );
+    Ok(())
+}
+
+async fn batch_chunk(
+    path: &Path,
+    metric: &str,
+    index: u32,
+    of: u32,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
+    use strata_batch::run::ChunkReport;
+    let config = Arc::new(load(path)?);
+    let ctx = strata_batch::run::BatchContext::new(config)?;
+    let report =
+        strata_batch::run::run_planned_chunk(&ctx, metric, key, (index, of), &|progress| {
+            if let ChunkProgress::Failed {
+                index,
+                attempt,
+                error,
+                retrying,
+            } = progress
+            {
+                eprintln!(
+                    "chunk {index} attempt {attempt} failed: {error}{}",
+                    if retrying { "; retrying" } else { "" }
+                );
+            }
+        })
+        .await?;
+    match report {
+        ChunkReport::Done(c) | ChunkReport::AlreadyDone(c) => println!(
+            "chunk {index} of {of} of run {} of {metric} done: windows [{}, {}), {} events read, {} rows written",
+            c.run_id,
+            strata_schemas::value::format_rfc3339_ms(c.from_ms),
+            strata_schemas::value::format_rfc3339_ms(c.to_ms),
+            c.events_read,
+            c.rows_written
+        ),
+        ChunkReport::RunPublished(run_id) => {
+            println!("run {run_id} of {metric} is published already: nothing to do");
+        }
+    }
+    Ok(())
+}
+
+async fn batch_publish(
+    path: &Path,
+    metric: &str,
+    key: Option<&str>,
+    wait: &str,
+) -> anyhow::Result<()> {
+    use strata_batch::split::Publication;
+    let config = Arc::new(load(path)?);
+    let wait = Duration::from_millis(duration_ms("--wait", wait)?.max(0) as u64);
+    let ctx = strata_batch::run::BatchContext::new(config)?;
+    let (plan, outcome) = strata_batch::run::publish_planned(&ctx, metric, key, wait).await?;
+    match outcome {
+        Publication::Published {
+            watermark_ms,
+            to_ms,
+            events_read,
+            rows_written,
+        } => println!(
+            "run {} of {metric} published: windows [{}, {}), {} chunks, {events_read} events read, {rows_written} rows written, batch watermark {}",
+            plan.run_id,
+            strata_schemas::value::format_rfc3339_ms(plan.from_ms),
+            strata_schemas::value::format_rfc3339_ms(to_ms),
+            plan.chunk_count,
+            strata_schemas::value::format_rfc3339_ms(watermark_ms)
+        ),
+        Publication::AlreadyPublished => {
+            println!("run {} of {metric} is published already", plan.run_id);
+        }
+        Publication::MissingChunks(missing) => anyhow::bail!(
+            "run {} of {metric} is missing chunks {missing:?} of {}; not published (readers keep the previous run)",
+            plan.run_id,
+            plan.chunk_count
+        ),
+        Publication::Superseded(reason) => {
+            anyhow::bail!("run {} of {metric} not published: {reason}", plan.run_id)
+        }
+    }
     Ok(())
 }
 

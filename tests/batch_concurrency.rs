@@ -175,19 +175,18 @@ async fn concurrent_runs_of_one_metric_publish_once_and_exactly() {
         strata_batch::run::backfill(
             &ctx,
             metric,
-            start,
-            start + 60 * MINUTE,
-            30 * MINUTE,
-            |_, _, _| {},
+            (start, start + 60 * MINUTE),
+            Some(30 * MINUTE),
+            &|_| {},
         )
         .await
     });
     let run = run.unwrap();
     let backfill = backfill.unwrap();
     assert!(run[0].skipped.is_none(), "{run:?}");
-    assert_eq!(backfill.len(), 2, "{backfill:#?}");
-    assert!(
-        backfill.iter().all(|r| r.skipped.is_none()),
+    assert_eq!(
+        (backfill.chunks, backfill.chunks_resumed, &backfill.skipped),
+        (2, 0, &None),
         "{backfill:#?}"
     );
     let after = published_runs(&env, metric).await;

@@ -392,3 +392,144 @@ fn kubernetes_manifests_are_consistent() {
         );
     }
 }
+
+/// Every `--flag` in `args` is one the subcommand's `--help` lists.
+fn assert_flags_exist(args: &[String], context: &str) {
+    let all: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Global flags come first, with their values.
+    let mut rest = all.as_slice();
+    while let Some(first) = rest.first() {
+        if *first == "--config" || *first == "--log-format" {
+            rest = &rest[2..];
+        } else {
+            break;
+        }
+    }
+    let subcommand: Vec<&str> = rest
+        .iter()
+        .take_while(|a| !a.starts_with("--"))
+        .copied()
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(&subcommand)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in rest.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{context}: `strata {}` has no flag {flag}:\n{help}",
+            subcommand.join(" ")
+        );
+    }
+}
+
+/// The value following `flag` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> &'a str {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} missing in {args:?}"));
+    &args[at + 1]
+}
+
+#[test]
+fn batch_backfill_job_splits_one_plan_over_an_indexed_job() {
+    let dir = repo().join("deploy/k8s");
+    let objects = yaml(&dir.join("batch-backfill-job.yaml"));
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(
+        !kustomization.contains("batch-backfill-job.yaml"),
+        "a one-off Job is applied by hand, not with every `kubectl apply -k`"
+    );
+    let config_maps: BTreeSet<String> = yaml(&dir.join("configmap.yaml"))
+        .iter()
+        .map(|o| str_of(&o["metadata"]["name"]))
+        .collect();
+    let mut known = known_env();
+    known.insert("STRATA_PLAN_KEY".into());
+    known.insert("JOB_COMPLETION_INDEX".into());
+    let args_of = |c: &Yaml| -> Vec<String> {
+        c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(str_of)
+            .collect()
+    };
+    let env_of = |c: &Yaml| -> BTreeMap<String, Yaml> {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| (str_of(&e["name"]), e.clone()))
+            .collect()
+    };
+    assert_eq!(objects.len(), 2, "the chunks Job and the publisher Job");
+    let (chunks, publisher) = (&objects[0], &objects[1]);
+    for job in [chunks, publisher] {
+        assert_eq!(str_of(&job["kind"]), "Job");
+        let spec = &job["spec"]["template"]["spec"];
+        for v in spec["volumes"].as_sequence().unwrap() {
+            assert!(config_maps.contains(&str_of(&v["configMap"]["name"])));
+        }
+        let containers = spec["containers"].as_sequence().unwrap().iter();
+        let init = spec
+            .get("initContainers")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten();
+        for c in containers.chain(init) {
+            assert_eq!(str_of(&c["image"]), "strata");
+            let args = args_of(c);
+            assert_eq!(args[1], "/etc/strata/config/strata.toml");
+            assert_subcommand(&args, &str_of(&c["name"]));
+            assert_flags_exist(&args, &str_of(&c["name"]));
+            for name in env_of(c).keys() {
+                assert!(known.contains(name), "Strata does not read {name}");
+            }
+        }
+    }
+    // The Indexed Job: N completions, pod i computes chunk i of N.
+    let spec = &chunks["spec"];
+    assert_eq!(str_of(&spec["completionMode"]), "Indexed");
+    let completions = spec["completions"].as_u64().unwrap();
+    let parallelism = spec["parallelism"].as_u64().unwrap();
+    assert!(parallelism >= 1 && parallelism <= completions);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(str_of(&pod["restartPolicy"]), "Never");
+    let chunk = &pod["containers"][0];
+    let args = args_of(chunk);
+    assert!(args.windows(2).any(|w| w == ["batch", "chunk"]), "{args:?}");
+    assert_eq!(flag_value(&args, "--index"), "$(JOB_COMPLETION_INDEX)");
+    assert_eq!(flag_value(&args, "--of"), completions.to_string());
+    let env = env_of(chunk);
+    assert_eq!(
+        str_of(&env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]),
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    );
+    // Every pod plans (idempotent by key) before it computes its chunk.
+    let plan = &pod["initContainers"][0];
+    let plan_args = args_of(plan);
+    assert!(plan_args.windows(2).any(|w| w == ["batch", "plan"]));
+    assert_eq!(flag_value(&plan_args, "--chunks"), completions.to_string());
+    let metric = flag_value(&args, "--metric");
+    assert_eq!(flag_value(&plan_args, "--metric"), metric);
+    // The publisher commits the same plan.
+    let publish = &publisher["spec"]["template"]["spec"]["containers"][0];
+    let publish_args = args_of(publish);
+    assert!(publish_args.windows(2).any(|w| w == ["batch", "publish"]));
+    assert_eq!(flag_value(&publish_args, "--metric"), metric);
+    let key = |c: &Yaml| str_of(&env_of(c)["STRATA_PLAN_KEY"]["value"]);
+    assert!(!key(plan).is_empty());
+    assert_eq!(key(plan), key(chunk), "pods agree on the plan");
+    assert_eq!(key(plan), key(publish), "the publisher commits that plan");
+    // The metric exists in the cluster's configuration.
+    let cm = &yaml(&dir.join("configmap.yaml"))[0];
+    let cluster: toml::Table = str_of(&cm["data"]["strata.toml"]).parse().unwrap();
+    assert!(
+        cluster["metrics"].as_table().unwrap().contains_key(metric),
+        "{metric} is not a metric of the ConfigMap"
+    );
+}

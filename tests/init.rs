@@ -22,7 +22,9 @@ async fn init_creates_tables_and_is_idempotent() {
         "active_users_5m_speed",
         "page_views_per_minute_batch",
         "page_views_per_minute_speed",
+        "strata_batch_chunks",
         "strata_batch_leases",
+        "strata_batch_plans",
         "strata_batch_runs",
         "strata_speed_checkpoints",
         "strata_watermarks",
@@ -88,7 +90,7 @@ async fn init_creates_tables_and_is_idempotent() {
     );
     assert!(
         second.contains(&format!(
-            "no change: database {database} and its 13 tables already exist"
+            "no change: database {database} and its 15 tables already exist"
         )),
         "{second}"
     );

@@ -58,6 +58,19 @@ impl EventFrame {
         path: &str,
         bytes: bytes::Bytes,
     ) -> Result<EventFrame, BatchError> {
+        Self::read_range(metric, path, bytes, None)
+    }
+
+    /// [`EventFrame::read`], keeping only the rows whose event time is in
+    /// `[from_ms, to_ms)` when a range is given: an hour file at a chunk's
+    /// edge holds events of the neighbouring chunk, which this chunk must
+    /// neither hold in memory nor count.
+    pub fn read_range(
+        metric: &MetricDef,
+        path: &str,
+        bytes: bytes::Bytes,
+        range: Option<(i64, i64)>,
+    ) -> Result<EventFrame, BatchError> {
         let contract = &metric.source.contract;
         let err = |e: PolarsError| BatchError::Read {
             path: path.to_string(),
@@ -74,7 +87,14 @@ impl EventFrame {
                 columns.push(name.clone());
             }
         }
-        let df = reader.with_columns(Some(columns)).finish().map_err(err)?;
+        let mut df = reader.with_columns(Some(columns)).finish().map_err(err)?;
+        if let Some((from_ms, to_ms)) = range {
+            let time = timestamp_column(&df, time_name).map_err(err)?;
+            let keep = time.gt_eq(from_ms) & time.lt(to_ms);
+            if keep.sum().unwrap_or(0) as usize != df.height() {
+                df = df.filter(&keep).map_err(err)?;
+            }
+        }
         let height = df.height();
         let time = timestamp_column(&df, time_name).map_err(err)?;
         let mut fields = Vec::with_capacity(wanted.len());
@@ -242,7 +262,8 @@ pub struct Recomputed {
 /// Recomputes `metric` over `frames`: every event with time in
 /// `[events_from, events_to)` is applied; windows whose start lies in
 /// `[windows_from, windows_to)` are kept. For session metrics, sessions
-/// that could still grow (end after `events_to`) are left out and reported.
+/// starting there that could still grow (end after `events_to`) are left
+/// out and reported.
 pub fn recompute(
     metric: &MetricDef,
     frames: &[EventFrame],
@@ -283,14 +304,19 @@ pub fn recompute(
                 times.clear();
                 times.extend(rows[start..end].iter().map(|r| r.1));
                 for (window, a, b) in sessions_of_sorted(&times, gap) {
+                    // Only sessions starting in the window range count,
+                    // open or not: a chunk reads events from before its
+                    // range to tell a session start from a continuation,
+                    // and the sessions it sees start there belong to the
+                    // previous chunk.
+                    if window.start_ms < windows_from || window.start_ms >= windows_to {
+                        continue;
+                    }
                     if window.end_ms > events_to {
                         out.first_open_session_ms = Some(
                             out.first_open_session_ms
                                 .map_or(window.start_ms, |m| m.min(window.start_ms)),
                         );
-                        continue;
-                    }
-                    if window.start_ms < windows_from || window.start_ms >= windows_to {
                         continue;
                     }
                     let mut acc = metric.plan.new_accumulator();

@@ -224,6 +224,31 @@ async fn renew(
 }
 
 impl Lease {
+    /// The claimant id of this lease.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Hands the lease over to a planned run whose workers are other
+    /// processes (`strata batch chunk` pods): stops renewing it here and
+    /// extends the claim to `ttl` from now; the workers renew it
+    /// ([`renew_claim`]) and the publisher releases it ([`release_claim`]).
+    /// From here on versions are wall-clock milliseconds, so any worker's
+    /// renewal supersedes the counters this process used.
+    pub async fn hand_over(self, ttl: Duration) -> Result<String, BatchError> {
+        self.renewer.abort();
+        let row = LeaseRow {
+            metric: &self.metric,
+            holder: &self.holder,
+            claimed_ms: self.claimed_ms,
+            expires_ms: now_ms() + ttl.as_millis() as i64,
+            released: false,
+            version: now_ms().max(0) as u64,
+        };
+        write(&self.client, &self.database, &row).await?;
+        Ok(self.holder.clone())
+    }
+
     /// Whether this lease is still the metric's live claim that wins.
     pub async fn still_held(&self) -> Result<bool, BatchError> {
         let first = holder(&self.client, &self.database, &self.metric).await?;
@@ -248,6 +273,82 @@ impl Lease {
         };
         write(&self.client, &self.database, &row).await
     }
+}
+
+/// Renews the claim of `holder` (a handed-over lease) to `ttl` from now if
+/// it still holds the metric's lease; `false` when it no longer does (it
+/// lapsed or was released: the plan it guarded is abandoned).
+pub async fn renew_claim(
+    client: &Client,
+    database: &str,
+    metric: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<bool, BatchError> {
+    let Some(first) = self::holder(client, database, metric).await? else {
+        return Ok(false);
+    };
+    if first.holder != holder {
+        return Ok(false);
+    }
+    let row = LeaseRow {
+        metric,
+        holder,
+        claimed_ms: first.claimed_ms,
+        expires_ms: now_ms() + ttl.as_millis() as i64,
+        released: false,
+        version: now_ms().max(0) as u64,
+    };
+    write(client, database, &row).await?;
+    Ok(true)
+}
+
+/// Whether `holder` holds `metric`'s lease now.
+pub async fn held_by(
+    client: &Client,
+    database: &str,
+    metric: &str,
+    holder: &str,
+) -> Result<bool, BatchError> {
+    Ok(self::holder(client, database, metric)
+        .await?
+        .is_some_and(|c| c.holder == holder))
+}
+
+/// Releases the claim of `holder` (a handed-over lease).
+pub async fn release_claim(
+    client: &Client,
+    database: &str,
+    metric: &str,
+    holder: &str,
+    claimed_ms: i64,
+) -> Result<(), BatchError> {
+    let row = LeaseRow {
+        metric,
+        holder,
+        claimed_ms,
+        expires_ms: now_ms() + LEASE_TTL.as_millis() as i64,
+        released: true,
+        // Above the renewal of this very millisecond.
+        version: now_ms().max(0) as u64 + 1,
+    };
+    write(client, database, &row).await
+}
+
+/// The claim time of `holder`'s live claim on `metric`, if it is live.
+pub async fn claimed_at(
+    client: &Client,
+    database: &str,
+    metric: &str,
+    holder: &str,
+) -> Result<Option<i64>, BatchError> {
+    Ok(
+        warehouse::run_log::lease_claims(client, database, metric, now_ms())
+            .await?
+            .into_iter()
+            .find(|c| c.holder == holder)
+            .map(|c| c.claimed_ms),
+    )
 }
 
 impl Drop for Lease {

@@ -11,6 +11,8 @@
 //! - [`lease`]: one batch run per metric at a time;
 //! - [`run`]: scheduled runs, the archive horizon (archive progress against
 //!   the broker's log ends), publishing and backfills;
+//! - [`split`]: a run cut into chunks computed independently (threads or
+//!   Kubernetes pods) and published together;
 //! - [`reconcile`]: batch view against speed view;
 //! - [`metrics`]: every exported metric.
 
@@ -24,5 +26,6 @@ pub mod parquet_file;
 pub mod reconcile;
 pub mod run;
 pub mod schedule;
+pub mod split;
 
 pub use error::BatchError;

@@ -31,6 +31,13 @@ pub const BATCH_LEASE_BUSY: &str = "strata_batch_lease_busy_total";
 pub const BATCH_RUNS_SUPERSEDED: &str = "strata_batch_runs_superseded_total";
 /// Batch run duration, seconds, by metric.
 pub const BATCH_RUN_DURATION: &str = "strata_batch_run_seconds";
+/// Chunks of split runs whose rows are all in, by metric.
+pub const BATCH_CHUNKS_DONE: &str = "strata_batch_chunks_done_total";
+/// Failed chunk attempts, by metric and outcome (`retried`: another
+/// attempt follows; `failed`: the last one, the run stays unpublished).
+pub const BATCH_CHUNK_FAILURES: &str = "strata_batch_chunk_failures_total";
+/// Duration of one successful chunk attempt, seconds, by metric.
+pub const BATCH_CHUNK_DURATION: &str = "strata_batch_chunk_seconds";
 /// Events read from the archive, by metric.
 pub const BATCH_ROWS_READ: &str = "strata_batch_rows_read_total";
 /// Rows written to the batch view, by metric.
@@ -76,6 +83,18 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
     describe_histogram!(
         BATCH_RUN_DURATION,
         "Batch run duration, seconds, by metric."
+    );
+    describe_counter!(
+        BATCH_CHUNKS_DONE,
+        "Chunks of split batch runs whose rows are all in, by metric."
+    );
+    describe_counter!(
+        BATCH_CHUNK_FAILURES,
+        "Failed batch chunk attempts, by metric and outcome (retried or failed)."
+    );
+    describe_histogram!(
+        BATCH_CHUNK_DURATION,
+        "Duration of one successful batch chunk attempt, seconds, by metric."
     );
     describe_counter!(BATCH_ROWS_READ, "Events read from the archive, by metric.");
     describe_counter!(

@@ -263,6 +263,13 @@ pub struct BatchSection {
     pub lookback: String,
     /// Prometheus endpoint of `strata batch run`. Env: `STRATA_BATCH_METRICS_LISTEN`.
     pub metrics_listen: String,
+    /// A run's range is cut into chunks of about this length (rounded up
+    /// to whole windows), computed independently and published together.
+    pub chunk: String,
+    /// Chunks of one run computed at once in one process.
+    pub parallelism: usize,
+    /// Attempts at one chunk before the run gives up (unpublished).
+    pub chunk_attempts: u32,
 }
 
 impl Default for BatchSection {
@@ -271,6 +278,9 @@ impl Default for BatchSection {
             schedule: "0 */10 * * * *".into(),
             lookback: "2h".into(),
             metrics_listen: "127.0.0.1:9466".into(),
+            chunk: "6h".into(),
+            parallelism: 2,
+            chunk_attempts: 3,
         }
     }
 }
@@ -657,6 +667,12 @@ pub struct BatchSettings {
     pub lookback: DurationMs,
     /// Prometheus endpoint.
     pub metrics_listen: SocketAddr,
+    /// Length of a run's chunks.
+    pub chunk: DurationMs,
+    /// Chunks computed at once in one process (at least 1).
+    pub parallelism: usize,
+    /// Attempts at one chunk (at least 1).
+    pub chunk_attempts: u32,
 }
 
 /// Checked `[serving]`.
@@ -995,11 +1011,21 @@ fn compile(
             }
         };
         let lookback = c.duration("batch.lookback", &raw.batch.lookback)?;
+        if raw.batch.parallelism == 0 {
+            c.push("batch.parallelism", "must be at least 1");
+        }
+        if raw.batch.chunk_attempts == 0 {
+            c.push("batch.chunk_attempts", "must be at least 1");
+        }
+        let chunk = c.positive_duration("batch.chunk", &raw.batch.chunk);
         Some(BatchSettings {
             schedule: schedule?,
             schedule_text: raw.batch.schedule.clone(),
             lookback,
             metrics_listen: c.socket("batch.metrics_listen", &raw.batch.metrics_listen)?,
+            chunk: chunk?,
+            parallelism: raw.batch.parallelism.max(1),
+            chunk_attempts: raw.batch.chunk_attempts.max(1),
         })
     })();
     let serving = (|| {

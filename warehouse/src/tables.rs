@@ -21,6 +21,10 @@ pub const WATERMARKS_TABLE: &str = "strata_watermarks";
 pub const BATCH_RUNS_TABLE: &str = "strata_batch_runs";
 /// Batch-run leases: who may run a metric's batch run now.
 pub const BATCH_LEASES_TABLE: &str = "strata_batch_leases";
+/// Planned batch runs: run id, range and chunks, before they publish.
+pub const BATCH_PLANS_TABLE: &str = "strata_batch_plans";
+/// One row per chunk of a planned run whose rows are all in.
+pub const BATCH_CHUNKS_TABLE: &str = "strata_batch_chunks";
 /// Speed-layer restart points, one row per (consumer group, topic, partition).
 pub const SPEED_CHECKPOINTS_TABLE: &str = "strata_speed_checkpoints";
 
@@ -312,12 +316,79 @@ pub fn batch_leases_table_spec() -> TableSpec {
     }
 }
 
+/// Planned batch runs: what every worker of a split run agrees on. The
+/// chunks of a plan follow from its range, `chunk_count` and the metric's
+/// window (`strata_batch::split`), so only those are stored. `plan_key`
+/// names the plan for workers started together (a Kubernetes Job's uid),
+/// so a retried worker finds its plan again. `based_on_run` (0: none) is the
+/// published run the plan recomputes on top of, with its watermark; the
+/// plan's lease claim (`lease_holder`, renewed by its workers to
+/// `lease_ttl_ms` ahead) keeps other runs of the metric out until it
+/// publishes or is abandoned.
+pub fn batch_plans_table_spec() -> TableSpec {
+    TableSpec {
+        name: BATCH_PLANS_TABLE.into(),
+        columns: vec![
+            col("run_id", "UInt64"),
+            col("metric", "String"),
+            col("kind", "String"),
+            col("from_ms", "Int64"),
+            col("to_ms", "Int64"),
+            col("horizon_ms", "Int64"),
+            col("chunk_count", "UInt32"),
+            col("based_on_run", "UInt64"),
+            col("based_on_watermark_ms", "Int64"),
+            col("lease_holder", "String"),
+            col("lease_ttl_ms", "Int64"),
+            col("plan_key", "String"),
+            (
+                "planned_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
+        ],
+        engine: "ENGINE = MergeTree ORDER BY (metric, run_id)".into(),
+    }
+}
+
+/// Chunks of planned runs whose rows are all inserted: a run publishes
+/// only when every chunk index of its plan has a row here. A chunk two
+/// workers raced on has two rows; either counts.
+/// `open_session_ms` is the earliest start of a session of the chunk still
+/// open at the plan's horizon (`i64::MAX`: none), which bounds the
+/// watermark of a scheduled session run.
+pub fn batch_chunks_table_spec() -> TableSpec {
+    TableSpec {
+        name: BATCH_CHUNKS_TABLE.into(),
+        columns: vec![
+            col("run_id", "UInt64"),
+            col("metric", "String"),
+            col("chunk_index", "UInt32"),
+            col("from_ms", "Int64"),
+            col("to_ms", "Int64"),
+            col("events_read", "UInt64"),
+            col("rows_written", "UInt64"),
+            col("open_session_ms", "Int64"),
+            col("attempts", "UInt32"),
+            col("worker", "String"),
+            (
+                "finished_at".into(),
+                "DateTime".into(),
+                "DEFAULT now()".into(),
+            ),
+        ],
+        engine: "ENGINE = MergeTree ORDER BY (metric, run_id, chunk_index)".into(),
+    }
+}
+
 /// Every table `strata init` manages for a configuration, in creation order.
 pub fn all_table_specs(config: &Config) -> Vec<TableSpec> {
     let mut specs = vec![
         watermarks_table_spec(),
         batch_runs_table_spec(),
         batch_leases_table_spec(),
+        batch_plans_table_spec(),
+        batch_chunks_table_spec(),
         speed_checkpoints_table_spec(),
     ];
     for m in &config.metrics {
