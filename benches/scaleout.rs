@@ -289,7 +289,11 @@ async fn main() {
     println!(
         "topic: {records} records in {partitions} partitions, produced to the mock cluster in {:.1} s; {cpus} CPUs; pinning {}",
         producing.elapsed().as_secs_f64(),
-        if pin { "on (process i on CPU i)" } else { "off" }
+        if pin {
+            "on (process i on CPU i)"
+        } else {
+            "off"
+        }
     );
 
     let one = run_mode(&env, &brokers, 1, records, pin).await;
@@ -306,7 +310,11 @@ async fn main() {
         "machine busy"
     );
     for r in [&one, &two] {
-        let shares: Vec<String> = r.shares.iter().map(|s| format!("{:.0}%", s * 100.0)).collect();
+        let shares: Vec<String> = r
+            .shares
+            .iter()
+            .map(|s| format!("{:.0}%", s * 100.0))
+            .collect();
         let cpu: Vec<String> = r.cpu_processes.iter().map(|c| format!("{c:.1}")).collect();
         println!(
             "{:>9} {:>12.0} {:>8.1} {:>16} {:>22} {:>10.1}s {:>10.1}s {:>12.0}%",

@@ -156,65 +156,23 @@ async fn compute_chunk(
     plan: &PlanRow,
     index: u32,
 ) -> Result<ChunkOutcome, BatchError> {
-    let bounds = chunk_bounds(metric, plan.from_ms, plan.to_ms, plan.chunk_count);
-    let Some(&(chunk_from, chunk_to)) = bounds.get(index as usize) else {
+    if index >= plan.chunk_count.max(1) {
         return Err(BatchError::Usage(format!(
             "run {} of {} has {} chunks; there is no chunk {index}",
             plan.run_id, plan.metric, plan.chunk_count
         )));
-    };
-    if chunk_from >= chunk_to {
-        return Ok(ChunkOutcome::default());
     }
-    let horizon = plan.horizon_ms;
-    let recomputed = match metric.window.session_gap_ms() {
-        None => {
-            let events_to = metric.window.events_end(chunk_to, horizon);
-            let frames = read_frames(ctx, metric, chunk_from, events_to).await?;
-            recompute_off_thread(metric, frames, chunk_from, events_to, chunk_from, chunk_to)
-                .await?
-                .1
-        }
-        Some(gap) => {
-            // The first chunk starts where the whole run starts (which
-            // `align_from` put before any session spanning it).
-            let events_from = if index == 0 {
-                chunk_from
-            } else {
-                chunk_from.saturating_sub(gap).max(plan.from_ms)
-            };
-            let mut events_to = chunk_to.saturating_add(gap).min(horizon);
-            let mut frames = if events_to > events_from {
-                read_frames(ctx, metric, events_from, events_to).await?
-            } else {
-                Vec::new()
-            };
-            loop {
-                let (back, recomputed) = recompute_off_thread(
-                    metric,
-                    frames,
-                    events_from,
-                    events_to,
-                    chunk_from,
-                    chunk_to,
-                )
-                .await?;
-                frames = back;
-                // A session of this chunk may still grow: read on (the
-                // span doubles each time) until none can, or the horizon.
-                if recomputed.first_open_session_ms.is_some() && events_to < horizon {
-                    let next = events_to
-                        .saturating_add((events_to - events_from).max(gap))
-                        .min(horizon);
-                    frames.extend(read_frames(ctx, metric, events_to, next).await?);
-                    tracing::debug!(metric = %metric.name, chunk = index, events_to = next, "sessions still open: reading on");
-                    events_to = next;
-                    continue;
-                }
-                break recomputed;
-            }
-        }
-    };
+    let bounds = chunk_bounds(metric, plan.from_ms, plan.to_ms, plan.chunk_count);
+    let (chunk_from, chunk_to) = bounds[index as usize];
+    let recomputed = recompute_chunk(
+        ctx,
+        metric,
+        (plan.from_ms, plan.to_ms),
+        plan.horizon_ms,
+        plan.chunk_count,
+        index,
+    )
+    .await?;
     let scheduled = plan.kind == SCHEDULED;
     // A scheduled run leaves sessions from the first one still open at the
     // horizon to the speed view (the watermark stops there; it never moves
@@ -295,6 +253,77 @@ async fn compute_chunk(
         events_read: recomputed.events_read,
         rows_written: rows.len() as u64,
         open_session_ms: recomputed.first_open_session_ms,
+    })
+}
+
+/// Recomputes, without writing anything, chunk `index` of a run of
+/// `count` chunks over the window starts `[from, to)`, from the archived
+/// events before `horizon`: what one chunk of a plan holds in memory and
+/// inserts (the split-run benchmark measures it alone).
+pub async fn recompute_chunk(
+    ctx: &BatchContext,
+    metric: &Arc<MetricDef>,
+    (from, to): (i64, i64),
+    horizon: i64,
+    count: u32,
+    index: u32,
+) -> Result<Recomputed, BatchError> {
+    let bounds = chunk_bounds(metric, from, to, count);
+    let Some(&(chunk_from, chunk_to)) = bounds.get(index as usize) else {
+        return Err(BatchError::Usage(format!(
+            "a run of {count} chunks has no chunk {index}"
+        )));
+    };
+    if chunk_from >= chunk_to {
+        return Ok(Recomputed::default());
+    }
+    Ok(match metric.window.session_gap_ms() {
+        None => {
+            let events_to = metric.window.events_end(chunk_to, horizon);
+            let frames = read_frames(ctx, metric, chunk_from, events_to).await?;
+            recompute_off_thread(metric, frames, chunk_from, events_to, chunk_from, chunk_to)
+                .await?
+                .1
+        }
+        Some(gap) => {
+            // The first chunk starts where the whole run starts (which
+            // `align_from` put before any session spanning it).
+            let events_from = if index == 0 {
+                chunk_from
+            } else {
+                chunk_from.saturating_sub(gap).max(from)
+            };
+            let mut events_to = chunk_to.saturating_add(gap).min(horizon);
+            let mut frames = if events_to > events_from {
+                read_frames(ctx, metric, events_from, events_to).await?
+            } else {
+                Vec::new()
+            };
+            loop {
+                let (back, recomputed) = recompute_off_thread(
+                    metric,
+                    frames,
+                    events_from,
+                    events_to,
+                    chunk_from,
+                    chunk_to,
+                )
+                .await?;
+                frames = back;
+                // A session of this chunk may still grow: read on (the
+                // span doubles each time) until none can, or the horizon.
+                if recomputed.first_open_session_ms.is_some() && events_to < horizon {
+                    let next = events_to
+                        .saturating_add((events_to - events_from).max(gap))
+                        .min(horizon);
+                    frames.extend(read_frames(ctx, metric, events_to, next).await?);
+                    tracing::debug!(metric = %metric.name, chunk = index, events_to = next, "sessions still open: reading on");
+                    events_to = next;
+                    continue;
+                }
+                break recomputed;
+            }
+        }
     })
 }
 
