@@ -4,14 +4,16 @@
 #
 # 1. installs (when missing) and starts the local stack on loopback:
 #    ClickHouse 18.16, the Tansu Kafka-compatible broker, the moto S3 server
-#    (deploy/local/up.sh; data and PIDs under .strata/);
+#    (deploy/local/up.sh; data and PIDs under .strata/), and the local
+#    ClickHouse cluster for tests/cluster.rs: ZooKeeper and three
+#    ClickHouse 18.16 nodes (deploy/local/up.sh cluster);
 # 2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 # 3. builds and runs every test of every crate against those real servers
 #    (cargo nextest when installed, else cargo test).
 #
 # The stack is left running for the next run (up.sh is idempotent; the
 # Kafka broker is emptied at the start of each run); stop it with
-# deploy/local/down.sh. Extra arguments go to the test runner, e.g.
+# deploy/local/down.sh (and deploy/local/down.sh cluster). Extra arguments go to the test runner, e.g.
 #   scripts/test.sh -E 'test(init)'      (nextest filter)
 set -euo pipefail
 
@@ -53,6 +55,8 @@ log "starting the local stack (deploy/local/up.sh)"
 deploy/local/up.sh
 # shellcheck disable=SC1091
 . "$STRATA_HOME/stack.env"
+log "starting the local ClickHouse cluster (deploy/local/up.sh cluster)"
+deploy/local/up.sh cluster
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -9,6 +9,9 @@
 # Usage:
 #   deploy/local/down.sh                        # stop all: clickhouse kafka s3
 #   deploy/local/down.sh clickhouse             # stop only the named components
+#   deploy/local/down.sh cluster                # stop the cluster of `up.sh cluster`:
+#                                               #   its three ClickHouse nodes, then ZooKeeper
+#                                               #   (--purge deletes $STRATA_HOME/cluster/)
 #   deploy/local/down.sh --purge [component...] # stop, then delete their data:
 #                                               #   $STRATA_HOME/<clickhouse|tansu|s3>/ and logs
 #   deploy/local/down.sh --help
@@ -41,12 +44,16 @@ usage() {
     awk 'NR < 3 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"
 }
 
+# The processes (PID file names) of the cluster, in stopping order.
+readonly CLUSTER_PROCESSES=(cluster-clickhouse-1 cluster-clickhouse-2 cluster-clickhouse-3 cluster-zookeeper)
+
 # Pattern expected in the process command line (guards against PID reuse).
 process_pattern() {
     case "$1" in
-        clickhouse) echo clickhouse ;;
+        clickhouse | cluster-clickhouse-*) echo clickhouse ;;
         kafka) echo tansu ;;
         s3) echo moto ;;
+        cluster-zookeeper) echo zookeeper ;;
     esac
 }
 
@@ -56,6 +63,7 @@ data_dir() {
         clickhouse) echo clickhouse ;;
         kafka) echo tansu ;;
         s3) echo s3 ;;
+        cluster) echo cluster ;;
     esac
 }
 
@@ -131,6 +139,13 @@ purge_component() {
         rm -rf -- "${dir}"
     fi
     rm -f -- "${LOG_DIR}/${component}.log"
+    if [[ "${component}" == cluster ]]; then
+        local process
+        for process in "${CLUSTER_PROCESSES[@]}"; do
+            rm -f -- "${LOG_DIR}/${process}.log"
+        done
+        rm -f -- "${STRATA_HOME}/cluster.env"
+    fi
 }
 
 PURGE=0
@@ -142,10 +157,10 @@ for arg in "$@"; do
             exit 0
             ;;
         --purge) PURGE=1 ;;
-        clickhouse | kafka | s3)
+        clickhouse | kafka | s3 | cluster)
             [[ " ${SELECTED[*]} " == *" ${arg} "* ]] || SELECTED+=("${arg}")
             ;;
-        *) die "unknown argument '${arg}' (expected: --purge, ${ALL_COMPONENTS[*]})" ;;
+        *) die "unknown argument '${arg}' (expected: --purge, ${ALL_COMPONENTS[*]} cluster)" ;;
     esac
 done
 ((${#SELECTED[@]})) || SELECTED=("${ALL_COMPONENTS[@]}")
@@ -156,7 +171,13 @@ if [[ ! -d "${STRATA_HOME}" ]]; then
 fi
 
 for component in "${SELECTED[@]}"; do
-    stop_component "${component}"
+    if [[ "${component}" == cluster ]]; then
+        for process in "${CLUSTER_PROCESSES[@]}"; do
+            stop_component "${process}"
+        done
+    else
+        stop_component "${component}"
+    fi
     if ((PURGE)); then
         purge_component "${component}"
     fi

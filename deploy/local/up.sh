@@ -12,14 +12,30 @@
 #   s3          moto's S3 server (in-memory). Installed with pip (into a venv under
 #               $STRATA_HOME/tools/ when moto_server is not already on PATH).
 #
+# and, only when named, a local ClickHouse cluster next to (not instead of) the above:
+#
+#   cluster     ZooKeeper (Debian's zookeeper package, one standalone server) and three
+#               clickhouse-server 18.16 nodes, each with its own ports, config and data under
+#               $STRATA_HOME/cluster/. Every node defines two clusters in <remote_servers>:
+#                 strata_2shards     node1 (shard 01) and node2 (shard 02), one replica each
+#                 strata_replicated  one shard (01) of two replicas: node1 and node3
+#                                    (internal_replication: the replicated tables copy)
+#               Macros: node1 shard=01 replica=node1, node2 shard=02 replica=node2,
+#               node3 shard=01 replica=node3 (a node-unique replica name, so tables
+#               replicated to every node share one ZooKeeper path). Distributed DDL
+#               (ON CLUSTER) queue: /clickhouse/task_queue/ddl.
+#
 # Usage:
-#   deploy/local/up.sh                     # start all three
+#   deploy/local/up.sh                     # start all three (not the cluster)
 #   deploy/local/up.sh clickhouse kafka    # start only the named components
+#   deploy/local/up.sh cluster             # start the local ClickHouse cluster
 #   deploy/local/up.sh --help
 #
 # Then, in your shell or CI job:
 #   source "$STRATA_HOME/stack.env"        # exports STRATA_CLICKHOUSE_URL, STRATA_KAFKA_BROKERS,
 #                                          # STRATA_S3_ENDPOINT, AWS_* (moto credentials)
+#   source "$STRATA_HOME/cluster.env"      # after `up.sh cluster`: STRATA_CLUSTER_NODE<n>_URL
+#                                          # (HTTP URL of node n), STRATA_CLUSTER_ZOOKEEPER
 #
 # Stop with deploy/local/down.sh (same component arguments; --purge also deletes data).
 #
@@ -32,6 +48,10 @@
 #   STRATA_KAFKA_PORT                   default 19092
 #   STRATA_KAFKA_LOG                    tansu RUST_LOG filter (default: warn)
 #   STRATA_S3_PORT                      default 15000
+#   STRATA_CLUSTER_ZOOKEEPER_PORT       default 12181
+#   STRATA_CLUSTER_HTTP_PORT_BASE       default 18130 (node n listens on base + n)
+#   STRATA_CLUSTER_TCP_PORT_BASE        default 19100 (node n: base + n)
+#   STRATA_CLUSTER_INTERSERVER_PORT_BASE default 19110 (node n: base + n)
 #
 # Layout under $STRATA_HOME:
 #   pids/<component>.pid   PID of the server process (session leader started with setsid)
@@ -41,6 +61,9 @@
 #   s3/                    working dir of moto_server (moto keeps everything in memory)
 #   tools/                 venv for moto when it had to be installed
 #   stack.env              export lines for the endpoints
+#   cluster/zookeeper/     zoo.cfg, log4j.properties, data/ (pid file pids/cluster-zookeeper.pid)
+#   cluster/clickhouse-<n>/ like clickhouse/, plus config.d/cluster.xml (pids/cluster-clickhouse-<n>.pid)
+#   cluster.env            export lines for the cluster's endpoints
 #
 # The script is idempotent: a component whose PID file names a live, healthy process is
 # left alone ("already running"); a stale PID file is removed and the component restarted.
@@ -64,6 +87,10 @@ CH_TIMEZONE="${STRATA_CLICKHOUSE_TIMEZONE:-UTC}"
 KAFKA_PORT="${STRATA_KAFKA_PORT:-19092}"
 KAFKA_LOG="${STRATA_KAFKA_LOG:-warn}"
 S3_PORT="${STRATA_S3_PORT:-15000}"
+ZK_PORT="${STRATA_CLUSTER_ZOOKEEPER_PORT:-12181}"
+CLUSTER_HTTP_BASE="${STRATA_CLUSTER_HTTP_PORT_BASE:-18130}"
+CLUSTER_TCP_BASE="${STRATA_CLUSTER_TCP_PORT_BASE:-19100}"
+CLUSTER_INTERSERVER_BASE="${STRATA_CLUSTER_INTERSERVER_PORT_BASE:-19110}"
 
 readonly CH_TIMEOUT=60 KAFKA_TIMEOUT=60 S3_TIMEOUT=30
 
@@ -306,7 +333,8 @@ clickhouse_write_config() {
     <timezone>${CH_TIMEZONE}</timezone>
     <mlock_executable>false</mlock_executable>
 
-    <!-- no include_from / zookeeper / remote_servers: single local node -->
+    <!-- no include_from / zookeeper / remote_servers here: the single node has none,
+         a node of up.sh cluster gets them from config.d/cluster.xml -->
     <max_table_size_to_drop>0</max_table_size_to_drop>
     <max_partition_size_to_drop>0</max_partition_size_to_drop>
 </yandex>
@@ -550,6 +578,196 @@ start_s3() {
 }
 
 # ---------------------------------------------------------------------------------------
+# cluster (ZooKeeper + three ClickHouse nodes; started only when named)
+# ---------------------------------------------------------------------------------------
+
+CLUSTER_DIR="${STRATA_HOME}/cluster"
+ZK_DIR="${CLUSTER_DIR}/zookeeper"
+ZK_JAR=/usr/share/java/zookeeper.jar
+readonly CLUSTER_NODES=(1 2 3)
+readonly ZK_TIMEOUT=60
+
+# cluster_node_shard N : the {shard} macro of node N (node1 and node3 are the two replicas
+# of shard 01 in strata_replicated; node1 and node2 are the shards of strata_2shards).
+cluster_node_shard() {
+    case "$1" in
+        2) echo 02 ;;
+        *) echo 01 ;;
+    esac
+}
+cluster_http_port() { echo $((CLUSTER_HTTP_BASE + $1)); }
+cluster_tcp_port() { echo $((CLUSTER_TCP_BASE + $1)); }
+cluster_interserver_port() { echo $((CLUSTER_INTERSERVER_BASE + $1)); }
+
+zookeeper_install() {
+    [[ -f "${ZK_JAR}" ]] && command -v java >/dev/null 2>&1 && return 0
+    info "cluster: ZooKeeper (${ZK_JAR}) or java not found, installing"
+    apt_install zookeeper
+    [[ -f "${ZK_JAR}" ]] || die "cluster: ${ZK_JAR} still not found after installing zookeeper"
+    command -v java >/dev/null 2>&1 || die "cluster: java not found (zookeeper needs a JRE: apt-get install default-jre-headless)"
+}
+
+zookeeper_write_config() {
+    mkdir -p "${ZK_DIR}/data"
+    cat >"${ZK_DIR}/zoo.cfg" <<EOF
+# Generated by deploy/local/up.sh; overwritten on every start. One standalone server.
+tickTime=2000
+dataDir=${ZK_DIR}/data
+clientPort=${ZK_PORT}
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+# ZooKeeper 3.5+ starts an admin web server on 8080 by default: not wanted here.
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr
+autopurge.purgeInterval=1
+EOF
+    cat >"${ZK_DIR}/log4j.properties" <<'EOF'
+# Generated by deploy/local/up.sh: everything to stdout, i.e. logs/cluster-zookeeper.log.
+log4j.rootLogger=INFO, CONSOLE
+log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender
+log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout
+log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{1}: %m%n
+EOF
+}
+
+zookeeper_healthy() {
+    local answer
+    answer="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf ruok >&3; cat <&3' _ "${ZK_PORT}" 2>/dev/null || true)"
+    [[ "${answer}" == imok ]]
+}
+
+start_zookeeper() {
+    local pid
+    if pid="$(running_pid cluster-zookeeper "${ZK_DIR}/zoo.cfg")"; then
+        if zookeeper_healthy; then
+            info "cluster: zookeeper already running (pid ${pid})"
+            return 0
+        fi
+        wait_healthy cluster-zookeeper "${ZK_TIMEOUT}" zookeeper_healthy
+        return 0
+    fi
+    zookeeper_install
+    ensure_port_free cluster-zookeeper "${ZK_PORT}"
+    zookeeper_write_config
+    # The jar's manifest names its dependencies; log4j and its slf4j binding are added
+    # when present so the log says something (without them slf4j logs nothing).
+    local classpath="${ZK_DIR}:${ZK_JAR}" jar
+    for jar in /usr/share/java/slf4j-log4j12.jar /usr/share/java/log4j-1.2.jar; do
+        [[ -f "${jar}" ]] && classpath+=":${jar}"
+    done
+    info "cluster: starting zookeeper on 127.0.0.1:${ZK_PORT} (data in ${ZK_DIR}/data)"
+    launch cluster-zookeeper "${ZK_DIR}" java -Xmx256m -cp "${classpath}" \
+        "-Dlog4j.configuration=file:${ZK_DIR}/log4j.properties" \
+        org.apache.zookeeper.server.ZooKeeperServerMain "${ZK_DIR}/zoo.cfg"
+    wait_healthy cluster-zookeeper "${ZK_TIMEOUT}" zookeeper_healthy
+}
+
+# cluster_write_node_config N : config.d/cluster.xml of node N (merged into config.xml by
+# clickhouse-server): ZooKeeper, both clusters, this node's macros, the DDL queue.
+cluster_write_node_config() {
+    local n="$1" dir="${CLUSTER_DIR}/clickhouse-$1"
+    mkdir -p "${dir}/config.d"
+    cat >"${dir}/config.d/cluster.xml" <<EOF
+<?xml version="1.0"?>
+<!-- Generated by deploy/local/up.sh cluster; overwritten on every start. Format: ClickHouse 18.16. -->
+<yandex>
+    <zookeeper>
+        <node>
+            <host>127.0.0.1</host>
+            <port>${ZK_PORT}</port>
+        </node>
+        <session_timeout_ms>30000</session_timeout_ms>
+    </zookeeper>
+    <remote_servers>
+        <strata_2shards>
+            <shard>
+                <internal_replication>true</internal_replication>
+                <replica><host>127.0.0.1</host><port>$(cluster_tcp_port 1)</port></replica>
+            </shard>
+            <shard>
+                <internal_replication>true</internal_replication>
+                <replica><host>127.0.0.1</host><port>$(cluster_tcp_port 2)</port></replica>
+            </shard>
+        </strata_2shards>
+        <strata_replicated>
+            <shard>
+                <internal_replication>true</internal_replication>
+                <replica><host>127.0.0.1</host><port>$(cluster_tcp_port 1)</port></replica>
+                <replica><host>127.0.0.1</host><port>$(cluster_tcp_port 3)</port></replica>
+            </shard>
+        </strata_replicated>
+    </remote_servers>
+    <macros>
+        <shard>$(cluster_node_shard "${n}")</shard>
+        <replica>node${n}</replica>
+    </macros>
+    <distributed_ddl>
+        <path>/clickhouse/task_queue/ddl</path>
+    </distributed_ddl>
+</yandex>
+EOF
+}
+
+# ClickHouse answers and its ZooKeeper session works.
+cluster_node_healthy() {
+    clickhouse_healthy &&
+        [[ "$(curl -sf --max-time 3 "http://127.0.0.1:${CH_HTTP_PORT}/" \
+            --data-binary "SELECT count() > 0 FROM system.zookeeper WHERE path = '/'" 2>/dev/null)" == 1* ]]
+}
+
+# start_cluster_node N : one ClickHouse node, written and started by the single-node
+# helpers with this node's directory and ports (bash's dynamic scoping: the helpers see
+# these locals).
+start_cluster_node() {
+    local n="$1"
+    local component="cluster-clickhouse-${n}"
+    local CH_DIR="${CLUSTER_DIR}/clickhouse-${n}"
+    local CH_HTTP_PORT CH_TCP_PORT CH_INTERSERVER_PORT pid bin
+    CH_HTTP_PORT="$(cluster_http_port "${n}")"
+    CH_TCP_PORT="$(cluster_tcp_port "${n}")"
+    CH_INTERSERVER_PORT="$(cluster_interserver_port "${n}")"
+    if pid="$(running_pid "${component}" "${CH_DIR}/config.xml")"; then
+        if cluster_node_healthy; then
+            info "cluster: node${n} already running (pid ${pid})"
+            return 0
+        fi
+        wait_healthy "${component}" "${CH_TIMEOUT}" cluster_node_healthy "${CH_DIR}/logs/clickhouse-server.err.log"
+        return 0
+    fi
+    ensure_port_free "${component}" "${CH_HTTP_PORT}" "${CH_TCP_PORT}" "${CH_INTERSERVER_PORT}"
+    clickhouse_write_config
+    cluster_write_node_config "${n}"
+    bin="$(clickhouse_bin)"
+    info "cluster: starting node${n} (shard $(cluster_node_shard "${n}"), http ${CH_HTTP_PORT}, tcp ${CH_TCP_PORT}, interserver ${CH_INTERSERVER_PORT})"
+    launch "${component}" "${CH_DIR}" "${bin}" "--config-file=${CH_DIR}/config.xml"
+    wait_healthy "${component}" "${CH_TIMEOUT}" cluster_node_healthy "${CH_DIR}/logs/clickhouse-server.err.log"
+}
+
+start_cluster() {
+    need_curl
+    clickhouse_install
+    start_zookeeper
+    local n
+    for n in "${CLUSTER_NODES[@]}"; do
+        start_cluster_node "${n}"
+    done
+}
+
+write_cluster_env() {
+    local env_file="${STRATA_HOME}/cluster.env" tmp n
+    tmp="$(mktemp "${STRATA_HOME}/.cluster.env.XXXXXX")"
+    {
+        echo "# Generated by deploy/local/up.sh cluster - source this file: . \"${env_file}\""
+        echo "# strata_2shards: node1 (shard 01), node2 (shard 02); strata_replicated: node1 and node3 (shard 01)"
+        echo "export STRATA_CLUSTER_ZOOKEEPER=127.0.0.1:${ZK_PORT}"
+        for n in "${CLUSTER_NODES[@]}"; do
+            echo "export STRATA_CLUSTER_NODE${n}_URL=http://127.0.0.1:$(cluster_http_port "${n}")"
+        done
+    } >"${tmp}"
+    mv -f "${tmp}" "${env_file}"
+}
+
+# ---------------------------------------------------------------------------------------
 # stack.env
 # ---------------------------------------------------------------------------------------
 
@@ -597,10 +815,10 @@ for arg in "$@"; do
             usage
             exit 0
             ;;
-        clickhouse | kafka | s3)
+        clickhouse | kafka | s3 | cluster)
             [[ " ${SELECTED[*]} " == *" ${arg} "* ]] || SELECTED+=("${arg}")
             ;;
-        *) die "unknown component '${arg}' (expected: ${ALL_COMPONENTS[*]})" ;;
+        *) die "unknown component '${arg}' (expected: ${ALL_COMPONENTS[*]} cluster)" ;;
     esac
 done
 ((${#SELECTED[@]})) || SELECTED=("${ALL_COMPONENTS[@]}")
@@ -610,6 +828,12 @@ validate_port STRATA_CLICKHOUSE_TCP_PORT "${CH_TCP_PORT}"
 validate_port STRATA_CLICKHOUSE_INTERSERVER_PORT "${CH_INTERSERVER_PORT}"
 validate_port STRATA_KAFKA_PORT "${KAFKA_PORT}"
 validate_port STRATA_S3_PORT "${S3_PORT}"
+validate_port STRATA_CLUSTER_ZOOKEEPER_PORT "${ZK_PORT}"
+for n in "${CLUSTER_NODES[@]}"; do
+    validate_port STRATA_CLUSTER_HTTP_PORT_BASE+${n} "$((CLUSTER_HTTP_BASE + n))"
+    validate_port STRATA_CLUSTER_TCP_PORT_BASE+${n} "$((CLUSTER_TCP_BASE + n))"
+    validate_port STRATA_CLUSTER_INTERSERVER_PORT_BASE+${n} "$((CLUSTER_INTERSERVER_BASE + n))"
+done
 command -v setsid >/dev/null 2>&1 || die "setsid (util-linux) is required"
 mkdir -p "${PID_DIR}" "${LOG_DIR}"
 info "STRATA_HOME=${STRATA_HOME}; components: ${SELECTED[*]}"
@@ -618,7 +842,13 @@ for component in "${SELECTED[@]}"; do
     "start_${component}"
 done
 
-write_stack_env
+# stack.env belongs to the single-node stack: left alone when only the cluster started.
+if [[ " ${SELECTED[*]} " == *" clickhouse "* || " ${SELECTED[*]} " == *" kafka "* || " ${SELECTED[*]} " == *" s3 "* ]]; then
+    write_stack_env
+fi
+if [[ " ${SELECTED[*]} " == *" cluster "* ]]; then
+    write_cluster_env
+fi
 
 info "endpoints:"
 for component in "${SELECTED[@]}"; do
@@ -626,6 +856,17 @@ for component in "${SELECTED[@]}"; do
         clickhouse) info "  clickhouse  http://127.0.0.1:${CH_HTTP_PORT}  (native tcp 127.0.0.1:${CH_TCP_PORT}, user default, no password)" ;;
         kafka) info "  kafka       127.0.0.1:${KAFKA_PORT}  (tansu)" ;;
         s3) info "  s3          http://127.0.0.1:${S3_PORT}  (moto; AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1)" ;;
+        cluster)
+            info "  zookeeper   127.0.0.1:${ZK_PORT}"
+            for n in "${CLUSTER_NODES[@]}"; do
+                info "  node${n}       http://127.0.0.1:$(cluster_http_port "${n}")  (native tcp 127.0.0.1:$(cluster_tcp_port "${n}"), shard $(cluster_node_shard "${n}"), replica node${n})"
+            done
+            ;;
     esac
 done
-info "environment written to ${STRATA_HOME}/stack.env (use: . ${STRATA_HOME}/stack.env)"
+if [[ " ${SELECTED[*]} " == *" cluster "* ]]; then
+    info "cluster environment written to ${STRATA_HOME}/cluster.env (use: . ${STRATA_HOME}/cluster.env)"
+fi
+if [[ " ${SELECTED[*]} " != " cluster " ]]; then
+    info "environment written to ${STRATA_HOME}/stack.env (use: . ${STRATA_HOME}/stack.env)"
+fi

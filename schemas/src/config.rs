@@ -141,6 +141,11 @@ pub struct ClickHouseSection {
     /// Password. Env: `STRATA_CLICKHOUSE_PASSWORD`.
     #[serde(default)]
     pub password: String,
+    /// Cluster mode: the `<remote_servers>` cluster `strata init` creates
+    /// replicated local tables and `Distributed` tables on (`None`: one
+    /// server, plain tables). Env: `STRATA_CLICKHOUSE_CLUSTER`.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 fn default_database() -> String {
@@ -157,6 +162,7 @@ impl Default for ClickHouseSection {
             database: default_database(),
             user: default_user(),
             password: String::new(),
+            cluster: None,
         }
     }
 }
@@ -709,7 +715,7 @@ type Setter = fn(&mut RawConfig, String);
 /// Environment variables that override connection settings, with the config
 /// path each one replaces. Only deployment-specific settings are overridable:
 /// metric definitions stay in the file so both layers always agree.
-pub const ENV_OVERRIDES: [(&str, &str, Setter); 18] = [
+pub const ENV_OVERRIDES: [(&str, &str, Setter); 19] = [
     ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| {
         c.kafka.brokers = v;
     }),
@@ -729,6 +735,9 @@ pub const ENV_OVERRIDES: [(&str, &str, Setter); 18] = [
         "clickhouse.password",
         |c, v| c.clickhouse.password = v,
     ),
+    ("STRATA_CLICKHOUSE_CLUSTER", "clickhouse.cluster", |c, v| {
+        c.clickhouse.cluster = Some(v);
+    }),
     ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| {
         c.object_store.url = v;
     }),
@@ -919,6 +928,16 @@ fn compile(
             format!(
                 "{:?} is not a valid database name; use lowercase letters, digits and _",
                 raw.clickhouse.database
+            ),
+        );
+    }
+    if let Some(cluster) = &raw.clickhouse.cluster
+        && !is_identifier(cluster)
+    {
+        c.push(
+            "clickhouse.cluster",
+            format!(
+                "{cluster:?} is not a valid cluster name; use the name of a <remote_servers> cluster of the ClickHouse config (lowercase letters, digits and _)"
             ),
         );
     }

@@ -100,13 +100,24 @@ pub fn is_retryable(e: &clickhouse::error::Error) -> bool {
 
 /// A client for the configured server. Schema validation is off: it relies
 /// on `RowBinaryWithNamesAndTypes`, which ClickHouse 18.16 does not speak.
+///
+/// In cluster mode every insert into a `Distributed` table is synchronous
+/// (`insert_distributed_sync = 1`): acknowledged only once its rows are on
+/// their shards. The default queues them on the node for a background send,
+/// so a speed checkpoint written after an acknowledged insert could run
+/// ahead of data a crash of that node would lose.
 pub fn client(section: &ClickHouseSection) -> Client {
-    Client::default()
+    let client = Client::default()
         .with_url(section.url.trim_end_matches('/'))
         .with_user(&section.user)
         .with_password(&section.password)
         .with_validation(false)
-        .with_compression(clickhouse::Compression::None)
+        .with_compression(clickhouse::Compression::None);
+    if section.cluster.is_some() {
+        client.with_setting("insert_distributed_sync", "1")
+    } else {
+        client
+    }
 }
 
 fn ch_err(operation: &str) -> impl FnOnce(clickhouse::error::Error) -> WarehouseError + '_ {

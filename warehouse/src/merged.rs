@@ -24,6 +24,7 @@ use strata_schemas::aggregate::{AggFunction, AggPlan};
 use strata_schemas::config::MetricDef;
 
 use crate::state::{EVENTS_COLUMN, StateField};
+use crate::tables::on_cluster;
 use crate::views::{CurrentRows, Runs, name_literal, window_and_groups, window_range};
 use crate::{BATCH_RUNS_TABLE, View, qualified};
 
@@ -544,7 +545,10 @@ pub fn merged_view_columns(metric: &MetricDef) -> Vec<String> {
 /// exact union of the stored hashes (equal to the API while each partial
 /// holds at most 4096 distinct values, below the sketch's exact limit), and
 /// quantiles are left to the API (null here).
-pub fn merged_view_sql(database: &str, metric: &MetricDef) -> String {
+///
+/// With `cluster`, the view is created `ON CLUSTER` (on every node; it reads
+/// the `Distributed` tables).
+pub fn merged_view_sql(database: &str, metric: &MetricDef, cluster: Option<&str>) -> String {
     let plan = &metric.plan;
     let merged = MergedSql::newest(database, metric);
     let union: Vec<String> = merged
@@ -571,8 +575,9 @@ pub fn merged_view_sql(database: &str, metric: &MetricDef) -> String {
         Source::Batch.name()
     ));
     let mut sql = format!(
-        "CREATE VIEW IF NOT EXISTS {} AS SELECT {} FROM ({})",
+        "CREATE VIEW IF NOT EXISTS {}{} AS SELECT {} FROM ({})",
         qualified(database, &merged_view(&metric.name)),
+        on_cluster(cluster),
         select.join(", "),
         union.join(" UNION ALL ")
     );

@@ -5,6 +5,14 @@
 //! releases both accept: `ReplacingMergeTree(version)` with `PARTITION BY` /
 //! `ORDER BY`, `ALIAS` columns, no `LowCardinality`, no `DateTime64`, no
 //! Nullable sorting keys.
+//!
+//! In cluster mode (`clickhouse.cluster`), every table is created `ON
+//! CLUSTER`: the window tables as `<table>_local`
+//! (`Replicated*MergeTree`, one ZooKeeper path per shard) behind a
+//! `Distributed` table under the usual name, sharded so that every version
+//! of a row lands on one shard (per-shard `FINAL` and `argMax` stay right);
+//! the small metadata tables as one `Replicated*MergeTree` per node, all
+//! replicas of one ZooKeeper path, so each node answers them locally.
 
 use std::fmt::Write as _;
 
@@ -38,23 +46,153 @@ pub fn batch_table(metric: &str) -> String {
     format!("{metric}_batch")
 }
 
-/// A table Strata manages: its name, columns and engine clause.
+/// Where a table's rows live on a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Small metadata: a full replica on every node of the cluster, read
+    /// and written locally (no `Distributed` table).
+    EveryNode,
+    /// Window rows: `<table>_local` on each shard behind a `Distributed`
+    /// table, spread over the shards by this expression.
+    Sharded {
+        /// The `Distributed` sharding key.
+        key: String,
+    },
+}
+
+/// A table Strata manages: its name, columns and engine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableSpec {
     /// Table name (without database).
     pub name: String,
     /// (name, type, extra) — `extra` is e.g. `DEFAULT now()` or `ALIAS ...`.
     pub columns: Vec<(String, String, String)>,
-    /// Everything after the column list.
+    /// The MergeTree family member on one server: `ReplacingMergeTree` or
+    /// `MergeTree` (on a cluster, its `Replicated` twin).
+    pub engine: &'static str,
+    /// The engine's version column (`ReplacingMergeTree(version)`), if any.
+    pub version: Option<&'static str>,
+    /// `PARTITION BY` / `ORDER BY` clauses.
+    pub layout: String,
+    /// Where its rows live in cluster mode.
+    pub placement: Placement,
+}
+
+/// One table `strata init` creates: its name, the engine `system.tables`
+/// reports for it, and the statement that creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableStatement {
+    /// Table name (without database).
+    pub name: String,
+    /// `system.tables.engine` of the created table.
     pub engine: String,
+    /// `CREATE TABLE IF NOT EXISTS ...`.
+    pub sql: String,
+}
+
+/// ` ON CLUSTER <name>` in cluster mode, else nothing.
+pub fn on_cluster(cluster: Option<&str>) -> String {
+    cluster
+        .map(|c| format!(" ON CLUSTER `{c}`"))
+        .unwrap_or_default()
+}
+
+/// The name of a sharded table's local (per-shard) table in cluster mode.
+pub fn local_table(table: &str) -> String {
+    format!("{table}_local")
 }
 
 impl TableSpec {
-    /// `CREATE TABLE IF NOT EXISTS ...`.
+    /// `CREATE TABLE IF NOT EXISTS ...` on one server.
     pub fn create_sql(&self, database: &str) -> String {
+        self.create_with(database, &self.name, "", &self.engine_clause(None))
+    }
+
+    /// The tables this spec is made of: on one server the table itself;
+    /// on `cluster`, created `ON CLUSTER`, the replicated table of every
+    /// node ([`Placement::EveryNode`]) or the local table of every shard
+    /// and the `Distributed` table over them ([`Placement::Sharded`]).
+    pub fn statements(&self, database: &str, cluster: Option<&str>) -> Vec<TableStatement> {
+        let Some(cluster) = cluster else {
+            return vec![TableStatement {
+                name: self.name.clone(),
+                engine: self.engine.to_string(),
+                sql: self.create_sql(database),
+            }];
+        };
+        let on = on_cluster(Some(cluster));
+        let replicated = format!("Replicated{}", self.engine);
+        match &self.placement {
+            Placement::EveryNode => {
+                // No {shard} in the path: every node of the cluster is a
+                // replica of the same table ({replica} is unique per node).
+                let path = format!("/clickhouse/tables/all/{database}/{}", self.name);
+                vec![TableStatement {
+                    name: self.name.clone(),
+                    engine: replicated,
+                    sql: self.create_with(
+                        database,
+                        &self.name,
+                        &on,
+                        &self.engine_clause(Some(&path)),
+                    ),
+                }]
+            }
+            Placement::Sharded { key } => {
+                let local = local_table(&self.name);
+                let path = format!("/clickhouse/tables/{{shard}}/{database}/{}", self.name);
+                vec![
+                    TableStatement {
+                        name: local.clone(),
+                        engine: replicated,
+                        sql: self.create_with(
+                            database,
+                            &local,
+                            &on,
+                            &self.engine_clause(Some(&path)),
+                        ),
+                    },
+                    TableStatement {
+                        name: self.name.clone(),
+                        engine: "Distributed".into(),
+                        sql: self.create_with(
+                            database,
+                            &self.name,
+                            &on,
+                            &format!(
+                                "ENGINE = Distributed(`{cluster}`, `{database}`, `{local}`, {key})"
+                            ),
+                        ),
+                    },
+                ]
+            }
+        }
+    }
+
+    /// `ENGINE = ...` with the layout clauses; `replication` is the
+    /// ZooKeeper path of a `Replicated` engine.
+    fn engine_clause(&self, replication: Option<&str>) -> String {
+        let mut args = Vec::new();
+        let engine = match replication {
+            Some(path) => {
+                args.push(format!("'{path}'"));
+                args.push("'{replica}'".to_string());
+                format!("Replicated{}", self.engine)
+            }
+            None => self.engine.to_string(),
+        };
+        args.extend(self.version.map(str::to_string));
+        if args.is_empty() {
+            format!("ENGINE = {engine} {}", self.layout)
+        } else {
+            format!("ENGINE = {engine}({}) {}", args.join(", "), self.layout)
+        }
+    }
+
+    fn create_with(&self, database: &str, table: &str, on_cluster: &str, engine: &str) -> String {
         let mut sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n",
-            qualified(database, &self.name)
+            "CREATE TABLE IF NOT EXISTS {}{on_cluster} (\n",
+            qualified(database, table)
         );
         for (i, (name, ty, extra)) in self.columns.iter().enumerate() {
             let sep = if i + 1 == self.columns.len() { "" } else { "," };
@@ -65,7 +203,7 @@ impl TableSpec {
             };
             let _ = writeln!(sql, "    `{name}` {ty}{extra}{sep}");
         }
-        let _ = write!(sql, ") {}", self.engine);
+        let _ = write!(sql, ") {engine}");
         sql
     }
 }
@@ -175,10 +313,17 @@ pub fn speed_table_spec(metric: &MetricDef) -> TableSpec {
     TableSpec {
         name: speed_table(&metric.name),
         columns,
-        engine: format!(
-            "ENGINE = ReplacingMergeTree(version) PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
+        engine: "ReplacingMergeTree",
+        version: Some("version"),
+        layout: format!(
+            "PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
             sorting_key(metric, &["kafka_partition"])
         ),
+        // Every version of a (window, key, partition) row on one shard: the
+        // shard's FINAL / argMax sees them all.
+        placement: Placement::Sharded {
+            key: format!("cityHash64({})", sorting_key(metric, &["kafka_partition"])),
+        },
     }
 }
 
@@ -214,10 +359,16 @@ pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
     TableSpec {
         name: batch_table(&metric.name),
         columns,
-        engine: format!(
-            "ENGINE = ReplacingMergeTree(run_id) PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
+        engine: "ReplacingMergeTree",
+        version: Some("run_id"),
+        layout: format!(
+            "PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
             sorting_key(metric, &[])
         ),
+        // Every run's row of a (window, key) on one shard.
+        placement: Placement::Sharded {
+            key: format!("cityHash64({})", sorting_key(metric, &[])),
+        },
     }
 }
 
@@ -238,8 +389,10 @@ pub fn watermarks_table_spec() -> TableSpec {
                 "DEFAULT now()".into(),
             ),
         ],
-        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, layer, kafka_partition)"
-            .into(),
+        engine: "ReplacingMergeTree",
+        version: Some("version"),
+        layout: "ORDER BY (metric, layer, kafka_partition)".into(),
+        placement: Placement::EveryNode,
     }
 }
 
@@ -260,7 +413,10 @@ pub fn batch_runs_table_spec() -> TableSpec {
             col("finished_at", "DateTime"),
             col("message", "String"),
         ],
-        engine: "ENGINE = MergeTree ORDER BY (metric, run_id)".into(),
+        engine: "MergeTree",
+        version: None,
+        layout: "ORDER BY (metric, run_id)".into(),
+        placement: Placement::EveryNode,
     }
 }
 
@@ -287,8 +443,10 @@ pub fn speed_checkpoints_table_spec() -> TableSpec {
                 "DEFAULT now()".into(),
             ),
         ],
-        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (group_id, topic, kafka_partition)"
-            .into(),
+        engine: "ReplacingMergeTree",
+        version: Some("version"),
+        layout: "ORDER BY (group_id, topic, kafka_partition)".into(),
+        placement: Placement::EveryNode,
     }
 }
 
@@ -312,7 +470,10 @@ pub fn batch_leases_table_spec() -> TableSpec {
                 "DEFAULT now()".into(),
             ),
         ],
-        engine: "ENGINE = ReplacingMergeTree(version) ORDER BY (metric, holder)".into(),
+        engine: "ReplacingMergeTree",
+        version: Some("version"),
+        layout: "ORDER BY (metric, holder)".into(),
+        placement: Placement::EveryNode,
     }
 }
 
@@ -417,9 +578,14 @@ impl InitReport {
 }
 
 /// Creates the database and every missing table; checks existing tables
-/// against the expected layout. Idempotent: a second run changes nothing.
+/// against the expected layout (engine and columns). Idempotent: a second
+/// run changes nothing. In cluster mode (`clickhouse.cluster`) what is
+/// missing on the node the client talks to is created `ON CLUSTER` (`IF NOT
+/// EXISTS`, so nodes that have it keep it), and drift is checked on that
+/// node.
 pub async fn init(client: &Client, config: &Config) -> Result<InitReport, WarehouseError> {
     let database = &config.clickhouse.database;
+    let cluster = config.clickhouse.cluster.as_deref();
     let mut report = InitReport::default();
     let exists = query_rows(
         client,
@@ -430,61 +596,24 @@ pub async fn init(client: &Client, config: &Config) -> Result<InitReport, Wareho
     if exists.is_empty() {
         execute(
             client,
-            &format!("CREATE DATABASE IF NOT EXISTS `{database}`"),
+            &format!(
+                "CREATE DATABASE IF NOT EXISTS `{database}`{}",
+                on_cluster(cluster)
+            ),
         )
         .await?;
         report.created_database = true;
     }
     for spec in all_table_specs(config) {
-        let existing = query_rows(
-            client,
-            "SELECT name, type FROM system.columns WHERE database = ? AND table = ?",
-            &[database, &spec.name],
-        )
-        .await?;
-        if existing.is_empty() {
-            execute(client, &spec.create_sql(database)).await?;
-            tracing::info!(database = %database, table = %spec.name, "created table");
-            report.created.push(spec.name);
-            continue;
-        }
-        let actual: Vec<(String, String)> = existing
-            .iter()
-            .map(|r| {
-                (
-                    r.get("name")
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    r.get("type")
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect();
-        let mut differences = Vec::new();
-        for (name, ty, _) in &spec.columns {
-            match actual.iter().find(|(n, _)| n == name) {
-                None => differences.push(format!("column {name} is missing")),
-                Some((_, t)) if t != ty => {
-                    differences.push(format!("column {name} is {t}, expected {ty}"));
-                }
-                Some(_) => {}
+        for table in spec.statements(database, cluster) {
+            if check_table(client, database, &spec, &table).await? {
+                report.unchanged.push(table.name);
+            } else {
+                execute(client, &table.sql).await?;
+                tracing::info!(database = %database, table = %table.name, engine = %table.engine, "created table");
+                report.created.push(table.name);
             }
         }
-        for (name, _) in &actual {
-            if !spec.columns.iter().any(|(n, _, _)| n == name) {
-                differences.push(format!("column {name} is not in the metric definition"));
-            }
-        }
-        if !differences.is_empty() {
-            return Err(WarehouseError::Drift {
-                table: format!("{database}.{}", spec.name),
-                differences: differences.join("; "),
-            });
-        }
-        report.unchanged.push(spec.name);
     }
     for metric in &config.metrics {
         let name = merged_view(&metric.name);
@@ -507,20 +636,177 @@ pub async fn init(client: &Client, config: &Config) -> Result<InitReport, Wareho
         if !actual.is_empty() {
             execute(
                 client,
-                &format!("DROP TABLE IF EXISTS {}", qualified(database, &name)),
+                &format!(
+                    "DROP TABLE IF EXISTS {}{}",
+                    qualified(database, &name),
+                    on_cluster(cluster)
+                ),
             )
             .await?;
         }
-        execute(client, &merged_view_sql(database, metric)).await?;
+        execute(client, &merged_view_sql(database, metric, cluster)).await?;
         tracing::info!(database = %database, view = %name, "created merged view");
         report.created.push(name);
     }
     Ok(report)
 }
 
+/// Whether `table` exists (`false`: create it) with the expected engine and
+/// the columns of `spec`; [`WarehouseError::Drift`] when it exists otherwise.
+async fn check_table(
+    client: &Client,
+    database: &str,
+    spec: &TableSpec,
+    table: &TableStatement,
+) -> Result<bool, WarehouseError> {
+    let engine = query_rows(
+        client,
+        "SELECT engine FROM system.tables WHERE database = ? AND name = ?",
+        &[database, &table.name],
+    )
+    .await?;
+    let Some(engine) = engine.first() else {
+        return Ok(false);
+    };
+    let existing = query_rows(
+        client,
+        "SELECT name, type FROM system.columns WHERE database = ? AND table = ?",
+        &[database, &table.name],
+    )
+    .await?;
+    let actual: Vec<(String, String)> = existing
+        .iter()
+        .map(|r| {
+            (
+                r.get("name")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                r.get("type")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let mut differences = Vec::new();
+    let actual_engine = engine
+        .get("engine")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    if actual_engine != table.engine {
+        differences.push(format!(
+            "engine is {actual_engine}, expected {} ({})",
+            table.engine,
+            if table.engine.starts_with("Replicated") || table.engine == "Distributed" {
+                "clickhouse.cluster is set"
+            } else {
+                "clickhouse.cluster is not set"
+            }
+        ));
+    }
+    for (name, ty, _) in &spec.columns {
+        match actual.iter().find(|(n, _)| n == name) {
+            None => differences.push(format!("column {name} is missing")),
+            Some((_, t)) if t != ty => {
+                differences.push(format!("column {name} is {t}, expected {ty}"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &actual {
+        if !spec.columns.iter().any(|(n, _, _)| n == name) {
+            differences.push(format!("column {name} is not in the metric definition"));
+        }
+    }
+    if differences.is_empty() {
+        Ok(true)
+    } else {
+        Err(WarehouseError::Drift {
+            table: format!("{database}.{}", table.name),
+            differences: differences.join("; "),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_server_gets_the_plain_table() {
+        let spec = watermarks_table_spec();
+        let statements = spec.statements("db", None);
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0].name, "strata_watermarks");
+        assert_eq!(statements[0].engine, "ReplacingMergeTree");
+        assert_eq!(statements[0].sql, spec.create_sql("db"));
+        assert!(
+            statements[0].sql.ends_with(
+                ") ENGINE = ReplacingMergeTree(version) ORDER BY (metric, layer, kafka_partition)"
+            ),
+            "{}",
+            statements[0].sql
+        );
+        assert!(
+            batch_runs_table_spec()
+                .create_sql("db")
+                .ends_with(") ENGINE = MergeTree ORDER BY (metric, run_id)")
+        );
+    }
+
+    #[test]
+    fn a_cluster_replicates_metadata_to_every_node() {
+        let statements = batch_runs_table_spec().statements("db", Some("c"));
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0].engine, "ReplicatedMergeTree");
+        let sql = &statements[0].sql;
+        assert!(
+            sql.starts_with("CREATE TABLE IF NOT EXISTS `db`.`strata_batch_runs` ON CLUSTER `c` ("),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(") ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/db/strata_batch_runs', '{replica}') ORDER BY (metric, run_id)"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_shards_window_tables_behind_distributed_tables() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml");
+        let config = strata_schemas::config::load_with_env(&path, |_| None).unwrap();
+        let metric = config.metric("page_views_per_minute").unwrap();
+        let speed = speed_table_spec(metric).statements("db", Some("c"));
+        let names: Vec<&str> = speed.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "page_views_per_minute_speed_local",
+                "page_views_per_minute_speed"
+            ]
+        );
+        assert!(
+            speed[0].sql.contains(") ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/page_views_per_minute_speed', '{replica}', version) PARTITION BY "),
+            "{}",
+            speed[0].sql
+        );
+        assert!(
+            speed[1].sql.ends_with(") ENGINE = Distributed(`c`, `db`, `page_views_per_minute_speed_local`, cityHash64(window_start_ms, `page`, `country`, kafka_partition))"),
+            "{}",
+            speed[1].sql
+        );
+        let batch = batch_table_spec(metric).statements("db", Some("c"));
+        assert!(
+            batch[0].sql.contains("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/page_views_per_minute_batch', '{replica}', run_id)"),
+            "{}",
+            batch[0].sql
+        );
+        assert!(
+            batch[1].sql.ends_with("Distributed(`c`, `db`, `page_views_per_minute_batch_local`, cityHash64(window_start_ms, `page`, `country`))"),
+            "{}",
+            batch[1].sql
+        );
+    }
 
     const MONTH_MS: i64 = 31 * 24 * 3_600_000;
 

@@ -123,8 +123,13 @@ impl CurrentRows {
             table: qualified(database, &batch_table(&metric.name)),
             version: "run_id",
             key: window_and_groups(metric),
+            // GLOBAL: on a cluster the run log is evaluated once, on the
+            // node the client talks to (which has its own writes), and the
+            // set is shipped to the shards; a plain IN would read each
+            // shard's replica of the run log, which may lag. On one server
+            // GLOBAL IN is IN.
             conditions: vec![format!(
-                "run_id IN (SELECT run_id FROM {} WHERE metric = {name} AND status = 'published'{up_to})",
+                "run_id GLOBAL IN (SELECT run_id FROM {} WHERE metric = {name} AND status = 'published'{up_to})",
                 qualified(database, BATCH_RUNS_TABLE)
             )],
             binds,

@@ -83,7 +83,7 @@ fn answer_binds_the_metric_and_filter_texts_in_text_order() {
 fn the_merged_view_reads_the_newest_published_run_itself() {
     let config = reference_config();
     for m in &config.metrics {
-        let sql = strata_warehouse::merged_view_sql("db", m);
+        let sql = strata_warehouse::merged_view_sql("db", m, None);
         assert!(!sql.contains('?'), "a view takes no parameters: {sql}");
         assert!(
             sql.contains(&format!("metric = '{}' AND status = 'published')", m.name)),
