@@ -131,11 +131,16 @@ pub async fn ensure_tables(ctx: &BatchContext) -> Result<(), BatchError> {
         if warehouse::run_log::table_exists(&ctx.client, ctx.database(), &spec.name).await? {
             continue;
         }
-        let created = warehouse::execute(&ctx.client, &spec.create_sql(ctx.database())).await;
-        if let Err(e) = created
-            && !warehouse::run_log::table_exists(&ctx.client, ctx.database(), &spec.name).await?
-        {
-            return Err(e.into());
+        // On a cluster: replicated to every node, created ON CLUSTER.
+        let cluster = ctx.config.clickhouse.cluster.as_deref();
+        for statement in spec.statements(ctx.database(), cluster) {
+            let created = warehouse::execute(&ctx.client, &statement.sql).await;
+            if let Err(e) = created
+                && !warehouse::run_log::table_exists(&ctx.client, ctx.database(), &statement.name)
+                    .await?
+            {
+                return Err(e.into());
+            }
         }
     }
     Ok(())

@@ -508,7 +508,10 @@ pub fn batch_plans_table_spec() -> TableSpec {
                 "DEFAULT now()".into(),
             ),
         ],
-        engine: "ENGINE = MergeTree ORDER BY (metric, run_id)".into(),
+        engine: "MergeTree",
+        version: None,
+        layout: "ORDER BY (metric, run_id)".into(),
+        placement: Placement::EveryNode,
     }
 }
 
@@ -538,7 +541,10 @@ pub fn batch_chunks_table_spec() -> TableSpec {
                 "DEFAULT now()".into(),
             ),
         ],
-        engine: "ENGINE = MergeTree ORDER BY (metric, run_id, chunk_index)".into(),
+        engine: "MergeTree",
+        version: None,
+        layout: "ORDER BY (metric, run_id, chunk_index)".into(),
+        placement: Placement::EveryNode,
     }
 }
 
