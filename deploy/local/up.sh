@@ -8,7 +8,8 @@
 #               (not the system service). Installed with apt-get when missing. Users:
 #               default, and strata_reader (read-only: the serving API's).
 #   kafka       Tansu, a Kafka-compatible broker with SQLite storage in $STRATA_HOME/tansu/.
-#               Installed with `cargo install tansu --locked --features libsql` when missing.
+#               Built when missing by deploy/local/tansu/build.sh: the published 0.6.0 with
+#               one patch (an idempotent producer's epoch bump crashed its storage task).
 #   s3          moto's S3 server (in-memory). Installed with pip (into a venv under
 #               $STRATA_HOME/tools/ when moto_server is not already on PATH).
 #
@@ -428,30 +429,26 @@ start_clickhouse() {
 
 TANSU_DIR="${STRATA_HOME}/tansu"
 
+# The broker is Tansu 0.6.0 with one patch (deploy/local/tansu/build.sh says why), kept
+# outside STRATA_HOME so `down.sh --purge` does not throw away a 9-minute build. An
+# unpatched `tansu` on PATH is not used: its storage task dies on an idempotent producer's
+# epoch bump. STRATA_TANSU_BIN names another build to use instead.
+TANSU_BIN="${STRATA_TANSU_BIN:-${CARGO_HOME:-${HOME}/.cargo}/strata/tansu-0.6.0-strata.1/bin/tansu}"
+
 tansu_bin() {
-    local b
-    for b in "$(command -v tansu 2>/dev/null || true)" "${CARGO_HOME:-${HOME}/.cargo}/bin/tansu" "${HOME}/.cargo/bin/tansu"; do
-        if [[ -n "${b}" && -x "${b}" ]]; then
-            printf '%s' "${b}"
-            return 0
-        fi
-    done
-    return 1
+    [[ -x "${TANSU_BIN}" ]] || return 1
+    printf '%s' "${TANSU_BIN}"
 }
 
 tansu_install() {
     tansu_bin >/dev/null && return 0
-    local cargo
-    cargo="$(command -v cargo 2>/dev/null || true)"
-    [[ -z "${cargo}" && -x "${HOME}/.cargo/bin/cargo" ]] && cargo="${HOME}/.cargo/bin/cargo"
-    [[ -n "${cargo}" ]] || die "kafka: tansu not found and cargo is not installed (install Rust from https://rustup.rs, then re-run)"
-    info "kafka: tansu not found; running 'cargo install tansu --locked --features libsql' (takes several minutes)"
+    info "kafka: ${TANSU_BIN} not found; building the patched Tansu 0.6.0 (deploy/local/tansu/build.sh, takes several minutes)"
     info "kafka: build output goes to $(log_file kafka-install)"
-    if ! "${cargo}" install tansu --locked --features libsql </dev/null >"$(log_file kafka-install)" 2>&1; then
+    if ! "${SCRIPT_DIR}/tansu/build.sh" "${TANSU_BIN}" </dev/null >"$(log_file kafka-install)" 2>&1; then
         tail -n 30 "$(log_file kafka-install)" >&2 || true
-        die "kafka: cargo install tansu failed (see $(log_file kafka-install))"
+        die "kafka: building tansu failed (see $(log_file kafka-install))"
     fi
-    tansu_bin >/dev/null || die "kafka: tansu still not found after cargo install (is ~/.cargo/bin on PATH?)"
+    tansu_bin >/dev/null || die "kafka: ${TANSU_BIN} still missing after the build"
 }
 
 # Send a Kafka ApiVersions (v0) request and check for a well-formed response with
