@@ -8,7 +8,7 @@
 //! [`AggPlan::update`] for sessions. There is no second definition of any
 //! aggregate, so both layers give the same numbers for the same events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 
 use polars::prelude::*;
@@ -176,6 +176,46 @@ impl EventFrame {
     }
 }
 
+impl EventFrame {
+    /// Keeps only the rows whose group key (in the [`group_key`] encoding)
+    /// is in `keys`: a session chunk reading on past its range needs only
+    /// the keys whose sessions are still open, so memory stays that of the
+    /// open sessions, not of every key's events in the extra span.
+    pub fn retain_keys(&mut self, metric: &MetricDef, keys: &HashSet<Vec<u8>>) -> PolarsResult<()> {
+        let mut event = Event {
+            time_ms: 0,
+            values: vec![Value::Null; metric.source.contract.fields.len()],
+        };
+        let mut buffer = Vec::new();
+        let keep: BooleanChunked = (0..self.height)
+            .map(|i| {
+                // A row without a time is never applied (for_each_event).
+                let Some(t) = self.time(i) else { return false };
+                self.fill(i, t, &mut event);
+                buffer.clear();
+                group_key::encode(&mut buffer, metric, &event);
+                keys.contains(buffer.as_slice())
+            })
+            .collect();
+        let kept = keep.sum().unwrap_or(0) as usize;
+        if kept == self.height {
+            return Ok(());
+        }
+        self.time = self.time.filter(&keep)?;
+        for (_, column) in &mut self.fields {
+            match column {
+                FieldColumn::Str(c) => *c = c.filter(&keep)?,
+                FieldColumn::Int(c) | FieldColumn::Time(c) => *c = c.filter(&keep)?,
+                FieldColumn::Float(c) => *c = c.filter(&keep)?,
+                FieldColumn::Bool(c) => *c = c.filter(&keep)?,
+                FieldColumn::Missing => {}
+            }
+        }
+        self.height = kept;
+        Ok(())
+    }
+}
+
 fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
     let column = df.column(name)?;
     match column.dtype() {
@@ -191,6 +231,8 @@ fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
 struct Keys {
     ids: HashMap<Vec<u8>, u32>,
     values: Vec<Vec<Value>>,
+    /// The encoding of every key, by id.
+    encodings: Vec<Vec<u8>>,
     buffer: Vec<u8>,
 }
 
@@ -203,8 +245,13 @@ impl Keys {
         }
         let id = self.values.len() as u32;
         self.values.push(metric.group_key(event));
+        self.encodings.push(self.buffer.clone());
         self.ids.insert(self.buffer.clone(), id);
         id
+    }
+
+    fn encoded(&self, id: u32) -> &[u8] {
+        &self.encodings[id as usize]
     }
 }
 
@@ -257,6 +304,10 @@ pub struct Recomputed {
     /// For session metrics: the earliest start of a session still open at
     /// the horizon (it may grow), which bounds the batch watermark.
     pub first_open_session_ms: Option<i64>,
+    /// For session metrics: the group keys (in the [`group_key`] encoding)
+    /// of those open sessions. Reading on for them needs no other key's
+    /// events ([`EventFrame::retain_keys`]).
+    pub open_keys: HashSet<Vec<u8>>,
 }
 
 /// Recomputes `metric` over `frames`: every event with time in
@@ -317,6 +368,7 @@ pub fn recompute(
                             out.first_open_session_ms
                                 .map_or(window.start_ms, |m| m.min(window.start_ms)),
                         );
+                        out.open_keys.insert(keys.encoded(key).to_vec());
                         continue;
                     }
                     let mut acc = metric.plan.new_accumulator();

@@ -26,7 +26,9 @@
 //! run would; sessions it sees starting before `chunk_from` belong to the
 //! previous chunk and are dropped. It then reads on past `chunk_to` until
 //! none of its sessions is still open, or up to the horizon, so its sessions
-//! end where the whole run's do.
+//! end where the whole run's do; what it reads on keeps only the events of
+//! the keys whose sessions are open, so a chunk's memory is its own range's
+//! events plus those keys' later ones.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -285,7 +287,7 @@ pub async fn recompute_chunk(
     Ok(match metric.window.session_gap_ms() {
         None => {
             let events_to = metric.window.events_end(chunk_to, horizon);
-            let frames = read_frames(ctx, metric, chunk_from, events_to).await?;
+            let frames = read_frames(ctx, metric, chunk_from, events_to, None).await?;
             recompute_off_thread(metric, frames, chunk_from, events_to, chunk_from, chunk_to)
                 .await?
                 .1
@@ -300,7 +302,7 @@ pub async fn recompute_chunk(
             };
             let mut events_to = chunk_to.saturating_add(gap).min(horizon);
             let mut frames = if events_to > events_from {
-                read_frames(ctx, metric, events_from, events_to).await?
+                read_frames(ctx, metric, events_from, events_to, None).await?
             } else {
                 Vec::new()
             };
@@ -316,12 +318,17 @@ pub async fn recompute_chunk(
                 .await?;
                 frames = back;
                 // A session of this chunk may still grow: read on (the
-                // span doubles each time) until none can, or the horizon.
+                // span doubles each time) until none can, or the horizon,
+                // keeping only the events of the keys whose sessions are
+                // open: the others' sessions in this chunk are final, and
+                // their later events start sessions of later chunks.
                 if recomputed.first_open_session_ms.is_some() && events_to < horizon {
                     let next = events_to
                         .saturating_add((events_to - events_from).max(gap))
                         .min(horizon);
-                    frames.extend(read_frames(ctx, metric, events_to, next).await?);
+                    let open_keys = Arc::new(recomputed.open_keys);
+                    frames
+                        .extend(read_frames(ctx, metric, events_to, next, Some(open_keys)).await?);
                     tracing::debug!(metric = %metric.name, chunk = index, events_to = next, "sessions still open: reading on");
                     events_to = next;
                     continue;
@@ -360,13 +367,15 @@ async fn recompute_off_thread(
 /// Reads, with Polars, the events of the metric's source with time in
 /// `[from_ms, to_ms)`: only the committed files of the hours overlapping
 /// the range are downloaded (up to 8 at once), only the metric's columns
-/// decoded, and rows outside the range dropped as each file is decoded, so
-/// what stays in memory is the range's events, never the run's.
+/// decoded, and rows outside the range (and, given `keys`, rows of other
+/// group keys) dropped as each file is decoded, so what stays in memory is
+/// the range's events, never the run's.
 async fn read_frames(
     ctx: &BatchContext,
     metric: &Arc<MetricDef>,
     from_ms: i64,
     to_ms: i64,
+    keys: Option<Arc<HashSet<Vec<u8>>>>,
 ) -> Result<Vec<EventFrame>, BatchError> {
     let source = &metric.source.name;
     let progress = ctx.lake.all_progress(source).await?;
@@ -377,10 +386,22 @@ async fn read_frames(
     let mut pending = futures::stream::iter(files.into_iter().map(|f| {
         let lake = ctx.lake.clone();
         let metric = metric.clone();
+        let keys = keys.clone();
         async move {
             let bytes = lake.get(&f.path).await?;
             tokio::task::spawn_blocking(move || {
-                EventFrame::read_range(&metric, f.path.as_ref(), bytes, Some((from_ms, to_ms)))
+                let path: &str = f.path.as_ref();
+                let mut frame =
+                    EventFrame::read_range(&metric, path, bytes, Some((from_ms, to_ms)))?;
+                if let Some(keys) = keys {
+                    frame
+                        .retain_keys(&metric, &keys)
+                        .map_err(|e| BatchError::Read {
+                            path: path.to_string(),
+                            message: e.to_string(),
+                        })?;
+                }
+                Ok::<_, BatchError>(frame)
             })
             .await
             .map_err(|e| BatchError::Usage(format!("read task failed: {e}")))?
