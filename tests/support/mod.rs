@@ -384,12 +384,21 @@ impl TestEnv {
     }
 
     /// Starts `strata speed` in the background, logging to `speed-<n>.log`.
+    /// Process 0 serves metrics on the configured port (the one
+    /// [`Self::scrape`] reads); the others, members of the same group
+    /// running next to it, each on a free one.
     pub fn spawn_speed(&self, n: usize) -> ChildGuard {
         let log = std::fs::File::create(self.dir.path().join(format!("speed-{n}.log"))).unwrap();
+        let mut cmd = self.strata();
+        cmd.arg("speed");
+        if n > 0 {
+            cmd.env(
+                "STRATA_SPEED_METRICS_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            );
+        }
         ChildGuard(
-            self.strata()
-                .arg("speed")
-                .stdout(log.try_clone().unwrap())
+            cmd.stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .unwrap(),
