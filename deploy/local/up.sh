@@ -627,10 +627,14 @@ log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{1}: %m%
 EOF
 }
 
+# `srvr`, not `ruok`: ruok answers imok as soon as the process listens, while a
+# server still loading its data refuses sessions ("not currently serving
+# requests"), and a ClickHouse node starting then fails to attach its replicated
+# tables and exits. srvr names the server's mode only once it serves.
 zookeeper_healthy() {
     local answer
-    answer="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf ruok >&3; cat <&3' _ "${ZK_PORT}" 2>/dev/null || true)"
-    [[ "${answer}" == imok ]]
+    answer="$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf srvr >&3; cat <&3' _ "${ZK_PORT}" 2>/dev/null || true)"
+    [[ "${answer}" == *"Mode: standalone"* ]]
 }
 
 start_zookeeper() {
