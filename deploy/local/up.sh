@@ -705,6 +705,14 @@ cluster_write_node_config() {
     <distributed_ddl>
         <path>/clickhouse/task_queue/ddl</path>
     </distributed_ddl>
+    <!-- A node killed mid-insert restarts with parts on disk that ZooKeeper never
+         registered (inserts not acknowledged). Past the default ratio of 0.5 such
+         parts the table refuses to attach ("doesn't look like the set of parts in
+         ZooKeeper") and the server exits; at 1 they are detached and the replica
+         fetches the acknowledged data from the others (OPERATIONS, Failure modes). -->
+    <merge_tree>
+        <replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts>
+    </merge_tree>
 </yandex>
 EOF
 }
