@@ -4,11 +4,16 @@
 //!   scripts/bench-scaleout.sh    (starts ClickHouse, then runs this)
 //!
 //! The broker is librdkafka's mock cluster, in this bench's process, with a
-//! topic of `STRATA_BENCH_PARTITIONS` (default 8) partitions pre-filled with
-//! `STRATA_BENCH_EVENTS` (default 4 M) clickstream records before any speed
-//! process starts, so the broker only serves fetches while rates are
-//! measured. Each mode reads the whole topic with a fresh consumer group
-//! into a fresh ClickHouse database.
+//! topic of `STRATA_BENCH_PARTITIONS` (default 48) partitions pre-filled with
+//! `STRATA_BENCH_EVENTS` (default 3 M) lz4-compressed clickstream records
+//! before any speed process starts, so the broker only serves fetches while
+//! rates are measured. Each mode reads the whole topic with a fresh consumer
+//! group into a fresh ClickHouse database.
+//!
+//! A mock partition keeps at most 5 MiB or 100,000 batches and silently
+//! drops its oldest records past that (`rdkafka_mock.c`), hence many
+//! partitions and compression; the bench checks every partition still
+//! starts at offset 0 and holds its records before measuring.
 //!
 //! The rate of a mode is measured between the moments 10 % and 90 % of the
 //! records were read (sum of the processes' `strata_speed_records_in_total`),
@@ -29,6 +34,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
@@ -238,11 +244,11 @@ async fn main() {
     let records: u64 = std::env::var("STRATA_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4_000_000);
+        .unwrap_or(3_000_000);
     let partitions: i32 = std::env::var("STRATA_BENCH_PARTITIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(48);
     let pin = std::env::var("STRATA_BENCH_PIN").is_ok_and(|v| v == "1");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -259,6 +265,7 @@ async fn main() {
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4")
         .create()
         .unwrap();
     let config = ClickstreamConfig {
@@ -286,6 +293,26 @@ async fn main() {
         }
     }
     producer.flush(Duration::from_secs(300)).unwrap();
+    // Every record must still be in the topic: a mock partition over its
+    // size cap drops its oldest records without telling anyone.
+    let watermarks: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let mut held = 0;
+    for partition in 0..partitions {
+        let (low, high) = watermarks
+            .fetch_watermarks(&env.topic, partition, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            low, 0,
+            "the mock cluster dropped the first {low} records of partition {partition} \
+             (it keeps 5 MiB or 100,000 batches per partition): raise \
+             STRATA_BENCH_PARTITIONS or lower STRATA_BENCH_EVENTS"
+        );
+        held += high;
+    }
+    assert_eq!(held as u64, records, "records in the topic");
     println!(
         "topic: {records} records in {partitions} partitions, produced to the mock cluster in {:.1} s; {cpus} CPUs; pinning {}",
         producing.elapsed().as_secs_f64(),

@@ -33,6 +33,10 @@ const DAY_MS: i64 = 86_400_000;
 const TOPIC: &str = "page_views";
 const PARTITIONS: i32 = 4;
 
+/// The `strata` binary's allocator, so peak RSS is what a batch worker's is.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
