@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 use strata_schemas::config::KafkaSection;
-use support::{kafka_brokers, unique};
+use support::{kafka_brokers, read_from_start, unique};
 
 /// Counts deliveries and keeps librdkafka's idempotence log lines.
 #[derive(Default)]
@@ -62,16 +61,7 @@ fn bumped(observed: &Observed) -> bool {
 /// Records in partition 0 of `topic`, read until `expected` or 30 s, then
 /// one more second in which nothing else may arrive.
 fn count_records(topic: &str, expected: u64) -> u64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", unique("epoch_bump_check"))
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = read_from_start(&kafka_brokers(), topic, 1, "epoch_bump_check");
     let mut seen = 0u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen < expected && Instant::now() < deadline {

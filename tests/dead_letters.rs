@@ -7,12 +7,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
-use support::{TestEnv, kafka_brokers, rows_at, run_ok, terminate, unique, wait_until};
+use support::{
+    TestEnv, kafka_brokers, read_from_start, rows_at, run_ok, terminate, unique, wait_until,
+};
 
 /// One record read back.
 #[derive(Debug)]
@@ -37,18 +38,7 @@ fn read_all(
 /// Every record of `topic` at `brokers`: waits for `expected`, then one
 /// more second, in which nothing else may arrive.
 fn read_at(brokers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("dlq_check"))
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = read_from_start(brokers, topic, partitions, "dlq_check");
     let mut out = Vec::new();
     let read = |m: &rdkafka::message::BorrowedMessage<'_>| {
         let mut headers = BTreeMap::new();

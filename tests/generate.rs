@@ -6,10 +6,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
-use support::{kafka_brokers, run_ok, strata, unique};
+use support::{kafka_brokers, read_from_start, run_ok, strata, unique};
 
 #[test]
 fn generate_100k_events_and_consume_exactly_them_back() {
@@ -63,20 +62,7 @@ fn generate_100k_events_and_consume_exactly_them_back() {
         "{kinds:?}"
     );
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", unique("gen_check"))
-        .set("enable.auto.commit", "false")
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..4 {
-        assignment
-            .add_partition_offset(&topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = read_from_start(&kafka_brokers(), &topic, 4, "gen_check");
     let mut received: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
     let mut total = 0u64;
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -8,11 +8,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use support::{TestEnv, kafka_brokers, rows_at, terminate, unique, wait_until};
+use rdkafka::{ClientConfig, Message};
+use support::{TestEnv, kafka_brokers, read_from_start, rows_at, terminate, wait_until};
 
 /// 2026-11-22T10:00:00Z.
 const T0: i64 = 1_795_341_600_000;
@@ -25,16 +24,7 @@ fn event(time_ms: i64, user: &str) -> String {
 
 /// Every record of partition 0 of `topic`: (offset, headers).
 fn dead_letters(topic: &str, expected: usize) -> Vec<(i64, BTreeMap<String, String>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", unique("poison_check"))
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = read_from_start(&kafka_brokers(), topic, 1, "poison_check");
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     // Read until `expected` arrived, then one more second: nothing else may.

@@ -79,6 +79,33 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A consumer of partitions `0..partitions` of `topic` at `brokers`, each
+/// from its first record, in a group of its own (named after `group`):
+/// how tests read back what landed in a topic.
+pub fn read_from_start(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    group: &str,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique(group))
+        .set("enable.auto.commit", "false")
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
 /// The `strata` binary with the reference config and the local endpoints.
 pub fn strata() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));

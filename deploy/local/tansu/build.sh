@@ -15,7 +15,7 @@
 # What it does: fetches the published tansu and tansu-storage 0.6.0 crates (from cargo's
 # download cache when present, otherwise from static.crates.io), checks their SHA-256,
 # applies the patch, and builds the `tansu` binary with the libsql (SQLite) feature against
-# the crate's own Cargo.lock. Takes about as long as `cargo install tansu` (~9 minutes on
+# the crate's own Cargo.lock. Takes about as long as `cargo install tansu` (13 minutes on
 # 2 cores).
 #
 # Usage: deploy/local/tansu/build.sh DEST_BIN     (e.g. ~/.cargo/strata/tansu-0.6.0-strata.1/bin/tansu)
