@@ -55,7 +55,8 @@ fetch_crate() {
 fetch_crate tansu "${TANSU_SHA256}"
 fetch_crate tansu-storage "${TANSU_STORAGE_SHA256}"
 
-(cd "${work}" && patch -p1 --quiet <"${PATCH}")
+# git, not patch: a clone has git; a fresh Debian may lack patch.
+git -C "${work}" apply -p1 "${PATCH}"
 
 # The binary crate builds against the patched storage crate; everything else stays at the
 # versions in the published Cargo.lock (cargo only rewrites the patched entry).
