@@ -16,7 +16,7 @@ use crate::contract::{Contract, FieldSpec, TimestampFormat, UnknownFieldPolicy};
 use crate::value::{FieldType, Value, parse_rfc3339_ms};
 
 /// A decoded, valid event.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Event {
     /// Event time, epoch milliseconds.
     pub time_ms: i64,
@@ -118,6 +118,19 @@ impl Decoder {
 
     /// Decodes and validates one payload.
     pub fn decode(&self, payload: &[u8]) -> Result<Event, DecodeError> {
+        let mut event = Event {
+            time_ms: 0,
+            values: Vec::new(),
+        };
+        self.decode_into(payload, &mut event)?;
+        Ok(event)
+    }
+
+    /// Decodes and validates one payload into `event`, reusing its value
+    /// vector and strings: a consumer that handles one record at a time
+    /// decodes with no allocation once its strings have grown to the
+    /// longest values seen. On error `event` holds no meaningful values.
+    pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
         if payload.len() > self.max_event_bytes {
             return Err(DecodeError::new(
                 DecodeErrorKind::Oversized,
@@ -131,8 +144,9 @@ impl Decoder {
             ));
         }
         let contract = &*self.contract;
-        let mut slots: Vec<Option<Raw<'_>>> = vec![None; contract.fields.len()];
-        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        // On the stack for contracts of up to 16 fields.
+        let mut slots: Slots<'_> = smallvec::smallvec![None; contract.fields.len()];
+        let mut deserializer = sonic_rs::Deserializer::from_slice(payload);
         let seed = ObjectSeed {
             contract,
             slots: &mut slots,
@@ -148,11 +162,18 @@ impl Decoder {
         if let Some(problem) = problem {
             return Err(problem);
         }
-        let mut values = Vec::with_capacity(slots.len());
-        for (spec, slot) in contract.fields.iter().zip(slots) {
-            values.push(convert(spec, slot, contract)?);
+        event.values.resize(contract.fields.len(), Value::Null);
+        // Slots are taken one by one: moving the whole array into an
+        // iterator would copy it.
+        for ((spec, slot), value) in contract
+            .fields
+            .iter()
+            .zip(slots.iter_mut())
+            .zip(&mut event.values)
+        {
+            convert_into(spec, slot.take(), contract, value)?;
         }
-        let time_ms = match values.get(self.event_time_index) {
+        event.time_ms = match event.values.get(self.event_time_index) {
             Some(Value::Timestamp(t)) => *t,
             _ => {
                 let name = &contract.fields[self.event_time_index].name;
@@ -166,12 +187,15 @@ impl Decoder {
                 ));
             }
         };
-        Ok(Event { time_ms, values })
+        Ok(())
     }
 }
 
-fn json_error(e: &serde_json::Error, contract: &Contract) -> DecodeError {
-    if e.classify() == serde_json::error::Category::Data {
+/// One slot per contract field, filled while the object streams by.
+type Slots<'de> = smallvec::SmallVec<[Option<Raw<'de>>; 16]>;
+
+fn json_error(e: &sonic_rs::Error, contract: &Contract) -> DecodeError {
+    if e.classify() == sonic_rs::error::Category::TypeUnmatched {
         DecodeError::new(
             DecodeErrorKind::NotAnObject,
             None,
@@ -307,7 +331,7 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 /// truncated payload is always reported as malformed.
 struct ObjectSeed<'c, 's, 'de> {
     contract: &'c Contract,
-    slots: &'s mut Vec<Option<Raw<'de>>>,
+    slots: &'s mut Slots<'de>,
     problem: Option<DecodeError>,
 }
 
@@ -328,8 +352,18 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
 
     #[inline]
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let fields = &self.contract.fields;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            match self.contract.field_index(&key) {
+            // A contract's few field names are compared directly (lengths
+            // first): cheaper than hashing the key, in any key order.
+            let index = if fields.len() <= 16 {
+                fields
+                    .iter()
+                    .position(|f| f.name.len() == key.len() && f.name == *key)
+            } else {
+                self.contract.field_index(&key)
+            };
+            match index {
                 Some(i) => {
                     let value: Raw<'de> = map.next_value()?;
                     if self.slots[i].is_some() {
@@ -392,6 +426,45 @@ fn wrong_type(spec: &FieldSpec, raw: &Raw<'_>, contract: &Contract) -> DecodeErr
         Some(&spec.name),
         format!(
             "field {:?}: expected {expected}, got {raw} (contract {}){hint}",
+            spec.name,
+            contract.label()
+        ),
+    )
+}
+
+/// Converts a slot to its field's type into `out`; a string is copied
+/// into the `String` `out` already holds, keeping its allocation.
+fn convert_into(
+    spec: &FieldSpec,
+    slot: Option<Raw<'_>>,
+    contract: &Contract,
+    out: &mut Value,
+) -> Result<(), DecodeError> {
+    if let (FieldType::String, Some(Raw::Str(s))) = (spec.ty, &slot) {
+        if let Some(max) = spec.max_length
+            && s.len() > max
+        {
+            return Err(too_long(spec, s.len(), max, contract));
+        }
+        match out {
+            Value::String(buffer) => {
+                buffer.clear();
+                buffer.push_str(s);
+            }
+            _ => *out = Value::String(s.to_string()),
+        }
+        return Ok(());
+    }
+    *out = convert(spec, slot, contract)?;
+    Ok(())
+}
+
+fn too_long(spec: &FieldSpec, len: usize, max: usize, contract: &Contract) -> DecodeError {
+    DecodeError::new(
+        DecodeErrorKind::InvalidValue,
+        Some(&spec.name),
+        format!(
+            "field {:?}: {len} bytes, over max_length {max} of contract {}",
             spec.name,
             contract.label()
         ),
@@ -501,16 +574,7 @@ fn convert(
     if let (Some(max), Value::String(s)) = (spec.max_length, &value)
         && s.len() > max
     {
-        return Err(DecodeError::new(
-            DecodeErrorKind::InvalidValue,
-            Some(&spec.name),
-            format!(
-                "field {:?}: {} bytes, over max_length {max} of contract {}",
-                spec.name,
-                s.len(),
-                contract.label()
-            ),
-        ));
+        return Err(too_long(spec, s.len(), max, contract));
     }
     Ok(value)
 }
@@ -634,6 +698,58 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn a_reused_event_decodes_like_a_fresh_one_in_any_key_order_with_escapes() {
+        let decoder = Decoder::new(contract(), 0, 200);
+        let mut reused = Event::default();
+        for json in [
+            r#"{"event_time":1000,"user_id":"u1","score":1.5,"bot":true}"#,
+            // Keys in another order, an escaped key and value (owned, not
+            // borrowed, from the parser), a coerced number, whitespace.
+            r#" { "bot" : false , "duration_ms" : "7", "user_\u0069d" : "a\"b", "event_time" : "1970-01-01T00:00:02Z" } "#,
+            r#"{"user_id":"u2","event_time":3000}"#,
+        ] {
+            let fresh = decoder.decode(json.as_bytes()).unwrap();
+            decoder.decode_into(json.as_bytes(), &mut reused).unwrap();
+            assert_eq!(reused, fresh, "{json}");
+        }
+        assert_eq!(reused.values[1], Value::String("u2".into()));
+        assert_eq!(reused.values[3], Value::Null);
+        let escaped = decoder
+            .decode(r#"{"user_\u0069d":"a\"b","event_time":1}"#.as_bytes())
+            .unwrap();
+        assert_eq!(escaped.values[1], Value::String("a\"b".into()));
+        // A failed decode leaves the event reusable.
+        let error = decoder
+            .decode_into(br#"{"event_time":1,"user_id":"far too long"}"#, &mut reused)
+            .unwrap_err();
+        assert_eq!(error.kind, DecodeErrorKind::InvalidValue);
+        decoder
+            .decode_into(br#"{"event_time":5,"user_id":"u3"}"#, &mut reused)
+            .unwrap();
+        assert_eq!(
+            (reused.time_ms, &reused.values[1]),
+            (5, &Value::String("u3".into()))
+        );
+    }
+
+    #[test]
+    fn integers_beyond_i64_and_invalid_utf8_are_named() {
+        let e = decode(r#"{"event_time":1,"user_id":"u","duration_ms":18446744073709551615}"#)
+            .unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::InvalidValue);
+        assert!(e.message.contains("out of range for int"), "{}", e.message);
+        let e = Decoder::new(contract(), 0, 200)
+            .decode(b"{\"event_time\":1,\"user_id\":\"\xff\"}")
+            .unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::MalformedJson);
+        assert!(
+            e.message.starts_with("payload is not valid JSON"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

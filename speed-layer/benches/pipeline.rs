@@ -6,6 +6,9 @@
 //!    pipeline, next to the decode-only rate, and per metric. Changed
 //!    windows are emitted as rows every `speed.emit_interval` of wall-clock
 //!    time, as `strata speed` does (the rows are built, not sent);
+//!    The contract decoder's rate is printed next to the fastest general
+//!    JSON decoders' (sonic-rs, simd-json, serde_json with borrowed fields)
+//!    decoding the same contract in the same run (`support/json_peers.rs`);
 //! 2. memory: heap bytes of state per open (window, group key) for a metric
 //!    with count/sum/min/max, counted by a global allocator wrapper, with
 //!    and without the key dictionary.
@@ -16,6 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[path = "support/json_peers.rs"]
+mod json_peers;
 
 /// Counts heap allocations, so state size is measured exactly rather than
 /// read from the resident set (where reused freed memory hides growth).
@@ -93,6 +99,8 @@ fn run_pipeline(
         })
         .collect();
     let mut offsets = [0i64; 4];
+    let mut event = Event::default();
+    let mut scratch = Event::default();
     // Pipeline time only (decode-only slices excluded), which also decides
     // when `emit_interval` has passed.
     let mut pipeline = Duration::ZERO;
@@ -117,14 +125,16 @@ fn run_pipeline(
         if let Some(twin) = decode_twin {
             let started = Instant::now();
             for (_, payload) in &twin[i * SLICE..(i * SLICE + slice.len())] {
-                std::hint::black_box(decoder.decode(payload).unwrap());
+                decoder.decode_into(payload, &mut scratch).unwrap();
+                std::hint::black_box(&scratch);
             }
             decoding += started.elapsed();
         }
         let started = Instant::now();
         for (p, payload) in slice {
             let p = *p as usize;
-            let event = decoder.decode(payload).unwrap();
+            // One reused event, as `strata speed` decodes.
+            decoder.decode_into(payload, &mut event).unwrap();
             partitions[p].apply(offsets[p], &event);
             offsets[p] += 1;
         }
@@ -151,6 +161,124 @@ fn run_pipeline(
         rows,
         emit_share: emitting.as_secs_f64() / pipeline.as_secs_f64(),
     }
+}
+
+/// One JSON decoder of the side-by-side table.
+struct DecoderRun {
+    name: &'static str,
+    /// Decodes a slice of payloads; returns (events decoded, sum of their
+    /// event times): the sum shows every decoder read the same values.
+    run: Box<dyn FnMut(&[(i32, Vec<u8>)]) -> (usize, i64)>,
+    elapsed: Duration,
+    decoded: usize,
+    time_sum: i64,
+}
+
+/// Rates of the contract decoder and the reference decoders over the same
+/// input: slices of 1,024 records go through every decoder in turn
+/// (starting with a different one each slice), so all are measured over
+/// the same seconds of this VM's drifting speed. Best of `rounds`.
+fn decoder_rates(config: &Config, input: &[(i32, Vec<u8>)], rounds: usize) -> Vec<(String, f64)> {
+    let decoder = config.sources.values().next().unwrap().decoder();
+    let mut best: Vec<(String, f64)> = Vec::new();
+    for _ in 0..rounds {
+        let strata = decoder.clone();
+        let mut event = Event::default();
+        let mut simd = json_peers::SimdJson::new();
+        let mut runs = vec![
+            DecoderRun {
+                name: "strata contract decoder (every rule checked)",
+                run: Box::new(move |slice| {
+                    let (mut n, mut sum) = (0, 0i64);
+                    for (_, payload) in slice {
+                        if strata.decode_into(payload, &mut event).is_ok() {
+                            n += 1;
+                            sum = sum.wrapping_add(event.time_ms);
+                            std::hint::black_box(&event);
+                        }
+                    }
+                    (n, sum)
+                }),
+                elapsed: Duration::ZERO,
+                decoded: 0,
+                time_sum: 0,
+            },
+            DecoderRun {
+                name: "serde_json, borrowed &str + RawValue",
+                run: Box::new(|slice| peer_pass(slice, json_peers::serde_json_raw)),
+                elapsed: Duration::ZERO,
+                decoded: 0,
+                time_sum: 0,
+            },
+            DecoderRun {
+                name: "sonic-rs, borrowed &str",
+                run: Box::new(|slice| peer_pass(slice, json_peers::sonic_rs)),
+                elapsed: Duration::ZERO,
+                decoded: 0,
+                time_sum: 0,
+            },
+            DecoderRun {
+                name: "simd-json, borrowed &str (copy + parse in place)",
+                run: Box::new(move |slice| {
+                    let (mut n, mut sum) = (0, 0i64);
+                    for (_, payload) in slice {
+                        if let Some(view) = simd.decode(payload) {
+                            n += 1;
+                            sum = sum.wrapping_add(view.time_ms);
+                            std::hint::black_box(&view);
+                        }
+                    }
+                    (n, sum)
+                }),
+                elapsed: Duration::ZERO,
+                decoded: 0,
+                time_sum: 0,
+            },
+        ];
+        let count = runs.len();
+        for (i, slice) in input.chunks(1024).enumerate() {
+            for k in 0..count {
+                let run = &mut runs[(i + k) % count];
+                let started = Instant::now();
+                let (n, sum) = (run.run)(slice);
+                run.elapsed += started.elapsed();
+                run.decoded += n;
+                run.time_sum = run.time_sum.wrapping_add(sum);
+            }
+        }
+        let reference = (runs[0].decoded, runs[0].time_sum);
+        for run in &runs {
+            assert_eq!(
+                (run.decoded, run.time_sum),
+                reference,
+                "{} decoded other events or times than the contract decoder",
+                run.name
+            );
+        }
+        for (i, run) in runs.iter().enumerate() {
+            let rate = input.len() as f64 / run.elapsed.as_secs_f64();
+            match best.get_mut(i) {
+                Some(b) => b.1 = b.1.max(rate),
+                None => best.push((run.name.to_string(), rate)),
+            }
+        }
+    }
+    best
+}
+
+fn peer_pass(
+    slice: &[(i32, Vec<u8>)],
+    decode: for<'a> fn(&'a [u8]) -> Option<json_peers::PageView<'a>>,
+) -> (usize, i64) {
+    let (mut n, mut sum) = (0, 0i64);
+    for (_, payload) in slice {
+        if let Some(view) = decode(payload) {
+            n += 1;
+            sum = sum.wrapping_add(view.time_ms);
+            std::hint::black_box(&view);
+        }
+    }
+    (n, sum)
 }
 
 /// Heap bytes held by what `build` returns (allocations minus frees while
@@ -205,7 +333,7 @@ fn main() {
         let known: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
         all.iter().find(|m| m.name == name).cloned().unwrap_or_else(|| {
             panic!(
-                "STRATA_BENCH_ONLY={name}: expected full, decode, ratio, ratio:<metric> or a metric of strata.toml ({})",
+                "STRATA_BENCH_ONLY={name}: expected full, decode, decoders, ratio, ratio:<metric> or a metric of strata.toml ({})",
                 known.join(", ")
             )
         })
@@ -232,7 +360,7 @@ fn main() {
     let profiled = match only.as_deref() {
         Ok("full") => Some(all.clone()),
         Ok("decode") => Some(Vec::new()),
-        Ok("ratio") | Err(_) => None,
+        Ok("ratio") | Ok("decoders") | Err(_) => None,
         Ok(name) => Some(vec![metric_named(name)]),
     };
     if let Some(metrics) = profiled {
@@ -243,27 +371,41 @@ fn main() {
         }
         return;
     }
+    // The JSON decoders side by side (STRATA_BENCH_ONLY=decoders: this
+    // table alone).
+    if only.as_deref() != Ok("ratio") {
+        println!(
+            "JSON decoders, page_view contract, one core (best of 3 rounds, slices interleaved):"
+        );
+        for (name, rate) in decoder_rates(&config, &input, 3) {
+            println!("  {name:<50} {rate:>10.0} events/s");
+        }
+    }
+    if only.as_deref() == Ok("decoders") {
+        return;
+    }
     let rounds = 5;
     let mut runs: Vec<PipelineRun> = (0..rounds)
         .map(|_| run_pipeline(&config, &all, &input, Some(&twin)))
         .collect();
-    let ratio = |r: &PipelineRun| r.events_per_s / r.decode_per_s.expect("measured");
-    runs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
-    let ratios: Vec<String> = runs.iter().map(|r| format!("{:.2}", ratio(r))).collect();
+    runs.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    let rates: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.2}", r.events_per_s / 1e6))
+        .collect();
     let full = &runs[rounds / 2];
     let decode = full.decode_per_s.expect("measured");
-    println!("decode only:                          {decode:>10.0} events/s");
     println!(
-        "full pipeline (3 reference metrics):  {:>10.0} events/s  = {:.2} x decode-only  ({} emits, {} rows, {:.0} % of the time building rows)",
+        "full pipeline (3 reference metrics):  {:>10.0} events/s per core  ({} emits, {} rows, {:.0} % of the time building rows)",
         full.events_per_s,
-        ratio(full),
         full.emits,
         full.rows,
         full.emit_share * 100.0
     );
+    println!("  decoding alone, same seconds:       {decode:>10.0} events/s");
     println!(
-        "  (median of {rounds} runs, each timing decode-only and full slices of 1,024 records alternately; ratios {})",
-        ratios.join(" ")
+        "  (median of {rounds} runs, each timing decode-only and full slices of 1,024 records alternately; full rates {} M/s)",
+        rates.join(" ")
     );
     // STRATA_BENCH_ONLY=ratio stops here: quick A/B runs of a change.
     if only.as_deref() == Ok("ratio") {

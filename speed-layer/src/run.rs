@@ -18,7 +18,7 @@ use bytes::Bytes;
 use clickhouse::Client;
 use rdkafka::{Message, Offset};
 use strata_schemas::config::{Config, Source};
-use strata_schemas::{Decoder, MetricDef};
+use strata_schemas::{Decoder, Event, MetricDef};
 use strata_warehouse::rows::{CheckpointRow, Layer, WatermarkRow};
 use strata_warehouse::{self as warehouse, InsertFormat, WATERMARKS_TABLE};
 use tokio::runtime::Handle;
@@ -202,6 +202,8 @@ struct Speed {
     dead_letters: DeadLetters,
     sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
     partitions: HashMap<(String, i32), Assigned>,
+    /// Every record is decoded into this one event, reusing its strings.
+    event: Event,
     shutdown: Arc<AtomicBool>,
     report: SpeedReport,
     paused: bool,
@@ -343,6 +345,7 @@ impl Speed {
             dead_letters,
             sources,
             partitions: HashMap::new(),
+            event: Event::default(),
             shutdown,
             report: SpeedReport::default(),
             paused: false,
@@ -398,7 +401,8 @@ impl Speed {
         // The event time is bounded by the record's own timestamp before
         // the operator sees it: a broken clock must not move the watermark
         // past every real event (the archive applies the same rule).
-        let decoded = assigned.decoder.decode(payload).and_then(|event| {
+        let event = &mut self.event;
+        let decoded = assigned.decoder.decode_into(payload, event).and_then(|()| {
             let now_ms = match record_ms {
                 Some(_) => 0,
                 None => chrono::Utc::now().timestamp_millis(),
@@ -406,11 +410,10 @@ impl Speed {
             assigned
                 .source
                 .check_event_time(event.time_ms, record_ms, now_ms)
-                .map(|()| event)
         });
         match decoded {
-            Ok(event) => {
-                let outcome = assigned.state.apply(offset, &event);
+            Ok(()) => {
+                let outcome = assigned.state.apply(offset, event);
                 if outcome.late > 0 {
                     assigned.late_events.increment(u64::from(outcome.late));
                 }
