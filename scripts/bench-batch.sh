@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Batch recompute benchmark: Strata (Polars + shared aggregates) against
-# DuckDB over the same 10 M archived events. Prints figures; asserts nothing.
+# Batch recompute benchmark: Strata (Polars read + shared aggregates) against
+# DuckDB, Polars' lazy engine and chDB (ClickHouse in process) over the same
+# 10 M archived events, with the same number of threads. Ends with a table
+# per metric (seconds, rows, peak RSS, Strata / fastest peer). Prints
+# figures; asserts nothing.
 #   scripts/bench-batch.sh            (STRATA_BENCH_EVENTS=1000000 for a quick run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.strata/tools/bench-venv
-if [ ! -x "$venv/bin/python" ]; then
+# Exact versions, so figures stay comparable from run to run; pyarrow takes
+# DuckDB's and chDB's results as Arrow tables. A changed pin reinstalls.
+peers="duckdb==2.0.1 polars==2.1.0 chdb==4.4.0 pyarrow==26.0.1"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/pinned" 2>/dev/null)" != "$peers" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet duckdb
+  # shellcheck disable=SC2086 # one argument per pinned package
+  "$venv/bin/pip" install --quiet $peers
+  echo "$peers" >"$venv/pinned"
 fi
-exec cargo bench -p strata-batch --bench recompute -- --duckdb "$PWD/$venv/bin/python"
+exec cargo bench -p strata-batch --bench recompute -- --peers "$PWD/$venv/bin/python"

@@ -508,7 +508,14 @@ impl<L: StartLoader> GroupMember<L> {
             // responses short (an SQLite-backed broker stalls on a large
             // response to a consumer that died mid-fetch).
             .set("fetch.max.bytes", "1048576")
-            .set("max.partition.fetch.bytes", "262144");
+            .set("max.partition.fetch.bytes", "262144")
+            // A fetch answers as soon as data is there on Apache Kafka, but
+            // some Kafka-protocol brokers (Tansu) hold it for
+            // fetch.wait.max.ms whatever they have: librdkafka's 500 ms
+            // default was half of the speed layer's end-to-end freshness
+            // (benches/freshness.rs). 100 ms costs only more fetches from
+            // idle partitions.
+            .set("fetch.wait.max.ms", "100");
         if let Some(interval) = settings.max_poll_interval {
             // librdkafka refuses a poll interval below the session timeout.
             let session_ms = kafka

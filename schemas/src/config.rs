@@ -223,7 +223,7 @@ impl Default for SpeedSection {
         SpeedSection {
             group_id: "strata-speed".into(),
             checkpoint_namespace: None,
-            emit_interval: "1s".into(),
+            emit_interval: "500ms".into(),
             idle_timeout: "30s".into(),
             metrics_listen: "127.0.0.1:9464".into(),
             dead_letter_partitions: 0,
@@ -303,6 +303,8 @@ pub struct ServingSection {
     pub max_rows: usize,
     /// ClickHouse query timeout.
     pub query_timeout: String,
+    /// How often the `latest` cache re-reads the speed view.
+    pub latest_refresh: String,
     /// API keys; empty means the API is open (local use only).
     pub api_keys: Vec<ApiKey>,
     /// Allowed CORS origins (`*` for any).
@@ -344,6 +346,7 @@ impl Default for ServingSection {
             max_range: "31d".into(),
             max_rows: 100_000,
             query_timeout: "10s".into(),
+            latest_refresh: "250ms".into(),
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
             allow_anonymous: false,
@@ -692,6 +695,8 @@ pub struct ServingSettings {
     pub max_rows: usize,
     /// Query timeout.
     pub query_timeout: DurationMs,
+    /// Period of the `latest` cache's refresh.
+    pub latest_refresh: DurationMs,
     /// API keys.
     pub api_keys: Vec<ApiKey>,
     /// CORS origins.
@@ -1072,6 +1077,8 @@ fn compile(
             max_rows: raw.serving.max_rows.max(1),
             query_timeout: c
                 .positive_duration("serving.query_timeout", &raw.serving.query_timeout)?,
+            latest_refresh: c
+                .positive_duration("serving.latest_refresh", &raw.serving.latest_refresh)?,
             api_keys: raw.serving.api_keys.clone(),
             cors_origins: raw.serving.cors_origins.clone(),
             allow_anonymous: raw.serving.allow_anonymous,

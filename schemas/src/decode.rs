@@ -1,8 +1,10 @@
 //! JSON payload → typed [`Event`], checked against a contract.
 //!
-//! The decoder streams the JSON object once with serde (no intermediate
-//! `serde_json::Value` tree), slotting each key into its contract position,
-//! then converts every slot to the field's declared type. Every error names
+//! The decoder streams the JSON object once with serde over sonic-rs's
+//! SIMD parser (no intermediate value tree), slotting each key into its
+//! contract position, then converts every slot to the field's declared
+//! type, into an [`Event`] whose strings are reused from record to record
+//! ([`Decoder::decode_into`]). Every error names
 //! the field, the expected type and the value seen, because the message ends
 //! up in a dead-letter header that a producer team has to act on.
 

@@ -114,31 +114,40 @@ impl LatestCache {
         Ok(n)
     }
 
-    /// Refreshes every metric each `interval`, forever.
+    /// Refreshes every metric each `interval`, forever. One loop per
+    /// metric, each ticking from the start of its previous refresh: a slow
+    /// refresh (a session metric reads hours of windows) neither delays the
+    /// other metrics nor adds to its own period unless it takes longer than
+    /// `interval`. Dropping the future stops every loop.
     pub async fn keep_fresh(
         self: Arc<Self>,
         config: Arc<Config>,
         client: Client,
         interval: Duration,
     ) {
-        loop {
-            for metric in &config.metrics {
-                if let Err(e) = self
-                    .refresh(&client, &config.clickhouse.database, metric)
-                    .await
-                {
-                    tracing::debug!(metric = %metric.name, error = %e, "latest cache refresh failed");
+        let mut loops = tokio::task::JoinSet::new();
+        for metric in config.metrics.iter().cloned() {
+            let (cache, client) = (self.clone(), client.clone());
+            let database = config.clickhouse.database.clone();
+            loops.spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = cache.refresh(&client, &database, &metric).await {
+                        tracing::debug!(metric = %metric.name, error = %e, "latest cache refresh failed");
+                    }
+                    let age = {
+                        let guard = cache.metrics.read().unwrap_or_else(|p| p.into_inner());
+                        guard
+                            .get(&metric.name)
+                            .and_then(|c| c.refreshed)
+                            .map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64())
+                    };
+                    metrics::gauge!(m::LATEST_CACHE_AGE, "metric" => metric.name.clone()).set(age);
                 }
-                let age = {
-                    let guard = self.metrics.read().unwrap_or_else(|p| p.into_inner());
-                    guard
-                        .get(&metric.name)
-                        .and_then(|c| c.refreshed)
-                        .map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64())
-                };
-                metrics::gauge!(m::LATEST_CACHE_AGE, "metric" => metric.name.clone()).set(age);
-            }
-            tokio::time::sleep(interval).await;
+            });
         }
+        while loops.join_next().await.is_some() {}
     }
 }

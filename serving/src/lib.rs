@@ -190,7 +190,7 @@ pub async fn serve(
     let refresher = tokio::spawn(cache.clone().keep_fresh(
         config.clone(),
         limits::reader_client(&config),
-        Duration::from_secs(1),
+        Duration::from_millis(config.serving.latest_refresh.0),
     ));
     let listener = tokio::net::TcpListener::bind(config.serving.listen).await?;
     let addr = listener.local_addr()?;
