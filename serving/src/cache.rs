@@ -1,6 +1,7 @@
 //! The `latest` cache: for every metric, the newest window of each group
 //! key, pre-rendered as JSON and refreshed from the speed view every
-//! second, so `GET /v1/metrics/{metric}/latest` never waits on ClickHouse.
+//! `serving.latest_refresh`, so `GET /v1/metrics/{metric}/latest` never
+//! waits on ClickHouse.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

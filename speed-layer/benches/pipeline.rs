@@ -163,12 +163,14 @@ fn run_pipeline(
     }
 }
 
+/// Decodes a slice of payloads; returns (events decoded, sum of their event
+/// times): the sum shows every decoder read the same values.
+type DecodeSlice = Box<dyn FnMut(&[(i32, Vec<u8>)]) -> (usize, i64)>;
+
 /// One JSON decoder of the side-by-side table.
 struct DecoderRun {
     name: &'static str,
-    /// Decodes a slice of payloads; returns (events decoded, sum of their
-    /// event times): the sum shows every decoder read the same values.
-    run: Box<dyn FnMut(&[(i32, Vec<u8>)]) -> (usize, i64)>,
+    run: DecodeSlice,
     elapsed: Duration,
     decoded: usize,
     time_sum: i64,

@@ -107,7 +107,7 @@ struct WireRaw<'a> {
     referrer: Option<&'a str>,
 }
 
-fn finish(wire: Wire<'_>) -> Option<PageView<'_>> {
+fn finish<'a>(wire: &Wire<'a>) -> Option<PageView<'a>> {
     Some(PageView {
         time_ms: wire.event_time.time_ms()?,
         user_id: wire.user_id,
@@ -135,7 +135,7 @@ fn raw_number_or_text(raw: &str) -> NumberOrText<'_> {
 /// serde_json with borrowed `&str` and `RawValue` fields.
 pub fn serde_json_raw(payload: &[u8]) -> Option<PageView<'_>> {
     let wire: WireRaw<'_> = serde_json::from_slice(payload).ok()?;
-    finish(Wire {
+    finish(&Wire {
         event_time: raw_number_or_text(wire.event_time.get()),
         user_id: wire.user_id,
         page: wire.page,
@@ -147,7 +147,7 @@ pub fn serde_json_raw(payload: &[u8]) -> Option<PageView<'_>> {
 
 /// sonic-rs (SIMD) through the same serde derive.
 pub fn sonic_rs(payload: &[u8]) -> Option<PageView<'_>> {
-    finish(sonic_rs::from_slice(payload).ok()?)
+    finish(&sonic_rs::from_slice(payload).ok()?)
 }
 
 /// simd-json (a port of simdjson): parses in place, so each payload is
@@ -172,6 +172,6 @@ impl SimdJson {
         self.scratch.extend_from_slice(payload);
         let wire: Wire<'s> =
             simd_json::serde::from_slice_with_buffers(&mut self.scratch, &mut self.buffers).ok()?;
-        finish(wire)
+        finish(&wire)
     }
 }
