@@ -191,15 +191,10 @@ fn decoder_rates(config: &Config, input: &[(i32, Vec<u8>)], rounds: usize) -> Ve
             DecoderRun {
                 name: "strata contract decoder (every rule checked)",
                 run: Box::new(move |slice| {
-                    let (mut n, mut sum) = (0, 0i64);
-                    for (_, payload) in slice {
-                        if strata.decode_into(payload, &mut event).is_ok() {
-                            n += 1;
-                            sum = sum.wrapping_add(event.time_ms);
-                            std::hint::black_box(&event);
-                        }
-                    }
-                    (n, sum)
+                    count_decoded(slice, |payload| {
+                        strata.decode_into(payload, &mut event).ok()?;
+                        Some(std::hint::black_box(&event).time_ms)
+                    })
                 }),
                 elapsed: Duration::ZERO,
                 decoded: 0,
@@ -222,15 +217,9 @@ fn decoder_rates(config: &Config, input: &[(i32, Vec<u8>)], rounds: usize) -> Ve
             DecoderRun {
                 name: "simd-json, borrowed &str (copy + parse in place)",
                 run: Box::new(move |slice| {
-                    let (mut n, mut sum) = (0, 0i64);
-                    for (_, payload) in slice {
-                        if let Some(view) = simd.decode(payload) {
-                            n += 1;
-                            sum = sum.wrapping_add(view.time_ms);
-                            std::hint::black_box(&view);
-                        }
-                    }
-                    (n, sum)
+                    count_decoded(slice, |payload| {
+                        Some(std::hint::black_box(&simd.decode(payload)?).time_ms)
+                    })
                 }),
                 elapsed: Duration::ZERO,
                 decoded: 0,
@@ -268,19 +257,29 @@ fn decoder_rates(config: &Config, input: &[(i32, Vec<u8>)], rounds: usize) -> Ve
     best
 }
 
+/// Runs `decode` (payload → event time, `None` when refused) over a slice:
+/// (events decoded, sum of their event times).
+fn count_decoded(
+    slice: &[(i32, Vec<u8>)],
+    mut decode: impl FnMut(&[u8]) -> Option<i64>,
+) -> (usize, i64) {
+    let (mut n, mut sum) = (0, 0i64);
+    for (_, payload) in slice {
+        if let Some(time_ms) = decode(payload) {
+            n += 1;
+            sum = sum.wrapping_add(time_ms);
+        }
+    }
+    (n, sum)
+}
+
 fn peer_pass(
     slice: &[(i32, Vec<u8>)],
     decode: for<'a> fn(&'a [u8]) -> Option<json_peers::PageView<'a>>,
 ) -> (usize, i64) {
-    let (mut n, mut sum) = (0, 0i64);
-    for (_, payload) in slice {
-        if let Some(view) = decode(payload) {
-            n += 1;
-            sum = sum.wrapping_add(view.time_ms);
-            std::hint::black_box(&view);
-        }
-    }
-    (n, sum)
+    count_decoded(slice, |payload| {
+        Some(std::hint::black_box(&decode(payload)?).time_ms)
+    })
 }
 
 /// Heap bytes held by what `build` returns (allocations minus frees while
