@@ -138,9 +138,18 @@ pub struct Contract {
 }
 
 impl Contract {
-    /// Position of the field called `name`.
+    /// Position of the field called `name`. A contract's few field names
+    /// are compared directly (lengths first), which is cheaper than hashing
+    /// `name` (the decoder looks up every key of every event); the hash
+    /// index serves contracts of many fields.
     pub fn field_index(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        if self.fields.len() <= 16 {
+            self.fields
+                .iter()
+                .position(|f| f.name.len() == name.len() && f.name == name)
+        } else {
+            self.index.get(name).copied()
+        }
     }
 
     /// The field called `name`.

@@ -120,10 +120,7 @@ impl Decoder {
 
     /// Decodes and validates one payload.
     pub fn decode(&self, payload: &[u8]) -> Result<Event, DecodeError> {
-        let mut event = Event {
-            time_ms: 0,
-            values: Vec::new(),
-        };
+        let mut event = Event::default();
         self.decode_into(payload, &mut event)?;
         Ok(event)
     }
@@ -354,18 +351,8 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
 
     #[inline]
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
-        let fields = &self.contract.fields;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            // A contract's few field names are compared directly (lengths
-            // first): cheaper than hashing the key, in any key order.
-            let index = if fields.len() <= 16 {
-                fields
-                    .iter()
-                    .position(|f| f.name.len() == key.len() && f.name == *key)
-            } else {
-                self.contract.field_index(&key)
-            };
-            match index {
+            match self.contract.field_index(&key) {
                 Some(i) => {
                     let value: Raw<'de> = map.next_value()?;
                     if self.slots[i].is_some() {
