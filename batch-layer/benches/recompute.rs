@@ -7,7 +7,7 @@
 //! that run's own and not the archive writer's or another run's:
 //! - Strata, each metric alone: read + recompute of one metric over all
 //!   files, the figure comparable to a peer's single query;
-//! - Strata, the three metrics concurrently (a thread per metric), as
+//! - Strata, the three metrics concurrently (sharing the pools), as
 //!   `strata batch run` recomputes them.
 //!
 //! With `--peers <python>` it then runs `scripts/bench_peers.py` once per
@@ -276,7 +276,7 @@ fn check(metric: &MetricDef, recomputed: &Recomputed) -> (f64, usize) {
 }
 
 /// `--strata-child <metric>`: one metric alone; `--strata-child all`: the
-/// reference metrics concurrently, a thread each, as `strata batch run`.
+/// reference metrics concurrently, sharing the pools, as `strata batch run`.
 fn child(which: &str) {
     let bench = Bench::load();
     let files = bench.files();
@@ -338,7 +338,7 @@ fn child(which: &str) {
     }
     let peak = proc_status_mib("VmHWM");
     println!(
-        "strata  all three metrics concurrently (a thread each, {} cores): {total_events} event-metric rows in {total_secs:.2}s = {:.0} rows/s on {:.1} cores; peak RSS {peak:.0} MiB",
+        "strata  all three metrics concurrently (sharing the pools, {} cores): {total_events} event-metric rows in {total_secs:.2}s = {:.0} rows/s on {:.1} cores; peak RSS {peak:.0} MiB",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         total_events as f64 / total_secs,
         total_cpu / total_secs.max(1e-9),
@@ -420,6 +420,12 @@ fn main() {
             .and_then(|i| args.get(i + 1).cloned())
     };
     if let Some(which) = flag("--strata-child") {
+        // The recompute's pool (rayon's global one) gets the same thread
+        // count as Polars' reader and the peers.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(polars_threads())
+            .build_global()
+            .expect("rayon's global pool is built once, here");
         child(&which);
         return;
     }
@@ -438,8 +444,8 @@ fn main() {
     let threads = polars_threads();
     println!(
         "threads: {threads} for every engine. Strata reads each file with Polars' pool of \
-         {threads} threads (row groups in parallel) and recomputes a metric on 1 thread \
-         (compute::recompute is a single loop over the events)"
+         {threads} threads (row groups in parallel) and recomputes a metric on rayon's pool \
+         of {threads} threads (one row range each, merged)"
     );
 
     // Each run in a fresh process: its own peak memory, no warm state.
@@ -481,7 +487,7 @@ fn main() {
             .filter_map(|m| results.get(&("strata", *m)).map(|f| f.secs))
             .sum();
         println!(
-            "strata, the three metrics concurrently (a thread each, as `strata batch run`): \
+            "strata, the three metrics concurrently (sharing the pools, as `strata batch run`): \
              {:.2}s on {:.1} cores, peak RSS {:.0} MiB (each alone, one after another: {alone:.2}s)",
             all.secs,
             all.cpu.unwrap_or(0.0) / all.secs.max(1e-9),

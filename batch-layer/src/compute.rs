@@ -7,11 +7,22 @@
 //! [`AggPlan::update`] for fixed windows, [`sessions_of_sorted`] plus
 //! [`AggPlan::update`] for sessions. There is no second definition of any
 //! aggregate, so both layers give the same numbers for the same events.
+//!
+//! A recompute runs on rayon's global pool (`RAYON_NUM_THREADS`, else one
+//! thread per core): the rows are cut into contiguous ranges, one per
+//! thread, each aggregated with its own key dictionary and states; the
+//! dictionaries are then merged in range order, which gives every key the
+//! id a single pass would have given it, and accumulators of a window seen
+//! by two ranges are merged ([`Accumulator::merge`] is associative and
+//! commutative). The result, order included, is the single-threaded one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Cursor;
+use std::ops::Range;
 
+use hashbrown::HashMap;
 use polars::prelude::*;
+use rayon::prelude::*;
 use strata_schemas::aggregate::PreparedEvent;
 use strata_schemas::group_key;
 use strata_schemas::window::sessions_of_sorted;
@@ -182,10 +193,7 @@ impl EventFrame {
     /// the keys whose sessions are still open, so memory stays that of the
     /// open sessions, not of every key's events in the extra span.
     pub fn retain_keys(&mut self, metric: &MetricDef, keys: &HashSet<Vec<u8>>) -> PolarsResult<()> {
-        let mut event = Event {
-            time_ms: 0,
-            values: vec![Value::Null; metric.source.contract.fields.len()],
-        };
+        let mut event = empty_event(metric);
         let mut buffer = Vec::new();
         let keep: BooleanChunked = (0..self.height)
             .map(|i| {
@@ -226,7 +234,7 @@ fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
 
 /// Interned group keys: the group-by values of a row, in the shared
 /// encoding ([`group_key`]) for the lookup so a known key costs no
-/// allocation.
+/// allocation. Ids are given in first-seen order.
 #[derive(Default)]
 struct Keys {
     ids: HashMap<Vec<u8>, u32>,
@@ -253,22 +261,87 @@ impl Keys {
     fn encoded(&self, id: u32) -> &[u8] {
         &self.encodings[id as usize]
     }
+
+    /// Takes in the keys of `other` (a later row range), in its id order;
+    /// returns, for each of its ids, the id here. Absorbing the ranges in
+    /// row order gives the ids a single pass over all rows gives.
+    fn absorb(&mut self, other: &mut Keys) -> Vec<u32> {
+        let values = std::mem::take(&mut other.values);
+        let encodings = std::mem::take(&mut other.encodings);
+        values
+            .into_iter()
+            .zip(encodings)
+            .map(|(values, encoding)| {
+                if let Some(id) = self.ids.get(encoding.as_slice()) {
+                    return *id;
+                }
+                let id = self.values.len() as u32;
+                self.values.push(values);
+                self.ids.insert(encoding.clone(), id);
+                self.encodings.push(encoding);
+                id
+            })
+            .collect()
+    }
 }
 
-/// Fills `event` with every row of `frames` whose time is in `[from, to)`
-/// and that passes the metric's filter, and hands it to `apply` with its
-/// frame index, row index and time. Returns the number of such events.
+/// Rows of one frame: (frame index, row indexes).
+type Segment = (usize, Range<usize>);
+
+/// Below this many rows a range is not worth a thread of its own.
+const MIN_ROWS_PER_RANGE: usize = 1 << 16;
+
+/// Cuts the rows of `frames` into `ranges` contiguous ranges of about
+/// equal size (fewer if there are fewer rows), in row order.
+fn row_ranges(frames: &[EventFrame], ranges: usize) -> Vec<Vec<Segment>> {
+    let total: usize = frames.iter().map(EventFrame::height).sum();
+    let ranges = ranges.min(total).max(1);
+    let (mut frame, mut row) = (0, 0);
+    (0..ranges)
+        .map(|r| {
+            let mut wanted = (r + 1) * total / ranges - r * total / ranges;
+            let mut segments = Vec::new();
+            while wanted > 0 {
+                let height = frames[frame].height();
+                let take = (height - row).min(wanted);
+                if take > 0 {
+                    segments.push((frame, row..row + take));
+                }
+                row += take;
+                wanted -= take;
+                if row == height {
+                    frame += 1;
+                    row = 0;
+                }
+            }
+            segments
+        })
+        .collect()
+}
+
+fn empty_event(metric: &MetricDef) -> Event {
+    Event {
+        time_ms: 0,
+        values: vec![Value::Null; metric.source.contract.fields.len()],
+    }
+}
+
+/// Fills `event` with every row of `segments` whose time is in
+/// `[from, to)` and that passes the metric's filter, and hands it to
+/// `apply` with its frame index, row index and time. Returns the number of
+/// such events.
 fn for_each_event(
     metric: &MetricDef,
     frames: &[EventFrame],
-    from: i64,
-    to: i64,
+    segments: &[Segment],
+    (from, to): (i64, i64),
     event: &mut Event,
     mut apply: impl FnMut(usize, usize, i64, &Event),
 ) -> u64 {
     let mut n = 0;
-    for (f, frame) in frames.iter().enumerate() {
-        for i in 0..frame.height() {
+    for (f, rows) in segments {
+        let frame = &frames[*f];
+        for i in rows.clone() {
             let Some(t) = frame.time(i) else { continue };
             if t < from || t >= to {
                 continue;
@@ -276,7 +349,7 @@ fn for_each_event(
             frame.fill(i, t, event);
             if metric.filter.matches(event) {
                 n += 1;
-                apply(f, i, t, event);
+                apply(*f, i, t, event);
             }
         }
     }
@@ -323,30 +396,204 @@ pub fn recompute(
     windows_from: i64,
     windows_to: i64,
 ) -> Recomputed {
-    let mut event = Event {
-        time_ms: 0,
-        values: vec![Value::Null; metric.source.contract.fields.len()],
-    };
-    let mut keys = Keys::default();
-    let mut out = Recomputed::default();
-    // Sessions need a key's events in time order; fixed windows take each
-    // event as it comes.
+    let rows: usize = frames.iter().map(EventFrame::height).sum();
+    // One range per thread of the pool, fewer for small inputs.
+    let ranges = rayon::current_num_threads().min(rows / MIN_ROWS_PER_RANGE);
+    recompute_in_ranges(
+        metric,
+        frames,
+        ranges,
+        (events_from, events_to),
+        (windows_from, windows_to),
+    )
+}
+
+/// [`recompute`] over `ranges` row ranges.
+fn recompute_in_ranges(
+    metric: &MetricDef,
+    frames: &[EventFrame],
+    ranges: usize,
+    events: (i64, i64),
+    windows: (i64, i64),
+) -> Recomputed {
+    let ranges = row_ranges(frames, ranges);
     match metric.window.session_gap_ms() {
-        Some(gap) => {
-            // (key, time, frame, row), sorted by key then time.
-            let mut rows: Vec<(u32, i64, u32, u32)> = Vec::new();
-            out.events_read = for_each_event(
+        Some(gap) => recompute_sessions(metric, frames, &ranges, events, windows, gap),
+        None => recompute_fixed(metric, frames, &ranges, events, windows),
+    }
+}
+
+type WindowKey = (i64, u32);
+
+/// Tumbling and hopping windows: each range hashes its events into
+/// (window start, key) states; the ranges' states, sorted, are merged.
+fn recompute_fixed(
+    metric: &MetricDef,
+    frames: &[EventFrame],
+    ranges: &[Vec<Segment>],
+    events: (i64, i64),
+    (windows_from, windows_to): (i64, i64),
+) -> Recomputed {
+    struct RangeStates {
+        keys: Keys,
+        states: HashMap<WindowKey, (Window, Accumulator)>,
+        events_read: u64,
+    }
+    let mut parts: Vec<RangeStates> = ranges
+        .par_iter()
+        .map(|segments| {
+            let mut keys = Keys::default();
+            let mut states: HashMap<WindowKey, (Window, Accumulator)> = HashMap::new();
+            let mut prepared = PreparedEvent::default();
+            let mut event = empty_event(metric);
+            let events_read = for_each_event(
                 metric,
                 frames,
-                events_from,
-                events_to,
+                segments,
+                events,
+                &mut event,
+                |_, _, t, event| {
+                    let key = keys.intern(metric, event);
+                    metric.plan.prepare(event, &mut prepared);
+                    for window in metric.window.assign(t) {
+                        if window.start_ms < windows_from || window.start_ms >= windows_to {
+                            continue;
+                        }
+                        let (_, acc) = states
+                            .entry((window.start_ms, key))
+                            .or_insert_with(|| (window, metric.plan.new_accumulator()));
+                        metric.plan.update(acc, &prepared);
+                    }
+                },
+            );
+            RangeStates {
+                keys,
+                states,
+                events_read,
+            }
+        })
+        .collect();
+    let mut keys = Keys::default();
+    let remaps: Vec<Vec<u32>> = parts.iter_mut().map(|p| keys.absorb(&mut p.keys)).collect();
+    let events_read = parts.iter().map(|p| p.events_read).sum();
+    let sorted: Vec<Vec<(WindowKey, (Window, Accumulator))>> = parts
+        .into_par_iter()
+        .zip(remaps)
+        .map(|(part, remap)| {
+            let mut states: Vec<_> = part
+                .states
+                .into_iter()
+                .map(|((start, key), state)| ((start, remap[key as usize]), state))
+                .collect();
+            states.sort_unstable_by_key(|(k, _)| *k);
+            states
+        })
+        .collect();
+    Recomputed {
+        windows: merge_sorted_states(sorted)
+            .into_iter()
+            .map(|((_, key), (window, acc))| WindowResult {
+                window,
+                key: keys.values[key as usize].clone(),
+                acc,
+            })
+            .collect(),
+        events_read,
+        ..Recomputed::default()
+    }
+}
+
+/// Merges runs sorted by (window start, key) into one, folding the
+/// accumulators of a window that several row ranges saw. Ranges are
+/// contiguous in time, so runs overlap only at their edges.
+fn merge_sorted_states(
+    mut runs: Vec<Vec<(WindowKey, (Window, Accumulator))>>,
+) -> Vec<(WindowKey, (Window, Accumulator))> {
+    if runs.len() == 1 {
+        return runs.pop().unwrap_or_default();
+    }
+    let mut out: Vec<(WindowKey, (Window, Accumulator))> =
+        Vec::with_capacity(runs.iter().map(Vec::len).sum());
+    let mut heads: Vec<_> = runs.into_iter().map(|r| r.into_iter().peekable()).collect();
+    loop {
+        let next = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, h)| h.peek().map(|(k, _)| (*k, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        let Some((key, (window, acc))) = heads[i].next() else {
+            break;
+        };
+        match out.last_mut() {
+            Some((last, (_, into))) if *last == key => into.merge(&acc),
+            _ => out.push((key, (window, acc))),
+        }
+    }
+    out
+}
+
+/// Sessions: each range collects (key, time, frame, row) of its events;
+/// the rows of all ranges, sorted by key then time, are cut at key
+/// boundaries and each part's keys sessionised on its own thread.
+fn recompute_sessions(
+    metric: &MetricDef,
+    frames: &[EventFrame],
+    ranges: &[Vec<Segment>],
+    (events_from, events_to): (i64, i64),
+    (windows_from, windows_to): (i64, i64),
+    gap: i64,
+) -> Recomputed {
+    type Row = (u32, i64, u32, u32);
+    let mut parts: Vec<(Keys, Vec<Row>, u64)> = ranges
+        .par_iter()
+        .map(|segments| {
+            let mut keys = Keys::default();
+            let mut rows: Vec<Row> = Vec::new();
+            let mut event = empty_event(metric);
+            let n = for_each_event(
+                metric,
+                frames,
+                segments,
+                (events_from, events_to),
                 &mut event,
                 |f, i, t, event| {
                     rows.push((keys.intern(metric, event), t, f as u32, i as u32));
                 },
             );
-            rows.sort_unstable();
-            let mut sessions = Vec::new();
+            (keys, rows, n)
+        })
+        .collect();
+    let mut keys = Keys::default();
+    let remaps: Vec<Vec<u32>> = parts.iter_mut().map(|(k, _, _)| keys.absorb(k)).collect();
+    let events_read = parts.iter().map(|p| p.2).sum();
+    let mut rows: Vec<Row> = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    for ((_, part_rows, _), remap) in parts.iter_mut().zip(&remaps) {
+        rows.extend(
+            part_rows
+                .drain(..)
+                .map(|(k, t, f, i)| (remap[k as usize], t, f, i)),
+        );
+    }
+    drop(parts);
+    rows.par_sort_unstable();
+
+    struct SessionsOut {
+        sessions: Vec<(i64, u32, Window, Accumulator)>,
+        first_open_session_ms: Option<i64>,
+        open_keys: Vec<u32>,
+    }
+    let cuts = key_boundaries(&rows, ranges.len());
+    let outs: Vec<SessionsOut> = cuts
+        .par_windows(2)
+        .map(|cut| {
+            let rows = &rows[cut[0]..cut[1]];
+            let mut event = empty_event(metric);
+            let mut out = SessionsOut {
+                sessions: Vec::new(),
+                first_open_session_ms: None,
+                open_keys: Vec::new(),
+            };
             let mut times = Vec::new();
             let mut start = 0;
             while start < rows.len() {
@@ -368,7 +615,7 @@ pub fn recompute(
                             out.first_open_session_ms
                                 .map_or(window.start_ms, |m| m.min(window.start_ms)),
                         );
-                        out.open_keys.insert(keys.encoded(key).to_vec());
+                        out.open_keys.push(key);
                         continue;
                     }
                     let mut acc = metric.plan.new_accumulator();
@@ -376,55 +623,177 @@ pub fn recompute(
                         frames[r.2 as usize].fill(r.3 as usize, r.1, &mut event);
                         metric.plan.update(&mut acc, &event);
                     }
-                    sessions.push((window.start_ms, key, window, acc));
+                    out.sessions.push((window.start_ms, key, window, acc));
                 }
                 start = end;
             }
-            sessions.sort_unstable_by_key(|s| (s.0, s.1));
-            out.windows = sessions
-                .into_iter()
-                .map(|(_, key, window, acc)| WindowResult {
-                    window,
-                    key: keys.values[key as usize].clone(),
-                    acc,
-                })
-                .collect();
+            out
+        })
+        .collect();
+    let mut recomputed = Recomputed {
+        events_read,
+        ..Recomputed::default()
+    };
+    let mut sessions = Vec::with_capacity(outs.iter().map(|o| o.sessions.len()).sum());
+    for out in outs {
+        sessions.extend(out.sessions);
+        recomputed.first_open_session_ms =
+            match (recomputed.first_open_session_ms, out.first_open_session_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        recomputed
+            .open_keys
+            .extend(out.open_keys.into_iter().map(|k| keys.encoded(k).to_vec()));
+    }
+    sessions.par_sort_unstable_by_key(|s| (s.0, s.1));
+    recomputed.windows = sessions
+        .into_iter()
+        .map(|(_, key, window, acc)| WindowResult {
+            window,
+            key: keys.values[key as usize].clone(),
+            acc,
+        })
+        .collect();
+    recomputed
+}
+
+/// Cuts `rows` (sorted by key) into up to `parts` slices of about equal
+/// size that never split a key: returns the cut points, first 0, last the
+/// length.
+fn key_boundaries<T: Copy>(rows: &[(u32, T, u32, u32)], parts: usize) -> Vec<usize> {
+    let mut cuts = vec![0];
+    for p in 1..parts.max(1) {
+        let mut at = (p * rows.len() / parts).max(*cuts.last().unwrap_or(&0));
+        while at > 0 && at < rows.len() && rows[at].0 == rows[at - 1].0 {
+            at += 1;
         }
-        None => {
-            // Hashed while aggregating, ordered once at the end.
-            let mut states: HashMap<(i64, u32), (Window, Accumulator)> = HashMap::new();
-            let mut prepared = PreparedEvent::default();
-            out.events_read = for_each_event(
-                metric,
-                frames,
-                events_from,
-                events_to,
-                &mut event,
-                |_, _, t, event| {
-                    let key = keys.intern(metric, event);
-                    metric.plan.prepare(event, &mut prepared);
-                    for window in metric.window.assign(t) {
-                        if window.start_ms < windows_from || window.start_ms >= windows_to {
-                            continue;
-                        }
-                        let (_, acc) = states
-                            .entry((window.start_ms, key))
-                            .or_insert_with(|| (window, metric.plan.new_accumulator()));
-                        metric.plan.update(acc, &prepared);
-                    }
-                },
-            );
-            let mut states: Vec<_> = states.into_iter().collect();
-            states.sort_unstable_by_key(|(k, _)| *k);
-            out.windows = states
-                .into_iter()
-                .map(|((_, key), (window, acc))| WindowResult {
-                    window,
-                    key: keys.values[key as usize].clone(),
-                    acc,
-                })
-                .collect();
+        if at < rows.len() && at > *cuts.last().unwrap_or(&0) {
+            cuts.push(at);
         }
     }
-    out
+    cuts.push(rows.len());
+    cuts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
+    use strata_schemas::config;
+
+    use super::*;
+    use crate::parquet_file::{self, ArchivedEvent};
+
+    /// Generated clickstream events of the reference config, archived as
+    /// Parquet files of uneven sizes and read back as frames per metric.
+    fn frames_per_metric() -> Vec<(std::sync::Arc<MetricDef>, Vec<EventFrame>)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml");
+        let config = config::load_with_env(&path, |_| None).unwrap();
+        let source = config.sources.values().next().unwrap();
+        let decoder = source.decoder();
+        let events: Vec<ArchivedEvent> = Clickstream::new(ClickstreamConfig {
+            seed: 7,
+            events: 6_000,
+            // Users come back after the 30-minute session gap, often.
+            users: 1_500,
+            partitions: 1,
+            step_ms: 2_000,
+            out_of_order_fraction: 0.3,
+            max_disorder_ms: 40_000,
+            ..ClickstreamConfig::default()
+        })
+        .enumerate()
+        .filter_map(|(offset, r)| {
+            let event = decoder.decode(&r.payload).ok()?;
+            Some(ArchivedEvent {
+                kafka_timestamp_ms: Some(event.time_ms),
+                event,
+                offset: offset as i64,
+            })
+        })
+        .collect();
+        let refs: Vec<&ArchivedEvent> = events.iter().collect();
+        let files: Vec<Vec<u8>> = [0, 1_000, 1_013, 4_500, refs.len()]
+            .windows(2)
+            .map(|w| {
+                parquet_file::encode(&source.contract, "clicks", 0, &refs[w[0]..w[1]]).unwrap()
+            })
+            .collect();
+        config
+            .metrics
+            .iter()
+            .map(|metric| {
+                let frames = files
+                    .iter()
+                    .map(|f| {
+                        EventFrame::read(metric, "test.parquet", bytes::Bytes::from(f.clone()))
+                            .unwrap()
+                    })
+                    .collect();
+                (metric.clone(), frames)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_number_of_row_ranges_gives_the_single_pass_result_in_its_order() {
+        for (metric, frames) in frames_per_metric() {
+            let first = frames[0].time(0).unwrap();
+            // Bounded so that windows are cut at both ends and sessions near
+            // the end stay open (reported, not emitted).
+            let events = (first + 60_000, first + 6_000 * 2_000 - 600_000);
+            let windows = (first + 300_000, events.1);
+            let one = recompute_in_ranges(&metric, &frames, 1, events, windows);
+            assert!(
+                one.windows.len() > 100,
+                "{}: {} windows",
+                metric.name,
+                one.windows.len()
+            );
+            if metric.window.session_gap_ms().is_some() {
+                assert!(
+                    !one.open_keys.is_empty(),
+                    "{}: no open session",
+                    metric.name
+                );
+            }
+            for ranges in [2, 3, 7] {
+                let split = recompute_in_ranges(&metric, &frames, ranges, events, windows);
+                assert_eq!(
+                    split.events_read, one.events_read,
+                    "{} in {ranges}",
+                    metric.name
+                );
+                assert_eq!(split.windows, one.windows, "{} in {ranges}", metric.name);
+                assert_eq!(split.first_open_session_ms, one.first_open_session_ms);
+                assert_eq!(
+                    split.open_keys, one.open_keys,
+                    "{} in {ranges}",
+                    metric.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn row_ranges_cover_every_row_once_in_order() {
+        let (_, frames) = frames_per_metric().remove(0);
+        for ranges in [1, 2, 3, 7, 100_000] {
+            let cut = row_ranges(&frames, ranges);
+            let rows: Vec<(usize, usize)> = cut
+                .iter()
+                .flatten()
+                .flat_map(|(f, rows)| rows.clone().map(move |i| (*f, i)))
+                .collect();
+            let expected: Vec<(usize, usize)> = frames
+                .iter()
+                .enumerate()
+                .flat_map(|(f, frame)| (0..frame.height()).map(move |i| (f, i)))
+                .collect();
+            assert_eq!(rows, expected, "{ranges} ranges");
+            assert!(cut.len() <= ranges);
+        }
+    }
 }
