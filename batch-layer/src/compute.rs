@@ -534,8 +534,9 @@ fn merge_sorted_states(
 }
 
 /// Sessions: each range collects (key, time, frame, row) of its events;
-/// the rows of all ranges, sorted by key then time, are cut at key
-/// boundaries and each part's keys sessionised on its own thread.
+/// the rows of all ranges, grouped by key (a counting sort on the dense key
+/// ids), are cut at key boundaries and each part's keys sorted by time and
+/// sessionised on its own thread.
 fn recompute_sessions(
     metric: &MetricDef,
     frames: &[EventFrame],
@@ -549,7 +550,8 @@ fn recompute_sessions(
         .par_iter()
         .map(|segments| {
             let mut keys = Keys::default();
-            let mut rows: Vec<Row> = Vec::new();
+            let mut rows: Vec<Row> =
+                Vec::with_capacity(segments.iter().map(|(_, r)| r.len()).sum());
             let mut event = empty_event(metric);
             let n = for_each_event(
                 metric,
@@ -567,27 +569,38 @@ fn recompute_sessions(
     let mut keys = Keys::default();
     let remaps: Vec<Vec<u32>> = parts.iter_mut().map(|(k, _, _)| keys.absorb(k)).collect();
     let events_read = parts.iter().map(|p| p.2).sum();
-    let mut rows: Vec<Row> = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
-    for ((_, part_rows, _), remap) in parts.iter_mut().zip(&remaps) {
-        rows.extend(
-            part_rows
-                .drain(..)
-                .map(|(k, t, f, i)| (remap[k as usize], t, f, i)),
-        );
+
+    // Counting sort by key: stable, so a key's rows keep the ranges' order,
+    // nearly time order already.
+    let mut key_starts = vec![0usize; keys.values.len() + 1];
+    for ((_, rows, _), remap) in parts.iter().zip(&remaps) {
+        for r in rows {
+            key_starts[remap[r.0 as usize] as usize + 1] += 1;
+        }
     }
-    drop(parts);
-    rows.par_sort_unstable();
+    for k in 1..key_starts.len() {
+        key_starts[k] += key_starts[k - 1];
+    }
+    let total = key_starts[key_starts.len() - 1];
+    let mut rows: Vec<Row> = vec![(0, 0, 0, 0); total];
+    let mut next = key_starts.clone();
+    for ((_, part_rows, _), remap) in parts.into_iter().zip(&remaps) {
+        for (k, t, f, i) in part_rows {
+            let key = remap[k as usize];
+            rows[next[key as usize]] = (key, t, f, i);
+            next[key as usize] += 1;
+        }
+    }
+    drop(next);
 
     struct SessionsOut {
         sessions: Vec<(i64, u32, Window, Accumulator)>,
         first_open_session_ms: Option<i64>,
         open_keys: Vec<u32>,
     }
-    let cuts = key_boundaries(&rows, ranges.len());
-    let outs: Vec<SessionsOut> = cuts
-        .par_windows(2)
-        .map(|cut| {
-            let rows = &rows[cut[0]..cut[1]];
+    let outs: Vec<SessionsOut> = split_at_keys(&mut rows, &key_starts, ranges.len())
+        .into_par_iter()
+        .map(|rows| {
             let mut event = empty_event(metric);
             let mut out = SessionsOut {
                 sessions: Vec::new(),
@@ -599,8 +612,10 @@ fn recompute_sessions(
             while start < rows.len() {
                 let key = rows[start].0;
                 let end = start + rows[start..].iter().take_while(|r| r.0 == key).count();
+                let key_rows = &mut rows[start..end];
+                key_rows.sort_unstable();
                 times.clear();
-                times.extend(rows[start..end].iter().map(|r| r.1));
+                times.extend(key_rows.iter().map(|r| r.1));
                 for (window, a, b) in sessions_of_sorted(&times, gap) {
                     // Only sessions starting in the window range count,
                     // open or not: a chunk reads events from before its
@@ -619,7 +634,7 @@ fn recompute_sessions(
                         continue;
                     }
                     let mut acc = metric.plan.new_accumulator();
-                    for r in &rows[start + a..start + b] {
+                    for r in &key_rows[a..b] {
                         frames[r.2 as usize].fill(r.3 as usize, r.1, &mut event);
                         metric.plan.update(&mut acc, &event);
                     }
@@ -658,22 +673,28 @@ fn recompute_sessions(
     recomputed
 }
 
-/// Cuts `rows` (sorted by key) into up to `parts` slices of about equal
-/// size that never split a key: returns the cut points, first 0, last the
-/// length.
-fn key_boundaries<T: Copy>(rows: &[(u32, T, u32, u32)], parts: usize) -> Vec<usize> {
-    let mut cuts = vec![0];
+/// Cuts `rows`, grouped by key (key `k`'s rows start at `key_starts[k]`),
+/// into up to `parts` slices of about equal size that never split a key.
+fn split_at_keys<'a, T>(rows: &'a mut [T], key_starts: &[usize], parts: usize) -> Vec<&'a mut [T]> {
+    let total = rows.len();
+    let mut slices = Vec::with_capacity(parts);
+    let mut rest = rows;
+    let mut taken = 0;
     for p in 1..parts.max(1) {
-        let mut at = (p * rows.len() / parts).max(*cuts.last().unwrap_or(&0));
-        while at > 0 && at < rows.len() && rows[at].0 == rows[at - 1].0 {
-            at += 1;
-        }
-        if at < rows.len() && at > *cuts.last().unwrap_or(&0) {
-            cuts.push(at);
+        // The first key boundary at or after the even cut.
+        let target = p * total / parts;
+        let at = key_starts[key_starts
+            .partition_point(|&s| s < target)
+            .min(key_starts.len() - 1)];
+        if at > taken {
+            let (head, tail) = rest.split_at_mut(at - taken);
+            slices.push(head);
+            rest = tail;
+            taken = at;
         }
     }
-    cuts.push(rows.len());
-    cuts
+    slices.push(rest);
+    slices
 }
 
 #[cfg(test)]
