@@ -53,6 +53,52 @@ fn targets() -> Vec<(String, String, String, String)> {
     out
 }
 
+/// The ClickHouse user the provisioned data source logs in as.
+fn provisioned_clickhouse_user() -> String {
+    let path = repo().join("deploy/grafana/provisioning/datasources/strata.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let clickhouse = doc["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "grafana-clickhouse-datasource")
+        .expect("a ClickHouse data source");
+    clickhouse["jsonData"]["username"]
+        .as_str()
+        .expect("jsonData.username")
+        .to_string()
+}
+
+/// A ClickHouse client logged in as `user` (empty password, as up.sh and
+/// the compose stack define the read-only users).
+fn client_as(url: &str, user: &str) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(url)
+        .with_user(user)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None)
+}
+
+/// Rows of `sql` read as `user`, with the setting Grafana's plugin sends
+/// on every query (clickhouse-go sets max_execution_time).
+async fn rows_as(url: &str, user: &str, sql: &str) -> Vec<Map<String, Json>> {
+    let bytes = client_as(url, user)
+        .query(sql)
+        .with_setting("max_execution_time", "30")
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .fetch_bytes("JSONEachRow")
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("as {user}: {sql}: {e}"));
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
 /// Expands the macros of grafana-clickhouse-datasource for `[from, to]`
 /// (epoch seconds) and the `database` template variable.
 fn expand(sql: &str, database: &str, from: i64, to: i64) -> String {
@@ -106,13 +152,16 @@ async fn clickhouse_panels_run_and_return_known_values() {
     let from = S / 1000;
     let to = (chrono::Utc::now().timestamp() + 3600).max(from + 86_400);
     let total = events.len() as f64;
+    // Every panel runs as the user the data source is provisioned with.
+    let user = provisioned_clickhouse_user();
+    assert_ne!(user, "default", "Grafana must not read as `default`");
     let mut checked = BTreeSet::new();
     for (_, title, kind, sql) in targets() {
         if kind != "grafana-clickhouse-datasource" {
             continue;
         }
         let sql = expand(&sql, &env.database, from, to);
-        let rows = rows_at(&env.clickhouse_url, &sql).await;
+        let rows = rows_as(&env.clickhouse_url, &user, &sql).await;
         assert!(!rows.is_empty(), "{title}: no rows from {sql}");
         let cols = columns(&rows[0]);
         match title.as_str() {
@@ -192,6 +241,42 @@ async fn clickhouse_panels_run_and_return_known_values() {
         checked.insert(title);
     }
     assert_eq!(checked.len(), 8, "{checked:?}");
+
+    // ... and that user can change nothing: every write and DDL is refused
+    // by readonly mode (Code 164), and the table still holds its rows.
+    let table = format!("{}.page_views_per_minute_speed", env.database);
+    let before = rows_at(
+        &env.clickhouse_url,
+        &format!("SELECT count() AS n FROM {table}"),
+    )
+    .await;
+    for statement in [
+        format!("INSERT INTO {table} SELECT * FROM {table} LIMIT 1"),
+        format!("ALTER TABLE {table} DELETE WHERE 1"),
+        format!("DROP TABLE {table}"),
+        format!(
+            "CREATE TABLE {}.grafana_was_here (x UInt8) ENGINE = Memory",
+            env.database
+        ),
+        format!("TRUNCATE TABLE {table}"),
+    ] {
+        let err = client_as(&env.clickhouse_url, &user)
+            .query(&statement)
+            .execute()
+            .await
+            .expect_err(&format!("{user} ran {statement}"));
+        assert!(
+            err.to_string().contains("Code: 164"),
+            "{statement}: refused for another reason: {err}"
+        );
+    }
+    let after = rows_at(
+        &env.clickhouse_url,
+        &format!("SELECT count() AS n FROM {table}"),
+    )
+    .await;
+    assert_eq!(before, after);
+    assert!(num(&after[0]["n"]) > 0.0);
     env.drop_database().await;
 }
 

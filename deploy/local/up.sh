@@ -6,7 +6,8 @@
 #
 #   clickhouse  Debian's clickhouse-server 18.16, own config under $STRATA_HOME/clickhouse/
 #               (not the system service). Installed with apt-get when missing. Users:
-#               default, and strata_reader (read-only: the serving API's).
+#               default, strata_reader (read-only: the serving API's) and
+#               strata_grafana (read-only: the Grafana data source's).
 #   kafka       Tansu, a Kafka-compatible broker with SQLite storage in $STRATA_HOME/tansu/.
 #               Built when missing by deploy/local/tansu/build.sh: the published 0.6.0 with
 #               one patch (an idempotent producer's epoch bump crashed its storage task).
@@ -359,6 +360,16 @@ EOF
             <use_uncompressed_cache>0</use_uncompressed_cache>
             <load_balancing>random</load_balancing>
         </strata_reader>
+        <!-- The Grafana data source's profile (deploy/clickhouse/strata-grafana.xml,
+             without its settings constraints, which 18.16 predates):
+             readonly = 2 because Grafana's plugin sets max_execution_time. -->
+        <strata_grafana>
+            <readonly>2</readonly>
+            <max_execution_time>60</max_execution_time>
+            <max_memory_usage>2000000000</max_memory_usage>
+            <max_result_rows>1000000</max_result_rows>
+            <result_overflow_mode>break</result_overflow_mode>
+        </strata_grafana>
     </profiles>
     <users>
         <default>
@@ -381,6 +392,16 @@ EOF
             <profile>strata_reader</profile>
             <quota>default</quota>
         </strata_reader>
+        <!-- The provisioned Grafana data source reads with it. -->
+        <strata_grafana>
+            <password></password>
+            <networks replace="replace">
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>strata_grafana</profile>
+            <quota>default</quota>
+        </strata_grafana>
     </users>
     <quotas>
         <default>
