@@ -22,6 +22,7 @@ deploy/local/up.sh clickhouse
 
 # The dev profile (dependencies optimised, see Cargo.toml) shares its build
 # with scripts/test.sh and is plenty for the demo's load.
+scripts/build-deps.sh
 log "building strata (the first build takes a while)"
 cargo build --locked --bin strata
 strata=target/debug/strata

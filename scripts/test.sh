@@ -6,7 +6,10 @@
 #    ClickHouse 18.16, the Tansu Kafka-compatible broker, the moto S3 server
 #    (deploy/local/up.sh; data and PIDs under .strata/), and the local
 #    ClickHouse cluster for tests/cluster.rs: ZooKeeper and three
-#    ClickHouse 18.16 nodes (deploy/local/up.sh cluster);
+#    ClickHouse 18.16 nodes (deploy/local/up.sh cluster), and a Kafka
+#    listener behind TLS (deploy/local/up.sh tls: stunnel and a second
+#    Tansu); then the build's system packages (scripts/build-deps.sh:
+#    pkg-config, OpenSSL's headers);
 # 2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 # 3. builds and runs every test of every crate against those real servers
 #    (cargo nextest when installed, else cargo test).
@@ -57,6 +60,13 @@ deploy/local/up.sh
 . "$STRATA_HOME/stack.env"
 log "starting the local ClickHouse cluster (deploy/local/up.sh cluster)"
 deploy/local/up.sh cluster
+# The TLS Kafka listener of tests/kafka_tls.rs (stunnel in front of a
+# second Tansu), emptied like the first broker.
+log "starting the TLS Kafka listener (deploy/local/up.sh tls)"
+deploy/local/down.sh tls --purge
+deploy/local/up.sh tls
+log "system build dependencies (scripts/build-deps.sh)"
+scripts/build-deps.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -12,6 +12,9 @@
 #   deploy/local/down.sh cluster                # stop the cluster of `up.sh cluster`:
 #                                               #   its three ClickHouse nodes, then ZooKeeper
 #                                               #   (--purge deletes $STRATA_HOME/cluster/)
+#   deploy/local/down.sh tls                    # stop stunnel and the Tansu behind it of
+#                                               #   `up.sh tls` (--purge deletes $STRATA_HOME/tls/,
+#                                               #   the test CA included)
 #   deploy/local/down.sh --purge [component...] # stop, then delete their data:
 #                                               #   $STRATA_HOME/<clickhouse|tansu|s3>/ and logs
 #   deploy/local/down.sh --help
@@ -46,12 +49,15 @@ usage() {
 
 # The processes (PID file names) of the cluster, in stopping order.
 readonly CLUSTER_PROCESSES=(cluster-clickhouse-1 cluster-clickhouse-2 cluster-clickhouse-3 cluster-zookeeper)
+# The processes of `up.sh tls`, in stopping order.
+readonly TLS_PROCESSES=(tls-kafka tls-kafka-broker)
 
 # Pattern expected in the process command line (guards against PID reuse).
 process_pattern() {
     case "$1" in
         clickhouse | cluster-clickhouse-*) echo clickhouse ;;
-        kafka) echo tansu ;;
+        kafka | tls-kafka-broker) echo tansu ;;
+        tls-kafka) echo stunnel ;;
         s3) echo moto ;;
         cluster-zookeeper) echo zookeeper ;;
     esac
@@ -64,6 +70,7 @@ data_dir() {
         kafka) echo tansu ;;
         s3) echo s3 ;;
         cluster) echo cluster ;;
+        tls) echo tls ;;
     esac
 }
 
@@ -146,6 +153,13 @@ purge_component() {
         done
         rm -f -- "${STRATA_HOME}/cluster.env"
     fi
+    if [[ "${component}" == tls ]]; then
+        local process
+        for process in "${TLS_PROCESSES[@]}" tls-material; do
+            rm -f -- "${LOG_DIR}/${process}.log"
+        done
+        rm -f -- "${STRATA_HOME}/tls.env"
+    fi
 }
 
 PURGE=0
@@ -157,10 +171,10 @@ for arg in "$@"; do
             exit 0
             ;;
         --purge) PURGE=1 ;;
-        clickhouse | kafka | s3 | cluster)
+        clickhouse | kafka | s3 | cluster | tls)
             [[ " ${SELECTED[*]} " == *" ${arg} "* ]] || SELECTED+=("${arg}")
             ;;
-        *) die "unknown argument '${arg}' (expected: --purge, ${ALL_COMPONENTS[*]} cluster)" ;;
+        *) die "unknown argument '${arg}' (expected: --purge, ${ALL_COMPONENTS[*]} cluster tls)" ;;
     esac
 done
 ((${#SELECTED[@]})) || SELECTED=("${ALL_COMPONENTS[@]}")
@@ -173,6 +187,10 @@ fi
 for component in "${SELECTED[@]}"; do
     if [[ "${component}" == cluster ]]; then
         for process in "${CLUSTER_PROCESSES[@]}"; do
+            stop_component "${process}"
+        done
+    elif [[ "${component}" == tls ]]; then
+        for process in "${TLS_PROCESSES[@]}"; do
             stop_component "${process}"
         done
     else

@@ -26,11 +26,20 @@
 #               node3 shard=01 replica=node3 (a node-unique replica name, so tables
 #               replicated to every node share one ZooKeeper path). Distributed DDL
 #               (ON CLUSTER) queue: /clickhouse/task_queue/ddl.
+#   tls         a Kafka listener behind TLS for the tests of Strata's TLS client: a test CA
+#               and a server certificate for 127.0.0.1 (openssl, made once, in
+#               $STRATA_HOME/tls/), a second Tansu on 127.0.0.1:19094 and stunnel (Debian's
+#               stunnel4, installed with apt-get when missing) terminating TLS on
+#               127.0.0.1:19093 in front of it. Tansu 0.6.0 takes a --cert flag but never
+#               wraps its listener in TLS, hence stunnel; the second Tansu advertises
+#               stunnel's port, so every connection after the bootstrap is TLS too.
+#               Endpoints in $STRATA_HOME/tls.env (STRATA_TLS_KAFKA_BROKERS, STRATA_TLS_CA).
 #
 # Usage:
 #   deploy/local/up.sh                     # start all three (not the cluster)
 #   deploy/local/up.sh clickhouse kafka    # start only the named components
 #   deploy/local/up.sh cluster             # start the local ClickHouse cluster
+#   deploy/local/up.sh tls                 # start the TLS Kafka listener
 #   deploy/local/up.sh --help
 #
 # Then, in your shell or CI job:
@@ -89,6 +98,8 @@ CH_TIMEZONE="${STRATA_CLICKHOUSE_TIMEZONE:-UTC}"
 KAFKA_PORT="${STRATA_KAFKA_PORT:-19092}"
 KAFKA_LOG="${STRATA_KAFKA_LOG:-warn}"
 S3_PORT="${STRATA_S3_PORT:-15000}"
+TLS_KAFKA_PORT="${STRATA_TLS_KAFKA_PORT:-19093}"
+TLS_KAFKA_BROKER_PORT="${STRATA_TLS_KAFKA_BROKER_PORT:-19094}"
 ZK_PORT="${STRATA_CLUSTER_ZOOKEEPER_PORT:-12181}"
 CLUSTER_HTTP_BASE="${STRATA_CLUSTER_HTTP_PORT_BASE:-18130}"
 CLUSTER_TCP_BASE="${STRATA_CLUSTER_TCP_PORT_BASE:-19100}"
@@ -472,17 +483,19 @@ tansu_install() {
     tansu_bin >/dev/null || die "kafka: ${TANSU_BIN} still missing after the build"
 }
 
-# Send a Kafka ApiVersions (v0) request and check for a well-formed response with
-# error_code 0. Falls back to a plain TCP connect when python3 is unavailable.
-kafka_healthy() {
+# kafka_answers PORT [CA_FILE] : send a Kafka ApiVersions (v0) request (over TLS,
+# verifying the server against CA_FILE, when given) and check for a well-formed response
+# with error_code 0. Falls back to a plain TCP connect when python3 is unavailable.
+kafka_answers() {
     if command -v python3 >/dev/null 2>&1; then
-        python3 - "${KAFKA_PORT}" <<'PY' 2>/dev/null
-import socket, struct, sys
-port = int(sys.argv[1])
+        python3 - "$1" "${2:-}" <<'PY' 2>/dev/null
+import socket, ssl, struct, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
 client = b"strata-up"
 # request header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id
 body = struct.pack(">hhih", 18, 0, 4242, len(client)) + client
-with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+    s = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname="127.0.0.1") if ca else raw
     s.settimeout(2)
     s.sendall(struct.pack(">i", len(body)) + body)
     def read(n):
@@ -500,9 +513,11 @@ with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
 PY
     else
         # No python3: accept a TCP connect plus a short grace period.
-        tcp_open "${KAFKA_PORT}" && sleep 1
+        tcp_open "$1" && sleep 1
     fi
 }
+
+kafka_healthy() { kafka_answers "${KAFKA_PORT}"; }
 
 start_kafka() {
     local pid
@@ -798,6 +813,95 @@ write_cluster_env() {
 }
 
 # ---------------------------------------------------------------------------------------
+# tls: a Kafka listener behind TLS, for the tests of Strata's TLS client
+# ---------------------------------------------------------------------------------------
+
+TLS_DIR="${STRATA_HOME}/tls"
+
+# A test-only CA and a server certificate for 127.0.0.1 / localhost, made once.
+tls_material() {
+    [[ -s "${TLS_DIR}/ca.pem" && -s "${TLS_DIR}/server.pem" && -s "${TLS_DIR}/server-key.pem" ]] && return 0
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    mkdir -p "${TLS_DIR}"
+    info "tls: creating a test CA and a server certificate for 127.0.0.1 in ${TLS_DIR}"
+    if ! (
+        cd "${TLS_DIR}"
+        openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+            -keyout ca-key.pem -out ca.pem -subj "/CN=Strata local test CA"
+        openssl req -newkey rsa:2048 -nodes -sha256 \
+            -keyout server-key.pem -out server.csr -subj "/CN=localhost"
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server-ext.cnf
+        openssl x509 -req -sha256 -days 3650 -in server.csr -CA ca.pem -CAkey ca-key.pem \
+            -CAcreateserial -extfile server-ext.cnf -out server.pem
+        chmod 600 ca-key.pem server-key.pem
+    ) >"$(log_file tls-material)" 2>&1; then
+        tail -n 20 "$(log_file tls-material)" >&2 || true
+        die "tls: openssl failed (see $(log_file tls-material))"
+    fi
+}
+
+stunnel_bin() {
+    command -v stunnel4 2>/dev/null || command -v stunnel 2>/dev/null
+}
+
+# Tansu 0.6.0 parses --cert but never wraps its listener in TLS, so TLS is
+# terminated by stunnel on TLS_KAFKA_PORT, in front of a second Tansu on
+# loopback that advertises stunnel's port: every connection a client makes
+# after the bootstrap (metadata names that port) goes through TLS too.
+start_tls() {
+    tls_material
+    tansu_install
+    stunnel_bin >/dev/null || apt_install stunnel4
+    local pid
+    if pid="$(running_pid tls-kafka-broker tansu)"; then
+        info "tls-kafka-broker: already running (pid ${pid})"
+    else
+        ensure_port_free tls-kafka-broker "${TLS_KAFKA_BROKER_PORT}"
+        mkdir -p "${TLS_DIR}/tansu"
+        info "tls-kafka-broker: starting tansu on 127.0.0.1:${TLS_KAFKA_BROKER_PORT}, advertising the TLS port ${TLS_KAFKA_PORT}"
+        launch tls-kafka-broker "${TLS_DIR}/tansu" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+            "RUST_LOG=${KAFKA_LOG}" "$(tansu_bin)" broker \
+            --cluster-id strata-local-tls \
+            --listener-url "tcp://127.0.0.1:${TLS_KAFKA_BROKER_PORT}" \
+            --advertised-listener-url "tcp://127.0.0.1:${TLS_KAFKA_PORT}" \
+            --storage-engine "sqlite://tansu.db"
+        wait_healthy tls-kafka-broker "${KAFKA_TIMEOUT}" tls_broker_healthy
+    fi
+    if pid="$(running_pid tls-kafka stunnel)"; then
+        info "tls-kafka: already running (pid ${pid})"
+        return 0
+    fi
+    ensure_port_free tls-kafka "${TLS_KAFKA_PORT}"
+    cat >"${TLS_DIR}/stunnel.conf" <<EOF
+; Generated by deploy/local/up.sh tls; overwritten on every start.
+foreground = yes
+pid =
+[kafka]
+accept = 127.0.0.1:${TLS_KAFKA_PORT}
+connect = 127.0.0.1:${TLS_KAFKA_BROKER_PORT}
+cert = ${TLS_DIR}/server.pem
+key = ${TLS_DIR}/server-key.pem
+EOF
+    info "tls-kafka: starting stunnel: TLS on 127.0.0.1:${TLS_KAFKA_PORT} -> 127.0.0.1:${TLS_KAFKA_BROKER_PORT}"
+    launch tls-kafka "${TLS_DIR}" "$(stunnel_bin)" "${TLS_DIR}/stunnel.conf"
+    wait_healthy tls-kafka "${KAFKA_TIMEOUT}" tls_kafka_healthy
+}
+
+tls_broker_healthy() { kafka_answers "${TLS_KAFKA_BROKER_PORT}"; }
+tls_kafka_healthy() { kafka_answers "${TLS_KAFKA_PORT}" "${TLS_DIR}/ca.pem"; }
+
+write_tls_env() {
+    local env_file="${STRATA_HOME}/tls.env" tmp
+    tmp="$(mktemp "${STRATA_HOME}/.tls.env.XXXXXX")"
+    {
+        echo "# Generated by deploy/local/up.sh tls - source this file: . \"${env_file}\""
+        echo "export STRATA_TLS_KAFKA_BROKERS=127.0.0.1:${TLS_KAFKA_PORT}"
+        echo "export STRATA_TLS_CA=${TLS_DIR}/ca.pem"
+    } >"${tmp}"
+    mv -f "${tmp}" "${env_file}"
+}
+
+# ---------------------------------------------------------------------------------------
 # stack.env
 # ---------------------------------------------------------------------------------------
 
@@ -845,10 +949,10 @@ for arg in "$@"; do
             usage
             exit 0
             ;;
-        clickhouse | kafka | s3 | cluster)
+        clickhouse | kafka | s3 | cluster | tls)
             [[ " ${SELECTED[*]} " == *" ${arg} "* ]] || SELECTED+=("${arg}")
             ;;
-        *) die "unknown component '${arg}' (expected: ${ALL_COMPONENTS[*]} cluster)" ;;
+        *) die "unknown component '${arg}' (expected: ${ALL_COMPONENTS[*]} cluster tls)" ;;
     esac
 done
 ((${#SELECTED[@]})) || SELECTED=("${ALL_COMPONENTS[@]}")
@@ -858,6 +962,8 @@ validate_port STRATA_CLICKHOUSE_TCP_PORT "${CH_TCP_PORT}"
 validate_port STRATA_CLICKHOUSE_INTERSERVER_PORT "${CH_INTERSERVER_PORT}"
 validate_port STRATA_KAFKA_PORT "${KAFKA_PORT}"
 validate_port STRATA_S3_PORT "${S3_PORT}"
+validate_port STRATA_TLS_KAFKA_PORT "${TLS_KAFKA_PORT}"
+validate_port STRATA_TLS_KAFKA_BROKER_PORT "${TLS_KAFKA_BROKER_PORT}"
 validate_port STRATA_CLUSTER_ZOOKEEPER_PORT "${ZK_PORT}"
 for n in "${CLUSTER_NODES[@]}"; do
     validate_port STRATA_CLUSTER_HTTP_PORT_BASE+${n} "$((CLUSTER_HTTP_BASE + n))"
@@ -879,6 +985,9 @@ fi
 if [[ " ${SELECTED[*]} " == *" cluster "* ]]; then
     write_cluster_env
 fi
+if [[ " ${SELECTED[*]} " == *" tls "* ]]; then
+    write_tls_env
+fi
 
 info "endpoints:"
 for component in "${SELECTED[@]}"; do
@@ -886,6 +995,7 @@ for component in "${SELECTED[@]}"; do
         clickhouse) info "  clickhouse  http://127.0.0.1:${CH_HTTP_PORT}  (native tcp 127.0.0.1:${CH_TCP_PORT}, user default, no password)" ;;
         kafka) info "  kafka       127.0.0.1:${KAFKA_PORT}  (tansu)" ;;
         s3) info "  s3          http://127.0.0.1:${S3_PORT}  (moto; AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1)" ;;
+        tls) info "  kafka (TLS) 127.0.0.1:${TLS_KAFKA_PORT}  (stunnel -> tansu on 127.0.0.1:${TLS_KAFKA_BROKER_PORT}; CA ${TLS_DIR}/ca.pem; . ${STRATA_HOME}/tls.env)" ;;
         cluster)
             info "  zookeeper   127.0.0.1:${ZK_PORT}"
             for n in "${CLUSTER_NODES[@]}"; do
@@ -897,6 +1007,9 @@ done
 if [[ " ${SELECTED[*]} " == *" cluster "* ]]; then
     info "cluster environment written to ${STRATA_HOME}/cluster.env (use: . ${STRATA_HOME}/cluster.env)"
 fi
-if [[ " ${SELECTED[*]} " != " cluster " ]]; then
+if [[ " ${SELECTED[*]} " == *" tls "* ]]; then
+    info "TLS environment written to ${STRATA_HOME}/tls.env (use: . ${STRATA_HOME}/tls.env)"
+fi
+if [[ " ${SELECTED[*]} " == *" clickhouse "* || " ${SELECTED[*]} " == *" kafka "* || " ${SELECTED[*]} " == *" s3 "* ]]; then
     info "environment written to ${STRATA_HOME}/stack.env (use: . ${STRATA_HOME}/stack.env)"
 fi

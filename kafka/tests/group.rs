@@ -715,3 +715,63 @@ fn leaving_a_silent_coordinator_is_bounded() {
     assert!(took < Duration::from_secs(30), "leaving took {took:?}");
     mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
 }
+
+/// A topic whose batches were produced zstd-compressed is read like any
+/// other: the mock cluster serves batches exactly as produced, so the
+/// member's consumer decompresses them itself.
+#[test]
+fn zstd_compressed_batches_are_read() {
+    const ZSTD_TOPIC: &str = "zstd_clicks";
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(ZSTD_TOPIC, 1, 1).unwrap();
+    let kafka = KafkaSection {
+        brokers: mock.bootstrap_servers(),
+        ..KafkaSection::default()
+    };
+    let producer: ThreadedProducer<DefaultProducerContext> = client_config(&kafka)
+        .set("compression.codec", "zstd")
+        // Batches of many records, so there is something to compress.
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+    let payloads: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"event_time":"2026-11-22T10:00:00Z","user_id":"u{i}","page":"/p/{}"}}"#,
+                i % 7
+            )
+        })
+        .collect();
+    for payload in &payloads {
+        producer
+            .send(
+                BaseRecord::<(), _>::to(ZSTD_TOPIC)
+                    .partition(0)
+                    .payload(payload),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let loader = Loader {
+        start: Some(0),
+        ..Loader::default()
+    };
+    let mut member =
+        GroupMember::join(&kafka, &settings("zstd"), vec![ZSTD_TOPIC.into()], loader).unwrap();
+    let mut read = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read.len() < payloads.len() {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {}",
+            read.len(),
+            payloads.len()
+        );
+        if let Some(record) = member.poll(Duration::from_millis(50)).unwrap().record {
+            read.push(String::from_utf8(record.payload().unwrap().to_vec()).unwrap());
+        }
+    }
+    assert_eq!(read, payloads);
+    member.leave();
+}

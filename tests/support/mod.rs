@@ -21,13 +21,23 @@ pub fn repo() -> PathBuf {
 /// An endpoint from the environment or `.strata/stack.env`; panics with the
 /// fix when neither has it (a test that silently skips would prove nothing).
 pub fn endpoint(name: &str) -> String {
+    endpoint_in("stack.env", "deploy/local/up.sh", name)
+}
+
+/// An endpoint of the TLS listeners (`deploy/local/up.sh tls`), from the
+/// environment or `$STRATA_HOME/tls.env`.
+pub fn tls_endpoint(name: &str) -> String {
+    endpoint_in("tls.env", "deploy/local/up.sh tls", name)
+}
+
+fn endpoint_in(file: &str, starter: &str, name: &str) -> String {
     if let Ok(v) = std::env::var(name) {
         return v;
     }
     let env_file = std::env::var("STRATA_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo().join(".strata"))
-        .join("stack.env");
+        .join(file);
     if let Ok(text) = std::fs::read_to_string(&env_file) {
         for line in text.lines() {
             let line = line.trim_start_matches("export ").trim();
@@ -37,7 +47,7 @@ pub fn endpoint(name: &str) -> String {
         }
     }
     panic!(
-        "{name} is not set and {} does not define it: start the local stack with deploy/local/up.sh \
+        "{name} is not set and {} does not define it: start it with {starter} \
          (scripts/test.sh does it for you)",
         env_file.display()
     );

@@ -1,0 +1,114 @@
+//! Kafka over TLS against a real TLS listener (`deploy/local/up.sh tls`:
+//! stunnel terminating TLS with a test CA's certificate for 127.0.0.1, in
+//! front of a Tansu broker that advertises the TLS port).
+//!
+//! - A client that trusts the CA gets metadata; one that does not (the
+//!   system trust store), or speaks plaintext to the TLS port, gets none.
+//! - The speed layer end to end over TLS: `strata generate` produces
+//!   zstd-compressed batches, `strata speed` consumes them (and commits its
+//!   offsets) through TLS, and the speed view equals aggregates computed
+//!   independently from the same seeded events. (Whether Tansu serves the
+//!   batches compressed as produced is its own business: reading zstd
+//!   batches is tested on librdkafka's mock cluster, which does,
+//!   in `kafka/tests/group.rs`.)
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
+use support::{TestEnv, expected, terminate, tls_endpoint, wait_until};
+
+fn brokers() -> String {
+    tls_endpoint("STRATA_TLS_KAFKA_BROKERS")
+}
+
+fn ca() -> String {
+    tls_endpoint("STRATA_TLS_CA")
+}
+
+/// Broker count in the metadata a client with `properties` gets, or the error.
+fn metadata(properties: &[(&str, &str)]) -> Result<usize, String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers())
+        .set("broker.address.family", "v4")
+        .set("log_level", "0");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map(|m| m.brokers().len())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn only_a_client_trusting_the_ca_gets_metadata_over_tls() {
+    let ca = ca();
+    assert_eq!(
+        metadata(&[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]),
+        Ok(1)
+    );
+    // The system trust store does not know the test CA.
+    let untrusted = metadata(&[("security.protocol", "ssl")]);
+    assert!(
+        untrusted.is_err(),
+        "untrusted certificate accepted: {untrusted:?}"
+    );
+    // Plaintext to a TLS port is no Kafka answer.
+    let plaintext = metadata(&[("security.protocol", "plaintext")]);
+    assert!(plaintext.is_err(), "plaintext got metadata: {plaintext:?}");
+}
+
+#[tokio::test]
+async fn speed_layer_over_tls_with_a_zstd_producer_equals_independent_aggregates() {
+    let extra = format!(
+        "[kafka.properties]\n\
+         \"security.protocol\" = \"ssl\"\n\
+         \"ssl.ca.location\" = {:?}\n\
+         # The producer (strata generate) compresses; consumers decompress.\n\
+         \"compression.codec\" = \"zstd\"\n",
+        ca()
+    );
+    let mut env = TestEnv::new("tls", &extra);
+    env.kafka_brokers = brokers();
+    env.init();
+    let stream = ClickstreamConfig {
+        seed: 23,
+        events: 6_000,
+        users: 500,
+        partitions: 2,
+        start_ms: 1_795_341_600_000,
+        step_ms: 50,
+        out_of_order_fraction: 0.2,
+        max_disorder_ms: 10_000,
+        ..ClickstreamConfig::default()
+    };
+    env.generate(&stream);
+    let records: Vec<_> = Clickstream::new(stream).collect();
+    let expected = expected::compute(&records, Some(30_000));
+    assert_eq!(expected.counted, 6_000, "no event of this stream is late");
+
+    let mut speed = env.spawn_speed(0);
+    let session_events: u64 = expected.sessions.values().map(|v| v.0).sum();
+    let done = wait_until(Duration::from_secs(180), || async {
+        env.speed_progress().await == (expected.counted, session_events)
+    })
+    .await;
+    assert!(
+        done,
+        "speed view stuck at {:?} over TLS; log:\n{}",
+        env.speed_progress().await,
+        env.speed_log(0)
+    );
+    assert_eq!(terminate(&mut speed), Some(0), "{}", env.speed_log(0));
+    let view = env.speed_view().await;
+    assert_eq!(view.per_minute, expected.per_minute);
+    assert_eq!(view.active_users, expected.active_users);
+    assert_eq!(view.sessions, expected.sessions);
+    env.drop_database().await;
+}
