@@ -13,8 +13,8 @@
 #                                               #   its three ClickHouse nodes, then ZooKeeper
 #                                               #   (--purge deletes $STRATA_HOME/cluster/)
 #   deploy/local/down.sh tls                    # stop stunnel and the Tansu behind it of
-#                                               #   `up.sh tls` (--purge deletes $STRATA_HOME/tls/,
-#                                               #   the test CA included)
+#                                               #   `up.sh tls` (--purge deletes its broker's data,
+#                                               #   $STRATA_HOME/tls/tansu/; the test CA stays)
 #   deploy/local/down.sh --purge [component...] # stop, then delete their data:
 #                                               #   $STRATA_HOME/<clickhouse|tansu|s3>/ and logs
 #   deploy/local/down.sh --help
@@ -70,7 +70,9 @@ data_dir() {
         kafka) echo tansu ;;
         s3) echo s3 ;;
         cluster) echo cluster ;;
-        tls) echo tls ;;
+        # The broker's data only: the test CA and certificates stay (ClickHouse's
+        # HTTPS port serves them too).
+        tls) echo tls/tansu ;;
     esac
 }
 

@@ -146,6 +146,12 @@ pub struct ClickHouseSection {
     /// server, plain tables). Env: `STRATA_CLICKHOUSE_CLUSTER`.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// PEM file of the certificate authority that signed ClickHouse's
+    /// certificate, trusted for an `https://` URL besides the system's
+    /// roots (relative to the config file's folder). Env:
+    /// `STRATA_CLICKHOUSE_CA_FILE`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_database() -> String {
@@ -163,6 +169,7 @@ impl Default for ClickHouseSection {
             user: default_user(),
             password: String::new(),
             cluster: None,
+            ca_file: None,
         }
     }
 }
@@ -720,7 +727,7 @@ type Setter = fn(&mut RawConfig, String);
 /// Environment variables that override connection settings, with the config
 /// path each one replaces. Only deployment-specific settings are overridable:
 /// metric definitions stay in the file so both layers always agree.
-pub const ENV_OVERRIDES: [(&str, &str, Setter); 19] = [
+pub const ENV_OVERRIDES: [(&str, &str, Setter); 20] = [
     ("STRATA_KAFKA_BROKERS", "kafka.brokers", |c, v| {
         c.kafka.brokers = v;
     }),
@@ -742,6 +749,9 @@ pub const ENV_OVERRIDES: [(&str, &str, Setter); 19] = [
     ),
     ("STRATA_CLICKHOUSE_CLUSTER", "clickhouse.cluster", |c, v| {
         c.clickhouse.cluster = Some(v);
+    }),
+    ("STRATA_CLICKHOUSE_CA_FILE", "clickhouse.ca_file", |c, v| {
+        c.clickhouse.ca_file = Some(PathBuf::from(v));
     }),
     ("STRATA_OBJECT_STORE_URL", "object_store.url", |c, v| {
         c.object_store.url = v;
@@ -926,6 +936,35 @@ fn compile(
             "clickhouse.url",
             format!("{:?} is not an HTTP URL; ClickHouse is reached over HTTP, e.g. \"http://127.0.0.1:8123\"", raw.clickhouse.url),
         );
+    }
+    if let Some(ca_file) = &raw.clickhouse.ca_file {
+        let path = base_dir.join(ca_file);
+        if !raw.clickhouse.url.starts_with("https://") {
+            c.push(
+                "clickhouse.ca_file",
+                format!(
+                    "is set but clickhouse.url {:?} is not https://; use ClickHouse's HTTPS port (https_port in its config, 8443 by default) or remove ca_file",
+                    raw.clickhouse.url
+                ),
+            );
+        }
+        match std::fs::read_to_string(&path) {
+            Err(e) => c.push(
+                "clickhouse.ca_file",
+                format!(
+                    "cannot read {}: {e}; give the PEM file of the CA that signed ClickHouse's certificate",
+                    path.display()
+                ),
+            ),
+            Ok(text) if !text.contains("-----BEGIN CERTIFICATE-----") => c.push(
+                "clickhouse.ca_file",
+                format!(
+                    "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA's certificate, not its key",
+                    path.display()
+                ),
+            ),
+            Ok(_) => {}
+        }
     }
     if !is_identifier(&raw.clickhouse.database) {
         c.push(
@@ -1166,7 +1205,10 @@ fn compile(
         file: file.to_string(),
         base_dir: base_dir.to_path_buf(),
         kafka: raw.kafka,
-        clickhouse: raw.clickhouse,
+        clickhouse: ClickHouseSection {
+            ca_file: raw.clickhouse.ca_file.as_ref().map(|f| base_dir.join(f)),
+            ..raw.clickhouse
+        },
         object_store: raw.object_store,
         speed,
         archive,

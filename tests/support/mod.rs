@@ -318,6 +318,10 @@ pub struct TestEnv {
     pub kafka_brokers: String,
     /// The master dataset's directory (`object_store.url` is `file://` it).
     pub lake: PathBuf,
+    /// When set, the `strata` processes reach ClickHouse at this URL (e.g.
+    /// its https:// port) trusting this CA file; the test's own reads keep
+    /// `clickhouse_url`.
+    pub strata_clickhouse_https: Option<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -391,6 +395,7 @@ impl TestEnv {
             clickhouse_url: clickhouse_url(),
             kafka_brokers: kafka_brokers(),
             lake,
+            strata_clickhouse_https: None,
         }
     }
 
@@ -398,7 +403,15 @@ impl TestEnv {
     pub fn strata(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
         cmd.arg("--config").arg(&self.config);
-        cmd.env("STRATA_CLICKHOUSE_URL", &self.clickhouse_url);
+        match &self.strata_clickhouse_https {
+            Some((url, ca_file)) => {
+                cmd.env("STRATA_CLICKHOUSE_URL", url);
+                cmd.env("STRATA_CLICKHOUSE_CA_FILE", ca_file);
+            }
+            None => {
+                cmd.env("STRATA_CLICKHOUSE_URL", &self.clickhouse_url);
+            }
+        }
         cmd.env("STRATA_KAFKA_BROKERS", &self.kafka_brokers);
         cmd.env("STRATA_CLICKHOUSE_DATABASE", &self.database);
         cmd.env("RUST_LOG", "info,rdkafka=warn");
