@@ -9,7 +9,8 @@
 #    ClickHouse 18.16 nodes (deploy/local/up.sh cluster), and a Kafka
 #    listener behind TLS (deploy/local/up.sh tls: stunnel and a second
 #    Tansu); then the build's system packages (scripts/build-deps.sh:
-#    pkg-config, OpenSSL's headers);
+#    pkg-config, OpenSSL's headers) and chDB for the compatibility test
+#    with a current ClickHouse (scripts/install-chdb.sh, a pinned venv);
 # 2. checks formatting and lints (cargo fmt, cargo clippy -D warnings);
 # 3. builds and runs every test of every crate against those real servers
 #    (cargo nextest when installed, else cargo test).
@@ -67,6 +68,8 @@ deploy/local/down.sh tls --purge
 deploy/local/up.sh tls
 log "system build dependencies (scripts/build-deps.sh)"
 scripts/build-deps.sh
+log "chDB, a current ClickHouse in process, for tests/chdb_compat.rs (scripts/install-chdb.sh)"
+scripts/install-chdb.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

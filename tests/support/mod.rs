@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod grafana;
 pub mod views;
 
 use std::path::PathBuf;
