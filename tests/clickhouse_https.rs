@@ -13,8 +13,8 @@ mod support;
 
 use std::time::Duration;
 
-use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
-use support::{TestEnv, endpoint, expected, terminate, wait_until};
+use strata_generator::clickstream::ClickstreamConfig;
+use support::{TestEnv, endpoint};
 
 fn https_url() -> String {
     endpoint("STRATA_CLICKHOUSE_HTTPS_URL")
@@ -48,26 +48,8 @@ async fn init_and_the_speed_layer_work_over_https() {
         max_disorder_ms: 10_000,
         ..ClickstreamConfig::default()
     };
-    env.generate(&stream);
-    let records: Vec<_> = Clickstream::new(stream).collect();
-    let expected = expected::compute(&records, Some(30_000));
-    let mut speed = env.spawn_speed(0);
-    let session_events: u64 = expected.sessions.values().map(|v| v.0).sum();
-    let done = wait_until(Duration::from_secs(180), || async {
-        env.speed_progress().await == (expected.counted, session_events)
-    })
-    .await;
-    assert!(
-        done,
-        "speed view stuck at {:?} over https; log:\n{}",
-        env.speed_progress().await,
-        env.speed_log(0)
-    );
-    assert_eq!(terminate(&mut speed), Some(0), "{}", env.speed_log(0));
-    let view = env.speed_view().await;
-    assert_eq!(view.per_minute, expected.per_minute);
-    assert_eq!(view.active_users, expected.active_users);
-    assert_eq!(view.sessions, expected.sessions);
+    env.speed_view_of_equals_expected(stream, Duration::from_secs(180), "over https")
+        .await;
     env.drop_database().await;
 }
 

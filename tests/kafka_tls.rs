@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
-use support::{TestEnv, expected, terminate, tls_endpoint, wait_until};
+use strata_generator::clickstream::ClickstreamConfig;
+use support::{TestEnv, tls_endpoint};
 
 fn brokers() -> String {
     tls_endpoint("STRATA_TLS_KAFKA_BROKERS")
@@ -88,27 +88,7 @@ async fn speed_layer_over_tls_with_a_zstd_producer_equals_independent_aggregates
         max_disorder_ms: 10_000,
         ..ClickstreamConfig::default()
     };
-    env.generate(&stream);
-    let records: Vec<_> = Clickstream::new(stream).collect();
-    let expected = expected::compute(&records, Some(30_000));
-    assert_eq!(expected.counted, 6_000, "no event of this stream is late");
-
-    let mut speed = env.spawn_speed(0);
-    let session_events: u64 = expected.sessions.values().map(|v| v.0).sum();
-    let done = wait_until(Duration::from_secs(180), || async {
-        env.speed_progress().await == (expected.counted, session_events)
-    })
-    .await;
-    assert!(
-        done,
-        "speed view stuck at {:?} over TLS; log:\n{}",
-        env.speed_progress().await,
-        env.speed_log(0)
-    );
-    assert_eq!(terminate(&mut speed), Some(0), "{}", env.speed_log(0));
-    let view = env.speed_view().await;
-    assert_eq!(view.per_minute, expected.per_minute);
-    assert_eq!(view.active_users, expected.active_users);
-    assert_eq!(view.sessions, expected.sessions);
+    env.speed_view_of_equals_expected(stream, Duration::from_secs(180), "over TLS")
+        .await;
     env.drop_database().await;
 }

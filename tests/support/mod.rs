@@ -601,6 +601,39 @@ impl TestEnv {
     }
 
     /// The log of speed process `n`.
+    /// Generates `stream`, runs `strata speed` until its view holds every
+    /// event the independent aggregates count (or `timeout`), stops it
+    /// (SIGTERM, a clean exit) and checks the view equals those aggregates.
+    /// `path` names the transport in failure messages.
+    pub async fn speed_view_of_equals_expected(
+        &self,
+        stream: strata_generator::clickstream::ClickstreamConfig,
+        timeout: std::time::Duration,
+        path: &str,
+    ) {
+        self.generate(&stream);
+        let records: Vec<_> = strata_generator::clickstream::Clickstream::new(stream).collect();
+        let expected = expected::compute(&records, Some(30_000));
+        let mut speed = self.spawn_speed(0);
+        let session_events: u64 = expected.sessions.values().map(|v| v.0).sum();
+        let done = wait_until(timeout, || async {
+            self.speed_progress().await == (expected.counted, session_events)
+        })
+        .await;
+        assert!(
+            done,
+            "speed view stuck at {:?} {path}, expected ({}, {session_events}); log:\n{}",
+            self.speed_progress().await,
+            expected.counted,
+            self.speed_log(0)
+        );
+        assert_eq!(terminate(&mut speed), Some(0), "{}", self.speed_log(0));
+        let view = self.speed_view().await;
+        assert_eq!(view.per_minute, expected.per_minute, "{path}");
+        assert_eq!(view.active_users, expected.active_users, "{path}");
+        assert_eq!(view.sessions, expected.sessions, "{path}");
+    }
+
     pub fn speed_log(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("speed-{n}.log"))).unwrap_or_default()
     }
