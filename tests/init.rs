@@ -112,6 +112,38 @@ async fn init_creates_tables_and_is_idempotent() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("user_sessions_batch exists with a different layout: column stray is not in the metric definition"), "{stderr}");
 
+    // A batch table made before run_id joined its sorting key (where a
+    // merge could drop a published run's rows) is reported with the fix.
+    let table = format!("{database}.page_views_per_minute_batch");
+    let create = support::clickhouse()
+        .query(&format!("SHOW CREATE TABLE {table}"))
+        .fetch_bytes("TabSeparatedRaw")
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let create = String::from_utf8(create.to_vec()).unwrap();
+    assert!(create.contains(", run_id)"), "{create}");
+    for sql in [
+        "ALTER TABLE {db}.user_sessions_batch DROP COLUMN stray".replace("{db}", &database),
+        format!("DROP TABLE {table}"),
+        create.replacen(", run_id)", ")", 1),
+    ] {
+        support::clickhouse().query(&sql).execute().await.unwrap();
+    }
+    let out = strata_clickhouse_only()
+        .arg("init")
+        .env("STRATA_CLICKHOUSE_DATABASE", &database)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("page_views_per_minute_batch exists with a different layout: sorting key is (window_start_ms, page, country), expected (window_start_ms, `page`, `country`, run_id)")
+            && stderr.contains("Upgrading the batch tables' sorting key"),
+        "{stderr}"
+    );
+
     support::clickhouse()
         .query(&format!("DROP DATABASE {database}"))
         .execute()

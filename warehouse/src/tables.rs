@@ -340,7 +340,13 @@ pub fn speed_row_columns(metric: &MetricDef) -> Vec<(String, String)> {
 }
 
 /// The batch view: one complete row per (window, group key) per batch run;
-/// the newest run wins.
+/// readers take the newest *published* run's row.
+///
+/// `run_id` is in the sorting key: the engine then folds only copies of one
+/// run's row (a chunk two workers wrote). Ordered by (window, key) alone, a
+/// background merge kept the highest `run_id` of a (window, key), so a run
+/// killed or superseded before publishing replaced the published run's row
+/// with one no reader may see, and the window left the batch view.
 pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
     let mut columns = window_columns(metric);
     for c in state::columns(&metric.plan) {
@@ -363,7 +369,7 @@ pub fn batch_table_spec(metric: &MetricDef) -> TableSpec {
         version: Some("run_id"),
         layout: format!(
             "PARTITION BY {MONTH_PARTITION} ORDER BY ({})",
-            sorting_key(metric, &[])
+            sorting_key(metric, &["run_id"])
         ),
         // Every run's row of a (window, key) on one shard.
         placement: Placement::Sharded {
@@ -667,7 +673,7 @@ async fn check_table(
 ) -> Result<bool, WarehouseError> {
     let engine = query_rows(
         client,
-        "SELECT engine FROM system.tables WHERE database = ? AND name = ?",
+        "SELECT engine, sorting_key FROM system.tables WHERE database = ? AND name = ?",
         &[database, &table.name],
     )
     .await?;
@@ -711,6 +717,19 @@ async fn check_table(
             }
         ));
     }
+    // (A Distributed table has no sorting key of its own.)
+    let actual_key = engine
+        .get("sorting_key")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    if let Some(expected_key) = spec.sorting_key()
+        && !actual_key.is_empty()
+        && normalized_key(actual_key) != normalized_key(expected_key)
+    {
+        differences.push(format!(
+            "sorting key is ({actual_key}), expected ({expected_key}) (a batch table made before run_id joined its key: see docs/OPERATIONS.md, \"Upgrading the batch tables' sorting key\")"
+        ));
+    }
     for (name, ty, _) in &spec.columns {
         match actual.iter().find(|(n, _)| n == name) {
             None => differences.push(format!("column {name} is missing")),
@@ -735,9 +754,49 @@ async fn check_table(
     }
 }
 
+/// A sorting key as ClickHouse reports it and as a spec writes it, without
+/// quotes or spaces.
+fn normalized_key(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '`' && !c.is_whitespace())
+        .collect()
+}
+
+impl TableSpec {
+    /// The `ORDER BY` columns of the layout, without parentheses.
+    fn sorting_key(&self) -> Option<&str> {
+        let rest = &self.layout[self.layout.find("ORDER BY ")? + "ORDER BY ".len()..];
+        let rest = rest.strip_prefix('(').unwrap_or(rest);
+        Some(rest.split(')').next().unwrap_or(rest))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_tables_keep_every_run_apart_and_sorting_keys_read_back() {
+        let config = strata_schemas::config::load_with_env(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.toml"),
+            |_| None,
+        )
+        .unwrap();
+        let metric = config.metric("page_views_per_minute").unwrap();
+        let spec = batch_table_spec(metric);
+        assert_eq!(
+            spec.sorting_key(),
+            Some("window_start_ms, `page`, `country`, run_id")
+        );
+        assert_eq!(
+            normalized_key("window_start_ms, page, country, run_id"),
+            normalized_key(spec.sorting_key().unwrap())
+        );
+        assert_eq!(
+            batch_runs_table_spec().sorting_key(),
+            Some("metric, run_id")
+        );
+    }
 
     #[test]
     fn one_server_gets_the_plain_table() {
