@@ -144,6 +144,60 @@ async fn init_creates_tables_and_is_idempotent() {
         "{stderr}"
     );
 
+    // The runbook of docs/OPERATIONS.md rebuilds it, rows kept.
+    support::clickhouse()
+        .query(&format!(
+            "INSERT INTO {table} (window_start_ms, window_end_ms, page, country, agg_events, run_id) \
+             VALUES (1795341600000, 1795341660000, '/', 'FR', 3, 7), (1795341600000, 1795341660000, '/', 'FR', 4, 9)"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    support::clickhouse()
+        .query(&format!("RENAME TABLE {table} TO {table}_old"))
+        .execute()
+        .await
+        .unwrap();
+    let out = strata_clickhouse_only()
+        .arg("init")
+        .env("STRATA_CLICKHOUSE_DATABASE", &database)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sql in [
+        format!("INSERT INTO {table} SELECT * FROM {table}_old"),
+        format!("DROP TABLE {table}_old"),
+    ] {
+        support::clickhouse().query(&sql).execute().await.unwrap();
+    }
+    let runs = support::rows(&format!(
+        "SELECT run_id, agg_events FROM {table} ORDER BY run_id"
+    ))
+    .await;
+    assert_eq!(
+        runs.iter()
+            .map(|r| (
+                r["run_id"].as_u64().unwrap(),
+                r["agg_events"].as_u64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [(7, 3), (9, 4)]
+    );
+    let out = strata_clickhouse_only()
+        .arg("init")
+        .env("STRATA_CLICKHOUSE_DATABASE", &database)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("no change"),
+        "{stdout}"
+    );
+
     support::clickhouse()
         .query(&format!("DROP DATABASE {database}"))
         .execute()
