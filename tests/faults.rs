@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 /// not disturb tests running in parallel.
 struct PrivateClickHouse {
     home: tempfile::TempDir,
-    ports: [u16; 3],
+    ports: [u16; 4],
 }
 
 impl PrivateClickHouse {
@@ -43,6 +43,7 @@ impl PrivateClickHouse {
                 "STRATA_CLICKHOUSE_INTERSERVER_PORT",
                 self.ports[2].to_string(),
             )
+            .env("STRATA_CLICKHOUSE_HTTPS_PORT", self.ports[3].to_string())
             .status()
             .unwrap();
         assert!(status.success(), "{script} clickhouse failed");
@@ -51,7 +52,7 @@ impl PrivateClickHouse {
     fn start() -> PrivateClickHouse {
         let ch = PrivateClickHouse {
             home: tempfile::tempdir().unwrap(),
-            ports: [free_port(), free_port(), free_port()],
+            ports: [free_port(), free_port(), free_port(), free_port()],
         };
         ch.stack("up.sh");
         ch

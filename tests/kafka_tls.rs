@@ -1,9 +1,12 @@
-//! Kafka over TLS against a real TLS listener (`deploy/local/up.sh tls`:
-//! stunnel terminating TLS with a test CA's certificate for 127.0.0.1, in
-//! front of a Tansu broker that advertises the TLS port).
+//! Kafka over TLS with SASL/SCRAM against a real listener (`deploy/local/up.sh
+//! tls`: stunnel terminating TLS with a test CA's certificate for 127.0.0.1,
+//! in front of a Tansu broker that advertises the TLS port and requires
+//! SCRAM authentication).
 //!
-//! - A client that trusts the CA gets metadata; one that does not (the
-//!   system trust store), or speaks plaintext to the TLS port, gets none.
+//! - A client that trusts the CA and gives the right SCRAM-SHA-256 or -512
+//!   credentials gets metadata; one that does not trust the CA (the system
+//!   trust store), speaks plaintext to the TLS port, gives a wrong password
+//!   or no SASL at all, gets none.
 //! - The speed layer end to end over TLS: `strata generate` produces
 //!   zstd-compressed batches, `strata speed` consumes them (and commits its
 //!   offsets) through TLS, and the speed view equals aggregates computed
@@ -29,6 +32,14 @@ fn ca() -> String {
     tls_endpoint("STRATA_TLS_CA")
 }
 
+fn user() -> String {
+    tls_endpoint("STRATA_TLS_KAFKA_SASL_USER")
+}
+
+fn password() -> String {
+    tls_endpoint("STRATA_TLS_KAFKA_SASL_PASSWORD")
+}
+
 /// Broker count in the metadata a client with `properties` gets, or the error.
 fn metadata(properties: &[(&str, &str)]) -> Result<usize, String> {
     let mut config = ClientConfig::new();
@@ -47,14 +58,31 @@ fn metadata(properties: &[(&str, &str)]) -> Result<usize, String> {
 }
 
 #[test]
-fn only_a_client_trusting_the_ca_gets_metadata_over_tls() {
-    let ca = ca();
-    assert_eq!(
-        metadata(&[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]),
-        Ok(1)
-    );
+fn only_a_client_trusting_the_ca_with_the_right_credentials_gets_metadata() {
+    let (ca, user, password) = (ca(), user(), password());
+    let sasl = |mechanism: &'static str, password: &str| {
+        metadata(&[
+            ("security.protocol", "sasl_ssl"),
+            ("ssl.ca.location", &ca),
+            ("sasl.mechanism", mechanism),
+            ("sasl.username", &user),
+            ("sasl.password", password),
+        ])
+    };
+    assert_eq!(sasl("SCRAM-SHA-256", &password), Ok(1));
+    assert_eq!(sasl("SCRAM-SHA-512", &password), Ok(1));
+    let wrong = sasl("SCRAM-SHA-512", "not-the-password");
+    assert!(wrong.is_err(), "a wrong password got metadata: {wrong:?}");
+    // TLS without SASL: the broker requires authentication.
+    let anonymous = metadata(&[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
+    assert!(anonymous.is_err(), "no SASL got metadata: {anonymous:?}");
     // The system trust store does not know the test CA.
-    let untrusted = metadata(&[("security.protocol", "ssl")]);
+    let untrusted = metadata(&[
+        ("security.protocol", "sasl_ssl"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.username", &user),
+        ("sasl.password", &password),
+    ]);
     assert!(
         untrusted.is_err(),
         "untrusted certificate accepted: {untrusted:?}"
@@ -65,14 +93,19 @@ fn only_a_client_trusting_the_ca_gets_metadata_over_tls() {
 }
 
 #[tokio::test]
-async fn speed_layer_over_tls_with_a_zstd_producer_equals_independent_aggregates() {
+async fn speed_layer_over_tls_and_scram_with_a_zstd_producer_equals_independent_aggregates() {
     let extra = format!(
         "[kafka.properties]\n\
-         \"security.protocol\" = \"ssl\"\n\
+         \"security.protocol\" = \"sasl_ssl\"\n\
          \"ssl.ca.location\" = {:?}\n\
+         \"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+         \"sasl.username\" = {:?}\n\
+         \"sasl.password\" = {:?}\n\
          # The producer (strata generate) compresses; consumers decompress.\n\
          \"compression.codec\" = \"zstd\"\n",
-        ca()
+        ca(),
+        user(),
+        password()
     );
     let mut env = TestEnv::new("tls", &extra);
     env.kafka_brokers = brokers();

@@ -34,7 +34,9 @@
 #               stunnel4, installed with apt-get when missing) terminating TLS on
 #               127.0.0.1:19093 in front of it. Tansu 0.6.0 takes a --cert flag but never
 #               wraps its listener in TLS, hence stunnel; the second Tansu advertises
-#               stunnel's port, so every connection after the bootstrap is TLS too.
+#               stunnel's port, so every connection after the bootstrap is TLS too. The
+#               broker requires SASL/SCRAM (--authentication): user strata, password
+#               strata-test-secret, SCRAM-SHA-256 and -512.
 #               Endpoints in $STRATA_HOME/tls.env (STRATA_TLS_KAFKA_BROKERS, STRATA_TLS_CA).
 #
 # Usage:
@@ -55,6 +57,7 @@
 # Environment (all optional):
 #   STRATA_HOME                         state dir (default: <repo root>/.strata)
 #   STRATA_CLICKHOUSE_HTTP_PORT         default 18123
+#   STRATA_CLICKHOUSE_HTTPS_PORT        default 18443
 #   STRATA_CLICKHOUSE_TCP_PORT          default 19000
 #   STRATA_CLICKHOUSE_INTERSERVER_PORT  default 19009
 #   STRATA_CLICKHOUSE_TIMEZONE          server time zone (default UTC)
@@ -343,7 +346,7 @@ clickhouse_write_config() {
         <flush_interval_milliseconds>7500</flush_interval_milliseconds>
     </query_log>
 
-    <https_port>${CH_HTTPS_PORT}</https_port>
+${CH_HTTPS_PORT:+    <https_port>${CH_HTTPS_PORT}</https_port>}
     <openSSL>
         <server>
             <certificateFile>${TLS_DIR}/server.pem</certificateFile>
@@ -477,6 +480,8 @@ start_clickhouse() {
         return 0
     fi
     clickhouse_install
+    # (ClickHouse binds with SO_REUSEPORT: a port taken by another server
+    # would be shared with it, not refused.)
     ensure_port_free clickhouse "${CH_HTTP_PORT}" "${CH_HTTPS_PORT}" "${CH_TCP_PORT}" "${CH_INTERSERVER_PORT}"
     tls_material
     clickhouse_write_config
@@ -799,7 +804,11 @@ start_cluster_node() {
     local n="$1"
     local component="cluster-clickhouse-${n}"
     local CH_DIR="${CLUSTER_DIR}/clickhouse-${n}"
-    local CH_HTTP_PORT CH_TCP_PORT CH_INTERSERVER_PORT pid bin
+    local CH_HTTP_PORT CH_HTTPS_PORT CH_TCP_PORT CH_INTERSERVER_PORT pid bin
+    # No HTTPS on cluster nodes: ClickHouse binds its ports with SO_REUSEPORT,
+    # so nodes sharing the single server's HTTPS port would each take a share
+    # of its connections.
+    CH_HTTPS_PORT=""
     CH_HTTP_PORT="$(cluster_http_port "${n}")"
     CH_TCP_PORT="$(cluster_tcp_port "${n}")"
     CH_INTERSERVER_PORT="$(cluster_interserver_port "${n}")"
@@ -890,14 +899,22 @@ start_tls() {
     else
         ensure_port_free tls-kafka-broker "${TLS_KAFKA_BROKER_PORT}"
         mkdir -p "${TLS_DIR}/tansu"
-        info "tls-kafka-broker: starting tansu on 127.0.0.1:${TLS_KAFKA_BROKER_PORT}, advertising the TLS port ${TLS_KAFKA_PORT}"
-        launch tls-kafka-broker "${TLS_DIR}/tansu" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
-            "RUST_LOG=${KAFKA_LOG}" "$(tansu_bin)" broker \
-            --cluster-id strata-local-tls \
-            --listener-url "tcp://127.0.0.1:${TLS_KAFKA_BROKER_PORT}" \
-            --advertised-listener-url "tcp://127.0.0.1:${TLS_KAFKA_PORT}" \
-            --storage-engine "sqlite://tansu.db"
-        wait_healthy tls-kafka-broker "${KAFKA_TIMEOUT}" tls_broker_healthy
+        # The SCRAM users, made once: `tansu user create` does not
+        # authenticate, so it runs against the broker started without
+        # --authentication, which then restarts requiring it.
+        if [[ ! -f "${TLS_DIR}/tansu/users" ]]; then
+            tls_broker_launch
+            local mechanism
+            for mechanism in scram256 scram512; do
+                "$(tansu_bin)" user create --broker "tcp://127.0.0.1:${TLS_KAFKA_BROKER_PORT}" \
+                    --mechanism "${mechanism}" "${TLS_SASL_USER}" "${TLS_SASL_PASSWORD}" \
+                    >>"$(log_file tls-kafka-broker)" 2>&1 ||
+                    die "tls-kafka-broker: creating the SCRAM user failed (see $(log_file tls-kafka-broker))"
+            done
+            echo "${TLS_SASL_USER}" >"${TLS_DIR}/tansu/users"
+            signal_stop tls-kafka-broker
+        fi
+        tls_broker_launch --authentication
     fi
     if pid="$(running_pid tls-kafka stunnel)"; then
         info "tls-kafka: already running (pid ${pid})"
@@ -919,6 +936,36 @@ EOF
     wait_healthy tls-kafka "${KAFKA_TIMEOUT}" tls_kafka_healthy
 }
 
+# SCRAM credentials of the TLS broker (SCRAM-SHA-256 and -512), test-only.
+TLS_SASL_USER=strata
+TLS_SASL_PASSWORD=strata-test-secret
+
+# tls_broker_launch [--authentication] : the Tansu behind stunnel.
+tls_broker_launch() {
+    info "tls-kafka-broker: starting tansu on 127.0.0.1:${TLS_KAFKA_BROKER_PORT}, advertising the TLS port ${TLS_KAFKA_PORT} ${1:-}"
+    launch tls-kafka-broker "${TLS_DIR}/tansu" env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        "RUST_LOG=${KAFKA_LOG}" "$(tansu_bin)" broker \
+        --cluster-id strata-local-tls \
+        --listener-url "tcp://127.0.0.1:${TLS_KAFKA_BROKER_PORT}" \
+        --advertised-listener-url "tcp://127.0.0.1:${TLS_KAFKA_PORT}" \
+        --storage-engine "sqlite://tansu.db" "$@"
+    wait_healthy tls-kafka-broker "${KAFKA_TIMEOUT}" tls_broker_healthy
+}
+
+# signal_stop COMPONENT : SIGTERM, then wait for it to exit (up to 20 s).
+signal_stop() {
+    local pid i
+    pid="$(read_pid "$1")"
+    [[ -n "${pid}" ]] || return 0
+    kill -TERM "${pid}" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do
+        is_alive "${pid}" || break
+        sleep 0.1
+    done
+    is_alive "${pid}" && kill -KILL "${pid}" 2>/dev/null || true
+    rm -f "$(pid_file "$1")"
+}
+
 tls_broker_healthy() { kafka_answers "${TLS_KAFKA_BROKER_PORT}"; }
 tls_kafka_healthy() { kafka_answers "${TLS_KAFKA_PORT}" "${TLS_DIR}/ca.pem"; }
 
@@ -929,6 +976,8 @@ write_tls_env() {
         echo "# Generated by deploy/local/up.sh tls - source this file: . \"${env_file}\""
         echo "export STRATA_TLS_KAFKA_BROKERS=127.0.0.1:${TLS_KAFKA_PORT}"
         echo "export STRATA_TLS_CA=${TLS_DIR}/ca.pem"
+        echo "export STRATA_TLS_KAFKA_SASL_USER=${TLS_SASL_USER}"
+        echo "export STRATA_TLS_KAFKA_SASL_PASSWORD=${TLS_SASL_PASSWORD}"
     } >"${tmp}"
     mv -f "${tmp}" "${env_file}"
 }
@@ -994,6 +1043,7 @@ done
 ((${#SELECTED[@]})) || SELECTED=("${ALL_COMPONENTS[@]}")
 
 validate_port STRATA_CLICKHOUSE_HTTP_PORT "${CH_HTTP_PORT}"
+validate_port STRATA_CLICKHOUSE_HTTPS_PORT "${CH_HTTPS_PORT}"
 validate_port STRATA_CLICKHOUSE_TCP_PORT "${CH_TCP_PORT}"
 validate_port STRATA_CLICKHOUSE_INTERSERVER_PORT "${CH_INTERSERVER_PORT}"
 validate_port STRATA_KAFKA_PORT "${KAFKA_PORT}"
@@ -1031,7 +1081,7 @@ for component in "${SELECTED[@]}"; do
         clickhouse) info "  clickhouse  http://127.0.0.1:${CH_HTTP_PORT}  (https://127.0.0.1:${CH_HTTPS_PORT} with the test CA ${TLS_DIR}/ca.pem; native tcp 127.0.0.1:${CH_TCP_PORT}, user default, no password)" ;;
         kafka) info "  kafka       127.0.0.1:${KAFKA_PORT}  (tansu)" ;;
         s3) info "  s3          http://127.0.0.1:${S3_PORT}  (moto; AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1)" ;;
-        tls) info "  kafka (TLS) 127.0.0.1:${TLS_KAFKA_PORT}  (stunnel -> tansu on 127.0.0.1:${TLS_KAFKA_BROKER_PORT}; CA ${TLS_DIR}/ca.pem; . ${STRATA_HOME}/tls.env)" ;;
+        tls) info "  kafka (TLS) 127.0.0.1:${TLS_KAFKA_PORT}  (stunnel -> tansu on 127.0.0.1:${TLS_KAFKA_BROKER_PORT}; CA ${TLS_DIR}/ca.pem; SASL/SCRAM user ${TLS_SASL_USER}; . ${STRATA_HOME}/tls.env)" ;;
         cluster)
             info "  zookeeper   127.0.0.1:${ZK_PORT}"
             for n in "${CLUSTER_NODES[@]}"; do
