@@ -59,6 +59,9 @@ log "starting the local stack (deploy/local/up.sh)"
 deploy/local/up.sh
 # shellcheck disable=SC1091
 . "$STRATA_HOME/stack.env"
+# 18.16's query log (read by tests/chdb_compat.rs) has no TTL: start empty.
+curl -sf "$STRATA_CLICKHOUSE_URL" --data-binary "TRUNCATE TABLE IF EXISTS system.query_log" >/dev/null ||
+  log "warning: could not empty system.query_log"
 log "starting the local ClickHouse cluster (deploy/local/up.sh cluster)"
 deploy/local/up.sh cluster
 # The TLS Kafka listener of tests/kafka_tls.rs (stunnel in front of a

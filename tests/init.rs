@@ -144,7 +144,8 @@ async fn init_creates_tables_and_is_idempotent() {
         "{stderr}"
     );
 
-    // The runbook of docs/OPERATIONS.md rebuilds it, rows kept.
+    // The runbook of docs/OPERATIONS.md rebuilds it, rows kept, and with
+    // the new key a merge keeps every run's row.
     support::clickhouse()
         .query(&format!(
             "INSERT INTO {table} (window_start_ms, window_end_ms, page, country, agg_events, run_id) \
@@ -153,14 +154,10 @@ async fn init_creates_tables_and_is_idempotent() {
         .execute()
         .await
         .unwrap();
-    support::clickhouse()
-        .query(&format!("RENAME TABLE {table} TO {table}_old"))
-        .execute()
-        .await
-        .unwrap();
+    let rekey = format!("{database}_rekey");
     let out = strata_clickhouse_only()
         .arg("init")
-        .env("STRATA_CLICKHOUSE_DATABASE", &database)
+        .env("STRATA_CLICKHOUSE_DATABASE", &rekey)
         .output()
         .unwrap();
     assert!(
@@ -169,8 +166,13 @@ async fn init_creates_tables_and_is_idempotent() {
         String::from_utf8_lossy(&out.stderr)
     );
     for sql in [
-        format!("INSERT INTO {table} SELECT * FROM {table}_old"),
-        format!("DROP TABLE {table}_old"),
+        format!("INSERT INTO {rekey}.page_views_per_minute_batch SELECT * FROM {table}"),
+        format!(
+            "RENAME TABLE {table} TO {rekey}.page_views_per_minute_batch_old, \
+             {rekey}.page_views_per_minute_batch TO {table}"
+        ),
+        format!("DROP DATABASE {rekey}"),
+        format!("OPTIMIZE TABLE {table} FINAL"),
     ] {
         support::clickhouse().query(&sql).execute().await.unwrap();
     }

@@ -40,7 +40,21 @@ fn password() -> String {
     tls_endpoint("STRATA_TLS_KAFKA_SASL_PASSWORD")
 }
 
-/// Broker count in the metadata a client with `properties` gets, or the error.
+/// Records librdkafka's error callbacks: the metadata call itself only says
+/// "broker transport failure", the callbacks say why (certificate, SASL).
+#[derive(Default)]
+struct Errors(std::sync::Mutex<Vec<String>>);
+
+impl rdkafka::ClientContext for Errors {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.0.lock().unwrap().push(format!("{error}: {reason}"));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Errors {}
+
+/// Broker count in the metadata a client with `properties` gets, or the
+/// error with every reason librdkafka gave for it.
 fn metadata(properties: &[(&str, &str)]) -> Result<usize, String> {
     let mut config = ClientConfig::new();
     config
@@ -50,11 +64,19 @@ fn metadata(properties: &[(&str, &str)]) -> Result<usize, String> {
     for (k, v) in properties {
         config.set(*k, *v);
     }
-    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer<Errors> = config
+        .create_with_context(Errors::default())
+        .map_err(|e| e.to_string())?;
     consumer
         .fetch_metadata(None, Duration::from_secs(5))
         .map(|m| m.brokers().len())
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            // Error callbacks arrive through the client's queue.
+            for _ in 0..10 {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+            format!("{e}; {}", consumer.context().0.lock().unwrap().join("; "))
+        })
 }
 
 #[test]
@@ -72,10 +94,20 @@ fn only_a_client_trusting_the_ca_with_the_right_credentials_gets_metadata() {
     assert_eq!(sasl("SCRAM-SHA-256", &password), Ok(1));
     assert_eq!(sasl("SCRAM-SHA-512", &password), Ok(1));
     let wrong = sasl("SCRAM-SHA-512", "not-the-password");
-    assert!(wrong.is_err(), "a wrong password got metadata: {wrong:?}");
+    assert!(
+        wrong
+            .as_ref()
+            .is_err_and(|e| e.contains("SASL SCRAM authentication failed")),
+        "a wrong password should fail SCRAM authentication: {wrong:?}"
+    );
     // TLS without SASL: the broker requires authentication.
     let anonymous = metadata(&[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
-    assert!(anonymous.is_err(), "no SASL got metadata: {anonymous:?}");
+    assert!(
+        anonymous
+            .as_ref()
+            .is_err_and(|e| e.contains("brokers are down")),
+        "no SASL: the broker should close the connection: {anonymous:?}"
+    );
     // The system trust store does not know the test CA.
     let untrusted = metadata(&[
         ("security.protocol", "sasl_ssl"),
@@ -84,12 +116,19 @@ fn only_a_client_trusting_the_ca_with_the_right_credentials_gets_metadata() {
         ("sasl.password", &password),
     ]);
     assert!(
-        untrusted.is_err(),
-        "untrusted certificate accepted: {untrusted:?}"
+        untrusted
+            .as_ref()
+            .is_err_and(|e| e.contains("certificate verify failed")),
+        "the test CA is unknown to the system store: {untrusted:?}"
     );
     // Plaintext to a TLS port is no Kafka answer.
     let plaintext = metadata(&[("security.protocol", "plaintext")]);
-    assert!(plaintext.is_err(), "plaintext got metadata: {plaintext:?}");
+    assert!(
+        plaintext
+            .as_ref()
+            .is_err_and(|e| e.contains("brokers are down")),
+        "plaintext to a TLS port should be closed: {plaintext:?}"
+    );
 }
 
 #[tokio::test]

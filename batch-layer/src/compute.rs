@@ -14,7 +14,12 @@
 //! dictionaries are then merged in range order, which gives every key the
 //! id a single pass would have given it, and accumulators of a window seen
 //! by two ranges are merged ([`Accumulator::merge`] is associative and
-//! commutative). The result, order included, is the single-threaded one.
+//! commutative). The result, order included, is the single-threaded one
+//! (exactly for counts, integer sums, min/max and distinct counts; a float
+//! sum or average of a window two ranges saw is added in another order, so
+//! it may differ in its last bits). Peak memory: each range holds its own
+//! states (a window seen by two ranges twice) until they are merged, and
+//! sessions hold their rows twice while they are grouped by key.
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -505,7 +510,8 @@ fn recompute_fixed(
 
 /// Merges runs sorted by (window start, key) into one, folding the
 /// accumulators of a window that several row ranges saw. Ranges are
-/// contiguous in time, so runs overlap only at their edges.
+/// contiguous in row order (files in order, rows nearly in time order), so
+/// runs share few windows.
 fn merge_sorted_states(
     mut runs: Vec<Vec<(WindowKey, (Window, Accumulator))>>,
 ) -> Vec<(WindowKey, (Window, Accumulator))> {

@@ -58,6 +58,8 @@
 #   STRATA_HOME                         state dir (default: <repo root>/.strata)
 #   STRATA_CLICKHOUSE_HTTP_PORT         default 18123
 #   STRATA_CLICKHOUSE_HTTPS_PORT        default 18443
+#   STRATA_TLS_KAFKA_PORT               default 19093 (stunnel, TLS; up.sh tls)
+#   STRATA_TLS_KAFKA_BROKER_PORT        default 19094 (the Tansu behind it, plaintext, loopback)
 #   STRATA_CLICKHOUSE_TCP_PORT          default 19000
 #   STRATA_CLICKHOUSE_INTERSERVER_PORT  default 19009
 #   STRATA_CLICKHOUSE_TIMEZONE          server time zone (default UTC)
@@ -80,6 +82,9 @@
 #   cluster/zookeeper/     zoo.cfg, log4j.properties, data/ (pid file pids/cluster-zookeeper.pid)
 #   cluster/clickhouse-<n>/ like clickhouse/, plus config.d/cluster.xml (pids/cluster-clickhouse-<n>.pid)
 #   cluster.env            export lines for the cluster's endpoints
+#   tls/                   the test CA and server certificate (also ClickHouse's HTTPS port),
+#                          stunnel.conf, tansu/ (the TLS broker's working dir and SCRAM users)
+#   tls.env                export lines for the TLS listener and its SCRAM credentials
 #
 # The script is idempotent: a component whose PID file names a live, healthy process is
 # left alone ("already running"); a stale PID file is removed and the component restarted.
@@ -388,7 +393,8 @@ EOF
 <yandex>
     <profiles>
         <!-- log_queries: tests/chdb_compat.rs replays on a current ClickHouse
-             (chDB) the SQL that Strata sent to this server. -->
+             (chDB) the SQL that Strata sent to this server. 18.16's query_log
+             has no TTL: scripts/test.sh truncates it at each run. -->
         <default>
             <max_memory_usage>4000000000</max_memory_usage>
             <use_uncompressed_cache>0</use_uncompressed_cache>
@@ -472,12 +478,23 @@ start_clickhouse() {
     need_curl
     local pid
     if pid="$(running_pid clickhouse clickhouse)"; then
-        if clickhouse_healthy; then
-            info "clickhouse: already running (pid ${pid})"
+        # A server an older up.sh started may run an older config: users.xml
+        # is re-read by the server on its own, config.xml (ports, query_log)
+        # only at start, so a changed config.xml restarts it.
+        local before
+        before="$(cat "${CH_DIR}/config.xml" 2>/dev/null || true)"
+        tls_material
+        clickhouse_write_config
+        if [[ "$(cat "${CH_DIR}/config.xml")" == "${before}" ]]; then
+            if clickhouse_healthy; then
+                info "clickhouse: already running (pid ${pid})"
+                return 0
+            fi
+            wait_healthy clickhouse "${CH_TIMEOUT}" clickhouse_healthy "${CH_DIR}/logs/clickhouse-server.err.log"
             return 0
         fi
-        wait_healthy clickhouse "${CH_TIMEOUT}" clickhouse_healthy "${CH_DIR}/logs/clickhouse-server.err.log"
-        return 0
+        info "clickhouse: its config.xml changed since it started (pid ${pid}): restarting it"
+        signal_stop clickhouse
     fi
     clickhouse_install
     # (ClickHouse binds with SO_REUSEPORT: a port taken by another server
@@ -894,6 +911,11 @@ start_tls() {
     tansu_install
     stunnel_bin >/dev/null || apt_install stunnel4
     local pid
+    if pid="$(running_pid tls-kafka-broker tansu)" && ! owned_by "${pid}" "--authentication"; then
+        # Left by a failed start or an older up.sh: it must require SASL.
+        info "tls-kafka-broker: running without --authentication (pid ${pid}): restarting it"
+        signal_stop tls-kafka-broker
+    fi
     if pid="$(running_pid tls-kafka-broker tansu)"; then
         info "tls-kafka-broker: already running (pid ${pid})"
     else
@@ -908,8 +930,10 @@ start_tls() {
             for mechanism in scram256 scram512; do
                 "$(tansu_bin)" user create --broker "tcp://127.0.0.1:${TLS_KAFKA_BROKER_PORT}" \
                     --mechanism "${mechanism}" "${TLS_SASL_USER}" "${TLS_SASL_PASSWORD}" \
-                    >>"$(log_file tls-kafka-broker)" 2>&1 ||
+                    >>"$(log_file tls-kafka-broker)" 2>&1 || {
+                    signal_stop tls-kafka-broker
                     die "tls-kafka-broker: creating the SCRAM user failed (see $(log_file tls-kafka-broker))"
+                }
             done
             echo "${TLS_SASL_USER}" >"${TLS_DIR}/tansu/users"
             signal_stop tls-kafka-broker

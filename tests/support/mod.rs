@@ -600,7 +600,6 @@ impl TestEnv {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    /// The log of speed process `n`.
     /// Generates `stream`, runs `strata speed` until its view holds every
     /// event the independent aggregates count (or `timeout`), stops it
     /// (SIGTERM, a clean exit) and checks the view equals those aggregates.
@@ -634,6 +633,7 @@ impl TestEnv {
         assert_eq!(view.sessions, expected.sessions, "{path}");
     }
 
+    /// The log of speed process `n`.
     pub fn speed_log(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("speed-{n}.log"))).unwrap_or_default()
     }

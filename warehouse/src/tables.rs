@@ -726,8 +726,13 @@ async fn check_table(
         && !actual_key.is_empty()
         && normalized_key(actual_key) != normalized_key(expected_key)
     {
+        let hint = if spec.name.ends_with("_batch") && !actual_key.contains("run_id") {
+            " (a batch table made before run_id joined its key: see docs/OPERATIONS.md, \"Upgrading the batch tables' sorting key\")"
+        } else {
+            ""
+        };
         differences.push(format!(
-            "sorting key is ({actual_key}), expected ({expected_key}) (a batch table made before run_id joined its key: see docs/OPERATIONS.md, \"Upgrading the batch tables' sorting key\")"
+            "sorting key is ({actual_key}), expected ({expected_key}){hint}"
         ));
     }
     for (name, ty, _) in &spec.columns {
