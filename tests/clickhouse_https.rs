@@ -13,7 +13,6 @@ mod support;
 
 use std::time::Duration;
 
-use strata_generator::clickstream::ClickstreamConfig;
 use support::{TestEnv, endpoint};
 
 fn https_url() -> String {
@@ -37,17 +36,7 @@ async fn init_and_the_speed_layer_work_over_https() {
     .await;
     assert!(tables[0]["n"].as_u64().unwrap() >= 6, "{tables:?}");
 
-    let stream = ClickstreamConfig {
-        seed: 29,
-        events: 4_000,
-        users: 300,
-        partitions: 2,
-        start_ms: 1_795_341_600_000,
-        step_ms: 50,
-        out_of_order_fraction: 0.2,
-        max_disorder_ms: 10_000,
-        ..ClickstreamConfig::default()
-    };
+    let stream = TestEnv::two_partition_stream(29, 4_000, 300);
     env.speed_view_of_equals_expected(stream, Duration::from_secs(180), "over https")
         .await;
     env.drop_database().await;

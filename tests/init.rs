@@ -8,11 +8,7 @@ use support::{rows, run_ok, strata_clickhouse_only, unique};
 #[tokio::test]
 async fn init_creates_tables_and_is_idempotent() {
     let database = unique("strata_init");
-    let first = run_ok(
-        strata_clickhouse_only()
-            .arg("init")
-            .env("STRATA_CLICKHOUSE_DATABASE", &database),
-    );
+    let first = run_ok(&mut init_in(&database));
     assert!(
         first.contains(&format!("created database {database}")),
         "{first}"
@@ -83,11 +79,7 @@ async fn init_creates_tables_and_is_idempotent() {
         ]
     );
 
-    let second = run_ok(
-        strata_clickhouse_only()
-            .arg("init")
-            .env("STRATA_CLICKHOUSE_DATABASE", &database),
-    );
+    let second = run_ok(&mut init_in(&database));
     assert!(
         second.contains(&format!(
             "no change: database {database} and its 15 tables already exist"
@@ -103,11 +95,7 @@ async fn init_creates_tables_and_is_idempotent() {
         .execute()
         .await
         .unwrap();
-    let out = strata_clickhouse_only()
-        .arg("init")
-        .env("STRATA_CLICKHOUSE_DATABASE", &database)
-        .output()
-        .unwrap();
+    let out = init_in(&database).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("user_sessions_batch exists with a different layout: column stray is not in the metric definition"), "{stderr}");
@@ -131,11 +119,7 @@ async fn init_creates_tables_and_is_idempotent() {
     ] {
         support::clickhouse().query(&sql).execute().await.unwrap();
     }
-    let out = strata_clickhouse_only()
-        .arg("init")
-        .env("STRATA_CLICKHOUSE_DATABASE", &database)
-        .output()
-        .unwrap();
+    let out = init_in(&database).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -155,11 +139,7 @@ async fn init_creates_tables_and_is_idempotent() {
         .await
         .unwrap();
     let rekey = format!("{database}_rekey");
-    let out = strata_clickhouse_only()
-        .arg("init")
-        .env("STRATA_CLICKHOUSE_DATABASE", &rekey)
-        .output()
-        .unwrap();
+    let out = init_in(&rekey).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -189,11 +169,7 @@ async fn init_creates_tables_and_is_idempotent() {
             .collect::<Vec<_>>(),
         [(7, 3), (9, 4)]
     );
-    let out = strata_clickhouse_only()
-        .arg("init")
-        .env("STRATA_CLICKHOUSE_DATABASE", &database)
-        .output()
-        .unwrap();
+    let out = init_in(&database).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("no change"),
@@ -205,4 +181,13 @@ async fn init_creates_tables_and_is_idempotent() {
         .execute()
         .await
         .unwrap();
+}
+
+/// `strata init` of the ClickHouse-only config into `database`.
+fn init_in(database: &str) -> std::process::Command {
+    let mut command = strata_clickhouse_only();
+    command
+        .arg("init")
+        .env("STRATA_CLICKHOUSE_DATABASE", database);
+    command
 }

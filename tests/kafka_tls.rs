@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use strata_generator::clickstream::ClickstreamConfig;
 use support::{TestEnv, tls_endpoint};
 
 fn brokers() -> String {
@@ -149,17 +148,7 @@ async fn speed_layer_over_tls_and_scram_with_a_zstd_producer_equals_independent_
     let mut env = TestEnv::new("tls", &extra);
     env.kafka_brokers = brokers();
     env.init();
-    let stream = ClickstreamConfig {
-        seed: 23,
-        events: 6_000,
-        users: 500,
-        partitions: 2,
-        start_ms: 1_795_341_600_000,
-        step_ms: 50,
-        out_of_order_fraction: 0.2,
-        max_disorder_ms: 10_000,
-        ..ClickstreamConfig::default()
-    };
+    let stream = TestEnv::two_partition_stream(23, 6_000, 500);
     env.speed_view_of_equals_expected(stream, Duration::from_secs(180), "over TLS")
         .await;
     env.drop_database().await;

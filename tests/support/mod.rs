@@ -600,6 +600,27 @@ impl TestEnv {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// A small stream over two partitions, a fifth of it out of order by
+    /// up to 10 s (none late), for the end-to-end runs over other
+    /// transports ([`Self::speed_view_of_equals_expected`]).
+    pub fn two_partition_stream(
+        seed: u64,
+        events: u64,
+        users: u32,
+    ) -> strata_generator::clickstream::ClickstreamConfig {
+        strata_generator::clickstream::ClickstreamConfig {
+            seed,
+            events,
+            users,
+            partitions: 2,
+            start_ms: 1_795_341_600_000,
+            step_ms: 50,
+            out_of_order_fraction: 0.2,
+            max_disorder_ms: 10_000,
+            ..strata_generator::clickstream::ClickstreamConfig::default()
+        }
+    }
+
     /// Generates `stream`, runs `strata speed` until its view holds every
     /// event the independent aggregates count (or `timeout`), stops it
     /// (SIGTERM, a clean exit) and checks the view equals those aggregates.
