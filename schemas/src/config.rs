@@ -394,6 +394,56 @@ pub struct RawSource {
     /// How far an event time may be behind its record's Kafka timestamp.
     #[serde(default = "default_max_past")]
     pub max_past: String,
+    /// Payload format: `json` (default) or `avro` (Confluent wire format,
+    /// writer schemas from `schema_registry`).
+    #[serde(default)]
+    pub format: SourceFormatName,
+    /// The schema registry of an Avro source.
+    #[serde(default)]
+    pub schema_registry: Option<RawSchemaRegistry>,
+}
+
+/// `sources.<name>.format`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormatName {
+    /// One JSON object per record.
+    #[default]
+    Json,
+    /// Confluent wire format: magic byte 0, 4-byte schema id, Avro body.
+    Avro,
+}
+
+/// `sources.<name>.schema_registry` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchemaRegistry {
+    /// Base URL of a Confluent-compatible schema registry.
+    pub url: String,
+    /// Subject the contract's Avro schema is registered under; default
+    /// `<topic>-value` (Confluent's TopicNameStrategy).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// HTTP basic auth user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// HTTP basic auth password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Longest wait for one registry request.
+    #[serde(default = "default_registry_timeout")]
+    pub timeout: String,
+    /// After a failed lookup of a schema id, records with that id are dead
+    /// letters without asking again for this long.
+    #[serde(default = "default_registry_retry_after")]
+    pub retry_after: String,
+}
+
+fn default_registry_timeout() -> String {
+    "2s".into()
+}
+fn default_registry_retry_after() -> String {
+    "5s".into()
 }
 
 fn default_lateness() -> String {
@@ -504,6 +554,32 @@ pub struct Source {
     pub max_future: DurationMs,
     /// Largest event time behind the record's Kafka timestamp.
     pub max_past: DurationMs,
+    /// Payload format.
+    pub format: SourceFormat,
+}
+
+/// How a source's payloads are encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// One JSON object per record.
+    Json,
+    /// Confluent-framed Avro, writer schemas from this registry.
+    Avro(SchemaRegistry),
+}
+
+/// A checked `schema_registry` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaRegistry {
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    /// Subject of the source's value schemas.
+    pub subject: String,
+    /// HTTP basic auth (user, password).
+    pub basic_auth: Option<(String, String)>,
+    /// Longest wait for one request.
+    pub timeout: DurationMs,
+    /// How long a failed schema-id lookup is remembered.
+    pub retry_after: DurationMs,
 }
 
 impl Source {
@@ -1303,6 +1379,7 @@ fn compile_source(
         );
         return None;
     }
+    let format = compile_format(c, path, s);
     Some(Source {
         name: name.to_string(),
         topic: s.topic.clone(),
@@ -1316,7 +1393,85 @@ fn compile_source(
         max_event_bytes: s.max_event_bytes,
         max_future: max_future?,
         max_past: max_past?,
+        format: format?,
     })
+}
+
+fn compile_format(c: &mut Checker<'_>, path: &str, s: &RawSource) -> Option<SourceFormat> {
+    let registry = match (s.format, &s.schema_registry) {
+        (SourceFormatName::Json, None) => return Some(SourceFormat::Json),
+        (SourceFormatName::Json, Some(_)) => {
+            c.push(
+                format!("{path}.schema_registry"),
+                "is set but the source's format is json; set format = \"avro\" or remove schema_registry",
+            );
+            return None;
+        }
+        (SourceFormatName::Avro, None) => {
+            c.push(
+                format!("{path}.schema_registry"),
+                "is missing; an Avro source needs its registry, e.g. schema_registry = { url = \"http://127.0.0.1:8081\" }",
+            );
+            return None;
+        }
+        (SourceFormatName::Avro, Some(r)) => r,
+    };
+    let url = registry.url.trim_end_matches('/').to_string();
+    let mut ok = true;
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len()
+    {
+        c.push(
+            format!("{path}.schema_registry.url"),
+            format!(
+                "{:?} is not an HTTP URL; a Confluent-compatible registry is reached over HTTP, e.g. \"http://127.0.0.1:8081\"",
+                registry.url
+            ),
+        );
+        ok = false;
+    }
+    let basic_auth = match (&registry.username, &registry.password) {
+        (None, None) => None,
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        _ => {
+            c.push(
+                format!("{path}.schema_registry"),
+                "sets only one of username and password; basic auth needs both",
+            );
+            ok = false;
+            None
+        }
+    };
+    let timeout = c.duration(
+        &format!("{path}.schema_registry.timeout"),
+        &registry.timeout,
+    );
+    let retry_after = c.duration(
+        &format!("{path}.schema_registry.retry_after"),
+        &registry.retry_after,
+    );
+    if timeout.is_some_and(|t| t.0 == 0) {
+        c.push(
+            format!("{path}.schema_registry.timeout"),
+            "must be above 0s",
+        );
+        ok = false;
+    }
+    let subject = registry
+        .subject
+        .clone()
+        .unwrap_or_else(|| format!("{}-value", s.topic));
+    if subject.trim().is_empty() {
+        c.push(format!("{path}.schema_registry.subject"), "is empty");
+        ok = false;
+    }
+    let (timeout, retry_after) = (timeout?, retry_after?);
+    ok.then_some(SourceFormat::Avro(SchemaRegistry {
+        url,
+        subject,
+        basic_auth,
+        timeout,
+        retry_after,
+    }))
 }
 
 fn compile_window(c: &mut Checker<'_>, path: &str, w: &RawWindow) -> Option<WindowKind> {

@@ -49,6 +49,17 @@ pub enum DecodeErrorKind {
     /// source's `max_future` / `max_past`): a broken clock or unit that
     /// would otherwise move the watermark or the batch layer's range.
     EventTimeOutOfBounds,
+    /// An Avro source's record is not in the Confluent wire format (no
+    /// magic byte 0 and 4-byte schema id).
+    NotConfluentAvro,
+    /// The record's schema id is not in the schema registry.
+    UnknownSchemaId,
+    /// The schema registry could not be asked for the record's schema id.
+    RegistryUnavailable,
+    /// The record's writer schema cannot be read as the source's contract.
+    IncompatibleSchema,
+    /// The Avro body does not decode with its writer schema.
+    CorruptAvro,
 }
 
 impl DecodeErrorKind {
@@ -64,6 +75,11 @@ impl DecodeErrorKind {
             DecodeErrorKind::UnknownField => "unknown_field",
             DecodeErrorKind::DuplicateField => "duplicate_field",
             DecodeErrorKind::EventTimeOutOfBounds => "event_time_out_of_bounds",
+            DecodeErrorKind::NotConfluentAvro => "not_confluent_avro",
+            DecodeErrorKind::UnknownSchemaId => "unknown_schema_id",
+            DecodeErrorKind::RegistryUnavailable => "registry_unavailable",
+            DecodeErrorKind::IncompatibleSchema => "incompatible_schema",
+            DecodeErrorKind::CorruptAvro => "corrupt_avro",
         }
     }
 }
@@ -81,7 +97,8 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    pub(crate) fn new(kind: DecodeErrorKind, field: Option<&str>, message: String) -> Self {
+    /// An error of `kind` about `field` (or the whole record).
+    pub fn new(kind: DecodeErrorKind, field: Option<&str>, message: String) -> Self {
         DecodeError {
             kind,
             field: field.map(str::to_string),
@@ -130,18 +147,7 @@ impl Decoder {
     /// decodes with no allocation once its strings have grown to the
     /// longest values seen. On error `event` holds no meaningful values.
     pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
-        if payload.len() > self.max_event_bytes {
-            return Err(DecodeError::new(
-                DecodeErrorKind::Oversized,
-                None,
-                format!(
-                    "event is {} bytes, over the {} byte limit of source contract {}; shrink the event or raise sources.<name>.max_event_bytes",
-                    payload.len(),
-                    self.max_event_bytes,
-                    self.contract.label()
-                ),
-            ));
-        }
+        self.check_size(payload)?;
         let contract = &*self.contract;
         // On the stack for contracts of up to 16 fields.
         let mut slots: Slots<'_> = smallvec::smallvec![None; contract.fields.len()];
@@ -161,6 +167,36 @@ impl Decoder {
         if let Some(problem) = problem {
             return Err(problem);
         }
+        self.finish(&mut slots, event)
+    }
+
+    /// Refuses a payload over the source's `max_event_bytes`.
+    pub(crate) fn check_size(&self, payload: &[u8]) -> Result<(), DecodeError> {
+        if payload.len() > self.max_event_bytes {
+            return Err(DecodeError::new(
+                DecodeErrorKind::Oversized,
+                None,
+                format!(
+                    "event is {} bytes, over the {} byte limit of source contract {}; shrink the event or raise sources.<name>.max_event_bytes",
+                    payload.len(),
+                    self.max_event_bytes,
+                    self.contract.label()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Converts filled slots to the contract's types into `event`: the
+    /// checks every format shares (required, defaults, coercion,
+    /// max_length, the timestamp range, the event time).
+    #[inline]
+    pub(crate) fn finish(
+        &self,
+        slots: &mut Slots<'_>,
+        event: &mut Event,
+    ) -> Result<(), DecodeError> {
+        let contract = &*self.contract;
         event.values.resize(contract.fields.len(), Value::Null);
         // Slots are taken one by one: moving the whole array into an
         // iterator would copy it.
@@ -190,8 +226,25 @@ impl Decoder {
     }
 }
 
+/// Turns a source's payloads into events checked against its contract:
+/// JSON ([`Decoder`]) or Confluent-framed Avro with a schema registry
+/// (`strata_registry::AvroDecoder`). The speed layer and the archive hold
+/// one per partition.
+pub trait EventDecoder: Send {
+    /// Decodes one payload into `event` (reusing its strings). On error
+    /// `event` holds no meaningful values.
+    fn decode_event(&mut self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError>;
+}
+
+impl EventDecoder for Decoder {
+    #[inline]
+    fn decode_event(&mut self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
+        self.decode_into(payload, event)
+    }
+}
+
 /// One slot per contract field, filled while the object streams by.
-type Slots<'de> = smallvec::SmallVec<[Option<Raw<'de>>; 16]>;
+pub(crate) type Slots<'de> = smallvec::SmallVec<[Option<Raw<'de>>; 16]>;
 
 fn json_error(e: &sonic_rs::Error, contract: &Contract) -> DecodeError {
     if e.classify() == sonic_rs::error::Category::TypeUnmatched {
@@ -212,10 +265,13 @@ fn json_error(e: &sonic_rs::Error, contract: &Contract) -> DecodeError {
     }
 }
 
-/// A JSON scalar as seen on the wire, borrowed from the payload when possible.
+/// A scalar as seen on the wire, borrowed from the payload when possible.
 #[derive(Clone, Debug)]
-enum Raw<'a> {
+pub(crate) enum Raw<'a> {
     Null,
+    /// Epoch milliseconds from a typed format (an Avro timestamp), which
+    /// needs no `formats` to be read as a timestamp.
+    Millis(i64),
     Bool(bool),
     I64(i64),
     U64(u64),
@@ -229,6 +285,7 @@ impl fmt::Display for Raw<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Raw::Null => f.write_str("null"),
+            Raw::Millis(v) => write!(f, "timestamp {v} ms"),
             Raw::Bool(b) => write!(f, "bool {b}"),
             Raw::I64(v) => write!(f, "integer {v}"),
             Raw::U64(v) => write!(f, "integer {v}"),
@@ -533,6 +590,7 @@ fn convert(
             }
             return Err(wrong_type(spec, &raw, contract));
         }
+        (FieldType::Timestamp, Raw::Millis(v)) => Value::Timestamp(*v),
         (FieldType::Timestamp, Raw::I64(v)) if spec.formats.contains(&TimestampFormat::EpochMs) => {
             Value::Timestamp(*v)
         }

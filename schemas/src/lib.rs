@@ -2,9 +2,9 @@
 //!
 //! The single source of truth shared by every Strata layer:
 //!
-//! - [`contract`], [`decode`], [`compat`]: versioned event contracts, the
-//!   JSON decoder that checks events against them, and the backward
-//!   compatibility check between versions;
+//! - [`contract`], [`decode`], [`avro`], [`compat`]: versioned event
+//!   contracts, the JSON and Avro decoders that check events against them,
+//!   and the backward compatibility check between versions;
 //! - [`config`]: `strata.toml`, validated into compiled [`config::MetricDef`]s;
 //! - [`window`], [`aggregate`], [`sketch`], [`filter`]: window assignment,
 //!   session merging, filters and mergeable aggregate states. The speed layer
@@ -16,6 +16,7 @@
 //! `strata-generator`'s.
 
 pub mod aggregate;
+pub mod avro;
 pub mod compat;
 pub mod config;
 pub mod contract;
@@ -32,7 +33,7 @@ pub mod window;
 pub use aggregate::{Accumulator, AggFunction, AggPlan};
 pub use config::{Config, MetricDef, Source};
 pub use contract::{Contract, ContractRegistry};
-pub use decode::{DecodeError, DecodeErrorKind, Decoder, Event};
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, Event, EventDecoder};
 pub use duration::DurationMs;
 pub use problem::{Problem, Problems};
 pub use value::{FieldType, Value};
