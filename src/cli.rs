@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use strata_batch::split::ChunkProgress;
 use strata_generator::clickstream::ClickstreamConfig;
 use strata_schemas::compat;
-use strata_schemas::config::{self, Config};
+use strata_schemas::config::{self, Config, SchemaRegistry, SourceFormat};
 use strata_schemas::contract::ContractRegistry;
 use strata_warehouse as warehouse;
 
@@ -246,12 +246,26 @@ pub enum SchemasCommand {
     },
 }
 
+/// `strata generate --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PayloadFormat {
+    /// JSON objects.
+    Json,
+    /// Avro in the Confluent wire format.
+    Avro,
+}
+
 /// `strata generate` options.
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
     /// Source whose topic receives the events (default: the first source).
     #[arg(long)]
     pub source: Option<String>,
+    /// Payload format (default: the source's). `avro` registers the
+    /// producer's schema under the source's subject and sends Confluent-
+    /// framed Avro.
+    #[arg(long, value_enum)]
+    pub format: Option<PayloadFormat>,
     /// Topic override.
     #[arg(long)]
     pub topic: Option<String>,
@@ -328,7 +342,7 @@ pub async fn run(args: Args) -> ExitCode {
         Command::Validate => return validate(&args.config),
         Command::Schemas {
             command: SchemasCommand::Check { dir },
-        } => return schemas_check(&args.config, dir.as_deref()),
+        } => return schemas_check(&args.config, dir.as_deref()).await,
         Command::Init => init(&args.config).await,
         Command::Generate(g) => generate(&args.config, g).await,
         Command::Speed => speed(&args.config).await,
@@ -439,7 +453,8 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
+async fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
+    let dir_given = dir.is_some();
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => {
@@ -483,11 +498,79 @@ fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
             }
         }
     }
+    // Avro sources: the subject's latest writer schema must be readable as
+    // the source's contract (what the speed layer and the archive will
+    // do), and the registry tells whether the contract's own Avro form is
+    // compatible with the subject. Only with a config that loads.
+    if !dir_given && let Ok(config) = config::load(config_path) {
+        for source in config.sources.values() {
+            if let SourceFormat::Avro(settings) = &source.format
+                && !registry_check(source, settings).await
+            {
+                failed = true;
+            }
+        }
+    }
     if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Checks an Avro source's subject; prints what it found, false on a
+/// problem.
+async fn registry_check(source: &strata_schemas::Source, settings: &SchemaRegistry) -> bool {
+    let client = strata_registry::RegistryClient::new(settings);
+    let subject = &settings.subject;
+    let name = &source.name;
+    let contract = &source.contract;
+    let latest = match client.latest(subject).await {
+        Ok(latest) => latest,
+        Err(e) if e.code() == Some(strata_registry::client::SUBJECT_NOT_FOUND) => {
+            println!(
+                "{name}: subject {subject} is not registered in {} yet; producers register it (or `strata generate --source {name} --format avro`)",
+                client.url()
+            );
+            return true;
+        }
+        Err(e) => {
+            eprintln!("{name}: cannot check subject {subject}: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    match strata_schemas::avro::WriterSchema::compile(latest.id, &latest.schema, contract) {
+        Ok(_) => println!(
+            "{name}: {subject} v{} (schema id {}) reads as contract {}",
+            latest.version,
+            latest.id,
+            contract.label()
+        ),
+        Err(reason) => {
+            eprintln!("{name}: {subject} v{}: {reason}", latest.version);
+            ok = false;
+        }
+    }
+    let own = strata_schemas::avro::contract_schema(contract);
+    match client.is_compatible(subject, &own).await {
+        Ok(true) => println!(
+            "{name}: contract {} as Avro is compatible with {subject} (the registry's verdict)",
+            contract.label()
+        ),
+        Ok(false) => {
+            eprintln!(
+                "{name}: contract {} as Avro is NOT compatible with {subject} under the subject's compatibility level; producers cannot register it as their next version",
+                contract.label()
+            );
+            ok = false;
+        }
+        Err(e) => {
+            eprintln!("{name}: cannot ask the registry about compatibility: {e}");
+            ok = false;
+        }
+    }
+    ok
 }
 
 async fn init(path: &Path) -> anyhow::Result<()> {
@@ -547,7 +630,40 @@ async fn generate(path: &Path, g: &GenerateArgs) -> anyhow::Result<()> {
     let step_ms = g
         .step_ms
         .unwrap_or_else(|| 1000u64.checked_div(g.rate).map_or(10, |s| s.max(1) as i64));
+    let format = g.format.unwrap_or(match source.format {
+        SourceFormat::Json => PayloadFormat::Json,
+        SourceFormat::Avro(_) => PayloadFormat::Avro,
+    });
+    let avro_schema_id = match (format, &source.format) {
+        (PayloadFormat::Json, _) => None,
+        (PayloadFormat::Avro, SourceFormat::Json) => anyhow::bail!(
+            "source {} is format = \"json\"; --format avro needs an Avro source (format = \"avro\" with a schema_registry)",
+            source.name
+        ),
+        (PayloadFormat::Avro, SourceFormat::Avro(registry)) => {
+            let client = strata_registry::RegistryClient::new(registry);
+            let id = client
+                .register(
+                    &registry.subject,
+                    strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "registering the generator's Avro schema under subject {}",
+                        registry.subject
+                    )
+                })?;
+            println!(
+                "producer schema registered as id {id} under subject {} in {}",
+                registry.subject,
+                client.url()
+            );
+            Some(id)
+        }
+    };
     let stream = ClickstreamConfig {
+        avro_schema_id,
         seed: g.seed,
         events: g.events,
         users: g.users,

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::{Message, Offset};
 use strata_kafka::{GroupMember, GroupSettings, OffsetGap, PartitionChange, Start, StartLoader};
-use strata_schemas::Decoder;
+use strata_registry::Decoders;
+use strata_schemas::EventDecoder;
 use strata_schemas::config::{Config, Source};
 use tokio::runtime::Handle;
 
@@ -47,6 +48,8 @@ struct ProgressLoader {
     runtime: Handle,
     lake: Lake,
     sources: HashMap<String, Arc<Source>>,
+    /// An Avro source's partitions share its schema cache.
+    decoders: Decoders,
 }
 
 impl StartLoader for ProgressLoader {
@@ -83,7 +86,7 @@ impl StartLoader for ProgressLoader {
                     offset: Offset::Offset(progress.next_offset),
                     state: PartitionBuffer {
                         source: source.clone(),
-                        decoder: source.decoder(),
+                        decoder: self.decoders.decoder(source),
                         progress,
                         step,
                         events: Vec::new(),
@@ -170,7 +173,8 @@ async fn recover(
 
 struct PartitionBuffer {
     source: Arc<Source>,
-    decoder: Decoder,
+    /// JSON or Avro (the source's `format`).
+    decoder: Box<dyn EventDecoder>,
     progress: Progress,
     /// The step of the progress log this owner wrote last: its next write
     /// is `step + 1`, which fails once another archiver claimed.
@@ -231,6 +235,7 @@ impl Archiver {
     ) -> Result<Self, BatchError> {
         let topics: Vec<String> = sources.keys().cloned().collect();
         let loader = ProgressLoader {
+            decoders: Decoders::new(runtime.clone()),
             runtime: runtime.clone(),
             lake: lake.clone(),
             sources,
@@ -349,10 +354,11 @@ fn take(
     // max_future / max_past is a dead letter, not part of the master dataset.
     let record_ms = message.timestamp().to_millis();
     let now_ms = buffer.progress.last_record_at_ms;
+    let mut event = strata_schemas::Event::default();
     match buffer
         .decoder
-        .decode(message.payload().unwrap_or_default())
-        .and_then(|event| {
+        .decode_event(message.payload().unwrap_or_default(), &mut event)
+        .and_then(|()| {
             buffer
                 .source
                 .check_event_time(event.time_ms, record_ms, now_ms)

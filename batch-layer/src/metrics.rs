@@ -51,6 +51,8 @@ pub const RECONCILE_DIFFERENCES: &str = "strata_reconcile_differences";
 /// metric of this crate.
 pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
     let handle = strata_telemetry::install();
+    // The archive's Avro sources' schema lookups.
+    strata_registry::metrics::describe();
     describe_counter!(ARCHIVE_RECORDS, "Records read by the archiver, by topic.");
     describe_counter!(
         ARCHIVE_INVALID,

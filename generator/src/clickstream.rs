@@ -54,7 +54,25 @@ pub struct ClickstreamConfig {
     /// time (each cohort has its own `users` ids), so sessions end and close
     /// during the stream; 0 keeps one population for the whole stream.
     pub cohort_ms: i64,
+    /// `Some(id)`: records are Avro in the Confluent wire format, written
+    /// with [`PAGE_VIEW_AVRO_SCHEMA`] registered as `id`; `None`: JSON. The
+    /// same seed gives the same events in either format (malformed and
+    /// invalid records are broken the Avro way: not framed, cut bodies,
+    /// values breaking the contract's limits).
+    pub avro_schema_id: Option<u32>,
 }
+
+/// The producer's Avro schema of page views: its own record name, the
+/// contract's fields in another order, `duration_ms` an `int` (Strata
+/// resolves it against contract page_view v2, promoting int to long).
+pub const PAGE_VIEW_AVRO_SCHEMA: &str = r#"{"type":"record","name":"PageView","namespace":"com.example.clickstream","fields":[
+  {"name":"user_id","type":"string"},
+  {"name":"event_time","type":{"type":"long","logicalType":"timestamp-millis"}},
+  {"name":"page","type":"string"},
+  {"name":"duration_ms","type":["null","int"],"default":null},
+  {"name":"country","type":["null","string"],"default":null},
+  {"name":"referrer","type":["null","string"],"default":null}
+]}"#;
 
 impl Default for ClickstreamConfig {
     fn default() -> Self {
@@ -75,6 +93,7 @@ impl Default for ClickstreamConfig {
             invalid_fraction: 0.0,
             referrer_fraction: 0.3,
             cohort_ms: 0,
+            avro_schema_id: None,
         }
     }
 }
@@ -234,6 +253,50 @@ impl Iterator for Clickstream {
             referrer,
         };
 
+        if let Some(schema_id) = c.avro_schema_id {
+            let (kind, payload, event) = if malformed {
+                let payload = match variant {
+                    0 => b"not avro at all".to_vec(),
+                    1 => {
+                        let mut cut = page_view_avro(&event, schema_id);
+                        cut.truncate(cut.len() / 2);
+                        cut
+                    }
+                    // Framed, but the body stops inside its first length.
+                    2 => [&[0u8][..], &schema_id.to_be_bytes()[..], b"\xff\xff\xff"].concat(),
+                    _ => b"[1, 2, 3]".to_vec(),
+                };
+                (RecordKind::Malformed, payload, None)
+            } else if invalid {
+                let mut broken = event;
+                match variant {
+                    0 => broken.user_id = "u".repeat(100),
+                    1 => broken.country = "Atlantis".repeat(2),
+                    2 => broken.page = "/".repeat(600),
+                    _ => broken.event_time_ms = -1,
+                }
+                (
+                    RecordKind::Invalid,
+                    page_view_avro(&broken, schema_id),
+                    None,
+                )
+            } else {
+                let kind = if late {
+                    RecordKind::Late
+                } else {
+                    RecordKind::Valid
+                };
+                (kind, page_view_avro(&event, schema_id), Some(event))
+            };
+            return Some(GeneratedRecord {
+                seq,
+                partition,
+                key: user_id,
+                payload,
+                kind,
+                event,
+            });
+        }
         let (kind, payload, event) = if malformed {
             let payload = match variant {
                 0 => b"not json at all".to_vec(),
@@ -285,6 +348,40 @@ impl Iterator for Clickstream {
             event,
         })
     }
+}
+
+/// A page view framed as [`PAGE_VIEW_AVRO_SCHEMA`] registered as
+/// `schema_id`, encoded here by hand as a producer's library would.
+fn page_view_avro(e: &PageView, schema_id: u32) -> Vec<u8> {
+    fn long(out: &mut Vec<u8>, v: i64) {
+        let mut n = ((v << 1) ^ (v >> 63)) as u64;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    fn string(out: &mut Vec<u8>, s: &str) {
+        long(out, s.len() as i64);
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = vec![0u8];
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    string(&mut out, &e.user_id);
+    long(&mut out, e.event_time_ms);
+    string(&mut out, &e.page);
+    long(&mut out, 1);
+    long(&mut out, e.duration_ms);
+    long(&mut out, 1);
+    string(&mut out, &e.country);
+    match &e.referrer {
+        Some(r) => {
+            long(&mut out, 1);
+            string(&mut out, r);
+        }
+        None => long(&mut out, 0),
+    }
+    out
 }
 
 /// The JSON of a page view, varying the encodings the contract accepts
@@ -347,5 +444,52 @@ mod tests {
         for r in &a {
             assert_eq!(r.partition, Clickstream::partition_of(&r.key, 4));
         }
+    }
+
+    /// The same seed gives the same events as JSON and as Avro; every
+    /// broken Avro record fails to decode.
+    #[test]
+    fn avro_and_json_streams_carry_the_same_events() {
+        use strata_schemas::avro::WriterSchema;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/contracts");
+        let contracts = strata_schemas::ContractRegistry::load_dir(&dir).unwrap();
+        let contract = contracts.get("page_view", 2).unwrap();
+        let decoder = strata_schemas::Decoder::new(contract.clone(), 0, 65_536);
+        let writer = WriterSchema::compile(7, PAGE_VIEW_AVRO_SCHEMA, &contract).unwrap();
+        let config = ClickstreamConfig {
+            events: 2_000,
+            malformed_fraction: 0.05,
+            invalid_fraction: 0.05,
+            late_fraction: 0.05,
+            ..ClickstreamConfig::default()
+        };
+        let json: Vec<_> = Clickstream::new(config.clone()).collect();
+        let avro: Vec<_> = Clickstream::new(ClickstreamConfig {
+            avro_schema_id: Some(7),
+            ..config
+        })
+        .collect();
+        let mut broken = 0;
+        for (j, a) in json.iter().zip(&avro) {
+            assert_eq!(
+                (j.kind, &j.event, j.partition),
+                (a.kind, &a.event, a.partition)
+            );
+            let from_avro = decoder.decode_avro_into(&writer, &a.payload, &mut Default::default());
+            match a.kind {
+                RecordKind::Valid | RecordKind::Late => {
+                    let mut e = strata_schemas::Event::default();
+                    decoder
+                        .decode_avro_into(&writer, &a.payload, &mut e)
+                        .unwrap();
+                    assert_eq!(e, decoder.decode(&j.payload).unwrap());
+                }
+                RecordKind::Malformed | RecordKind::Invalid => {
+                    from_avro.unwrap_err();
+                    broken += 1;
+                }
+            }
+        }
+        assert!(broken > 100, "{broken}");
     }
 }

@@ -55,6 +55,8 @@ pub const DEAD_LETTERS_ALREADY_SENT: &str = "strata_speed_dead_letters_already_s
 pub fn install() -> PrometheusHandle {
     let handle = strata_telemetry::install();
     describe();
+    // Avro sources' schema lookups.
+    strata_registry::metrics::describe();
     handle
 }
 

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clickhouse::Client;
 use rdkafka::{Message, Offset};
+use strata_registry::Decoders;
 use strata_schemas::config::{Config, Source};
-use strata_schemas::{Decoder, Event, MetricDef};
+use strata_schemas::{Event, EventDecoder, MetricDef};
 use strata_warehouse::rows::{CheckpointRow, Layer, WatermarkRow};
 use strata_warehouse::{self as warehouse, InsertFormat, WATERMARKS_TABLE};
 use tokio::runtime::Handle;
@@ -182,7 +183,8 @@ impl CheckpointLoader {
 
 struct Assigned {
     source: Arc<Source>,
-    decoder: Decoder,
+    /// JSON or Avro (the source's `format`).
+    decoder: Box<dyn EventDecoder>,
     state: PartitionState,
     /// Dead letters of offsets below this are already in the dead-letter
     /// topic (loaded at assignment, raised as deliveries are stored).
@@ -199,6 +201,9 @@ struct Speed {
     runtime: Handle,
     client: Client,
     group: GroupMember<CheckpointLoader>,
+    /// Builds each assigned partition's decoder; an Avro source's
+    /// partitions share its schema cache.
+    decoders: Decoders,
     dead_letters: DeadLetters,
     sources: HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
     partitions: HashMap<(String, i32), Assigned>,
@@ -322,7 +327,9 @@ impl Speed {
             // process is evicted by that session timeout). The loop never
             // blocks longer than a poll: ClickHouse writes run on the async
             // runtime while the loop keeps polling (every 50 ms, and while
-            // ClickHouse retries).
+            // ClickHouse retries). A schema-registry lookup of an Avro
+            // source blocks it for at most schema_registry.timeout, once
+            // per new schema id (and retry_after while it fails).
             max_poll_interval: Some(Duration::from_secs(10)),
             lag_gauge: Some(m::CONSUMER_LAG),
         };
@@ -339,6 +346,7 @@ impl Speed {
         )?;
         Ok(Speed {
             config,
+            decoders: Decoders::new(runtime.clone()),
             runtime,
             client,
             group,
@@ -380,7 +388,12 @@ impl Speed {
     /// Polls once, handling rebalances and at most one record.
     fn poll_once(&mut self, timeout: Duration) -> Result<(), SpeedError> {
         let polled = self.group.poll(timeout)?;
-        handle_partition_events(polled.changes, &mut self.partitions, &self.sources);
+        handle_partition_events(
+            polled.changes,
+            &mut self.partitions,
+            &self.sources,
+            &self.decoders,
+        );
         let Some(message) = polled.record else {
             return Ok(());
         };
@@ -402,15 +415,18 @@ impl Speed {
         // the operator sees it: a broken clock must not move the watermark
         // past every real event (the archive applies the same rule).
         let event = &mut self.event;
-        let decoded = assigned.decoder.decode_into(payload, event).and_then(|()| {
-            let now_ms = match record_ms {
-                Some(_) => 0,
-                None => chrono::Utc::now().timestamp_millis(),
-            };
-            assigned
-                .source
-                .check_event_time(event.time_ms, record_ms, now_ms)
-        });
+        let decoded = assigned
+            .decoder
+            .decode_event(payload, event)
+            .and_then(|()| {
+                let now_ms = match record_ms {
+                    Some(_) => 0,
+                    None => chrono::Utc::now().timestamp_millis(),
+                };
+                assigned
+                    .source
+                    .check_event_time(event.time_ms, record_ms, now_ms)
+            });
         match decoded {
             Ok(()) => {
                 let outcome = assigned.state.apply(offset, event);
@@ -689,6 +705,7 @@ fn handle_partition_events(
     changes: Vec<PartitionChange<Resume>>,
     partitions: &mut HashMap<(String, i32), Assigned>,
     sources: &HashMap<String, (Arc<Source>, Vec<Arc<MetricDef>>)>,
+    decoders: &Decoders,
 ) {
     for change in changes {
         match change {
@@ -712,7 +729,7 @@ fn handle_partition_events(
                     (topic, partition),
                     Assigned {
                         source: source.clone(),
-                        decoder: source.decoder(),
+                        decoder: decoders.decoder(source),
                         state,
                         dead_letter_mark: resume.dead_letter_mark,
                         last_record: Instant::now(),

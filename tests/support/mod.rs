@@ -491,10 +491,12 @@ impl TestEnv {
     /// Events committed by the archive: the sum of `events` over the
     /// progress objects of source `page_views`.
     pub fn archived_events(&self) -> u64 {
-        let dir = self
-            .lake
-            .join("_strata/archive/page_views")
-            .join(&self.topic);
+        self.archived_events_of("page_views", &self.topic)
+    }
+
+    /// Events the archive committed for `source`'s `topic`.
+    pub fn archived_events_of(&self, source: &str, topic: &str) -> u64 {
+        let dir = self.lake.join("_strata/archive").join(source).join(topic);
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
         };

@@ -1,0 +1,248 @@
+//! An Avro source beside the JSON one, through every layer: the same
+//! clickstream is sent as JSON to `page_views` and as Confluent-framed Avro
+//! (the generator's own writer schema, registered in a schema registry
+//! serving Confluent's documented API on loopback) to `page_views_avro`,
+//! whose metrics are the reference metrics' twins. Speed, archive, batch
+//! and the API then give the Avro metrics exactly the JSON metrics'
+//! answers, and those equal the aggregates the test computes itself.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
+use strata_registry::LocalRegistry;
+use support::{TestEnv, expected, http_get, run_ok, terminate, wait_until};
+
+const MINUTE: i64 = 60_000;
+
+fn answer(port: u16, metric: &str) -> Vec<Map<String, Json>> {
+    let answer = http_get(
+        port,
+        &format!("/v1/metrics/{metric}/query?from=2026-11-22T09:00:00Z&to=2026-11-22T13:00:00Z"),
+        &[],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let mut rows: Vec<Map<String, Json>> = answer.json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_object().unwrap().clone())
+        .collect();
+    rows.sort_by_key(|r| Json::Object(r.clone()).to_string());
+    rows
+}
+
+/// The Avro source and the reference metrics' twins over it.
+fn avro_source(topic: &str, registry_url: &str) -> String {
+    let text = std::fs::read_to_string(support::repo().join("strata.toml")).unwrap();
+    let metrics = &text[text.find("[metrics.page_views_per_minute]").unwrap()..];
+    let twins = metrics
+        .replace(
+            "[metrics.page_views_per_minute]",
+            "[metrics.page_views_per_minute_avro]",
+        )
+        .replace(
+            "[metrics.active_users_5m]",
+            "[metrics.active_users_5m_avro]",
+        )
+        .replace("[metrics.user_sessions]", "[metrics.user_sessions_avro]")
+        .replace("source = \"page_views\"", "source = \"page_views_avro\"");
+    format!(
+        r#"
+[sources.page_views_avro]
+topic = "{topic}"
+contract = "page_view"
+contract_version = 2
+event_time_field = "event_time"
+allowed_lateness = "30s"
+max_past = "3650d"
+format = "avro"
+schema_registry = {{ url = "{registry_url}", timeout = "2s" }}
+
+{twins}
+"#
+    )
+}
+
+/// Counts of `strata.error.kind` among the first `expected` records of a
+/// dead-letter topic.
+fn dead_letter_kinds(
+    env: &TestEnv,
+    topic: &str,
+    expected: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    use rdkafka::consumer::Consumer as _;
+    use rdkafka::message::{Headers as _, Message as _};
+    let consumer = support::read_from_start(&env.kafka_brokers, topic, 2, "avro_dlq");
+    let mut kinds = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    while seen < expected && std::time::Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        seen += 1;
+        let kind = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "strata.error.kind")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            })
+            .unwrap_or_default();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    consumer.unsubscribe();
+    kinds
+}
+
+async fn events_in(env: &TestEnv, table: &str) -> u64 {
+    support::try_rows_at(
+        &env.clickhouse_url,
+        &format!(
+            "SELECT sum(agg_events) AS c FROM {}.{table} FINAL WHERE retracted = 0",
+            env.database
+        ),
+    )
+    .await
+    .and_then(|rows| rows.first().and_then(|r| r["c"].as_u64()))
+    .unwrap_or(0)
+}
+
+// Multi-threaded: the registry serves on one worker while the test blocks
+// on `strata` commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avro_source_gives_the_json_sources_answers_in_every_layer() {
+    let registry = LocalRegistry::new();
+    let running = registry
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let avro_topic = support::unique("avro");
+    let env = TestEnv::new("avro_json", &avro_source(&avro_topic, &running.url()));
+    env.init();
+    let config = ClickstreamConfig {
+        seed: 17,
+        events: 6_000,
+        users: 120,
+        partitions: 2,
+        start_ms: 1_795_341_600_000,
+        step_ms: 600,
+        out_of_order_fraction: 0.2,
+        max_disorder_ms: 10_000,
+        late_fraction: 0.02,
+        late_by_ms: 3 * MINUTE,
+        malformed_fraction: 0.01,
+        invalid_fraction: 0.01,
+        cohort_ms: 20 * MINUTE,
+        ..ClickstreamConfig::default()
+    };
+    env.generate(&config);
+    // The source's format is avro: the generator registers its writer
+    // schema under page_views_avro's subject and frames every record.
+    let out = run_ok(
+        env.generate_command(&config)
+            .args(["--source", "page_views_avro"]),
+    );
+    assert!(
+        out.contains(&format!(
+            "producer schema registered as id 1 under subject {avro_topic}-value"
+        )),
+        "{out}"
+    );
+    let records: Vec<_> = Clickstream::new(config).collect();
+    let speed_truth = expected::compute(&records, Some(30_000));
+    let valid = support::valid(&records);
+    let dead = records
+        .iter()
+        .filter(|r| matches!(r.kind, RecordKind::Malformed | RecordKind::Invalid))
+        .count();
+
+    let mut speed = env.spawn_speed(0);
+    let mut archive = env.spawn(&["archive"], "archive");
+    let archived = wait_until(Duration::from_secs(240), || async {
+        env.archived_events() == valid
+            && env.archived_events_of("page_views_avro", &avro_topic) == valid
+    })
+    .await;
+    assert!(
+        archived,
+        "archived {} JSON and {} Avro of {valid}:\n{}",
+        env.archived_events(),
+        env.archived_events_of("page_views_avro", &avro_topic),
+        env.log("archive")
+    );
+    wait_until(Duration::from_secs(60), || async {
+        env.log("archive").contains("archiver subscribed")
+    })
+    .await;
+    assert_eq!(terminate(&mut archive.0), Some(0), "{}", env.log("archive"));
+    let done = wait_until(Duration::from_secs(240), || async {
+        events_in(&env, "page_views_per_minute_speed").await == speed_truth.counted
+            && events_in(&env, "page_views_per_minute_avro_speed").await == speed_truth.counted
+    })
+    .await;
+    assert!(done, "speed views incomplete:\n{}", env.speed_log(0));
+    assert_eq!(terminate(&mut speed.0), Some(0), "{}", env.speed_log(0));
+    let log = env.speed_log(0);
+    assert!(
+        log.contains(&format!(" records read, {} dead letters", 2 * dead)),
+        "every malformed or invalid record of either source is a dead letter ({dead} each): {log}"
+    );
+    // The Avro source's dead letters carry the Avro reasons: records not
+    // framed, bodies that do not decode, values breaking the contract.
+    let kinds = dead_letter_kinds(&env, &format!("{avro_topic}.dlq"), dead);
+    assert_eq!(kinds.values().sum::<usize>(), dead, "{kinds:?}");
+    for kind in ["not_confluent_avro", "corrupt_avro", "invalid_value"] {
+        assert!(kinds.get(kind).is_some_and(|n| *n > 0), "{kind}: {kinds:?}");
+    }
+
+    run_ok(env.strata().args(["batch", "run", "--once"]));
+    let (server, port) = env.start_server().await;
+    for metric in ["page_views_per_minute", "active_users_5m", "user_sessions"] {
+        let (_, json_watermark) = env.published(metric).await;
+        let (_, avro_watermark) = env.published(&format!("{metric}_avro")).await;
+        assert_eq!(json_watermark, avro_watermark, "{metric}: batch watermarks");
+        let json = answer(port, metric);
+        let avro = answer(port, &format!("{metric}_avro"));
+        assert!(
+            json.iter().any(|r| r["source"] == "batch")
+                && json.iter().any(|r| r["source"] == "speed"),
+            "{metric}: both views answer"
+        );
+        assert_eq!(json.len(), avro.len(), "{metric}: row count");
+        assert_eq!(json, avro, "{metric}: Avro and JSON answers");
+    }
+    // And the JSON answers are the true aggregates (tests/e2e.rs checks the
+    // same in depth): the per-minute total of the speed side and the batch
+    // side together counts every valid event the views hold.
+    let batch_truth = expected::compute(&records, None);
+    let (_, w) = env.published("page_views_per_minute").await;
+    let want: u64 = batch_truth
+        .per_minute
+        .iter()
+        .filter(|(k, _)| k.0 < w)
+        .map(|(_, v)| v.0)
+        .chain(
+            speed_truth
+                .per_minute
+                .iter()
+                .filter(|(k, _)| k.0 >= w)
+                .map(|(_, v)| v.0),
+        )
+        .sum();
+    let got: u64 = answer(port, "page_views_per_minute_avro")
+        .iter()
+        .map(|r| r["views"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        got, want,
+        "page_views_per_minute_avro across the boundary at {w}"
+    );
+    drop(server);
+    running.stop().await;
+    env.drop_database().await;
+}
