@@ -230,6 +230,10 @@ pub struct ReplayArgs {
     /// Latest dead-letter time (RFC 3339 or epoch ms, exclusive).
     #[arg(long)]
     pub to_time: Option<String>,
+    /// Only dead letters of this kind (their strata.error.kind header), e.g.
+    /// registry_unavailable once the schema registry is back.
+    #[arg(long)]
+    pub kind: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -1098,7 +1102,19 @@ async fn dlq_replay(path: &Path, r: &ReplayArgs) -> anyhow::Result<()> {
         to_offset: r.to_offset,
         from_time_ms: parse_time("--from-time", &r.from_time)?,
         to_time_ms: parse_time("--to-time", &r.to_time)?,
+        kind: r.kind.clone(),
     };
+    if let Some(kind) = &r.kind {
+        let kinds: Vec<&str> = strata_schemas::DecodeErrorKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        anyhow::ensure!(
+            kinds.contains(&kind.as_str()),
+            "--kind {kind:?} is not a dead-letter kind; use one of: {}",
+            kinds.join(", ")
+        );
+    }
     let target = r.to_topic.clone().unwrap_or_else(|| source.topic.clone());
     let kafka = config.kafka.clone();
     let quiet = r.quiet;

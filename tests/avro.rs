@@ -246,3 +246,100 @@ async fn an_avro_source_gives_the_json_sources_answers_in_every_layer() {
     running.stop().await;
     env.drop_database().await;
 }
+
+/// The registry is down when the speed layer meets the topic's schema id:
+/// every record is a dead letter of kind registry_unavailable, nothing is
+/// counted and nothing stalls. Once the registry is back, replaying those
+/// dead letters (`strata dlq replay --kind registry_unavailable`) gives the
+/// view the uninterrupted run gives: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_dead_letters_records_that_a_replay_restores() {
+    let registry = LocalRegistry::new();
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let running = registry.start(addr).await.unwrap();
+    let env = TestEnv::new("avro_outage", "");
+    // The reference source, as Avro.
+    let text = std::fs::read_to_string(&env.config).unwrap().replacen(
+        "[sources.page_views]\n",
+        &format!(
+            "[sources.page_views]\nformat = \"avro\"\nschema_registry = {{ url = \"{}\", timeout = \"1s\", retry_after = \"1s\" }}\n",
+            running.url()
+        ),
+        1,
+    );
+    std::fs::write(&env.config, text).unwrap();
+    env.init();
+    let stream = TestEnv::two_partition_stream(23, 1_500, 40);
+    env.generate(&stream);
+    let records: Vec<_> = Clickstream::new(stream).collect();
+    let truth = expected::compute(&records, Some(30_000));
+    running.stop().await;
+
+    let mut speed = env.spawn_speed(0);
+    let mut archive = env.spawn(&["archive"], "archive");
+    let all_dead = wait_until(Duration::from_secs(120), || async {
+        TestEnv::counter(&env.scrape(), "strata_speed_dead_letters_total") == records.len() as f64
+    })
+    .await;
+    assert!(all_dead, "{}", env.speed_log(0));
+    assert_eq!(env.archived_events(), 0, "the archive holds none either");
+    assert_eq!(env.speed_progress().await, (0, 0), "nothing counted");
+    let kinds = dead_letter_kinds(&env, &format!("{}.dlq", env.topic), records.len());
+    assert_eq!(
+        kinds,
+        [("registry_unavailable".to_string(), records.len())].into(),
+        "{kinds:?}"
+    );
+
+    // Back on the same address; the replay re-publishes every letter and
+    // the running speed layer now decodes them.
+    let running = registry.start(addr).await.unwrap();
+    let out =
+        run_ok(
+            env.strata()
+                .args(["dlq", "replay", "--quiet", "--kind", "registry_unavailable"]),
+        );
+    assert!(
+        out.contains(&format!(
+            "replayed {} of {} scanned",
+            records.len(),
+            records.len()
+        )),
+        "{out}"
+    );
+    let session_events: u64 = truth.sessions.values().map(|v| v.0).sum();
+    let done = wait_until(Duration::from_secs(120), || async {
+        env.speed_progress().await == (truth.counted, session_events)
+    })
+    .await;
+    assert!(
+        done,
+        "{:?}\n{}",
+        env.speed_progress().await,
+        env.speed_log(0)
+    );
+    assert_eq!(terminate(&mut speed.0), Some(0), "{}", env.speed_log(0));
+    // The master dataset has every event too (the archive, like the speed
+    // layer, left the undecodable records out and read the replayed ones).
+    let valid = support::valid(&records);
+    let archived = wait_until(Duration::from_secs(60), || async {
+        env.archived_events() == valid
+    })
+    .await;
+    assert!(
+        archived,
+        "archived {} of {valid}\n{}",
+        env.archived_events(),
+        env.log("archive")
+    );
+    assert_eq!(terminate(&mut archive.0), Some(0), "{}", env.log("archive"));
+    let view = env.speed_view().await;
+    assert_eq!(view.per_minute, truth.per_minute);
+    assert_eq!(view.active_users, truth.active_users);
+    assert_eq!(view.sessions, truth.sessions);
+    running.stop().await;
+    env.drop_database().await;
+}

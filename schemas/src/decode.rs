@@ -63,6 +63,24 @@ pub enum DecodeErrorKind {
 }
 
 impl DecodeErrorKind {
+    /// Every kind.
+    pub const ALL: [DecodeErrorKind; 14] = [
+        DecodeErrorKind::Oversized,
+        DecodeErrorKind::MalformedJson,
+        DecodeErrorKind::NotAnObject,
+        DecodeErrorKind::MissingField,
+        DecodeErrorKind::WrongType,
+        DecodeErrorKind::InvalidValue,
+        DecodeErrorKind::UnknownField,
+        DecodeErrorKind::DuplicateField,
+        DecodeErrorKind::EventTimeOutOfBounds,
+        DecodeErrorKind::NotConfluentAvro,
+        DecodeErrorKind::UnknownSchemaId,
+        DecodeErrorKind::RegistryUnavailable,
+        DecodeErrorKind::IncompatibleSchema,
+        DecodeErrorKind::CorruptAvro,
+    ];
+
     /// Stable snake_case name (metrics label and dead-letter header).
     pub fn as_str(self) -> &'static str {
         match self {

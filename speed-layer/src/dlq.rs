@@ -495,6 +495,9 @@ pub struct ReplayRange {
     pub from_time_ms: Option<i64>,
     /// Latest dead-letter timestamp, epoch ms (exclusive).
     pub to_time_ms: Option<i64>,
+    /// Only dead letters of this `strata.error.kind` (e.g.
+    /// `registry_unavailable` after a schema-registry outage).
+    pub kind: Option<String>,
 }
 
 impl ReplayRange {
@@ -638,7 +641,12 @@ pub fn replay(
             remaining.remove(&p);
         }
         report.scanned += 1;
-        if range.contains(p, offset, message.timestamp().to_millis()) {
+        let kind_matches = range.kind.as_deref().is_none_or(|kind| {
+            message
+                .headers()
+                .is_some_and(|h| header(h, headers::ERROR_KIND) == Some(kind))
+        });
+        if kind_matches && range.contains(p, offset, message.timestamp().to_millis()) {
             if let Some(h) = message.headers() {
                 let origin = (
                     header(h, headers::SOURCE_TOPIC),
@@ -673,6 +681,18 @@ pub fn replay(
                     }));
             if let Some(key) = message.key() {
                 record = record.key(key);
+            }
+            // Replayed into its own topic, a letter goes back to its source
+            // partition: one partition's letters keep their order, so the
+            // speed layer's watermark meets them in the order it would
+            // have (a letter is still late, and left to the batch layer,
+            // when the partition's watermark has passed its window).
+            if let Some(h) = message.headers()
+                && header(h, headers::SOURCE_TOPIC) == Some(target)
+                && let Some(partition) =
+                    header(h, headers::SOURCE_PARTITION).and_then(|p| p.parse::<i32>().ok())
+            {
+                record = record.partition(partition);
             }
             if let Err(e) = send_waiting(&producer, record) {
                 report.failed.push(format!("{from}: {e}"));
