@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use strata_generator::clickstream::ClickstreamConfig;
-use strata_schemas::config::Config;
+use strata_schemas::config::{Config, SchemaRegistry, SourceFormat};
 use strata_schemas::value::format_rfc3339_ms;
 use strata_warehouse as warehouse;
+
+/// The demo's Avro source (and topic).
+const AVRO_SOURCE: &str = "page_views_avro";
 
 /// `strata demo` options.
 #[derive(Debug, clap::Args)]
@@ -96,6 +99,51 @@ pub async fn run(
         .next()
         .cloned()
         .context("the config defines no source")?;
+    // An Avro source beside the JSON one: the same clickstream as
+    // Confluent-framed Avro, its writer schema in an in-memory schema
+    // registry (Confluent's REST API), and the first metric's twin over it.
+    let registry = strata_registry::LocalRegistry::new();
+    let registry_server = registry
+        .start(([127, 0, 0, 1], 0).into())
+        .await
+        .context("starting the demo's schema registry")?;
+    let avro_source = Arc::new(strata_schemas::Source {
+        name: AVRO_SOURCE.into(),
+        topic: AVRO_SOURCE.into(),
+        dead_letter_topic: format!("{AVRO_SOURCE}.dlq"),
+        format: SourceFormat::Avro(SchemaRegistry {
+            url: registry_server.url(),
+            subject: format!("{AVRO_SOURCE}-value"),
+            basic_auth: None,
+            timeout: strata_schemas::DurationMs(2_000),
+            retry_after: strata_schemas::DurationMs(5_000),
+        }),
+        ..(*source).clone()
+    });
+    let avro_schema_id = registry
+        .register(
+            &format!("{AVRO_SOURCE}-value"),
+            strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA,
+        )
+        .map_err(|(code, message)| anyhow::anyhow!("registering the demo's Avro schema: {code} {message}"))?;
+    let twin = {
+        // The metric the banner's queries use.
+        let first = config
+            .metric("page_views_per_minute")
+            .or(config.metrics.first())
+            .context("the config defines no metric")?;
+        strata_schemas::MetricDef {
+            name: format!("{}_avro", first.name),
+            description: Some(format!(
+                "{} (the same events as Avro, from source {AVRO_SOURCE})",
+                first.description.as_deref().unwrap_or(&first.name)
+            )),
+            source: avro_source.clone(),
+            ..(**first).clone()
+        }
+    };
+    config.sources.insert(AVRO_SOURCE.into(), avro_source.clone());
+    config.metrics.push(Arc::new(twin));
     let mock = if args.external_kafka {
         None
     } else {
@@ -173,6 +221,13 @@ pub async fn run(
         }
     };
     let history_sent = report.sent;
+    let avro_history = ClickstreamConfig {
+        avro_schema_id: Some(avro_schema_id),
+        ..stream(7, now - history_ms, 50, history_events)
+    };
+    strata_generator::generate(&config.kafka, &avro_source.topic, avro_history, 0, |_| {})
+        .await
+        .context("replaying the Avro history")?;
     // Live: event time follows the wall clock.
     let live_counter = sent.clone();
     let live_kafka = config.kafka.clone();
@@ -193,6 +248,19 @@ pub async fn run(
         .await
         .map(|_| ())
         .map_err(anyhow::Error::from)
+    }));
+    let (avro_kafka, avro_topic) = (config.kafka.clone(), avro_source.topic.clone());
+    tasks.push(tokio::spawn(async move {
+        let step = (1000 / rate.max(1)).max(1) as i64;
+        let start = chrono::Utc::now().timestamp_millis();
+        let live = ClickstreamConfig {
+            avro_schema_id: Some(avro_schema_id),
+            ..stream(8, start, step, rate * 86_400)
+        };
+        strata_generator::generate(&avro_kafka, &avro_topic, live, rate, |_| {})
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
     }));
 
     // First batch run as soon as the archive holds the history.
@@ -236,6 +304,7 @@ pub async fn run(
          \n  query        curl -s '{api_url}/v1/metrics/{metric}/query?from={}&to={}&group_by=country'\
          \n  top pages    curl -s '{api_url}/v1/metrics/{metric}/query?from={}&to={}&group_by=page&granularity=5m&top=3&order_by=views'\
          \n  CSV          curl -s '{api_url}/v1/metrics/active_users_5m/query?from={}&to={}&format=csv'\
+         \n  Avro twin    curl -s '{api_url}/v1/metrics/{metric}_avro/query?from={}&to={}&group_by=country'   (schema registry {})\
          \n  ClickHouse   clickhouse-client --port 19000 -q 'SELECT * FROM {}.{metric}_merged ORDER BY window_start DESC LIMIT 10'\
          \n  Grafana      docker compose -f deploy/docker-compose.yml up grafana (dashboards in deploy/grafana/)\
          \n  Prometheus   curl -s http://{}/metrics | grep strata_speed\
@@ -246,6 +315,9 @@ pub async fn run(
         format_rfc3339_ms(now + 3_600_000).replace(".000Z", "Z"),
         format_rfc3339_ms(now - history_ms).replace(".000Z", "Z"),
         format_rfc3339_ms(now + 3_600_000).replace(".000Z", "Z"),
+        format_rfc3339_ms(now - history_ms).replace(".000Z", "Z"),
+        format_rfc3339_ms(now + 3_600_000).replace(".000Z", "Z"),
+        registry_server.url(),
         args.database,
         config.speed.metrics_listen,
     );
@@ -297,6 +369,7 @@ pub async fn run(
     batch.await.context("batch task")??;
     api.await.context("api task")??;
     drop(mock);
+    registry_server.stop().await;
     println!(
         "strata demo stopped cleanly: speed read {} records ({} dead letters), archive stored {} events in {} files",
         speed.records, speed.dead_letters, archive.events, archive.files

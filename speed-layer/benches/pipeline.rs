@@ -8,7 +8,11 @@
 //!    time, as `strata speed` does (the rows are built, not sent);
 //!    The contract decoder's rate is printed next to the fastest general
 //!    JSON decoders' (sonic-rs, simd-json, serde_json with borrowed fields)
-//!    decoding the same contract in the same run (`support/json_peers.rs`);
+//!    decoding the same contract in the same run (`support/json_peers.rs`),
+//!    and next to Strata's Avro decoder reading the same events as
+//!    Confluent-framed Avro; the full pipeline runs once more over the
+//!    Avro events. Every pass decodes through `Box<dyn EventDecoder>`, as
+//!    `strata speed` does;
 //! 2. memory: heap bytes of state per open (window, group key) for a metric
 //!    with count/sum/min/max, counted by a global allocator wrapper, with
 //!    and without the key dictionary.
@@ -31,7 +35,7 @@ static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig};
 use strata_schemas::MetricDef;
 use strata_schemas::config::{self, Config};
-use strata_schemas::decode::Event;
+use strata_schemas::decode::{Event, EventDecoder};
 use strata_speed::operator::{Checkpoint, PartitionState};
 use strata_speed::sink::SpeedTables;
 
@@ -40,15 +44,61 @@ fn reference() -> Config {
     config::load_with_env(&path, |_| None).expect("reference config")
 }
 
-fn events(n: u64) -> Vec<(i32, Vec<u8>)> {
+/// The bench's events, as JSON or (`avro_schema_id`) as Avro: the same
+/// events either way.
+fn events(n: u64, avro_schema_id: Option<u32>) -> Vec<(i32, Vec<u8>)> {
     Clickstream::new(ClickstreamConfig {
         events: n,
         users: 10_000,
         step_ms: 5,
+        avro_schema_id,
         ..ClickstreamConfig::default()
     })
     .map(|r| (r.partition, r.payload))
     .collect()
+}
+
+/// The reference source as Avro, its writer schema (the generator's) in an
+/// in-memory registry: (decoders, the Avro source, the schema id). The
+/// first record makes one registry lookup; every other one hits the cache.
+fn avro_setup(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    strata_registry::Decoders,
+    strata_schemas::Source,
+    u32,
+    strata_registry::local::RunningRegistry,
+) {
+    let registry = strata_registry::LocalRegistry::new();
+    let running = runtime
+        .block_on(registry.start(([127, 0, 0, 1], 0).into()))
+        .expect("in-memory registry");
+    let id = registry
+        .register(
+            "bench-value",
+            strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA,
+        )
+        .expect("register");
+    let json = config.sources.values().next().unwrap();
+    let source = strata_schemas::Source {
+        format: strata_schemas::config::SourceFormat::Avro(
+            strata_schemas::config::SchemaRegistry {
+                url: running.url(),
+                subject: "bench-value".into(),
+                basic_auth: None,
+                timeout: strata_schemas::DurationMs(2_000),
+                retry_after: strata_schemas::DurationMs(5_000),
+            },
+        ),
+        ..(**json).clone()
+    };
+    (
+        strata_registry::Decoders::new(runtime.handle().clone()),
+        source,
+        id,
+        running,
+    )
 }
 
 struct PipelineRun {
@@ -73,10 +123,10 @@ fn run_pipeline(
     metrics: &[Arc<MetricDef>],
     input: &[(i32, Vec<u8>)],
     decode_twin: Option<&[(i32, Vec<u8>)]>,
+    decoder: &mut dyn EventDecoder,
 ) -> PipelineRun {
     const SLICE: usize = 1024;
     let source = config.sources.values().next().unwrap();
-    let decoder = source.decoder();
     let emit_interval = Duration::from_millis(config.speed.emit_interval.0);
     // STRATA_BENCH_EMIT_EVERY=<events>: emit after that many events instead,
     // so a run under a slow profiler emits as often as a real one.
@@ -125,7 +175,7 @@ fn run_pipeline(
         if let Some(twin) = decode_twin {
             let started = Instant::now();
             for (_, payload) in &twin[i * SLICE..(i * SLICE + slice.len())] {
-                decoder.decode_into(payload, &mut scratch).unwrap();
+                decoder.decode_event(payload, &mut scratch).unwrap();
                 std::hint::black_box(&scratch);
             }
             decoding += started.elapsed();
@@ -134,7 +184,7 @@ fn run_pipeline(
         for (p, payload) in slice {
             let p = *p as usize;
             // One reused event, as `strata speed` decodes.
-            decoder.decode_into(payload, &mut event).unwrap();
+            decoder.decode_event(payload, &mut event).unwrap();
             partitions[p].apply(offsets[p], &event);
             offsets[p] += 1;
         }
@@ -180,12 +230,22 @@ struct DecoderRun {
 /// input: slices of 1,024 records go through every decoder in turn
 /// (starting with a different one each slice), so all are measured over
 /// the same seconds of this VM's drifting speed. Best of `rounds`.
-fn decoder_rates(config: &Config, input: &[(i32, Vec<u8>)], rounds: usize) -> Vec<(String, f64)> {
+fn decoder_rates(
+    config: &Config,
+    input: &[(i32, Vec<u8>)],
+    avro: (&strata_registry::Decoders, &strata_schemas::Source, &[(i32, Vec<u8>)]),
+    rounds: usize,
+) -> Vec<(String, f64)> {
     let decoder = config.sources.values().next().unwrap().decoder();
     let mut best: Vec<(String, f64)> = Vec::new();
     for _ in 0..rounds {
         let strata = decoder.clone();
         let mut event = Event::default();
+        let mut avro_event = Event::default();
+        let mut avro_decoder = avro.0.decoder(avro.1);
+        // The Avro twin of each slice: slices come in order.
+        let avro_input: Vec<(i32, Vec<u8>)> = avro.2.to_vec();
+        let mut avro_at = 0;
         let mut simd = json_peers::SimdJson::new();
         let mut runs = vec![
             DecoderRun {
@@ -194,6 +254,20 @@ fn decoder_rates(config: &Config, input: &[(i32, Vec<u8>)], rounds: usize) -> Ve
                     count_decoded(slice, |payload| {
                         strata.decode_into(payload, &mut event).ok()?;
                         Some(std::hint::black_box(&event).time_ms)
+                    })
+                }),
+                elapsed: Duration::ZERO,
+                decoded: 0,
+                time_sum: 0,
+            },
+            DecoderRun {
+                name: "strata Avro decoder, same events (every rule)",
+                run: Box::new(move |slice| {
+                    let twin = &avro_input[avro_at..avro_at + slice.len()];
+                    avro_at += slice.len();
+                    count_decoded(twin, |payload| {
+                        avro_decoder.decode_event(payload, &mut avro_event).ok()?;
+                        Some(std::hint::black_box(&avro_event).time_ms)
                     })
                 }),
                 elapsed: Duration::ZERO,
@@ -314,13 +388,26 @@ fn main() {
     };
     let n = knob("STRATA_BENCH_PIPELINE_EVENTS", 500_000);
     println!("generating {n} events ...");
-    let input = events(n);
+    let input = events(n, None);
     let bytes: usize = input.iter().map(|(_, p)| p.len()).sum();
     println!(
         "{n} events, {:.1} MB of JSON, avg {} B/event",
         bytes as f64 / 1e6,
         bytes / n as usize
     );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (decoders, avro_source, schema_id, _registry) = avro_setup(&config, &runtime);
+    let avro_input = events(n, Some(schema_id));
+    let avro_bytes: usize = avro_input.iter().map(|(_, p)| p.len()).sum();
+    println!(
+        "the same events as Confluent-framed Avro: {:.1} MB, avg {} B/event",
+        avro_bytes as f64 / 1e6,
+        avro_bytes / n as usize
+    );
+    let json_source = config.sources.values().next().unwrap().clone();
+    // Every pass decodes as `strata speed` does: through the source's
+    // `Box<dyn EventDecoder>`.
+    let json_decoder = || decoders.decoder(&json_source);
 
     // Decode-only and full-pipeline slices alternate (see `run_pipeline`),
     // and the ratio is taken per run.
@@ -345,7 +432,13 @@ fn main() {
         let metric = &metric_named(name);
         let mut runs: Vec<(f64, f64)> = (0..5)
             .map(|_| {
-                let run = run_pipeline(&config, std::slice::from_ref(metric), &input, Some(&twin));
+                let run = run_pipeline(
+                    &config,
+                    std::slice::from_ref(metric),
+                    &input,
+                    Some(&twin),
+                    &mut *json_decoder(),
+                );
                 let decode = run.decode_per_s.expect("measured");
                 (
                     run.events_per_s / decode,
@@ -367,7 +460,7 @@ fn main() {
     if let Some(metrics) = profiled {
         let mode = only.as_deref().unwrap_or_default();
         for _ in 0..knob("STRATA_BENCH_PIPELINE_ROUNDS", 5) {
-            let run = run_pipeline(&config, &metrics, &input, None);
+            let run = run_pipeline(&config, &metrics, &input, None, &mut *json_decoder());
             println!("{mode}: {:.0} events/s", run.events_per_s);
         }
         return;
@@ -378,7 +471,8 @@ fn main() {
         println!(
             "JSON decoders, page_view contract, one core (best of 3 rounds, slices interleaved):"
         );
-        for (name, rate) in decoder_rates(&config, &input, 3) {
+        let avro = (&decoders, &avro_source, &avro_input[..]);
+        for (name, rate) in decoder_rates(&config, &input, avro, 3) {
             println!("  {name:<50} {rate:>10.0} events/s");
         }
     }
@@ -387,7 +481,7 @@ fn main() {
     }
     let rounds = 5;
     let mut runs: Vec<PipelineRun> = (0..rounds)
-        .map(|_| run_pipeline(&config, &all, &input, Some(&twin)))
+        .map(|_| run_pipeline(&config, &all, &input, Some(&twin), &mut *json_decoder()))
         .collect();
     runs.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
     let rates: Vec<String> = runs
@@ -408,6 +502,26 @@ fn main() {
         "  (median of {rounds} runs, each timing decode-only and full slices of 1,024 records alternately; full rates {} M/s)",
         rates.join(" ")
     );
+    // The same pipeline over the same events as Avro.
+    let avro_twin = avro_input.clone();
+    let mut avro_runs: Vec<PipelineRun> = (0..rounds)
+        .map(|_| {
+            run_pipeline(
+                &config,
+                &all,
+                &avro_input,
+                Some(&avro_twin),
+                &mut *decoders.decoder(&avro_source),
+            )
+        })
+        .collect();
+    avro_runs.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    let avro_full = &avro_runs[rounds / 2];
+    println!(
+        "full pipeline, the same events as Avro: {:>10.0} events/s per core (decoding alone {:.0}; median of {rounds})",
+        avro_full.events_per_s,
+        avro_full.decode_per_s.expect("measured")
+    );
     // STRATA_BENCH_ONLY=ratio stops here: quick A/B runs of a change.
     if only.as_deref() == Ok("ratio") {
         return;
@@ -418,7 +532,7 @@ fn main() {
     // metric's code moves.
     let best_of = |metrics: &[Arc<MetricDef>]| {
         (0..3)
-            .map(|_| run_pipeline(&config, metrics, &input, Some(&twin)))
+            .map(|_| run_pipeline(&config, metrics, &input, Some(&twin), &mut *json_decoder()))
             .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s))
             .unwrap()
     };
