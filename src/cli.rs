@@ -522,6 +522,28 @@ async fn schemas_check(config_path: &Path, dir: Option<&Path>) -> ExitCode {
     }
 }
 
+/// `schema` (a record schema) with the name and namespace of the record
+/// schema `like`; unchanged when either is not a record.
+fn named_like(schema: &str, like: &str) -> String {
+    let (Ok(mut schema_json), Ok(like_json)) = (
+        serde_json::from_str::<serde_json::Value>(schema),
+        serde_json::from_str::<serde_json::Value>(like),
+    ) else {
+        return schema.to_string();
+    };
+    let Some(name) = like_json.get("name").cloned() else {
+        return schema.to_string();
+    };
+    if let Some(object) = schema_json.as_object_mut() {
+        object.insert("name".into(), name);
+        match like_json.get("namespace") {
+            Some(namespace) => object.insert("namespace".into(), namespace.clone()),
+            None => object.remove("namespace"),
+        };
+    }
+    schema_json.to_string()
+}
+
 /// Checks an Avro source's subject; prints what it found, false on a
 /// problem.
 async fn registry_check(source: &strata_schemas::Source, settings: &SchemaRegistry) -> bool {
@@ -556,7 +578,13 @@ async fn registry_check(source: &strata_schemas::Source, settings: &SchemaRegist
             ok = false;
         }
     }
-    let own = strata_schemas::avro::contract_schema(contract);
+    // Avro resolution matches records by full name: the contract's form is
+    // named as the subject's record, so the verdict is about the fields
+    // (Strata itself resolves writers by field name, whatever their name).
+    let own = named_like(
+        &strata_schemas::avro::contract_schema(contract),
+        &latest.schema,
+    );
     match client.is_compatible(subject, &own).await {
         Ok(true) => println!(
             "{name}: contract {} as Avro is compatible with {subject} (the registry's verdict)",

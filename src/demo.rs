@@ -125,7 +125,9 @@ pub async fn run(
             &format!("{AVRO_SOURCE}-value"),
             strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA,
         )
-        .map_err(|(code, message)| anyhow::anyhow!("registering the demo's Avro schema: {code} {message}"))?;
+        .map_err(|(code, message)| {
+            anyhow::anyhow!("registering the demo's Avro schema: {code} {message}")
+        })?;
     let twin = {
         // The metric the banner's queries use.
         let first = config
@@ -142,7 +144,9 @@ pub async fn run(
             ..(**first).clone()
         }
     };
-    config.sources.insert(AVRO_SOURCE.into(), avro_source.clone());
+    config
+        .sources
+        .insert(AVRO_SOURCE.into(), avro_source.clone());
     config.metrics.push(Arc::new(twin));
     let mock = if args.external_kafka {
         None

@@ -263,9 +263,9 @@ async fn a_registry_outage_dead_letters_records_that_a_replay_restores() {
     let env = TestEnv::new("avro_outage", "");
     // The reference source, as Avro.
     let text = std::fs::read_to_string(&env.config).unwrap().replacen(
-        "[sources.page_views]\n",
+        "format = \"json\"\n",
         &format!(
-            "[sources.page_views]\nformat = \"avro\"\nschema_registry = {{ url = \"{}\", timeout = \"1s\", retry_after = \"1s\" }}\n",
+            "format = \"avro\"\nschema_registry = {{ url = \"{}\", timeout = \"1s\", retry_after = \"1s\" }}\n",
             running.url()
         ),
         1,
@@ -342,4 +342,101 @@ async fn a_registry_outage_dead_letters_records_that_a_replay_restores() {
     assert_eq!(view.sessions, truth.sessions);
     running.stop().await;
     env.drop_database().await;
+}
+
+/// `strata schemas check` reads each Avro source's subject: not registered
+/// yet (fine), a readable latest version (fine), a latest version the
+/// contract cannot read (fails, naming why), the registry down (fails).
+/// `strata validate` names a missing registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_check_reads_the_registry_subject() {
+    let registry = LocalRegistry::new();
+    let running = registry
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let env = TestEnv::new("avro_check", "");
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let avro = config.replacen(
+        "format = \"json\"\n",
+        &format!(
+            "format = \"avro\"\nschema_registry = {{ url = \"{}\", subject = \"views-value\" }}\n",
+            running.url()
+        ),
+        1,
+    );
+    std::fs::write(&env.config, &avro).unwrap();
+    let check = || {
+        let out = env.strata().args(["schemas", "check"]).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("page_views: subject views-value is not registered"),
+        "{out}"
+    );
+
+    let id = registry
+        .register(
+            "views-value",
+            strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA,
+        )
+        .unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "views-value v1 (schema id {id}) reads as contract page_view v2"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("is compatible with views-value"), "{out}");
+
+    // A compatible next version for the registry (a new field with a
+    // default) that contract page_view v2, which rejects unknown fields,
+    // cannot read.
+    let next = strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA.replace(
+        r#"{"name":"page","type":"string"},"#,
+        r#"{"name":"page","type":"string"},{"name":"colour","type":"string","default":"red"},"#,
+    );
+    assert_ne!(next, strata_generator::clickstream::PAGE_VIEW_AVRO_SCHEMA);
+    registry.register("views-value", &next).unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("views-value v2: writer schema id")
+            && err
+                .contains("field \"colour\" is not in the contract, which rejects unknown fields"),
+        "{err}"
+    );
+
+    running.stop().await;
+    let (code, out, err) = check();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("page_views: cannot check subject views-value"),
+        "{err}"
+    );
+    assert!(err.contains("unreachable"), "{err}");
+
+    // An Avro source without its registry is a config problem.
+    std::fs::write(
+        &env.config,
+        config.replacen("format = \"json\"\n", "format = \"avro\"\n", 1),
+    )
+    .unwrap();
+    let out = env.strata().arg("validate").output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sources.page_views.schema_registry"),
+        "{text}"
+    );
+    assert!(text.contains("an Avro source needs its registry"), "{text}");
 }

@@ -233,7 +233,11 @@ struct DecoderRun {
 fn decoder_rates(
     config: &Config,
     input: &[(i32, Vec<u8>)],
-    avro: (&strata_registry::Decoders, &strata_schemas::Source, &[(i32, Vec<u8>)]),
+    avro: (
+        &strata_registry::Decoders,
+        &strata_schemas::Source,
+        &[(i32, Vec<u8>)],
+    ),
     rounds: usize,
 ) -> Vec<(String, f64)> {
     let decoder = config.sources.values().next().unwrap().decoder();
