@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::message::Headers as _;
 use rdkafka::{Message, Offset};
 use strata_kafka::{GroupMember, GroupSettings, OffsetGap, PartitionChange, Start, StartLoader};
 use strata_registry::Decoders;
-use strata_schemas::EventDecoder;
 use strata_schemas::config::{Config, Source};
+use strata_schemas::{DecodeErrorKind, EventDecoder};
 use tokio::runtime::Handle;
 
 use crate::BatchError;
@@ -38,6 +39,9 @@ pub struct ArchiveReport {
     pub events: u64,
     /// Invalid records skipped.
     pub invalid: u64,
+    /// Replayed `registry_unavailable` dead letters skipped (their
+    /// originals are archived).
+    pub replays_skipped: u64,
     /// Files uploaded.
     pub files: u64,
 }
@@ -326,11 +330,20 @@ fn apply_changes(
 }
 
 /// Buffers one record; returns its partition when the buffer is full.
+///
+/// A record of an Avro source whose schema the registry cannot give now
+/// (`registry_unavailable`) is waited for, not dropped: the speed layer
+/// dead-letters it instead, and a replay of that letter (marked with the
+/// letter's kind) is then skipped here, so the master dataset holds the
+/// event once whichever process met the outage. On shutdown the wait ends
+/// without consuming the record: the progress stays before it and the
+/// next archiver reads it again.
 fn take(
     record: Option<rdkafka::message::BorrowedMessage<'_>>,
     buffers: &mut HashMap<(String, i32), PartitionBuffer>,
     report: &mut ArchiveReport,
     max_file_rows: usize,
+    shutdown: &AtomicBool,
 ) -> Option<(String, i32)> {
     let message = record?;
     let key = (message.topic().to_string(), message.partition());
@@ -343,6 +356,31 @@ fn take(
         // Redelivered after a seek: already buffered or archived.
         return None;
     }
+    let payload = message.payload().unwrap_or_default();
+    let mut event = strata_schemas::Event::default();
+    let mut decoded = buffer.decoder.decode_event(payload, &mut event);
+    let mut waiting_since: Option<Instant> = None;
+    while matches!(&decoded, Err(e) if e.kind == DecodeErrorKind::RegistryUnavailable) {
+        if shutdown.load(Ordering::Relaxed) {
+            return None;
+        }
+        if waiting_since.is_none() {
+            tracing::warn!(
+                topic = %key.0,
+                partition = key.1,
+                offset,
+                reason = %decoded.as_ref().err().map(|e| e.message.as_str()).unwrap_or_default(),
+                "waiting for the schema registry (the speed layer dead-letters such records; their replay is skipped here)"
+            );
+            metrics::counter!(m::ARCHIVE_REGISTRY_WAITS, "topic" => key.0.clone()).increment(1);
+            waiting_since = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        decoded = buffer.decoder.decode_event(payload, &mut event);
+    }
+    if let Some(since) = waiting_since {
+        tracing::info!(topic = %key.0, partition = key.1, offset, waited_s = since.elapsed().as_secs(), "schema registry answered again");
+    }
     report.records += 1;
     metrics::counter!(m::ARCHIVE_RECORDS, "topic" => key.0.clone()).increment(1);
     if buffer.last_offset.is_none() {
@@ -350,20 +388,26 @@ fn take(
     }
     buffer.last_offset = Some(offset);
     buffer.progress.last_record_at_ms = chrono::Utc::now().timestamp_millis();
+    let replay_of_waited = message.headers().is_some_and(|h| {
+        h.iter().any(|h| {
+            h.key == strata_kafka::REPLAYED_KIND_HEADER
+                && h.value == Some(DecodeErrorKind::RegistryUnavailable.as_str().as_bytes())
+        })
+    });
     // The speed layer's rule: an event time out of the source's
     // max_future / max_past is a dead letter, not part of the master dataset.
     let record_ms = message.timestamp().to_millis();
     let now_ms = buffer.progress.last_record_at_ms;
-    let mut event = strata_schemas::Event::default();
-    match buffer
-        .decoder
-        .decode_event(message.payload().unwrap_or_default(), &mut event)
-        .and_then(|()| {
-            buffer
-                .source
-                .check_event_time(event.time_ms, record_ms, now_ms)
-                .map(|()| event)
-        }) {
+    match decoded.and_then(|()| {
+        buffer
+            .source
+            .check_event_time(event.time_ms, record_ms, now_ms)
+            .map(|()| event)
+    }) {
+        Ok(_) if replay_of_waited => {
+            report.replays_skipped += 1;
+            metrics::counter!(m::ARCHIVE_REPLAYS_SKIPPED, "topic" => key.0.clone()).increment(1);
+        }
         Ok(event) => buffer.events.push(ArchivedEvent {
             event,
             offset,
@@ -386,6 +430,7 @@ impl Archiver {
             &mut self.buffers,
             &mut self.report,
             self.config.archive.max_file_rows,
+            &self.shutdown,
         );
         // A revoked partition's buffer is committed before it is let go,
         // so the next owner starts after it instead of reading it again. If

@@ -9,6 +9,12 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 pub const ARCHIVE_RECORDS: &str = "strata_archive_records_in_total";
 /// Records the archiver skipped as invalid (the speed layer dead-letters them).
 pub const ARCHIVE_INVALID: &str = "strata_archive_invalid_records_total";
+/// Records the archive waited on because the schema registry could not be
+/// asked for their schema, by topic.
+pub const ARCHIVE_REGISTRY_WAITS: &str = "strata_archive_registry_waits_total";
+/// Replayed `registry_unavailable` dead letters skipped (the archive holds
+/// their originals), by topic.
+pub const ARCHIVE_REPLAYS_SKIPPED: &str = "strata_archive_replays_skipped_total";
 /// Parquet files uploaded, by source.
 pub const ARCHIVE_FILES: &str = "strata_archive_files_total";
 /// Bytes uploaded, by source.
@@ -54,6 +60,14 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
     // The archive's Avro sources' schema lookups.
     strata_registry::metrics::describe();
     describe_counter!(ARCHIVE_RECORDS, "Records read by the archiver, by topic.");
+    describe_counter!(
+        ARCHIVE_REGISTRY_WAITS,
+        "Records the archive waited on for the schema registry, by topic."
+    );
+    describe_counter!(
+        ARCHIVE_REPLAYS_SKIPPED,
+        "Replayed registry_unavailable dead letters skipped (their originals are archived), by topic."
+    );
     describe_counter!(
         ARCHIVE_INVALID,
         "Records the archiver skipped as invalid (they are in the dead-letter topic)."

@@ -17,6 +17,13 @@ use strata_schemas::config::KafkaSection;
 pub mod group;
 pub mod metrics;
 
+/// On a record `strata dlq replay` re-published: the `strata.error.kind`
+/// of the dead letter it came from. The archive skips a replayed
+/// `registry_unavailable` letter: it waited for the registry and archived
+/// the original (the speed layer dead-letters instead), so it already holds
+/// the event.
+pub const REPLAYED_KIND_HEADER: &str = "strata.replayed_kind";
+
 pub use group::{
     GroupMember, GroupSettings, OffsetGap, PartitionChange, Polled, Start, StartLoader,
 };

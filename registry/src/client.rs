@@ -60,6 +60,18 @@ pub enum RegistryError {
         /// The registry's message.
         message: String,
     },
+    /// The schema id names a schema of another type (JSON, PROTOBUF).
+    #[error(
+        "schema registry {url}: schema id {id} is a {schema_type} schema; Avro sources read AVRO schemas"
+    )]
+    NotAvro {
+        /// The request's URL.
+        url: String,
+        /// The schema id.
+        id: u32,
+        /// Its `schemaType`.
+        schema_type: String,
+    },
     /// The answer is not the documented JSON.
     #[error("schema registry {url} answered something unreadable: {reason}")]
     Unreadable {
@@ -166,11 +178,10 @@ impl RegistryClient {
         let found: SchemaById = parse(&url, &body)?;
         match found.schema_type.as_deref() {
             None | Some("AVRO") => Ok(found.schema),
-            Some(other) => Err(RegistryError::Unreadable {
+            Some(other) => Err(RegistryError::NotAvro {
                 url,
-                reason: format!(
-                    "schema id {id} is a {other} schema; Avro sources read AVRO schemas"
-                ),
+                id,
+                schema_type: other.to_string(),
             }),
         }
     }
@@ -254,9 +265,17 @@ impl RegistryClient {
                 .to_bytes();
             Ok::<_, RegistryError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+        let answered = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))
+            .and_then(|r| r);
+        let (status, bytes) = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                crate::metrics::unreachable();
+                return Err(e);
+            }
+        };
         crate::metrics::request(status.as_u16());
         if status == StatusCode::OK {
             return Ok(bytes);

@@ -35,11 +35,16 @@ enum Entry {
 /// The writer schemas of one Avro source, shared by its partitions'
 /// decoders.
 pub struct SchemaCache {
+    source: String,
     client: RegistryClient,
     settings: SchemaRegistry,
     decoder: Decoder,
     runtime: Handle,
     entries: Mutex<HashMap<u32, Entry>>,
+    /// The registry could not be reached: until then, a schema id not yet
+    /// known fails at once instead of waiting a timeout of its own (the
+    /// reason is kept).
+    down_until: Mutex<Option<(Instant, DecodeError)>>,
 }
 
 impl std::fmt::Debug for SchemaCache {
@@ -57,6 +62,8 @@ impl SchemaCache {
     /// blocking threads).
     pub fn new(source: &Source, settings: &SchemaRegistry, runtime: Handle) -> Self {
         SchemaCache {
+            source: source.name.clone(),
+            down_until: Mutex::new(None),
             client: RegistryClient::new(settings),
             settings: settings.clone(),
             decoder: source.decoder(),
@@ -74,6 +81,16 @@ impl SchemaCache {
                 return Err(error.clone());
             }
             _ => {}
+        }
+        if let Some((until, error)) = &*self.down_until.lock().unwrap_or_else(|e| e.into_inner())
+            && Instant::now() < *until
+        {
+            let mut error = error.clone();
+            error.message = format!(
+                "schema id {id} not fetched: the registry was unreachable moments ago ({})",
+                error.message
+            );
+            return Err(error);
         }
         let contract = self.decoder.contract();
         let started = Instant::now();
@@ -96,8 +113,19 @@ impl SchemaCache {
                 }
                 Entry::Final(compiled)
             }
+            Err(e @ RegistryError::NotAvro { .. }) => Entry::Final(Err(DecodeError::new(
+                DecodeErrorKind::IncompatibleSchema,
+                None,
+                e.to_string(),
+            ))),
             Err(e) => {
                 let error = self.lookup_error(id, &e);
+                if matches!(e, RegistryError::Unreachable { .. }) {
+                    *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+                        Instant::now() + Duration::from_millis(self.settings.retry_after.0),
+                        error.clone(),
+                    ));
+                }
                 tracing::warn!(schema_id = id, error = %e, retry_after_ms = self.settings.retry_after.0, "schema lookup failed");
                 Entry::Failed {
                     error,
@@ -110,7 +138,7 @@ impl SchemaCache {
             Entry::Failed { error, .. } => Err(error.clone()),
         };
         entries.insert(id, entry);
-        m::cached(entries.len());
+        m::cached(&self.source, entries.len());
         result
     }
 
@@ -158,6 +186,8 @@ impl AvroDecoder {
 impl EventDecoder for AvroDecoder {
     fn decode_event(&mut self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
         let decoder = &self.cache.decoder;
+        // Oversized records are refused before any registry lookup.
+        decoder.check_size(payload)?;
         let id = avro::schema_id(payload, decoder.contract())?;
         let writer = match &self.last {
             Some(w) if w.id() == id => w,

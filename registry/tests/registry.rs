@@ -27,7 +27,7 @@ contract = "page_view"
 contract_version = 2
 event_time_field = "event_time"
 format = "avro"
-schema_registry = {{ url = "{registry_url}", timeout = "500ms", retry_after = "300ms" {extra} }}
+schema_registry = {{ url = "{registry_url}", timeout = "300ms", retry_after = "300ms" {extra} }}
 [metrics.views_per_minute]
 source = "views"
 window = {{ kind = "tumbling", size = "1m" }}
@@ -169,7 +169,11 @@ async fn basic_auth_is_sent_and_required() {
         &running.url(),
         r#", username = "strata", password = "nope""#,
     ));
-    assert!(wrong.versions("x").await.is_err());
+    let e = wrong.versions("x").await.unwrap_err();
+    assert!(
+        matches!(e, RegistryError::Refused { status: 401, .. }),
+        "{e}"
+    );
     let right = client(&config(
         &running.url(),
         r#", username = "strata", password = "s3cret""#,
@@ -270,6 +274,13 @@ fn every_avro_failure_is_a_dead_letter_reason_and_the_registry_recovers() {
         "{m}"
     );
     assert!(m.contains("strata dlq replay"), "{m}");
+    // While it is down, another new id fails at once, without a request.
+    let (k, m) = failure(&mut other, &record(&source, 1234, "u", 1));
+    assert_eq!(k, DecodeErrorKind::RegistryUnavailable, "{m}");
+    assert!(
+        m.contains("schema id 1234 not fetched: the registry was unreachable moments ago"),
+        "{m}"
+    );
 
     // Back on the same address: after retry_after the id decodes.
     let running = runtime.block_on(registry.start(addr)).unwrap();

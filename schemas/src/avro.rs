@@ -8,13 +8,14 @@
 //! writer may order its fields as it likes, add fields the contract does
 //! not declare (unless the contract rejects unknown fields), leave out
 //! optional ones, and use Avro's promotions (int → long, int/long/float →
-//! double, bytes → string). Decoded values then go through the JSON
+//! double, bytes → string). Fields match by name; the writer's record name
+//! does not matter. Decoded values then go through the JSON
 //! decoder's own checks (required, defaults, `max_length`, the timestamp
 //! range, the event time), so an event means the same in both formats.
 //!
 //! The body is read by a plan compiled once per writer schema, straight
 //! into the decoder's slots with strings borrowed from the payload: no
-//! value tree, no per-record allocation.
+//! value tree, and no per-record allocation except an enum symbol's copy.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -227,6 +228,16 @@ impl WriterSchema {
     pub fn compile(id: u32, schema_json: &str, contract: &Contract) -> Result<Self, String> {
         let schema = Schema::parse_str(schema_json)
             .map_err(|e| format!("schema id {id} is not a valid Avro schema: {e}"))?;
+        // apache-avro parses a string uuid and a fixed(16) uuid into the same
+        // `Schema::Uuid`; the plan reads a string, so a fixed one is refused
+        // rather than misread.
+        if serde_json::from_str::<serde_json::Value>(schema_json)
+            .is_ok_and(|json| has_fixed_uuid(&json))
+        {
+            return Err(format!(
+                "writer schema id {id} has a fixed(16) uuid, which Strata does not read; use a string uuid"
+            ));
+        }
         let resolved = ResolvedSchema::try_from(&schema)
             .map_err(|e| format!("schema id {id} does not resolve: {e}"))?;
         let names = resolved.get_names();
@@ -243,13 +254,9 @@ impl WriterSchema {
         let mut steps = Vec::with_capacity(record.fields.len());
         let mut seen = vec![false; contract.fields.len()];
         for field in &record.fields {
-            let slot = contract.field_index(&field.name).or_else(|| {
-                field
-                    .aliases
-                    .iter()
-                    .flatten()
-                    .find_map(|a| contract.field_index(a))
-            });
+            // By name: a writer's aliases name its own earlier fields, not
+            // the reader's (contracts have no aliases).
+            let slot = contract.field_index(&field.name);
             let read = match slot {
                 Some(i) => {
                     seen[i] = true;
@@ -339,6 +346,18 @@ impl WriterSchema {
             ));
         }
         Ok(())
+    }
+}
+
+fn has_fixed_uuid(json: &serde_json::Value) -> bool {
+    match json {
+        serde_json::Value::Object(o) => {
+            (o.get("type").and_then(|t| t.as_str()) == Some("fixed")
+                && o.get("logicalType").and_then(|t| t.as_str()) == Some("uuid"))
+                || o.values().any(has_fixed_uuid)
+        }
+        serde_json::Value::Array(a) => a.iter().any(has_fixed_uuid),
+        _ => false,
     }
 }
 
@@ -458,6 +477,15 @@ fn skipper(schema: &Schema, names: &HashMap<Name, &Schema>, depth: usize) -> Res
         ),
         Schema::Ref { .. } => return Err("refers to an undefined named type".into()),
     })
+}
+
+/// Whether a value of this shape takes no bytes.
+fn zero_width(skip: &Skip) -> bool {
+    match skip {
+        Skip::Nothing | Skip::Bytes(0) => true,
+        Skip::Record(fields) => fields.iter().all(zero_width),
+        _ => false,
+    }
 }
 
 /// Reads an Avro binary body.
@@ -584,8 +612,8 @@ impl<'a> Cursor<'a> {
                 let len = self.length()?;
                 self.take(len)?;
             }
-            Skip::Array(item) => self.blocks(|c| c.skip(item))?,
-            Skip::Map(value) => self.blocks(|c| {
+            Skip::Array(item) => self.blocks(zero_width(item), |c| c.skip(item))?,
+            Skip::Map(value) => self.blocks(false, |c| {
                 let len = c.length()?;
                 c.take(len)?;
                 c.skip(value)
@@ -604,9 +632,11 @@ impl<'a> Cursor<'a> {
     }
 
     /// Array and map blocks: a count, (with a negative count, a byte size),
-    /// the items; a zero count ends.
+    /// the items; a zero count ends. Items of `zero_width` take no bytes:
+    /// their count is not looped over (a huge one would spin).
     fn blocks(
         &mut self,
+        zero_width: bool,
         mut item: impl FnMut(&mut Self) -> Result<(), String>,
     ) -> Result<(), String> {
         loop {
@@ -616,6 +646,9 @@ impl<'a> Cursor<'a> {
             }
             if count < 0 {
                 self.long()?;
+            }
+            if zero_width {
+                continue;
             }
             for _ in 0..count.unsigned_abs() {
                 if self.pos >= self.bytes.len() {
@@ -875,22 +908,84 @@ mod tests {
             assert_eq!(e.kind, DecodeErrorKind::NotConfluentAvro);
             assert!(e.message.contains(seen), "{}", e.message);
         }
-        // The contract's checks apply: max_length, and the timestamp range.
-        encode(
+        // The contract's checks apply: the timestamp range, max_length, and
+        // (Avro has them, JSON has not) no NaN or infinity.
+        let row = |time: i64, user: &str, score: Value| {
+            vec![
+                Value::Timestamp(time),
+                Value::String(user.into()),
+                Value::Null,
+                score,
+                Value::Null,
+            ]
+        };
+        for (values, field, says) in [
+            (
+                row(-1, "u", Value::Null),
+                "event_time",
+                "outside 1970-01-01",
+            ),
+            (
+                row(5, "far too long", Value::Null),
+                "user_id",
+                "over max_length 8",
+            ),
+            (
+                row(5, "u", Value::Float(f64::NAN)),
+                "score",
+                "NaN is not a finite number",
+            ),
+            (
+                row(5, "u", Value::Float(f64::INFINITY)),
+                "score",
+                "inf is not a finite number",
+            ),
+        ] {
+            encode(&c, &values, &mut body).unwrap();
+            let e = d
+                .decode_avro_into(&writer, &framed(1, &body), &mut event)
+                .unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::InvalidValue, "{}", e.message);
+            assert_eq!(e.field.as_deref(), Some(field));
+            assert!(e.message.contains(says), "{}", e.message);
+        }
+    }
+
+    /// A skipped array of zero-width items with a huge count does not spin;
+    /// a fixed(16) uuid, which apache-avro parses like a string uuid, is
+    /// refused instead of misread.
+    #[test]
+    fn zero_width_blocks_are_not_looped_and_fixed_uuids_are_refused() {
+        let c = contract("ignore");
+        let writer = WriterSchema::compile(
+            2,
+            r#"{"type":"record","name":"X","fields":[
+                {"name":"nothing","type":{"type":"array","items":"null"}},
+                {"name":"event_time","type":"long"},
+                {"name":"user_id","type":"string"}]}"#,
             &c,
-            &[
-                Value::Timestamp(-1),
-                Value::String("far too long".into()),
-                Value::Null,
-                Value::Null,
-                Value::Null,
-            ],
-            &mut body,
         )
         .unwrap();
-        let e = d
-            .decode_avro_into(&writer, &framed(1, &body), &mut event)
-            .unwrap_err();
-        assert_eq!(e.kind, DecodeErrorKind::InvalidValue);
+        let mut body = Vec::new();
+        write_long(&mut body, i64::MAX);
+        write_long(&mut body, 0);
+        write_long(&mut body, 7);
+        write_long(&mut body, 1);
+        body.push(b'u');
+        let mut event = Event::default();
+        decoder(&c)
+            .decode_avro_into(&writer, &framed(2, &body), &mut event)
+            .unwrap();
+        assert_eq!(event.time_ms, 7);
+        let e = WriterSchema::compile(
+            3,
+            r#"{"type":"record","name":"X","fields":[
+                {"name":"id","type":{"type":"fixed","name":"U","size":16,"logicalType":"uuid"}},
+                {"name":"event_time","type":"long"},
+                {"name":"user_id","type":"string"}]}"#,
+            &c,
+        )
+        .unwrap_err();
+        assert!(e.contains("fixed(16) uuid"), "{e}");
     }
 }

@@ -1449,10 +1449,21 @@ fn compile_format(c: &mut Checker<'_>, path: &str, s: &RawSource) -> Option<Sour
         &format!("{path}.schema_registry.retry_after"),
         &registry.retry_after,
     );
-    if timeout.is_some_and(|t| t.0 == 0) {
+    // A lookup blocks the decoding loop, which must poll the group at
+    // least every 10 s (the speed layer's max poll interval).
+    if timeout.is_some_and(|t| t.0 == 0 || t.0 > 5_000) {
         c.push(
             format!("{path}.schema_registry.timeout"),
-            "must be above 0s",
+            "must be above 0s and at most 5s: a lookup blocks the poll loop",
+        );
+        ok = false;
+    }
+    if let (Some(t), Some(r)) = (timeout, retry_after)
+        && r.0 < t.0
+    {
+        c.push(
+            format!("{path}.schema_registry.retry_after"),
+            format!("is {r}, below timeout {t}: during an outage every record would wait a timeout; use at least the timeout"),
         );
         ok = false;
     }

@@ -189,7 +189,7 @@ impl Decoder {
     }
 
     /// Refuses a payload over the source's `max_event_bytes`.
-    pub(crate) fn check_size(&self, payload: &[u8]) -> Result<(), DecodeError> {
+    pub fn check_size(&self, payload: &[u8]) -> Result<(), DecodeError> {
         if payload.len() > self.max_event_bytes {
             return Err(DecodeError::new(
                 DecodeErrorKind::Oversized,
@@ -579,6 +579,19 @@ fn convert(
         },
         (FieldType::Float, Raw::I64(v)) => Value::Float(*v as f64),
         (FieldType::Float, Raw::U64(v)) => Value::Float(*v as f64),
+        // JSON has no NaN or infinity; Avro floats and doubles do, and one
+        // would poison every sum and average it joins.
+        (FieldType::Float, Raw::F64(v)) if !v.is_finite() => {
+            return Err(DecodeError::new(
+                DecodeErrorKind::InvalidValue,
+                Some(&spec.name),
+                format!(
+                    "field {:?}: {v} is not a finite number (contract {})",
+                    spec.name,
+                    contract.label()
+                ),
+            ));
+        }
         (FieldType::Float, Raw::F64(v)) => Value::Float(*v),
         (FieldType::Float, Raw::Str(s)) if spec.coerce => match s.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Value::Float(v),

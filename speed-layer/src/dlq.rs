@@ -41,6 +41,8 @@ pub mod headers {
     pub const SOURCE_TIMESTAMP: &str = "strata.source.timestamp";
     /// On a replayed record: the dead letter it came from (`topic/partition/offset`).
     pub const REPLAYED_FROM: &str = "strata.replayed_from";
+    /// On a replayed record: the dead letter's `strata.error.kind`.
+    pub const REPLAYED_KIND: &str = strata_kafka::REPLAYED_KIND_HEADER;
     /// `true` when the payload was cut to `speed.dead_letter_max_payload_bytes`.
     pub const PAYLOAD_TRUNCATED: &str = "strata.payload.truncated";
     /// Size in bytes of the original payload of a truncated dead letter.
@@ -675,10 +677,19 @@ pub fn replay(
             let mut record: BaseRecord<'_, [u8], [u8], usize> =
                 BaseRecord::with_opaque_to(target, id)
                     .payload(message.payload().unwrap_or_default())
-                    .headers(OwnedHeaders::new().insert(Header {
-                        key: headers::REPLAYED_FROM,
-                        value: Some(from.as_str()),
-                    }));
+                    .headers(
+                        OwnedHeaders::new()
+                            .insert(Header {
+                                key: headers::REPLAYED_FROM,
+                                value: Some(from.as_str()),
+                            })
+                            .insert(Header {
+                                key: headers::REPLAYED_KIND,
+                                value: message
+                                    .headers()
+                                    .and_then(|h| header(h, headers::ERROR_KIND)),
+                            }),
+                    );
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
