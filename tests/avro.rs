@@ -4,12 +4,14 @@
 //! serving Confluent's documented API on loopback) to `page_views_avro`,
 //! whose metrics are the reference metrics' twins. Speed, archive, batch
 //! and the API then give the Avro metrics exactly the JSON metrics'
-//! answers, and those equal the aggregates the test computes itself.
+//! answers, and those equal the aggregates the test computes itself. Kafka
+//! is librdkafka's in-process mock cluster.
 
 mod support;
 
 use std::time::Duration;
 
+use rdkafka::mocking::MockCluster;
 use serde_json::{Map, Value as Json};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use strata_registry::LocalRegistry;
@@ -129,7 +131,16 @@ async fn an_avro_source_gives_the_json_sources_answers_in_every_layer() {
         .await
         .unwrap();
     let avro_topic = support::unique("avro");
-    let env = TestEnv::new("avro_json", &avro_source(&avro_topic, &running.url()));
+    // librdkafka's in-process mock cluster (a real Kafka-protocol broker;
+    // it serves no CreateTopics, so the topics are made here): two whole
+    // platforms' worth of traffic stay off the shared Tansu.
+    let mock = MockCluster::new(1).unwrap();
+    let mut env = TestEnv::new("avro_json", &avro_source(&avro_topic, &running.url()));
+    env.kafka_brokers = mock.bootstrap_servers();
+    for topic in [&env.topic, &avro_topic] {
+        mock.create_topic(topic, 2, 1).unwrap();
+        mock.create_topic(&format!("{topic}.dlq"), 2, 1).unwrap();
+    }
     env.init();
     let config = ClickstreamConfig {
         seed: 17,
@@ -267,7 +278,12 @@ async fn a_registry_outage_dead_letters_records_that_a_replay_restores() {
         probe.local_addr().unwrap()
     };
     let running = registry.start(addr).await.unwrap();
-    let env = TestEnv::new("avro_outage", "");
+    let mock = MockCluster::new(1).unwrap();
+    let mut env = TestEnv::new("avro_outage", "");
+    env.kafka_brokers = mock.bootstrap_servers();
+    mock.create_topic(&env.topic, 2, 1).unwrap();
+    mock.create_topic(&format!("{}.dlq", env.topic), 2, 1)
+        .unwrap();
     // The reference source, as Avro.
     let text = std::fs::read_to_string(&env.config).unwrap().replacen(
         "format = \"json\"\n",

@@ -119,7 +119,10 @@ pub async fn partition_watermarks(
     kafka: &KafkaSection,
     topic: &str,
 ) -> Result<std::collections::BTreeMap<i32, (i64, i64)>, KafkaError> {
-    const TIMEOUT: Duration = Duration::from_secs(10);
+    // Generous: the batch layer asks this before a run, and a busy broker
+    // can take over 10 s to answer (a failed run waits a whole schedule
+    // period); partition_count allows as long.
+    const TIMEOUT: Duration = Duration::from_secs(30);
     let kafka = kafka.clone();
     let topic = topic.to_string();
     // librdkafka's calls block: keep them off the async workers.
