@@ -28,10 +28,12 @@ use std::ops::Range;
 use hashbrown::HashMap;
 use polars::prelude::*;
 use rayon::prelude::*;
-use strata_schemas::aggregate::PreparedEvent;
+use strata_schemas::aggregate::{AggPlan, PreparedEvent, UpdateInput};
 use strata_schemas::group_key;
-use strata_schemas::window::sessions_of_sorted;
-use strata_schemas::{Accumulator, Event, FieldType, MetricDef, Value, Window};
+use strata_schemas::window::{boundary_at_or_before, sessions_of_sorted};
+use strata_schemas::{
+    Accumulator, Event, FieldType, MetricDef, Value, ValueRef, Window, WindowKind,
+};
 
 use crate::BatchError;
 
@@ -51,6 +53,134 @@ enum FieldColumn {
     Time(Int64Chunked),
     /// The file predates the field (an older contract version).
     Missing,
+}
+
+type StrArray = <StringType as PolarsDataType>::Array;
+type IntArray = <Int64Type as PolarsDataType>::Array;
+type FloatArray = <Float64Type as PolarsDataType>::Array;
+type BoolArray = <BooleanType as PolarsDataType>::Array;
+
+impl FieldColumn {
+    /// The column's array. Every column of a frame is one chunk (rechunked
+    /// when read and when filtered), so row `i` of the frame is row `i`
+    /// of the array.
+    fn array(&self) -> ColumnRef<'_> {
+        match self {
+            FieldColumn::Str(c) => c
+                .downcast_iter()
+                .next()
+                .map_or(ColumnRef::Missing, ColumnRef::Str),
+            FieldColumn::Int(c) => c
+                .downcast_iter()
+                .next()
+                .map_or(ColumnRef::Missing, ColumnRef::Int),
+            FieldColumn::Float(c) => c
+                .downcast_iter()
+                .next()
+                .map_or(ColumnRef::Missing, ColumnRef::Float),
+            FieldColumn::Bool(c) => c
+                .downcast_iter()
+                .next()
+                .map_or(ColumnRef::Missing, ColumnRef::Bool),
+            FieldColumn::Time(c) => c
+                .downcast_iter()
+                .next()
+                .map_or(ColumnRef::Missing, ColumnRef::Time),
+            FieldColumn::Missing => ColumnRef::Missing,
+        }
+    }
+}
+
+/// One column of a frame as its Arrow array: a row's value is read in
+/// place, without building an event.
+#[derive(Clone, Copy)]
+enum ColumnRef<'f> {
+    Str(&'f StrArray),
+    Int(&'f IntArray),
+    Float(&'f FloatArray),
+    Bool(&'f BoolArray),
+    Time(&'f IntArray),
+    Missing,
+}
+
+impl<'f> ColumnRef<'f> {
+    #[inline]
+    fn value(self, i: usize) -> ValueRef<'f> {
+        match self {
+            ColumnRef::Str(a) => a.get(i).map_or(ValueRef::Null, ValueRef::String),
+            ColumnRef::Int(a) => a.get(i).map_or(ValueRef::Null, ValueRef::Int),
+            ColumnRef::Float(a) => a.get(i).map_or(ValueRef::Null, ValueRef::Float),
+            ColumnRef::Bool(a) => a.get(i).map_or(ValueRef::Null, ValueRef::Bool),
+            ColumnRef::Time(a) => a.get(i).map_or(ValueRef::Null, ValueRef::Timestamp),
+            ColumnRef::Missing => ValueRef::Null,
+        }
+    }
+}
+
+/// The columns of one frame a metric reads, in the order the metric uses
+/// them: the group-by values, the filter's fields and the plan's inputs
+/// of a row are read straight from the arrays.
+struct MetricColumns<'f> {
+    time: Option<&'f IntArray>,
+    group_by: Vec<ColumnRef<'f>>,
+    /// (contract index, column) per filter condition.
+    filter: Vec<(usize, ColumnRef<'f>)>,
+    numeric: Vec<ColumnRef<'f>>,
+    distinct: Vec<ColumnRef<'f>>,
+    quantiles: Vec<ColumnRef<'f>>,
+}
+
+impl<'f> MetricColumns<'f> {
+    #[inline]
+    fn time(&self, i: usize) -> Option<i64> {
+        self.time?.get(i)
+    }
+
+    /// Whether row `i` passes the metric's filter.
+    #[inline]
+    fn passes(&self, metric: &MetricDef, i: usize) -> bool {
+        self.filter.is_empty()
+            || metric.filter.matches_values(|index| {
+                self.filter
+                    .iter()
+                    .find(|(at, _)| *at == index)
+                    .map_or(ValueRef::Null, |(_, c)| c.value(i))
+            })
+    }
+}
+
+/// Row `row` of a frame as the plan's input: the same values an event of
+/// the row gives ([`ValueRef::as_f64`], [`ValueRef::distinct_hash`]), read
+/// in place.
+struct RowInput<'a, 'f> {
+    columns: &'a MetricColumns<'f>,
+    row: usize,
+}
+
+impl UpdateInput for RowInput<'_, '_> {
+    #[inline]
+    fn numbers<'a>(&'a self, _: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a {
+        self.columns
+            .numeric
+            .iter()
+            .map(|c| c.value(self.row).as_f64())
+    }
+
+    #[inline]
+    fn distinct_hashes<'a>(&'a self, _: &'a AggPlan) -> impl Iterator<Item = Option<u64>> + 'a {
+        self.columns
+            .distinct
+            .iter()
+            .map(|c| c.value(self.row).distinct_hash())
+    }
+
+    #[inline]
+    fn samples<'a>(&'a self, _: &'a AggPlan) -> impl Iterator<Item = Option<f64>> + 'a {
+        self.columns
+            .quantiles
+            .iter()
+            .map(|c| c.value(self.row).as_f64())
+    }
 }
 
 /// Contract indexes a metric reads: group-by, aggregation and filter fields.
@@ -169,25 +299,43 @@ impl EventFrame {
     pub fn fill(&self, i: usize, time: i64, event: &mut Event) {
         event.time_ms = time;
         for (index, column) in &self.fields {
-            let slot = &mut event.values[*index];
-            match column {
-                FieldColumn::Str(c) => match c.get(i) {
-                    Some(s) => {
-                        if let Value::String(buf) = slot {
-                            buf.clear();
-                            buf.push_str(s);
-                        } else {
-                            *slot = Value::String(s.to_string());
-                        }
-                    }
-                    None => *slot = Value::Null,
-                },
-                FieldColumn::Int(c) => *slot = c.get(i).map_or(Value::Null, Value::Int),
-                FieldColumn::Float(c) => *slot = c.get(i).map_or(Value::Null, Value::Float),
-                FieldColumn::Bool(c) => *slot = c.get(i).map_or(Value::Null, Value::Bool),
-                FieldColumn::Time(c) => *slot = c.get(i).map_or(Value::Null, Value::Timestamp),
-                FieldColumn::Missing => *slot = Value::Null,
-            }
+            event.values[*index].set(column.array().value(i));
+        }
+    }
+
+    /// The columns `metric` reads, borrowed as arrays in the order the
+    /// metric uses them.
+    fn columns(&self, metric: &MetricDef) -> MetricColumns<'_> {
+        let column = |index: usize| {
+            self.fields
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or(ColumnRef::Missing, |(_, c)| c.array())
+        };
+        let plan = &metric.plan;
+        MetricColumns {
+            time: self.time.downcast_iter().next(),
+            group_by: metric.group_by.iter().map(|g| column(g.index)).collect(),
+            filter: metric
+                .filter
+                .field_indexes()
+                .map(|i| (i, column(i)))
+                .collect(),
+            numeric: plan
+                .numeric_fields()
+                .iter()
+                .map(|f| column(f.index))
+                .collect(),
+            distinct: plan
+                .distinct_fields()
+                .iter()
+                .map(|f| column(f.index))
+                .collect(),
+            quantiles: plan
+                .quantile_fields()
+                .iter()
+                .map(|f| column(f.index))
+                .collect(),
         }
     }
 }
@@ -214,13 +362,16 @@ impl EventFrame {
         if kept == self.height {
             return Ok(());
         }
-        self.time = self.time.filter(&keep)?;
+        // Rechunked: rows are read from each column's one array.
+        self.time = self.time.filter(&keep)?.rechunk().into_owned();
         for (_, column) in &mut self.fields {
             match column {
-                FieldColumn::Str(c) => *c = c.filter(&keep)?,
-                FieldColumn::Int(c) | FieldColumn::Time(c) => *c = c.filter(&keep)?,
-                FieldColumn::Float(c) => *c = c.filter(&keep)?,
-                FieldColumn::Bool(c) => *c = c.filter(&keep)?,
+                FieldColumn::Str(c) => *c = c.filter(&keep)?.rechunk().into_owned(),
+                FieldColumn::Int(c) | FieldColumn::Time(c) => {
+                    *c = c.filter(&keep)?.rechunk().into_owned();
+                }
+                FieldColumn::Float(c) => *c = c.filter(&keep)?.rechunk().into_owned(),
+                FieldColumn::Bool(c) => *c = c.filter(&keep)?.rechunk().into_owned(),
                 FieldColumn::Missing => {}
             }
         }
@@ -243,7 +394,7 @@ fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
 #[derive(Default)]
 struct Keys {
     ids: HashMap<Vec<u8>, u32>,
-    values: Vec<Vec<Value>>,
+    values: Vec<Arc<[Value]>>,
     /// The encoding of every key, by id.
     encodings: Vec<Vec<u8>>,
     buffer: Vec<u8>,
@@ -257,10 +408,34 @@ impl Keys {
             return *id;
         }
         let id = self.values.len() as u32;
-        self.values.push(metric.group_key(event));
+        self.values.push(metric.group_key(event).into());
         self.encodings.push(self.buffer.clone());
         self.ids.insert(self.buffer.clone(), id);
         id
+    }
+
+    /// Each key's rank in the order of the encodings: results are sorted
+    /// by it, so their order depends neither on the order rows were read in
+    /// nor on the number of threads.
+    fn ranks(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..self.encodings.len() as u32).collect();
+        ids.par_sort_unstable_by(|a, b| {
+            self.encodings[*a as usize].cmp(&self.encodings[*b as usize])
+        });
+        let mut ranks = vec![0u32; ids.len()];
+        for (rank, id) in ids.into_iter().enumerate() {
+            ranks[id as usize] = rank as u32;
+        }
+        ranks
+    }
+
+    /// The keys' values by rank ([`Self::ranks`]).
+    fn by_rank(&mut self, ranks: &[u32]) -> Vec<Arc<[Value]>> {
+        let mut values: Vec<Arc<[Value]>> = vec![Arc::from([]); ranks.len()];
+        for (id, key) in std::mem::take(&mut self.values).into_iter().enumerate() {
+            values[ranks[id] as usize] = key;
+        }
+        values
     }
 
     fn encoded(&self, id: u32) -> &[u8] {
@@ -287,6 +462,176 @@ impl Keys {
                 id
             })
             .collect()
+    }
+}
+
+/// The group key ids of one row range's rows, found column by column: each
+/// group-by column keeps a dictionary of its values (borrowed from the
+/// frames, so a known value costs a hash of it and no copy), and a
+/// combination of value ids is looked up once more. Only a combination
+/// seen for the first time builds the key's encoding and goes through
+/// [`Keys::intern`], so ids and encodings are those of the per-event path.
+struct RowKeys<'f> {
+    keys: Keys,
+    columns: Vec<ValueIds<'f>>,
+    /// Packed value ids (32 bits per column) -> key id, for 2 to 4 columns.
+    combinations: HashMap<u128, u32>,
+    /// The row whose key is interned, as an event.
+    event: Event,
+}
+
+/// Most group-by columns whose value ids [`RowKeys`] packs into one `u128`.
+const MAX_PACKED_COLUMNS: usize = 4;
+
+/// Ids of one column's values, in first-seen order. With a single
+/// group-by column the id is the key id itself.
+#[derive(Default)]
+struct ValueIds<'f> {
+    null: Option<u32>,
+    /// Strings of up to 12 bytes by their Arrow view, which holds them
+    /// whole: a 16-byte integer hashed and compared, no bytes followed.
+    short_strings: HashMap<u128, u32>,
+    strings: HashMap<&'f str, u32>,
+    /// Ints and timestamps as their bits, floats as theirs (so -0.0 and
+    /// 0.0 are two keys, as their encodings are), bools as 0 and 1.
+    numbers: HashMap<u64, u32>,
+}
+
+/// The longest string an Arrow string view holds inline (the Arrow format's
+/// constant: 16-byte views, 4 of them the length).
+const INLINE_STRING_BYTES: usize = 12;
+
+/// A row's value in a column, as [`ValueIds`] looks it up.
+#[derive(Clone, Copy)]
+enum ColumnValue<'f> {
+    Null,
+    /// The Arrow view of a string of up to 12 bytes.
+    ShortString(u128),
+    String(&'f str),
+    Number(u64),
+}
+
+impl<'f> ColumnValue<'f> {
+    #[inline]
+    fn of(column: ColumnRef<'f>, i: usize) -> ColumnValue<'f> {
+        if let ColumnRef::Str(array) = column {
+            return match array.get(i) {
+                None => ColumnValue::Null,
+                Some(s) if s.len() <= INLINE_STRING_BYTES => {
+                    ColumnValue::ShortString(array.views()[i].as_u128())
+                }
+                Some(s) => ColumnValue::String(s),
+            };
+        }
+        match column.value(i) {
+            ValueRef::Null => ColumnValue::Null,
+            ValueRef::String(s) => ColumnValue::String(s),
+            ValueRef::Int(v) | ValueRef::Timestamp(v) => ColumnValue::Number(v as u64),
+            ValueRef::Float(v) => ColumnValue::Number(v.to_bits()),
+            ValueRef::Bool(v) => ColumnValue::Number(u64::from(v)),
+        }
+    }
+}
+
+impl<'f> ValueIds<'f> {
+    #[inline]
+    fn get(&self, value: ColumnValue<'f>) -> Option<u32> {
+        match value {
+            ColumnValue::Null => self.null,
+            ColumnValue::ShortString(view) => self.short_strings.get(&view).copied(),
+            ColumnValue::String(s) => self.strings.get(s).copied(),
+            ColumnValue::Number(bits) => self.numbers.get(&bits).copied(),
+        }
+    }
+
+    fn insert(&mut self, value: ColumnValue<'f>, id: u32) {
+        match value {
+            ColumnValue::Null => self.null = Some(id),
+            ColumnValue::ShortString(view) => {
+                self.short_strings.insert(view, id);
+            }
+            ColumnValue::String(s) => {
+                self.strings.insert(s, id);
+            }
+            ColumnValue::Number(bits) => {
+                self.numbers.insert(bits, id);
+            }
+        }
+    }
+
+    /// The next id to give a value. A value found under two forms (a short
+    /// string whose views differ) gets two ids: two combinations of one
+    /// key, which [`Keys::intern`] gives the same key id.
+    fn next_id(&self) -> u32 {
+        (usize::from(self.null.is_some())
+            + self.short_strings.len()
+            + self.strings.len()
+            + self.numbers.len()) as u32
+    }
+}
+
+impl<'f> RowKeys<'f> {
+    fn new(metric: &MetricDef) -> RowKeys<'f> {
+        RowKeys {
+            keys: Keys::default(),
+            columns: metric
+                .group_by
+                .iter()
+                .map(|_| ValueIds::default())
+                .collect(),
+            combinations: HashMap::new(),
+            event: empty_event(metric),
+        }
+    }
+
+    /// The key id of row `i` of `frame`.
+    #[inline]
+    fn key_of(
+        &mut self,
+        metric: &MetricDef,
+        frame: &EventFrame,
+        columns: &MetricColumns<'f>,
+        i: usize,
+    ) -> u32 {
+        match columns.group_by.as_slice() {
+            [] => self.intern_row(metric, frame, i),
+            [column] => {
+                let value = ColumnValue::of(*column, i);
+                if let Some(id) = self.columns[0].get(value) {
+                    return id;
+                }
+                let id = self.intern_row(metric, frame, i);
+                self.columns[0].insert(value, id);
+                id
+            }
+            group_by if group_by.len() <= MAX_PACKED_COLUMNS => {
+                let mut packed = 0u128;
+                for (ids, column) in self.columns.iter_mut().zip(group_by) {
+                    let value = ColumnValue::of(*column, i);
+                    let id = match ids.get(value) {
+                        Some(id) => id,
+                        None => {
+                            let id = ids.next_id();
+                            ids.insert(value, id);
+                            id
+                        }
+                    };
+                    packed = packed << 32 | u128::from(id);
+                }
+                if let Some(id) = self.combinations.get(&packed) {
+                    return *id;
+                }
+                let id = self.intern_row(metric, frame, i);
+                self.combinations.insert(packed, id);
+                id
+            }
+            _ => self.intern_row(metric, frame, i),
+        }
+    }
+
+    fn intern_row(&mut self, metric: &MetricDef, frame: &EventFrame, i: usize) -> u32 {
+        frame.fill(i, 0, &mut self.event);
+        self.keys.intern(metric, &self.event)
     }
 }
 
@@ -331,31 +676,29 @@ fn empty_event(metric: &MetricDef) -> Event {
     }
 }
 
-/// Fills `event` with every row of `segments` whose time is in
-/// `[from, to)` and that passes the metric's filter, and hands it to
-/// `apply` with its frame index, row index and time. Returns the number of
-/// such events.
-fn for_each_event(
+/// Hands every row of `segments` whose time is in `[from, to)` and that
+/// passes the metric's filter to `apply`, with its frame index, row index,
+/// time, key id and columns. Returns the number of such rows.
+fn for_each_row<'f>(
     metric: &MetricDef,
-    frames: &[EventFrame],
+    frames: &'f [EventFrame],
+    columns: &[MetricColumns<'f>],
     segments: &[Segment],
     (from, to): (i64, i64),
-    event: &mut Event,
-    mut apply: impl FnMut(usize, usize, i64, &Event),
+    keys: &mut RowKeys<'f>,
+    mut apply: impl FnMut(usize, usize, i64, u32, &MetricColumns<'f>),
 ) -> u64 {
     let mut n = 0;
     for (f, rows) in segments {
-        let frame = &frames[*f];
+        let (frame, columns) = (&frames[*f], &columns[*f]);
         for i in rows.clone() {
-            let Some(t) = frame.time(i) else { continue };
-            if t < from || t >= to {
+            let Some(t) = columns.time(i) else { continue };
+            if t < from || t >= to || !columns.passes(metric, i) {
                 continue;
             }
-            frame.fill(i, t, event);
-            if metric.filter.matches(event) {
-                n += 1;
-                apply(*f, i, t, event);
-            }
+            n += 1;
+            let key = keys.key_of(metric, frame, columns, i);
+            apply(*f, i, t, key, columns);
         }
     }
     n
@@ -366,8 +709,8 @@ fn for_each_event(
 pub struct WindowResult {
     /// The window.
     pub window: Window,
-    /// Group-by values, in config order.
-    pub key: Vec<Value>,
+    /// Group-by values, in config order (shared by the key's windows).
+    pub key: Arc<[Value]>,
     /// The aggregate state.
     pub acc: Accumulator,
 }
@@ -422,121 +765,317 @@ fn recompute_in_ranges(
     windows: (i64, i64),
 ) -> Recomputed {
     let ranges = row_ranges(frames, ranges);
+    let columns: Vec<MetricColumns<'_>> = frames.iter().map(|f| f.columns(metric)).collect();
+    let frames = Frames {
+        frames,
+        columns: &columns,
+    };
     match metric.window.session_gap_ms() {
-        Some(gap) => recompute_sessions(metric, frames, &ranges, events, windows, gap),
-        None => recompute_fixed(metric, frames, &ranges, events, windows),
+        Some(gap) => recompute_sessions(metric, &frames, &ranges, events, windows, gap),
+        None => recompute_fixed(metric, &frames, &ranges, events, windows),
     }
 }
 
 type WindowKey = (i64, u32);
 
-/// Tumbling and hopping windows: each range hashes its events into
-/// (window start, key) states; the ranges' states, sorted, are merged.
+/// The frames of a recompute and their columns, borrowed as arrays.
+struct Frames<'f> {
+    frames: &'f [EventFrame],
+    columns: &'f [MetricColumns<'f>],
+}
+
+impl<'f> Frames<'f> {
+    fn for_each_row(
+        &self,
+        metric: &MetricDef,
+        segments: &[Segment],
+        events: (i64, i64),
+        keys: &mut RowKeys<'f>,
+        apply: impl FnMut(usize, usize, i64, u32, &MetricColumns<'f>),
+    ) -> u64 {
+        for_each_row(
+            metric,
+            self.frames,
+            self.columns,
+            segments,
+            events,
+            keys,
+            apply,
+        )
+    }
+}
+
+/// The states of one row range's fixed windows. The range's rows are
+/// handed over in time order ([`TimeBuckets`]), so only the windows open
+/// at that time are looked up: their states sit in a small store reused
+/// from window to window, which stays in cache, and move to `closed` (in
+/// the order they were opened) when their windows end. A map of every
+/// state of the range would miss the cache on every row.
+struct FixedStates {
+    open_states: Vec<(WindowKey, Window, Accumulator)>,
+    /// (window start, key) -> position in `open_states`.
+    open: HashMap<WindowKey, u32>,
+    closed: Vec<(WindowKey, Window, Accumulator)>,
+}
+
+impl FixedStates {
+    fn new() -> FixedStates {
+        FixedStates {
+            open_states: Vec::new(),
+            open: HashMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    /// Closes the windows ending at or before `t`: no row at or after `t`
+    /// falls in them.
+    fn close_before(&mut self, t: i64) {
+        if self.open_states.iter().all(|(_, w, _)| w.end_ms > t) {
+            return;
+        }
+        let mut still_open = Vec::with_capacity(self.open_states.len());
+        for state in self.open_states.drain(..) {
+            if state.1.end_ms > t {
+                still_open.push(state);
+            } else {
+                self.closed.push(state);
+            }
+        }
+        self.open_states = still_open;
+        self.open.clear();
+        for (at, (key, _, _)) in self.open_states.iter().enumerate() {
+            self.open.insert(*key, at as u32);
+        }
+    }
+
+    /// The state of `window` for `key`, opened if the index has none.
+    #[inline]
+    fn state(&mut self, window: Window, key: u32, plan: &AggPlan) -> &mut Accumulator {
+        let FixedStates {
+            open_states, open, ..
+        } = self;
+        let at = *open.entry((window.start_ms, key)).or_insert_with(|| {
+            open_states.push(((window.start_ms, key), window, plan.new_accumulator()));
+            (open_states.len() - 1) as u32
+        });
+        &mut open_states[at as usize].2
+    }
+
+    /// Every state, the open ones last.
+    fn into_states(mut self) -> Vec<(WindowKey, Window, Accumulator)> {
+        self.closed.append(&mut self.open_states);
+        self.closed
+    }
+}
+
+/// The rows of a range in time order, as far as windows care: grouped by
+/// the step between window starts (a counting sort on the step's index),
+/// so every row of a group is at or after the start of the group, and the
+/// windows ending before it are complete.
+struct TimeBuckets {
+    /// Start of the first bucket, and the time each bucket spans.
+    base_ms: i64,
+    step_ms: i64,
+    /// Row `j` of bucket `b` is `rows[starts[b] + j]`, as (frame, row).
+    starts: Vec<usize>,
+    rows: Vec<(u32, u32)>,
+    /// Rows in the time range that passed the filter.
+    events_read: u64,
+}
+
+/// Most buckets of a range: past this (a few rows far from the others in
+/// time), each bucket spans several window steps.
+const MAX_BUCKETS: i64 = 1 << 20;
+
+impl TimeBuckets {
+    fn sort(
+        metric: &MetricDef,
+        frames: &Frames<'_>,
+        segments: &[Segment],
+        (from, to): (i64, i64),
+        window_step_ms: i64,
+    ) -> TimeBuckets {
+        let in_range =
+            |f: usize, i: usize| frames.columns[f].time(i).filter(|t| *t >= from && *t < to);
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        for (f, rows) in segments {
+            for i in rows.clone() {
+                if let Some(t) = in_range(*f, i) {
+                    first = first.min(t);
+                    last = last.max(t);
+                }
+            }
+        }
+        if first > last {
+            return TimeBuckets {
+                base_ms: 0,
+                step_ms: window_step_ms,
+                starts: vec![0],
+                rows: Vec::new(),
+                events_read: 0,
+            };
+        }
+        let base_ms = boundary_at_or_before(first, window_step_ms);
+        let steps = (last - base_ms) / window_step_ms + 1;
+        let step_ms = window_step_ms * ((steps + MAX_BUCKETS - 1) / MAX_BUCKETS);
+        let buckets = ((last - base_ms) / step_ms + 1) as usize;
+        // Each row's bucket (u32::MAX: not counted), then the counting sort.
+        let mut bucket_of_row = Vec::with_capacity(segments.iter().map(|(_, r)| r.len()).sum());
+        let mut starts = vec![0usize; buckets + 1];
+        for (f, rows) in segments {
+            let columns = &frames.columns[*f];
+            for i in rows.clone() {
+                let bucket = match in_range(*f, i) {
+                    Some(t) if columns.passes(metric, i) => {
+                        let b = ((t - base_ms) / step_ms) as u32;
+                        starts[b as usize + 1] += 1;
+                        b
+                    }
+                    _ => u32::MAX,
+                };
+                bucket_of_row.push(bucket);
+            }
+        }
+        for b in 1..starts.len() {
+            starts[b] += starts[b - 1];
+        }
+        let events_read = starts[buckets];
+        let mut rows = vec![(0u32, 0u32); events_read];
+        let mut next = starts.clone();
+        let mut bucket_of_row = bucket_of_row.into_iter();
+        for (f, range) in segments {
+            for i in range.clone() {
+                let b = bucket_of_row.next().unwrap_or(u32::MAX);
+                if b != u32::MAX {
+                    rows[next[b as usize]] = (*f as u32, i as u32);
+                    next[b as usize] += 1;
+                }
+            }
+        }
+        TimeBuckets {
+            base_ms,
+            step_ms,
+            starts,
+            rows,
+            events_read: events_read as u64,
+        }
+    }
+
+    /// (bucket start, its rows) in time order.
+    fn buckets(&self) -> impl Iterator<Item = (i64, &[(u32, u32)])> + '_ {
+        self.starts.windows(2).enumerate().map(|(b, at)| {
+            (
+                self.base_ms + b as i64 * self.step_ms,
+                &self.rows[at[0]..at[1]],
+            )
+        })
+    }
+}
+
+/// Tumbling and hopping windows: each range aggregates its rows, in time
+/// order, into (window start, key) states ([`FixedStates`]); all states,
+/// sorted, are folded per window and key.
 fn recompute_fixed(
     metric: &MetricDef,
-    frames: &[EventFrame],
+    frames: &Frames<'_>,
     ranges: &[Vec<Segment>],
     events: (i64, i64),
     (windows_from, windows_to): (i64, i64),
 ) -> Recomputed {
     struct RangeStates {
         keys: Keys,
-        states: HashMap<WindowKey, (Window, Accumulator)>,
+        states: Vec<(WindowKey, Window, Accumulator)>,
         events_read: u64,
     }
+    let Some(window_step_ms) = metric.window.start_step_ms() else {
+        unreachable!("sessions are recomputed by recompute_sessions");
+    };
+    // A hopping row updates several windows: its inputs are read once.
+    let hopping = matches!(metric.window, WindowKind::Hopping { .. });
     let mut parts: Vec<RangeStates> = ranges
         .par_iter()
         .map(|segments| {
-            let mut keys = Keys::default();
-            let mut states: HashMap<WindowKey, (Window, Accumulator)> = HashMap::new();
+            let buckets = TimeBuckets::sort(metric, frames, segments, events, window_step_ms);
+            let mut keys = RowKeys::new(metric);
+            let mut states = FixedStates::new();
             let mut prepared = PreparedEvent::default();
-            let mut event = empty_event(metric);
-            let events_read = for_each_event(
-                metric,
-                frames,
-                segments,
-                events,
-                &mut event,
-                |_, _, t, event| {
-                    let key = keys.intern(metric, event);
-                    metric.plan.prepare(event, &mut prepared);
+            for (bucket_start, rows) in buckets.buckets() {
+                states.close_before(bucket_start);
+                for &(f, i) in rows {
+                    let (f, i) = (f as usize, i as usize);
+                    let columns = &frames.columns[f];
+                    let Some(t) = columns.time(i) else { continue };
+                    let key = keys.key_of(metric, &frames.frames[f], columns, i);
+                    let row = RowInput { columns, row: i };
+                    if hopping {
+                        metric.plan.prepare(&row, &mut prepared);
+                    }
                     for window in metric.window.assign(t) {
                         if window.start_ms < windows_from || window.start_ms >= windows_to {
                             continue;
                         }
-                        let (_, acc) = states
-                            .entry((window.start_ms, key))
-                            .or_insert_with(|| (window, metric.plan.new_accumulator()));
-                        metric.plan.update(acc, &prepared);
+                        let acc = states.state(window, key, &metric.plan);
+                        if hopping {
+                            metric.plan.update(acc, &prepared);
+                        } else {
+                            metric.plan.update(acc, &row);
+                        }
                     }
-                },
-            );
+                }
+            }
             RangeStates {
-                keys,
-                states,
-                events_read,
+                keys: keys.keys,
+                states: states.into_states(),
+                events_read: buckets.events_read,
             }
         })
         .collect();
     let mut keys = Keys::default();
     let remaps: Vec<Vec<u32>> = parts.iter_mut().map(|p| keys.absorb(&mut p.keys)).collect();
+    let ranks = keys.ranks();
     let events_read = parts.iter().map(|p| p.events_read).sum();
-    let sorted: Vec<Vec<(WindowKey, (Window, Accumulator))>> = parts
-        .into_par_iter()
-        .zip(remaps)
-        .map(|(part, remap)| {
-            let mut states: Vec<_> = part
-                .states
-                .into_iter()
-                .map(|((start, key), state)| ((start, remap[key as usize]), state))
-                .collect();
-            states.sort_unstable_by_key(|(k, _)| *k);
-            states
-        })
-        .collect();
-    Recomputed {
-        windows: merge_sorted_states(sorted)
-            .into_iter()
-            .map(|((_, key), (window, acc))| WindowResult {
-                window,
-                key: keys.values[key as usize].clone(),
+    // Every state as (window start, key rank, range, position), sorted:
+    // the output order, with the states of one window and key that several
+    // ranges opened side by side, folded in row order.
+    let mut order: Vec<(i64, u32, u32, u32)> =
+        Vec::with_capacity(parts.iter().map(|p| p.states.len()).sum());
+    for (r, (part, remap)) in parts.iter().zip(&remaps).enumerate() {
+        order.extend(
+            part.states
+                .iter()
+                .enumerate()
+                .map(|(at, ((start, key), _, _))| {
+                    (
+                        *start,
+                        ranks[remap[*key as usize] as usize],
+                        r as u32,
+                        at as u32,
+                    )
+                }),
+        );
+    }
+    order.par_sort_unstable();
+    let by_rank = keys.by_rank(&ranks);
+    let mut windows: Vec<WindowResult> = Vec::with_capacity(order.len());
+    let mut last = None;
+    for (start, rank, r, at) in order {
+        let (_, window, acc) = &mut parts[r as usize].states[at as usize];
+        let acc = std::mem::take(acc);
+        match windows.last_mut() {
+            Some(previous) if last == Some((start, rank)) => previous.acc.merge(&acc),
+            _ => windows.push(WindowResult {
+                window: *window,
+                key: by_rank[rank as usize].clone(),
                 acc,
-            })
-            .collect(),
+            }),
+        }
+        last = Some((start, rank));
+    }
+    Recomputed {
+        windows,
         events_read,
         ..Recomputed::default()
     }
-}
-
-/// Merges runs sorted by (window start, key) into one, folding the
-/// accumulators of a window that several row ranges saw. Ranges are
-/// contiguous in row order (files in order, rows nearly in time order), so
-/// runs share few windows.
-fn merge_sorted_states(
-    mut runs: Vec<Vec<(WindowKey, (Window, Accumulator))>>,
-) -> Vec<(WindowKey, (Window, Accumulator))> {
-    if runs.len() == 1 {
-        return runs.pop().unwrap_or_default();
-    }
-    let mut out: Vec<(WindowKey, (Window, Accumulator))> =
-        Vec::with_capacity(runs.iter().map(Vec::len).sum());
-    let mut heads: Vec<_> = runs.into_iter().map(|r| r.into_iter().peekable()).collect();
-    loop {
-        let next = heads
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, h)| h.peek().map(|(k, _)| (*k, i)))
-            .min();
-        let Some((_, i)) = next else { break };
-        let Some((key, (window, acc))) = heads[i].next() else {
-            break;
-        };
-        match out.last_mut() {
-            Some((last, (_, into))) if *last == key => into.merge(&acc),
-            _ => out.push((key, (window, acc))),
-        }
-    }
-    out
 }
 
 /// Sessions: each range collects (key, time, frame, row) of its events;
@@ -545,7 +1084,7 @@ fn merge_sorted_states(
 /// sessionised on its own thread.
 fn recompute_sessions(
     metric: &MetricDef,
-    frames: &[EventFrame],
+    frames: &Frames<'_>,
     ranges: &[Vec<Segment>],
     (events_from, events_to): (i64, i64),
     (windows_from, windows_to): (i64, i64),
@@ -555,21 +1094,17 @@ fn recompute_sessions(
     let mut parts: Vec<(Keys, Vec<Row>, u64)> = ranges
         .par_iter()
         .map(|segments| {
-            let mut keys = Keys::default();
+            let mut keys = RowKeys::new(metric);
             let mut rows: Vec<Row> =
                 Vec::with_capacity(segments.iter().map(|(_, r)| r.len()).sum());
-            let mut event = empty_event(metric);
-            let n = for_each_event(
+            let n = frames.for_each_row(
                 metric,
-                frames,
                 segments,
                 (events_from, events_to),
-                &mut event,
-                |f, i, t, event| {
-                    rows.push((keys.intern(metric, event), t, f as u32, i as u32));
-                },
+                &mut keys,
+                |f, i, t, key, _| rows.push((key, t, f as u32, i as u32)),
             );
-            (keys, rows, n)
+            (keys.keys, rows, n)
         })
         .collect();
     let mut keys = Keys::default();
@@ -607,7 +1142,6 @@ fn recompute_sessions(
     let outs: Vec<SessionsOut> = split_at_keys(&mut rows, &key_starts, ranges.len())
         .into_par_iter()
         .map(|rows| {
-            let mut event = empty_event(metric);
             let mut out = SessionsOut {
                 sessions: Vec::new(),
                 first_open_session_ms: None,
@@ -641,8 +1175,11 @@ fn recompute_sessions(
                     }
                     let mut acc = metric.plan.new_accumulator();
                     for r in &key_rows[a..b] {
-                        frames[r.2 as usize].fill(r.3 as usize, r.1, &mut event);
-                        metric.plan.update(&mut acc, &event);
+                        let row = RowInput {
+                            columns: &frames.columns[r.2 as usize],
+                            row: r.3 as usize,
+                        };
+                        metric.plan.update(&mut acc, &row);
                     }
                     out.sessions.push((window.start_ms, key, window, acc));
                 }
@@ -667,7 +1204,8 @@ fn recompute_sessions(
             .open_keys
             .extend(out.open_keys.into_iter().map(|k| keys.encoded(k).to_vec()));
     }
-    sessions.par_sort_unstable_by_key(|s| (s.0, s.1));
+    let ranks = keys.ranks();
+    sessions.par_sort_unstable_by_key(|s| (s.0, ranks[s.1 as usize]));
     recomputed.windows = sessions
         .into_iter()
         .map(|(_, key, window, acc)| WindowResult {

@@ -120,7 +120,7 @@ fn int_column_of_an_older_contract_version_is_read_as_float() {
     let by_shop: Vec<(Vec<Value>, Vec<serde_json::Value>)> = out
         .windows
         .iter()
-        .map(|w| (w.key.clone(), metric.plan.finalize(&w.acc)))
+        .map(|w| (w.key.to_vec(), metric.plan.finalize(&w.acc)))
         .collect();
     assert_eq!(
         by_shop,

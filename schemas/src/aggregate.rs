@@ -494,14 +494,16 @@ impl AggPlan {
     /// updates several accumulators (hopping windows): hashing a string per
     /// window would dominate otherwise. [`Self::update`] then adds the
     /// prepared event exactly as it adds the event.
+    /// `input` is an event, or any other [`UpdateInput`] (the batch layer
+    /// reads archived columns without building events).
     #[inline]
-    pub fn prepare(&self, event: &Event, out: &mut PreparedEvent) {
+    pub fn prepare<I: UpdateInput + ?Sized>(&self, input: &I, out: &mut PreparedEvent) {
         out.numeric.clear();
-        out.numeric.extend(event.numbers(self));
+        out.numeric.extend(input.numbers(self));
         out.distinct.clear();
-        out.distinct.extend(event.distinct_hashes(self));
+        out.distinct.extend(input.distinct_hashes(self));
         out.quantiles.clear();
-        out.quantiles.extend(event.samples(self));
+        out.quantiles.extend(input.samples(self));
     }
 
     /// The output columns, in config order; a `quantiles` aggregation named

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use crate::decode::Event;
-use crate::value::Value;
+use crate::value::{Value, ValueRef};
 
 /// Comparison operator of a filter condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +124,16 @@ pub struct Filter {
 impl Filter {
     /// Whether the event passes the filter.
     pub fn matches(&self, event: &Event) -> bool {
-        self.conditions.iter().all(|c| c.matches(event))
+        self.matches_values(|index| event.values[index].as_ref())
+    }
+
+    /// Whether the values `value_of` gives for contract positions pass the
+    /// filter: the batch layer reads them from archived columns.
+    #[inline]
+    pub fn matches_values<'v>(&self, mut value_of: impl FnMut(usize) -> ValueRef<'v>) -> bool {
+        self.conditions
+            .iter()
+            .all(|c| c.matches_value(value_of(c.field_index)))
     }
 
     /// Whether there is no condition (every event passes).
@@ -141,21 +150,30 @@ impl Filter {
 impl Condition {
     /// Whether the condition holds for the event.
     pub fn matches(&self, event: &Event) -> bool {
-        let value = &event.values[self.field_index];
+        self.matches_value(event.values[self.field_index].as_ref())
+    }
+
+    /// Whether the condition holds for its field's value.
+    pub fn matches_value(&self, value: ValueRef<'_>) -> bool {
+        let is_null = value == ValueRef::Null;
         match self.op {
-            FilterOp::IsNull => value.is_null(),
-            FilterOp::IsNotNull => !value.is_null(),
-            _ if value.is_null() => false,
+            FilterOp::IsNull => is_null,
+            FilterOp::IsNotNull => !is_null,
+            _ if is_null => false,
             FilterOp::In => self
                 .operands
                 .iter()
-                .any(|o| compare(value, o) == Some(std::cmp::Ordering::Equal)),
+                .any(|o| compare(value, o.as_ref()) == Some(std::cmp::Ordering::Equal)),
             FilterOp::NotIn => self
                 .operands
                 .iter()
-                .all(|o| compare(value, o) != Some(std::cmp::Ordering::Equal)),
+                .all(|o| compare(value, o.as_ref()) != Some(std::cmp::Ordering::Equal)),
             op => {
-                let Some(ordering) = self.operands.first().and_then(|o| compare(value, o)) else {
+                let Some(ordering) = self
+                    .operands
+                    .first()
+                    .and_then(|o| compare(value, o.as_ref()))
+                else {
                     return false;
                 };
                 match op {
@@ -183,13 +201,13 @@ impl fmt::Display for Condition {
 }
 
 /// Orders two values of compatible types (ints and floats compare numerically).
-pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+pub fn compare(a: ValueRef<'_>, b: ValueRef<'_>) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
-        (Value::Int(a), Value::Int(b)) | (Value::Timestamp(a), Value::Timestamp(b)) => {
-            Some(a.cmp(b))
+        (ValueRef::String(a), ValueRef::String(b)) => Some(a.cmp(b)),
+        (ValueRef::Int(a), ValueRef::Int(b)) | (ValueRef::Timestamp(a), ValueRef::Timestamp(b)) => {
+            Some(a.cmp(&b))
         }
-        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+        (ValueRef::Bool(a), ValueRef::Bool(b)) => Some(a.cmp(&b)),
         (a, b) => a.as_f64()?.partial_cmp(&b.as_f64()?),
     }
 }

@@ -1,12 +1,13 @@
 //! The one byte encoding of a group key (a metric's group-by values of an
 //! event): type-tagged and length-prefixed, so distinct keys never share an
 //! encoding. The speed layer interns keys by it, the batch layer groups by
-//! it; [`values`] reads an encoding back value by value without allocating.
+//! it; [`values`] reads an encoding back value by value without allocating
+//! (as [`ValueRef`]s).
 
 use crate::config::MetricDef;
 use crate::decode::Event;
 use crate::leb128;
-use crate::value::Value;
+use crate::value::{Value, ValueRef};
 
 const NULL: u8 = 0;
 const STRING: u8 = 1;
@@ -51,42 +52,10 @@ pub fn encode_value(buf: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// One group-by value as stored in a key's encoding, borrowed from it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum KeyValue<'a> {
-    /// No value.
-    Null,
-    /// A string.
-    String(&'a str),
-    /// An integer.
-    Int(i64),
-    /// A float.
-    Float(f64),
-    /// A boolean.
-    Bool(bool),
-    /// Epoch milliseconds.
-    Timestamp(i64),
-}
-
-impl KeyValue<'_> {
-    /// The owned value.
-    #[cfg(test)]
-    fn to_value(self) -> Value {
-        match self {
-            KeyValue::Null => Value::Null,
-            KeyValue::String(s) => Value::String(s.to_string()),
-            KeyValue::Int(i) => Value::Int(i),
-            KeyValue::Float(f) => Value::Float(f),
-            KeyValue::Bool(b) => Value::Bool(b),
-            KeyValue::Timestamp(t) => Value::Timestamp(t),
-        }
-    }
-}
-
 /// The values of an encoding written by [`encode`], in order. The input is
 /// always an encoding this module wrote, so malformed input is a bug (a
 /// panic).
-pub fn values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
+pub fn values(mut bytes: &[u8]) -> impl Iterator<Item = ValueRef<'_>> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> &'a [u8] {
         let (head, rest) = bytes.split_at(n);
         *bytes = rest;
@@ -99,17 +68,17 @@ pub fn values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
         let (&tag, rest) = bytes.split_first()?;
         bytes = rest;
         Some(match tag {
-            NULL => KeyValue::Null,
+            NULL => ValueRef::Null,
             STRING => {
                 let (len, rest) = leb128::read(bytes).expect("a length was encoded");
                 bytes = rest;
                 let text = take(&mut bytes, len);
-                KeyValue::String(std::str::from_utf8(text).expect("encoded from a String"))
+                ValueRef::String(std::str::from_utf8(text).expect("encoded from a String"))
             }
-            INT => KeyValue::Int(i64::from_le_bytes(eight(&mut bytes))),
-            FLOAT => KeyValue::Float(f64::from_bits(u64::from_le_bytes(eight(&mut bytes)))),
-            BOOL => KeyValue::Bool(take(&mut bytes, 1)[0] != 0),
-            TIMESTAMP => KeyValue::Timestamp(i64::from_le_bytes(eight(&mut bytes))),
+            INT => ValueRef::Int(i64::from_le_bytes(eight(&mut bytes))),
+            FLOAT => ValueRef::Float(f64::from_bits(u64::from_le_bytes(eight(&mut bytes)))),
+            BOOL => ValueRef::Bool(take(&mut bytes, 1)[0] != 0),
+            TIMESTAMP => ValueRef::Timestamp(i64::from_le_bytes(eight(&mut bytes))),
             other => unreachable!("group key tag {other} was never written"),
         })
     })
@@ -118,7 +87,7 @@ pub fn values(mut bytes: &[u8]) -> impl Iterator<Item = KeyValue<'_>> {
 /// The owned values of an encoding.
 #[cfg(test)]
 fn decode(bytes: &[u8]) -> Vec<Value> {
-    values(bytes).map(KeyValue::to_value).collect()
+    values(bytes).map(ValueRef::to_value).collect()
 }
 
 #[cfg(test)]

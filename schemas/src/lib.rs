@@ -36,5 +36,5 @@ pub use contract::{Contract, ContractRegistry};
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Event, EventDecoder};
 pub use duration::DurationMs;
 pub use problem::{Problem, Problems};
-pub use value::{FieldType, Value};
+pub use value::{FieldType, Value, ValueRef};
 pub use window::{Window, WindowKind};

@@ -79,14 +79,37 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value, borrowed.
+    #[inline]
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::String(s) => ValueRef::String(s),
+            Value::Int(v) => ValueRef::Int(*v),
+            Value::Float(v) => ValueRef::Float(*v),
+            Value::Bool(v) => ValueRef::Bool(*v),
+            Value::Timestamp(v) => ValueRef::Timestamp(*v),
+        }
+    }
+
+    /// Overwrites the value with `value`, reusing its string buffer when
+    /// both are strings (no allocation once warmed up).
+    #[inline]
+    pub fn set(&mut self, value: ValueRef<'_>) {
+        match (&mut *self, value) {
+            (Value::String(buf), ValueRef::String(s)) => {
+                buf.clear();
+                buf.push_str(s);
+            }
+            (slot, value) => *slot = value.to_value(),
+        }
+    }
+
     /// The value as a float, for numeric aggregations (`None` for null and
     /// non-numeric values).
+    #[inline]
     pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Int(v) => Some(*v as f64),
-            Value::Float(v) => Some(*v),
-            _ => None,
-        }
+        self.as_ref().as_f64()
     }
 
     /// Whether the value is null.
@@ -94,17 +117,11 @@ impl Value {
         matches!(self, Value::Null)
     }
 
-    /// The stable 64-bit hash used by `count_distinct`; the batch layer hashes
-    /// its columns with the same functions, so both layers agree bit for bit.
+    /// The stable 64-bit hash used by `count_distinct` (see
+    /// [`ValueRef::distinct_hash`]).
+    #[inline]
     pub fn distinct_hash(&self) -> Option<u64> {
-        use crate::sketch::{hash_bool, hash_f64, hash_i64, hash_str};
-        match self {
-            Value::Null => None,
-            Value::String(s) => Some(hash_str(s)),
-            Value::Int(v) | Value::Timestamp(v) => Some(hash_i64(*v)),
-            Value::Float(v) => Some(hash_f64(*v)),
-            Value::Bool(v) => Some(hash_bool(*v)),
-        }
+        self.as_ref().distinct_hash()
     }
 
     /// The value as JSON, for writing group keys to ClickHouse and APIs.
@@ -127,6 +144,65 @@ impl fmt::Display for Value {
             Value::Int(v) | Value::Timestamp(v) => write!(f, "{v}"),
             Value::Float(v) => write!(f, "{v}"),
             Value::Bool(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A value borrowed from wherever it is kept: an [`Event`](crate::Event), a
+/// group key's encoding ([`crate::group_key::values`]), a column of an
+/// archived file. The numeric and distinct readings of a value are defined
+/// here once, for every place values come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    /// No value.
+    Null,
+    /// A string.
+    String(&'a str),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// Epoch milliseconds.
+    Timestamp(i64),
+}
+
+impl ValueRef<'_> {
+    /// The owned value.
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Null => Value::Null,
+            ValueRef::String(s) => Value::String(s.to_string()),
+            ValueRef::Int(i) => Value::Int(i),
+            ValueRef::Float(f) => Value::Float(f),
+            ValueRef::Bool(b) => Value::Bool(b),
+            ValueRef::Timestamp(t) => Value::Timestamp(t),
+        }
+    }
+
+    /// The value as a float, for numeric aggregations (`None` for null and
+    /// non-numeric values).
+    #[inline]
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            ValueRef::Int(v) => Some(v as f64),
+            ValueRef::Float(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The stable 64-bit hash used by `count_distinct`; both layers hash
+    /// every value through here, so they agree bit for bit.
+    #[inline]
+    pub fn distinct_hash(self) -> Option<u64> {
+        use crate::sketch::{hash_bool, hash_f64, hash_i64, hash_str};
+        match self {
+            ValueRef::Null => None,
+            ValueRef::String(s) => Some(hash_str(s)),
+            ValueRef::Int(v) | ValueRef::Timestamp(v) => Some(hash_i64(v)),
+            ValueRef::Float(v) => Some(hash_f64(v)),
+            ValueRef::Bool(v) => Some(hash_bool(v)),
         }
     }
 }

@@ -142,6 +142,17 @@ impl WindowKind {
         }
     }
 
+    /// The distance between consecutive window starts of fixed windows
+    /// (the size of tumbling windows, the slide of hopping ones); `None`
+    /// for sessions, which start at events.
+    pub fn start_step_ms(&self) -> Option<i64> {
+        match *self {
+            WindowKind::Tumbling { size } => Some(size.as_i64()),
+            WindowKind::Hopping { slide, .. } => Some(slide.as_i64()),
+            WindowKind::Session { .. } => None,
+        }
+    }
+
     /// Whether windows lie on a fixed grid of the epoch (tumbling, hopping),
     /// so a window's bounds never depend on other events.
     pub fn is_fixed(&self) -> bool {

@@ -13,9 +13,9 @@
 
 use chrono::DateTime;
 use serde_json::{Map, Value as Json};
-use strata_schemas::group_key::KeyValue;
 use strata_schemas::leb128;
 use strata_schemas::value::FieldType;
+use strata_schemas::value::ValueRef;
 
 /// Appends a `UInt8`.
 #[inline]
@@ -65,17 +65,17 @@ pub fn write_len(out: &mut Vec<u8>, len: usize) {
 /// widened to a float is converted); group-by fields are required or
 /// defaulted, so a key never holds a null, and any other mismatch is a bug:
 /// in release builds the column's zero is written.
-pub fn write_key_value(out: &mut Vec<u8>, value: KeyValue<'_>, ty: FieldType) {
+pub fn write_key_value(out: &mut Vec<u8>, value: ValueRef<'_>, ty: FieldType) {
     match (value, ty) {
-        (KeyValue::String(s), FieldType::String) => write_str(out, s),
-        (KeyValue::Int(i) | KeyValue::Timestamp(i), FieldType::Int | FieldType::Timestamp) => {
+        (ValueRef::String(s), FieldType::String) => write_str(out, s),
+        (ValueRef::Int(i) | ValueRef::Timestamp(i), FieldType::Int | FieldType::Timestamp) => {
             write_i64(out, i);
         }
-        (KeyValue::Float(f), FieldType::Float) => write_f64(out, f),
-        (KeyValue::Int(i), FieldType::Float) => write_f64(out, i as f64),
-        (KeyValue::Bool(b), FieldType::Bool) => write_u8(out, u8::from(b)),
+        (ValueRef::Float(f), FieldType::Float) => write_f64(out, f),
+        (ValueRef::Int(i), FieldType::Float) => write_f64(out, i as f64),
+        (ValueRef::Bool(b), FieldType::Bool) => write_u8(out, u8::from(b)),
         (other, ty) => {
-            debug_assert!(other == KeyValue::Null, "a {ty} column holding {other:?}");
+            debug_assert!(other == ValueRef::Null, "a {ty} column holding {other:?}");
             match ty {
                 FieldType::String => write_str(out, ""),
                 FieldType::Int | FieldType::Timestamp => write_i64(out, 0),

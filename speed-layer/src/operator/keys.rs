@@ -179,7 +179,7 @@ impl KeyDictionary {
 
 #[cfg(test)]
 mod tests {
-    use strata_schemas::group_key::KeyValue;
+    use strata_schemas::value::ValueRef;
 
     use super::*;
     use crate::operator::test_support::metric_grouped;
@@ -235,16 +235,16 @@ mod tests {
         assert_eq!(ids, expected, "every pair is a new key");
         for ((p, c), id) in pairs.iter().zip(&ids) {
             assert_eq!(keys.intern(&metric, &event(p, c)), *id, "{p:?} {c:?}");
-            let values: Vec<KeyValue<'_>> = group_key::values(keys.key(*id)).collect();
-            assert_eq!(values, vec![KeyValue::String(p), KeyValue::String(c)]);
+            let values: Vec<ValueRef<'_>> = group_key::values(keys.key(*id)).collect();
+            assert_eq!(values, vec![ValueRef::String(p), ValueRef::String(c)]);
         }
         // Compaction renumbers the live keys and keeps them findable.
         let live: Vec<bool> = (0..pairs.len()).map(|i| i % 3 == 0).collect();
         let remap = keys.compact(&live);
         for (i, (p, c)) in pairs.iter().enumerate() {
             if live[i] {
-                let values: Vec<KeyValue<'_>> = group_key::values(keys.key(remap[i])).collect();
-                assert_eq!(values, vec![KeyValue::String(p), KeyValue::String(c)]);
+                let values: Vec<ValueRef<'_>> = group_key::values(keys.key(remap[i])).collect();
+                assert_eq!(values, vec![ValueRef::String(p), ValueRef::String(c)]);
             }
         }
         for (i, (p, c)) in pairs.iter().enumerate() {

@@ -3,7 +3,8 @@
 //! How a row is stored (ClickHouse `RowBinary`, see [`crate::sink`]) is
 //! the sink's business.
 
-use strata_schemas::group_key::{self, KeyValue};
+use strata_schemas::group_key;
+use strata_schemas::value::ValueRef;
 use strata_schemas::window::Window;
 use strata_schemas::{Accumulator, MetricDef};
 
@@ -43,7 +44,7 @@ pub struct SpeedRow<'a> {
 
 impl SpeedRow<'_> {
     /// The group-by values, in the metric's `group_by` order.
-    pub fn key_values(&self) -> impl Iterator<Item = KeyValue<'_>> {
+    pub fn key_values(&self) -> impl Iterator<Item = ValueRef<'_>> {
         group_key::values(self.group_key)
     }
 }
