@@ -22,12 +22,14 @@
 //! sessions hold their rows twice while they are grouped by key.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::io::Cursor;
 use std::ops::Range;
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use polars::prelude::*;
 use rayon::prelude::*;
+use smallvec::SmallVec;
 use strata_schemas::aggregate::{AggPlan, PreparedEvent, UpdateInput};
 use strata_schemas::group_key;
 use strata_schemas::window::{boundary_at_or_before, sessions_of_sorted};
@@ -389,39 +391,87 @@ fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
 }
 
 /// Interned group keys: the group-by values of a row, in the shared
-/// encoding ([`group_key`]) for the lookup so a known key costs no
-/// allocation. Ids are given in first-seen order.
+/// encoding ([`group_key`]), kept end to end in one buffer and found by a
+/// table of ids hashed by encoding. Ids are given in first-seen order.
 #[derive(Default)]
 struct Keys {
-    ids: HashMap<Vec<u8>, u32>,
+    ids: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Every key's encoding, end to end; key `id` ends at `ends[id]`.
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
     values: Vec<Arc<[Value]>>,
-    /// The encoding of every key, by id.
-    encodings: Vec<Vec<u8>>,
     buffer: Vec<u8>,
 }
 
 impl Keys {
-    fn intern(&mut self, metric: &MetricDef, event: &Event) -> u32 {
-        self.buffer.clear();
-        group_key::encode(&mut self.buffer, metric, event);
-        if let Some(id) = self.ids.get(self.buffer.as_slice()) {
+    /// The id of the key with these group-by values.
+    fn intern(&mut self, values: &[ValueRef<'_>]) -> u32 {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        for v in values {
+            group_key::encode_value_ref(&mut buffer, *v);
+        }
+        let id = self.intern_encoded(&buffer, || values.iter().map(|v| v.to_value()).collect());
+        self.buffer = buffer;
+        id
+    }
+
+    /// The id of the key encoded as `encoding`; `values` gives its values
+    /// when it is new.
+    fn intern_encoded(&mut self, encoding: &[u8], values: impl FnOnce() -> Arc<[Value]>) -> u32 {
+        let Keys {
+            ids,
+            hasher,
+            bytes,
+            ends,
+            ..
+        } = self;
+        let encoded = |id: u32| {
+            let end = ends[id as usize];
+            let start = if id == 0 { 0 } else { ends[id as usize - 1] };
+            &bytes[start..end]
+        };
+        let hash = hasher.hash_one(encoding);
+        if let Some(id) = ids.find(hash, |id| encoded(*id) == encoding) {
             return *id;
         }
         let id = self.values.len() as u32;
-        self.values.push(metric.group_key(event).into());
-        self.encodings.push(self.buffer.clone());
-        self.ids.insert(self.buffer.clone(), id);
+        let Keys {
+            ids,
+            hasher,
+            bytes,
+            ends,
+            values: all_values,
+            ..
+        } = self;
+        bytes.extend_from_slice(encoding);
+        ends.push(bytes.len());
+        all_values.push(values());
+        ids.insert_unique(hash, id, |id| {
+            let end = ends[*id as usize];
+            let start = if *id == 0 { 0 } else { ends[*id as usize - 1] };
+            hasher.hash_one(&bytes[start..end])
+        });
         id
+    }
+
+    fn encoded(&self, id: u32) -> &[u8] {
+        let end = self.ends[id as usize];
+        let start = if id == 0 {
+            0
+        } else {
+            self.ends[id as usize - 1]
+        };
+        &self.bytes[start..end]
     }
 
     /// Each key's rank in the order of the encodings: results are sorted
     /// by it, so their order depends neither on the order rows were read in
     /// nor on the number of threads.
     fn ranks(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = (0..self.encodings.len() as u32).collect();
-        ids.par_sort_unstable_by(|a, b| {
-            self.encodings[*a as usize].cmp(&self.encodings[*b as usize])
-        });
+        let mut ids: Vec<u32> = (0..self.values.len() as u32).collect();
+        ids.par_sort_unstable_by(|a, b| self.encoded(*a).cmp(self.encoded(*b)));
         let mut ranks = vec![0u32; ids.len()];
         for (rank, id) in ids.into_iter().enumerate() {
             ranks[id as usize] = rank as u32;
@@ -438,29 +488,12 @@ impl Keys {
         values
     }
 
-    fn encoded(&self, id: u32) -> &[u8] {
-        &self.encodings[id as usize]
-    }
-
     /// Takes in the keys of `other` (a later row range), in its id order;
     /// returns, for each of its ids, the id here. Absorbing the ranges in
     /// row order gives the ids a single pass over all rows gives.
-    fn absorb(&mut self, other: &mut Keys) -> Vec<u32> {
-        let values = std::mem::take(&mut other.values);
-        let encodings = std::mem::take(&mut other.encodings);
-        values
-            .into_iter()
-            .zip(encodings)
-            .map(|(values, encoding)| {
-                if let Some(id) = self.ids.get(encoding.as_slice()) {
-                    return *id;
-                }
-                let id = self.values.len() as u32;
-                self.values.push(values);
-                self.ids.insert(encoding.clone(), id);
-                self.encodings.push(encoding);
-                id
-            })
+    fn absorb(&mut self, other: &Keys) -> Vec<u32> {
+        (0..other.values.len() as u32)
+            .map(|id| self.intern_encoded(other.encoded(id), || other.values[id as usize].clone()))
             .collect()
     }
 }
@@ -476,8 +509,6 @@ struct RowKeys<'f> {
     columns: Vec<ValueIds<'f>>,
     /// Packed value ids (32 bits per column) -> key id, for 2 to 4 columns.
     combinations: HashMap<u128, u32>,
-    /// The row whose key is interned, as an event.
-    event: Event,
 }
 
 /// Most group-by columns whose value ids [`RowKeys`] packs into one `u128`.
@@ -580,27 +611,20 @@ impl<'f> RowKeys<'f> {
                 .map(|_| ValueIds::default())
                 .collect(),
             combinations: HashMap::new(),
-            event: empty_event(metric),
         }
     }
 
     /// The key id of row `i` of `frame`.
     #[inline]
-    fn key_of(
-        &mut self,
-        metric: &MetricDef,
-        frame: &EventFrame,
-        columns: &MetricColumns<'f>,
-        i: usize,
-    ) -> u32 {
+    fn key_of(&mut self, columns: &MetricColumns<'f>, i: usize) -> u32 {
         match columns.group_by.as_slice() {
-            [] => self.intern_row(metric, frame, i),
+            [] => self.intern_row(columns, i),
             [column] => {
                 let value = ColumnValue::of(*column, i);
                 if let Some(id) = self.columns[0].get(value) {
                     return id;
                 }
-                let id = self.intern_row(metric, frame, i);
+                let id = self.intern_row(columns, i);
                 self.columns[0].insert(value, id);
                 id
             }
@@ -621,17 +645,18 @@ impl<'f> RowKeys<'f> {
                 if let Some(id) = self.combinations.get(&packed) {
                     return *id;
                 }
-                let id = self.intern_row(metric, frame, i);
+                let id = self.intern_row(columns, i);
                 self.combinations.insert(packed, id);
                 id
             }
-            _ => self.intern_row(metric, frame, i),
+            _ => self.intern_row(columns, i),
         }
     }
 
-    fn intern_row(&mut self, metric: &MetricDef, frame: &EventFrame, i: usize) -> u32 {
-        frame.fill(i, 0, &mut self.event);
-        self.keys.intern(metric, &self.event)
+    fn intern_row(&mut self, columns: &MetricColumns<'f>, i: usize) -> u32 {
+        let values: SmallVec<[ValueRef<'_>; MAX_PACKED_COLUMNS]> =
+            columns.group_by.iter().map(|c| c.value(i)).collect();
+        self.keys.intern(&values)
     }
 }
 
@@ -681,7 +706,6 @@ fn empty_event(metric: &MetricDef) -> Event {
 /// time, key id and columns. Returns the number of such rows.
 fn for_each_row<'f>(
     metric: &MetricDef,
-    frames: &'f [EventFrame],
     columns: &[MetricColumns<'f>],
     segments: &[Segment],
     (from, to): (i64, i64),
@@ -690,14 +714,14 @@ fn for_each_row<'f>(
 ) -> u64 {
     let mut n = 0;
     for (f, rows) in segments {
-        let (frame, columns) = (&frames[*f], &columns[*f]);
+        let columns = &columns[*f];
         for i in rows.clone() {
             let Some(t) = columns.time(i) else { continue };
             if t < from || t >= to || !columns.passes(metric, i) {
                 continue;
             }
             n += 1;
-            let key = keys.key_of(metric, frame, columns, i);
+            let key = keys.key_of(columns, i);
             apply(*f, i, t, key, columns);
         }
     }
@@ -766,44 +790,13 @@ fn recompute_in_ranges(
 ) -> Recomputed {
     let ranges = row_ranges(frames, ranges);
     let columns: Vec<MetricColumns<'_>> = frames.iter().map(|f| f.columns(metric)).collect();
-    let frames = Frames {
-        frames,
-        columns: &columns,
-    };
     match metric.window.session_gap_ms() {
-        Some(gap) => recompute_sessions(metric, &frames, &ranges, events, windows, gap),
-        None => recompute_fixed(metric, &frames, &ranges, events, windows),
+        Some(gap) => recompute_sessions(metric, &columns, &ranges, events, windows, gap),
+        None => recompute_fixed(metric, &columns, &ranges, events, windows),
     }
 }
 
 type WindowKey = (i64, u32);
-
-/// The frames of a recompute and their columns, borrowed as arrays.
-struct Frames<'f> {
-    frames: &'f [EventFrame],
-    columns: &'f [MetricColumns<'f>],
-}
-
-impl<'f> Frames<'f> {
-    fn for_each_row(
-        &self,
-        metric: &MetricDef,
-        segments: &[Segment],
-        events: (i64, i64),
-        keys: &mut RowKeys<'f>,
-        apply: impl FnMut(usize, usize, i64, u32, &MetricColumns<'f>),
-    ) -> u64 {
-        for_each_row(
-            metric,
-            self.frames,
-            self.columns,
-            segments,
-            events,
-            keys,
-            apply,
-        )
-    }
-}
 
 /// The states of one row range's fixed windows. The range's rows are
 /// handed over in time order ([`TimeBuckets`]), so only the windows open
@@ -890,13 +883,12 @@ const MAX_BUCKETS: i64 = 1 << 20;
 impl TimeBuckets {
     fn sort(
         metric: &MetricDef,
-        frames: &Frames<'_>,
+        columns: &[MetricColumns<'_>],
         segments: &[Segment],
         (from, to): (i64, i64),
         window_step_ms: i64,
     ) -> TimeBuckets {
-        let in_range =
-            |f: usize, i: usize| frames.columns[f].time(i).filter(|t| *t >= from && *t < to);
+        let in_range = |f: usize, i: usize| columns[f].time(i).filter(|t| *t >= from && *t < to);
         let (mut first, mut last) = (i64::MAX, i64::MIN);
         for (f, rows) in segments {
             for i in rows.clone() {
@@ -923,7 +915,7 @@ impl TimeBuckets {
         let mut bucket_of_row = Vec::with_capacity(segments.iter().map(|(_, r)| r.len()).sum());
         let mut starts = vec![0usize; buckets + 1];
         for (f, rows) in segments {
-            let columns = &frames.columns[*f];
+            let columns = &columns[*f];
             for i in rows.clone() {
                 let bucket = match in_range(*f, i) {
                     Some(t) if columns.passes(metric, i) => {
@@ -977,7 +969,7 @@ impl TimeBuckets {
 /// sorted, are folded per window and key.
 fn recompute_fixed(
     metric: &MetricDef,
-    frames: &Frames<'_>,
+    columns: &[MetricColumns<'_>],
     ranges: &[Vec<Segment>],
     events: (i64, i64),
     (windows_from, windows_to): (i64, i64),
@@ -995,7 +987,7 @@ fn recompute_fixed(
     let mut parts: Vec<RangeStates> = ranges
         .par_iter()
         .map(|segments| {
-            let buckets = TimeBuckets::sort(metric, frames, segments, events, window_step_ms);
+            let buckets = TimeBuckets::sort(metric, columns, segments, events, window_step_ms);
             let mut keys = RowKeys::new(metric);
             let mut states = FixedStates::new();
             let mut prepared = PreparedEvent::default();
@@ -1003,9 +995,9 @@ fn recompute_fixed(
                 states.close_before(bucket_start);
                 for &(f, i) in rows {
                     let (f, i) = (f as usize, i as usize);
-                    let columns = &frames.columns[f];
+                    let columns = &columns[f];
                     let Some(t) = columns.time(i) else { continue };
-                    let key = keys.key_of(metric, &frames.frames[f], columns, i);
+                    let key = keys.key_of(columns, i);
                     let row = RowInput { columns, row: i };
                     if hopping {
                         metric.plan.prepare(&row, &mut prepared);
@@ -1031,7 +1023,7 @@ fn recompute_fixed(
         })
         .collect();
     let mut keys = Keys::default();
-    let remaps: Vec<Vec<u32>> = parts.iter_mut().map(|p| keys.absorb(&mut p.keys)).collect();
+    let remaps: Vec<Vec<u32>> = parts.iter().map(|p| keys.absorb(&p.keys)).collect();
     let ranks = keys.ranks();
     let events_read = parts.iter().map(|p| p.events_read).sum();
     // Every state as (window start, key rank, range, position), sorted:
@@ -1084,21 +1076,22 @@ fn recompute_fixed(
 /// sessionised on its own thread.
 fn recompute_sessions(
     metric: &MetricDef,
-    frames: &Frames<'_>,
+    columns: &[MetricColumns<'_>],
     ranges: &[Vec<Segment>],
     (events_from, events_to): (i64, i64),
     (windows_from, windows_to): (i64, i64),
     gap: i64,
 ) -> Recomputed {
     type Row = (u32, i64, u32, u32);
-    let mut parts: Vec<(Keys, Vec<Row>, u64)> = ranges
+    let parts: Vec<(Keys, Vec<Row>, u64)> = ranges
         .par_iter()
         .map(|segments| {
             let mut keys = RowKeys::new(metric);
             let mut rows: Vec<Row> =
                 Vec::with_capacity(segments.iter().map(|(_, r)| r.len()).sum());
-            let n = frames.for_each_row(
+            let n = for_each_row(
                 metric,
+                columns,
                 segments,
                 (events_from, events_to),
                 &mut keys,
@@ -1108,7 +1101,7 @@ fn recompute_sessions(
         })
         .collect();
     let mut keys = Keys::default();
-    let remaps: Vec<Vec<u32>> = parts.iter_mut().map(|(k, _, _)| keys.absorb(k)).collect();
+    let remaps: Vec<Vec<u32>> = parts.iter().map(|(k, _, _)| keys.absorb(k)).collect();
     let events_read = parts.iter().map(|p| p.2).sum();
 
     // Counting sort by key: stable, so a key's rows keep the ranges' order,
@@ -1176,7 +1169,7 @@ fn recompute_sessions(
                     let mut acc = metric.plan.new_accumulator();
                     for r in &key_rows[a..b] {
                         let row = RowInput {
-                            columns: &frames.columns[r.2 as usize],
+                            columns: &columns[r.2 as usize],
                             row: r.3 as usize,
                         };
                         metric.plan.update(&mut acc, &row);
@@ -1204,8 +1197,12 @@ fn recompute_sessions(
             .open_keys
             .extend(out.open_keys.into_iter().map(|k| keys.encoded(k).to_vec()));
     }
-    let ranks = keys.ranks();
-    sessions.par_sort_unstable_by_key(|s| (s.0, ranks[s.1 as usize]));
+    // By start, then by key encoding (sessions rarely start together, so
+    // keys are seldom compared).
+    sessions.par_sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| keys.encoded(a.1).cmp(keys.encoded(b.1)))
+    });
     recomputed.windows = sessions
         .into_iter()
         .map(|(_, key, window, acc)| WindowResult {

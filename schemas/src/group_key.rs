@@ -29,23 +29,29 @@ pub fn encode(buf: &mut Vec<u8>, metric: &MetricDef, event: &Event) {
 /// short inline key).
 #[inline]
 pub fn encode_value(buf: &mut Vec<u8>, v: &Value) {
+    encode_value_ref(buf, v.as_ref());
+}
+
+/// [`encode_value`] of a borrowed value (read from an archived column).
+#[inline]
+pub fn encode_value_ref(buf: &mut Vec<u8>, v: ValueRef<'_>) {
     match v {
-        Value::Null => buf.push(NULL),
-        Value::String(s) => {
+        ValueRef::Null => buf.push(NULL),
+        ValueRef::String(s) => {
             buf.push(STRING);
             leb128::write(buf, s.len());
             buf.extend_from_slice(s.as_bytes());
         }
-        Value::Int(i) => {
+        ValueRef::Int(i) => {
             buf.push(INT);
             buf.extend_from_slice(&i.to_le_bytes());
         }
-        Value::Float(f) => {
+        ValueRef::Float(f) => {
             buf.push(FLOAT);
             buf.extend_from_slice(&f.to_bits().to_le_bytes());
         }
-        Value::Bool(b) => buf.extend_from_slice(&[BOOL, u8::from(*b)]),
-        Value::Timestamp(t) => {
+        ValueRef::Bool(b) => buf.extend_from_slice(&[BOOL, u8::from(b)]),
+        ValueRef::Timestamp(t) => {
             buf.push(TIMESTAMP);
             buf.extend_from_slice(&t.to_le_bytes());
         }
