@@ -28,6 +28,7 @@ use std::ops::Range;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use polars::prelude::*;
+use polars_arrow::array::Array as _;
 use rayon::prelude::*;
 use smallvec::SmallVec;
 use strata_schemas::aggregate::{AggPlan, PreparedEvent, UpdateInput};
@@ -498,159 +499,111 @@ impl Keys {
     }
 }
 
-/// The group key ids of one row range's rows, found column by column: each
-/// group-by column keeps a dictionary of its values (borrowed from the
-/// frames, so a known value costs a hash of it and no copy), and a
-/// combination of value ids is looked up once more. Only a combination
-/// seen for the first time builds the key's encoding and goes through
-/// [`Keys::intern`], so ids and encodings are those of the per-event path.
+/// The group key ids of one row range's rows. Each row's group-by values
+/// are read as one 16-byte word per column ([`RowKeys::word`]) and the
+/// words looked up together in one map: no bytes are followed or copied
+/// for a known key. Only a combination seen for the first time builds the
+/// key's encoding and goes through [`Keys::intern`], so ids and encodings
+/// are those of the shared encoding; two words never stand for one value
+/// except a short string whose views differ, which interns to the same key.
 struct RowKeys<'f> {
     keys: Keys,
-    columns: Vec<ValueIds<'f>>,
-    /// Packed value ids (32 bits per column) -> key id, for 2 to 4 columns.
-    combinations: HashMap<u128, u32>,
+    /// Ids of the strings longer than a view holds, per group-by column.
+    long_strings: Vec<HashMap<&'f str, u32>>,
+    combinations: Combinations,
 }
 
-/// Most group-by columns whose value ids [`RowKeys`] packs into one `u128`.
-const MAX_PACKED_COLUMNS: usize = 4;
-
-/// Ids of one column's values, in first-seen order. With a single
-/// group-by column the id is the key id itself.
-#[derive(Default)]
-struct ValueIds<'f> {
-    null: Option<u32>,
-    /// Strings of up to 12 bytes by their Arrow view, which holds them
-    /// whole: a 16-byte integer hashed and compared, no bytes followed.
-    short_strings: HashMap<u128, u32>,
-    strings: HashMap<&'f str, u32>,
-    /// Ints and timestamps as their bits, floats as theirs (so -0.0 and
-    /// 0.0 are two keys, as their encodings are), bools as 0 and 1.
-    numbers: HashMap<u64, u32>,
+/// Words of a row's group-by values -> key id, by number of columns.
+enum Combinations {
+    One(HashMap<u128, u32>),
+    Two(HashMap<[u128; 2], u32>),
+    Four(HashMap<[u128; 4], u32>),
+    /// More than four columns: every row's key is encoded and interned.
+    Unpacked,
 }
 
 /// The longest string an Arrow string view holds inline (the Arrow format's
-/// constant: 16-byte views, 4 of them the length).
-const INLINE_STRING_BYTES: usize = 12;
-
-/// A row's value in a column, as [`ValueIds`] looks it up.
-#[derive(Clone, Copy)]
-enum ColumnValue<'f> {
-    Null,
-    /// The Arrow view of a string of up to 12 bytes.
-    ShortString(u128),
-    String(&'f str),
-    Number(u64),
-}
-
-impl<'f> ColumnValue<'f> {
-    #[inline]
-    fn of(column: ColumnRef<'f>, i: usize) -> ColumnValue<'f> {
-        if let ColumnRef::Str(array) = column {
-            return match array.get(i) {
-                None => ColumnValue::Null,
-                Some(s) if s.len() <= INLINE_STRING_BYTES => {
-                    ColumnValue::ShortString(array.views()[i].as_u128())
-                }
-                Some(s) => ColumnValue::String(s),
-            };
-        }
-        match column.value(i) {
-            ValueRef::Null => ColumnValue::Null,
-            ValueRef::String(s) => ColumnValue::String(s),
-            ValueRef::Int(v) | ValueRef::Timestamp(v) => ColumnValue::Number(v as u64),
-            ValueRef::Float(v) => ColumnValue::Number(v.to_bits()),
-            ValueRef::Bool(v) => ColumnValue::Number(u64::from(v)),
-        }
-    }
-}
-
-impl<'f> ValueIds<'f> {
-    #[inline]
-    fn get(&self, value: ColumnValue<'f>) -> Option<u32> {
-        match value {
-            ColumnValue::Null => self.null,
-            ColumnValue::ShortString(view) => self.short_strings.get(&view).copied(),
-            ColumnValue::String(s) => self.strings.get(s).copied(),
-            ColumnValue::Number(bits) => self.numbers.get(&bits).copied(),
-        }
-    }
-
-    fn insert(&mut self, value: ColumnValue<'f>, id: u32) {
-        match value {
-            ColumnValue::Null => self.null = Some(id),
-            ColumnValue::ShortString(view) => {
-                self.short_strings.insert(view, id);
-            }
-            ColumnValue::String(s) => {
-                self.strings.insert(s, id);
-            }
-            ColumnValue::Number(bits) => {
-                self.numbers.insert(bits, id);
-            }
-        }
-    }
-
-    /// The next id to give a value. A value found under two forms (a short
-    /// string whose views differ) gets two ids: two combinations of one
-    /// key, which [`Keys::intern`] gives the same key id.
-    fn next_id(&self) -> u32 {
-        (usize::from(self.null.is_some())
-            + self.short_strings.len()
-            + self.strings.len()
-            + self.numbers.len()) as u32
-    }
-}
+/// constant: 16-byte views, 4 bytes of them the length).
+const INLINE_STRING_BYTES: u32 = 12;
+/// The word of a null. Its length field (the low 32 bits of a string's
+/// view) is one no view has.
+const NULL_WORD: u128 = u128::MAX;
+/// Low 32 bits of the word of a long string (its id in the 32 bits above):
+/// again a length no inline view has.
+const LONG_STRING_TAG: u128 = 0xFFFF_FFFE;
 
 impl<'f> RowKeys<'f> {
     fn new(metric: &MetricDef) -> RowKeys<'f> {
+        let columns = metric.group_by.len();
         RowKeys {
             keys: Keys::default(),
-            columns: metric
-                .group_by
-                .iter()
-                .map(|_| ValueIds::default())
-                .collect(),
-            combinations: HashMap::new(),
+            long_strings: vec![HashMap::new(); columns],
+            combinations: match columns {
+                0 | 1 => Combinations::One(HashMap::new()),
+                2 => Combinations::Two(HashMap::new()),
+                3 | 4 => Combinations::Four(HashMap::new()),
+                _ => Combinations::Unpacked,
+            },
         }
     }
 
-    /// The key id of row `i` of `frame`.
+    /// Row `i`'s value in `column` as a word: the Arrow view of a string of
+    /// up to 12 bytes (length and bytes, so equal words are equal strings),
+    /// the id of a longer string, the bits of a number or bool.
+    #[inline]
+    fn word(long_strings: &mut HashMap<&'f str, u32>, column: ColumnRef<'f>, i: usize) -> u128 {
+        if let ColumnRef::Str(array) = column {
+            if array.validity().is_some_and(|valid| !valid.get_bit(i)) {
+                return NULL_WORD;
+            }
+            let view = array.views()[i];
+            if view.length <= INLINE_STRING_BYTES {
+                return view.as_u128();
+            }
+            let next = long_strings.len() as u32;
+            let id = *long_strings.entry(array.value(i)).or_insert(next);
+            return u128::from(id) << 32 | LONG_STRING_TAG;
+        }
+        match column.value(i) {
+            ValueRef::Null => NULL_WORD,
+            ValueRef::Int(v) | ValueRef::Timestamp(v) => u128::from(v as u64),
+            ValueRef::Float(v) => u128::from(v.to_bits()),
+            ValueRef::Bool(v) => u128::from(v),
+            ValueRef::String(_) => unreachable!("string columns are read as views above"),
+        }
+    }
+
+    /// The key id of row `i`.
     #[inline]
     fn key_of(&mut self, columns: &MetricColumns<'f>, i: usize) -> u32 {
-        match columns.group_by.as_slice() {
-            [] => self.intern_row(columns, i),
-            [column] => {
-                let value = ColumnValue::of(*column, i);
-                if let Some(id) = self.columns[0].get(value) {
-                    return id;
-                }
-                let id = self.intern_row(columns, i);
-                self.columns[0].insert(value, id);
-                id
-            }
-            group_by if group_by.len() <= MAX_PACKED_COLUMNS => {
-                let mut packed = 0u128;
-                for (ids, column) in self.columns.iter_mut().zip(group_by) {
-                    let value = ColumnValue::of(*column, i);
-                    let id = match ids.get(value) {
-                        Some(id) => id,
-                        None => {
-                            let id = ids.next_id();
-                            ids.insert(value, id);
-                            id
-                        }
-                    };
-                    packed = packed << 32 | u128::from(id);
-                }
-                if let Some(id) = self.combinations.get(&packed) {
-                    return *id;
-                }
-                let id = self.intern_row(columns, i);
-                self.combinations.insert(packed, id);
-                id
-            }
-            _ => self.intern_row(columns, i),
+        let group_by = &columns.group_by;
+        let mut words = [0u128; MAX_PACKED_COLUMNS];
+        for (c, column) in group_by.iter().take(MAX_PACKED_COLUMNS).enumerate() {
+            words[c] = Self::word(&mut self.long_strings[c], *column, i);
         }
+        let found = match &self.combinations {
+            Combinations::One(map) => map.get(&words[0]),
+            Combinations::Two(map) => map.get(&[words[0], words[1]]),
+            Combinations::Four(map) => map.get(&words),
+            Combinations::Unpacked => None,
+        };
+        if let Some(id) = found {
+            return *id;
+        }
+        let id = self.intern_row(columns, i);
+        match &mut self.combinations {
+            Combinations::One(map) => {
+                map.insert(words[0], id);
+            }
+            Combinations::Two(map) => {
+                map.insert([words[0], words[1]], id);
+            }
+            Combinations::Four(map) => {
+                map.insert(words, id);
+            }
+            Combinations::Unpacked => {}
+        }
+        id
     }
 
     fn intern_row(&mut self, columns: &MetricColumns<'f>, i: usize) -> u32 {
@@ -659,6 +612,9 @@ impl<'f> RowKeys<'f> {
         self.keys.intern(&values)
     }
 }
+
+/// Most group-by columns whose words [`RowKeys`] looks up together.
+const MAX_PACKED_COLUMNS: usize = 4;
 
 /// Rows of one frame: (frame index, row indexes).
 type Segment = (usize, Range<usize>);
@@ -799,64 +755,108 @@ fn recompute_in_ranges(
 type WindowKey = (i64, u32);
 
 /// The states of one row range's fixed windows. The range's rows are
-/// handed over in time order ([`TimeBuckets`]), so only the windows open
-/// at that time are looked up: their states sit in a small store reused
-/// from window to window, which stays in cache, and move to `closed` (in
-/// the order they were opened) when their windows end. A map of every
-/// state of the range would miss the cache on every row.
+/// handed over in time order ([`TimeBuckets`]), so only the few windows
+/// open at that time are looked up, each with a dense table from key id to
+/// state: a row finds its state by two array reads that stay in cache,
+/// where a map of every state of the range would miss the cache on every
+/// row. Closed windows move their states to `closed`, in window order.
 struct FixedStates {
-    open_states: Vec<(WindowKey, Window, Accumulator)>,
-    /// (window start, key) -> position in `open_states`.
-    open: HashMap<WindowKey, u32>,
+    /// Open windows, ascending by start.
+    open: Vec<OpenWindow>,
+    /// Emptied windows, reused with their tables' memory.
+    spare: Vec<OpenWindow>,
     closed: Vec<(WindowKey, Window, Accumulator)>,
+}
+
+struct OpenWindow {
+    window: Window,
+    /// Key id -> 1 + position of its state in `states` (0: none yet).
+    slots: Vec<u32>,
+    states: Vec<(u32, Accumulator)>,
+}
+
+impl OpenWindow {
+    #[inline]
+    fn state(&mut self, key: u32, plan: &AggPlan) -> &mut Accumulator {
+        let k = key as usize;
+        if k >= self.slots.len() {
+            self.slots.resize(k + 1, 0);
+        }
+        let mut slot = self.slots[k] as usize;
+        if slot == 0 {
+            self.states.push((key, plan.new_accumulator()));
+            slot = self.states.len();
+            self.slots[k] = slot as u32;
+        }
+        &mut self.states[slot - 1].1
+    }
 }
 
 impl FixedStates {
     fn new() -> FixedStates {
         FixedStates {
-            open_states: Vec::new(),
-            open: HashMap::new(),
+            open: Vec::new(),
+            spare: Vec::new(),
             closed: Vec::new(),
         }
     }
 
     /// Closes the windows ending at or before `t`: no row at or after `t`
-    /// falls in them.
+    /// falls in them. They are the first ones (all have one length).
     fn close_before(&mut self, t: i64) {
-        if self.open_states.iter().all(|(_, w, _)| w.end_ms > t) {
-            return;
+        let ended = self
+            .open
+            .iter()
+            .take_while(|w| w.window.end_ms <= t)
+            .count();
+        for mut open in self.open.drain(..ended) {
+            let window = open.window;
+            for (key, acc) in open.states.drain(..) {
+                open.slots[key as usize] = 0;
+                self.closed.push(((window.start_ms, key), window, acc));
+            }
+            self.spare.push(open);
         }
-        let mut still_open = Vec::with_capacity(self.open_states.len());
-        for state in self.open_states.drain(..) {
-            if state.1.end_ms > t {
-                still_open.push(state);
-            } else {
-                self.closed.push(state);
+    }
+
+    /// The position in `open` of `window`, opened if needed. `hint` is
+    /// where it is likely to be: after the previous window of the row
+    /// (a row's windows are consecutive starts).
+    #[inline]
+    fn position(&mut self, window: Window, hint: usize) -> usize {
+        if self
+            .open
+            .get(hint)
+            .is_some_and(|w| w.window.start_ms == window.start_ms)
+        {
+            return hint;
+        }
+        match self
+            .open
+            .binary_search_by_key(&window.start_ms, |w| w.window.start_ms)
+        {
+            Ok(at) => at,
+            Err(at) => {
+                let open = match self.spare.pop() {
+                    Some(mut spare) => {
+                        spare.window = window;
+                        spare
+                    }
+                    None => OpenWindow {
+                        window,
+                        slots: Vec::new(),
+                        states: Vec::new(),
+                    },
+                };
+                self.open.insert(at, open);
+                at
             }
         }
-        self.open_states = still_open;
-        self.open.clear();
-        for (at, (key, _, _)) in self.open_states.iter().enumerate() {
-            self.open.insert(*key, at as u32);
-        }
     }
 
-    /// The state of `window` for `key`, opened if the index has none.
-    #[inline]
-    fn state(&mut self, window: Window, key: u32, plan: &AggPlan) -> &mut Accumulator {
-        let FixedStates {
-            open_states, open, ..
-        } = self;
-        let at = *open.entry((window.start_ms, key)).or_insert_with(|| {
-            open_states.push(((window.start_ms, key), window, plan.new_accumulator()));
-            (open_states.len() - 1) as u32
-        });
-        &mut open_states[at as usize].2
-    }
-
-    /// Every state, the open ones last.
+    /// Every state, the open windows' last.
     fn into_states(mut self) -> Vec<(WindowKey, Window, Accumulator)> {
-        self.closed.append(&mut self.open_states);
+        self.close_before(i64::MAX);
         self.closed
     }
 }
@@ -1002,11 +1002,14 @@ fn recompute_fixed(
                     if hopping {
                         metric.plan.prepare(&row, &mut prepared);
                     }
+                    let mut hint = 0;
                     for window in metric.window.assign(t) {
                         if window.start_ms < windows_from || window.start_ms >= windows_to {
                             continue;
                         }
-                        let acc = states.state(window, key, &metric.plan);
+                        let at = states.position(window, hint);
+                        hint = at + 1;
+                        let acc = states.open[at].state(key, &metric.plan);
                         if hopping {
                             metric.plan.update(acc, &prepared);
                         } else {
