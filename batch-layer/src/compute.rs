@@ -984,7 +984,7 @@ fn recompute_fixed(
     };
     // A hopping row updates several windows: its inputs are read once.
     let hopping = matches!(metric.window, WindowKind::Hopping { .. });
-    let mut parts: Vec<RangeStates> = ranges
+    let parts: Vec<RangeStates> = ranges
         .par_iter()
         .map(|segments| {
             let buckets = TimeBuckets::sort(metric, columns, segments, events, window_step_ms);
@@ -1028,43 +1028,95 @@ fn recompute_fixed(
     let mut keys = Keys::default();
     let remaps: Vec<Vec<u32>> = parts.iter().map(|p| keys.absorb(&p.keys)).collect();
     let ranks = keys.ranks();
-    let events_read = parts.iter().map(|p| p.events_read).sum();
-    // Every state as (window start, key rank, range, position), sorted:
-    // the output order, with the states of one window and key that several
-    // ranges opened side by side, folded in row order.
-    let mut order: Vec<(i64, u32, u32, u32)> =
-        Vec::with_capacity(parts.iter().map(|p| p.states.len()).sum());
-    for (r, (part, remap)) in parts.iter().zip(&remaps).enumerate() {
-        order.extend(
-            part.states
-                .iter()
-                .enumerate()
-                .map(|(at, ((start, key), _, _))| {
-                    (
-                        *start,
-                        ranks[remap[*key as usize] as usize],
-                        r as u32,
-                        at as u32,
-                    )
-                }),
-        );
-    }
-    order.par_sort_unstable();
     let by_rank = keys.by_rank(&ranks);
-    let mut windows: Vec<WindowResult> = Vec::with_capacity(order.len());
+    let events_read = parts.iter().map(|p| p.events_read).sum();
+    // Each range's states sorted by (window start, key rank), in parallel:
+    // windows closed in start order, so only each window's states are
+    // sorted by key. The runs are then merged, folding a window and key
+    // several ranges saw.
+    let runs: Vec<Vec<(WindowKey, Window, Accumulator)>> = parts
+        .into_par_iter()
+        .zip(remaps)
+        .map(|(part, remap)| {
+            let mut states = part.states;
+            for ((_, key), _, _) in &mut states {
+                *key = ranks[remap[*key as usize] as usize];
+            }
+            if !states.is_sorted_by_key(|((start, _), _, _)| *start) {
+                states.sort_by_key(|((start, _), _, _)| *start);
+            }
+            let mut order = Vec::new();
+            for window in states.chunk_by_mut(|a, b| a.0.0 == b.0.0) {
+                order.clear();
+                order.extend(
+                    window
+                        .iter()
+                        .enumerate()
+                        .map(|(at, ((_, rank), _, _))| (*rank, at)),
+                );
+                order.sort_unstable();
+                let sorted: Vec<_> = order
+                    .iter()
+                    .map(|&(_, at)| {
+                        (
+                            window[at].0,
+                            window[at].1,
+                            std::mem::take(&mut window[at].2),
+                        )
+                    })
+                    .collect();
+                for (slot, state) in window.iter_mut().zip(sorted) {
+                    *slot = state;
+                }
+            }
+            states
+        })
+        .collect();
+    let mut windows: Vec<WindowResult> = Vec::with_capacity(runs.iter().map(Vec::len).sum());
     let mut last = None;
-    for (start, rank, r, at) in order {
-        let (_, window, acc) = &mut parts[r as usize].states[at as usize];
-        let acc = std::mem::take(acc);
-        match windows.last_mut() {
-            Some(previous) if last == Some((start, rank)) => previous.acc.merge(&acc),
-            _ => windows.push(WindowResult {
-                window: *window,
-                key: by_rank[rank as usize].clone(),
-                acc,
-            }),
+    let mut runs: Vec<_> = runs.into_iter().map(Vec::into_iter).collect();
+    loop {
+        // The run with the smallest head, and the smallest head of the
+        // others: everything in that run below it comes next, in a block.
+        let mut smallest: Option<(WindowKey, usize)> = None;
+        let mut bound: Option<WindowKey> = None;
+        for (i, run) in runs.iter().enumerate() {
+            let Some((head, _, _)) = run.as_slice().first() else {
+                continue;
+            };
+            match smallest {
+                Some((least, _)) if *head >= least => {
+                    bound = Some(bound.map_or(*head, |b| b.min(*head)));
+                }
+                _ => {
+                    if let Some((least, _)) = smallest {
+                        bound = Some(bound.map_or(least, |b| b.min(least)));
+                    }
+                    smallest = Some((*head, i));
+                }
+            }
         }
-        last = Some((start, rank));
+        let Some((_, i)) = smallest else { break };
+        let block = match bound {
+            None => runs[i].as_slice().len(),
+            // At least one: a head equal to another run's is folded when
+            // that run's comes.
+            Some(bound) => runs[i]
+                .as_slice()
+                .partition_point(|(k, _, _)| *k < bound)
+                .max(1),
+        };
+        for (key, window, acc) in runs[i].by_ref().take(block) {
+            match windows.last_mut() {
+                Some(previous) if last == Some(key) => previous.acc.merge(&acc),
+                _ => windows.push(WindowResult {
+                    window,
+                    key: by_rank[key.1 as usize].clone(),
+                    acc,
+                }),
+            }
+            last = Some(key);
+        }
     }
     Recomputed {
         windows,
