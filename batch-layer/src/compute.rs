@@ -7,19 +7,26 @@
 //! [`AggPlan::update`] for fixed windows, [`sessions_of_sorted`] plus
 //! [`AggPlan::update`] for sessions. There is no second definition of any
 //! aggregate, so both layers give the same numbers for the same events.
+//! Rows are read in place from the Arrow arrays under Polars' columns
+//! ([`ValueRef`], and the plan's [`UpdateInput`] for a row): the values a
+//! row gives are those an event of it gives, with no event built per row.
 //!
 //! A recompute runs on rayon's global pool (`RAYON_NUM_THREADS`, else one
 //! thread per core): the rows are cut into contiguous ranges, one per
-//! thread, each aggregated with its own key dictionary and states; the
-//! dictionaries are then merged in range order, which gives every key the
-//! id a single pass would have given it, and accumulators of a window seen
-//! by two ranges are merged ([`Accumulator::merge`] is associative and
-//! commutative). The result, order included, is the single-threaded one
-//! (exactly for counts, integer sums, min/max and distinct counts; a float
-//! sum or average of a window two ranges saw is added in another order, so
-//! it may differ in its last bits). Peak memory: each range holds its own
-//! states (a window seen by two ranges twice) until they are merged, and
-//! sessions hold their rows twice while they are grouped by key.
+//! thread, each aggregated with its own key dictionary and states. Fixed
+//! windows take a range's rows in time order (`TimeBuckets`), so only
+//! the windows open at that time are looked up (`FixedStates`); sessions
+//! group a range's rows by key. The dictionaries are then merged and the
+//! accumulators of a window seen by two ranges merged
+//! ([`Accumulator::merge`] is associative and commutative). Results are
+//! ordered by window start and key encoding, so the result, order included,
+//! does not depend on the number of threads (exactly for counts, integer
+//! sums, min/max and distinct counts; a float sum or average of a window
+//! two ranges saw is added in another order, so it may differ in its last
+//! bits). Peak memory: each range holds its own states (a window seen by
+//! two ranges twice) until they are merged, its rows' positions in time
+//! order (12 bytes a row) while it aggregates fixed windows, and sessions
+//! hold their rows twice while they are grouped by key.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -698,7 +705,7 @@ pub struct WindowResult {
 /// The outcome of a recompute.
 #[derive(Debug, Default)]
 pub struct Recomputed {
-    /// Windows, ordered by (start, key).
+    /// Windows, ordered by (start, key encoding).
     pub windows: Vec<WindowResult>,
     /// Events read in the time range.
     pub events_read: u64,
@@ -755,7 +762,7 @@ fn recompute_in_ranges(
 type WindowKey = (i64, u32);
 
 /// The states of one row range's fixed windows. The range's rows are
-/// handed over in time order ([`TimeBuckets`]), so only the few windows
+/// handed over in time order (`TimeBuckets`), so only the few windows
 /// open at that time are looked up, each with a dense table from key id to
 /// state: a row finds its state by two array reads that stay in cache,
 /// where a map of every state of the range would miss the cache on every
@@ -965,7 +972,7 @@ impl TimeBuckets {
 }
 
 /// Tumbling and hopping windows: each range aggregates its rows, in time
-/// order, into (window start, key) states ([`FixedStates`]); all states,
+/// order, into (window start, key) states (`FixedStates`); all states,
 /// sorted, are folded per window and key.
 fn recompute_fixed(
     metric: &MetricDef,
@@ -1292,6 +1299,10 @@ fn split_at_keys<'a, T>(rows: &'a mut [T], key_starts: &[usize], parts: usize) -
     slices.push(rest);
     slices
 }
+
+#[cfg(test)]
+#[path = "compute_columnar_tests.rs"]
+mod columnar_tests;
 
 #[cfg(test)]
 mod tests {
