@@ -71,33 +71,41 @@ type FloatArray = <Float64Type as PolarsDataType>::Array;
 type BoolArray = <BooleanType as PolarsDataType>::Array;
 
 impl FieldColumn {
-    /// The column's array. Every column of a frame is one chunk (rechunked
-    /// when read and when filtered), so row `i` of the frame is row `i`
-    /// of the array.
-    fn array(&self) -> ColumnRef<'_> {
+    /// The column's array of chunk `chunk`. A frame's columns have the same
+    /// chunks (aligned when read, one chunk once filtered by key), so row
+    /// `i` of a chunk is row `i` of each column's array of it.
+    fn array(&self, chunk: usize) -> ColumnRef<'_> {
         match self {
             FieldColumn::Str(c) => c
-                .downcast_iter()
-                .next()
+                .downcast_get(chunk)
                 .map_or(ColumnRef::Missing, ColumnRef::Str),
             FieldColumn::Int(c) => c
-                .downcast_iter()
-                .next()
+                .downcast_get(chunk)
                 .map_or(ColumnRef::Missing, ColumnRef::Int),
             FieldColumn::Float(c) => c
-                .downcast_iter()
-                .next()
+                .downcast_get(chunk)
                 .map_or(ColumnRef::Missing, ColumnRef::Float),
             FieldColumn::Bool(c) => c
-                .downcast_iter()
-                .next()
+                .downcast_get(chunk)
                 .map_or(ColumnRef::Missing, ColumnRef::Bool),
             FieldColumn::Time(c) => c
-                .downcast_iter()
-                .next()
+                .downcast_get(chunk)
                 .map_or(ColumnRef::Missing, ColumnRef::Time),
             FieldColumn::Missing => ColumnRef::Missing,
         }
+    }
+
+    /// Row `i` of the frame, whichever chunk holds it.
+    fn value(&self, i: usize) -> ValueRef<'_> {
+        let value = match self {
+            FieldColumn::Str(c) => c.get(i).map(ValueRef::String),
+            FieldColumn::Int(c) => c.get(i).map(ValueRef::Int),
+            FieldColumn::Float(c) => c.get(i).map(ValueRef::Float),
+            FieldColumn::Bool(c) => c.get(i).map(ValueRef::Bool),
+            FieldColumn::Time(c) => c.get(i).map(ValueRef::Timestamp),
+            FieldColumn::Missing => None,
+        };
+        value.unwrap_or(ValueRef::Null)
     }
 }
 
@@ -251,6 +259,10 @@ impl EventFrame {
                 df = df.filter(&keep).map_err(err)?;
             }
         }
+        // Columns stay in the reader's chunks (a row group each), not copied
+        // into one: rows are read chunk by chunk, so every column must have
+        // the same chunks (they do, unless a filter cut them differently).
+        df.align_chunks();
         let height = df.height();
         let time = timestamp_column(&df, time_name).map_err(err)?;
         let mut fields = Vec::with_capacity(wanted.len());
@@ -261,12 +273,8 @@ impl EventFrame {
                 continue;
             };
             let column = match spec.ty {
-                FieldType::String => {
-                    FieldColumn::Str(column.str().map_err(err)?.rechunk().into_owned())
-                }
-                FieldType::Int => {
-                    FieldColumn::Int(column.i64().map_err(err)?.rechunk().into_owned())
-                }
+                FieldType::String => FieldColumn::Str(column.str().map_err(err)?.clone()),
+                FieldType::Int => FieldColumn::Int(column.i64().map_err(err)?.clone()),
                 FieldType::Float => {
                     // int -> float is a backward-compatible contract change:
                     // files archived under the older version hold Int64.
@@ -274,11 +282,9 @@ impl EventFrame {
                         DataType::Float64 => column.clone(),
                         _ => column.cast(&DataType::Float64).map_err(err)?,
                     };
-                    FieldColumn::Float(column.f64().map_err(err)?.rechunk().into_owned())
+                    FieldColumn::Float(column.f64().map_err(err)?.clone())
                 }
-                FieldType::Bool => {
-                    FieldColumn::Bool(column.bool().map_err(err)?.rechunk().into_owned())
-                }
+                FieldType::Bool => FieldColumn::Bool(column.bool().map_err(err)?.clone()),
                 FieldType::Timestamp => {
                     FieldColumn::Time(timestamp_column(&df, &spec.name).map_err(err)?)
                 }
@@ -309,22 +315,33 @@ impl EventFrame {
     pub fn fill(&self, i: usize, time: i64, event: &mut Event) {
         event.time_ms = time;
         for (index, column) in &self.fields {
-            event.values[*index].set(column.array().value(i));
+            event.values[*index].set(column.value(i));
         }
     }
 
-    /// The columns `metric` reads, borrowed as arrays in the order the
-    /// metric uses them.
-    fn columns(&self, metric: &MetricDef) -> MetricColumns<'_> {
+    /// The frame's chunks that hold rows: for each, its rows and the
+    /// columns `metric` reads, borrowed as arrays in the order the metric
+    /// uses them.
+    fn parts(&self, metric: &MetricDef) -> Vec<(usize, MetricColumns<'_>)> {
+        let lengths: Vec<usize> = self.time.chunk_lengths().collect();
+        lengths
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rows)| *rows > 0)
+            .map(|(chunk, rows)| (rows, self.chunk_columns(metric, chunk)))
+            .collect()
+    }
+
+    fn chunk_columns(&self, metric: &MetricDef, chunk: usize) -> MetricColumns<'_> {
         let column = |index: usize| {
             self.fields
                 .iter()
                 .find(|(i, _)| *i == index)
-                .map_or(ColumnRef::Missing, |(_, c)| c.array())
+                .map_or(ColumnRef::Missing, |(_, c)| c.array(chunk))
         };
         let plan = &metric.plan;
         MetricColumns {
-            time: self.time.downcast_iter().next(),
+            time: self.time.downcast_get(chunk),
             group_by: metric.group_by.iter().map(|g| column(g.index)).collect(),
             filter: metric
                 .filter
@@ -393,8 +410,8 @@ impl EventFrame {
 fn timestamp_column(df: &DataFrame, name: &str) -> PolarsResult<Int64Chunked> {
     let column = df.column(name)?;
     match column.dtype() {
-        DataType::Int64 => Ok(column.i64()?.rechunk().into_owned()),
-        _ => Ok(column.datetime()?.physical().rechunk().into_owned()),
+        DataType::Int64 => Ok(column.i64()?.clone()),
+        _ => Ok(column.datetime()?.physical().clone()),
     }
 }
 
@@ -435,13 +452,8 @@ impl Keys {
             ends,
             ..
         } = self;
-        let encoded = |id: u32| {
-            let end = ends[id as usize];
-            let start = if id == 0 { 0 } else { ends[id as usize - 1] };
-            &bytes[start..end]
-        };
         let hash = hasher.hash_one(encoding);
-        if let Some(id) = ids.find(hash, |id| encoded(*id) == encoding) {
+        if let Some(id) = ids.find(hash, |id| encoded(bytes, ends, *id) == encoding) {
             return *id;
         }
         let id = self.values.len() as u32;
@@ -456,22 +468,12 @@ impl Keys {
         bytes.extend_from_slice(encoding);
         ends.push(bytes.len());
         all_values.push(values());
-        ids.insert_unique(hash, id, |id| {
-            let end = ends[*id as usize];
-            let start = if *id == 0 { 0 } else { ends[*id as usize - 1] };
-            hasher.hash_one(&bytes[start..end])
-        });
+        ids.insert_unique(hash, id, |id| hasher.hash_one(encoded(bytes, ends, *id)));
         id
     }
 
     fn encoded(&self, id: u32) -> &[u8] {
-        let end = self.ends[id as usize];
-        let start = if id == 0 {
-            0
-        } else {
-            self.ends[id as usize - 1]
-        };
-        &self.bytes[start..end]
+        encoded(&self.bytes, &self.ends, id)
     }
 
     /// Each key's rank in the order of the encodings: results are sorted
@@ -504,6 +506,15 @@ impl Keys {
             .map(|id| self.intern_encoded(other.encoded(id), || other.values[id as usize].clone()))
             .collect()
     }
+}
+
+/// Key `id`'s encoding in [`Keys`]' buffer.
+fn encoded<'a>(bytes: &'a [u8], ends: &[usize], id: u32) -> &'a [u8] {
+    let start = match id {
+        0 => 0,
+        _ => ends[id as usize - 1],
+    };
+    &bytes[start..ends[id as usize]]
 }
 
 /// The group key ids of one row range's rows. Each row's group-by values
@@ -623,16 +634,17 @@ impl<'f> RowKeys<'f> {
 /// Most group-by columns whose words [`RowKeys`] looks up together.
 const MAX_PACKED_COLUMNS: usize = 4;
 
-/// Rows of one frame: (frame index, row indexes).
+/// Rows of one part (a frame's chunk): (part index, row indexes).
 type Segment = (usize, Range<usize>);
 
 /// Below this many rows a range is not worth a thread of its own.
 const MIN_ROWS_PER_RANGE: usize = 1 << 16;
 
-/// Cuts the rows of `frames` into `ranges` contiguous ranges of about
-/// equal size (fewer if there are fewer rows), in row order.
-fn row_ranges(frames: &[EventFrame], ranges: usize) -> Vec<Vec<Segment>> {
-    let total: usize = frames.iter().map(EventFrame::height).sum();
+/// Cuts the rows of parts of `heights` rows into `ranges` contiguous
+/// ranges of about equal size (fewer if there are fewer rows), in row
+/// order.
+fn row_ranges(heights: &[usize], ranges: usize) -> Vec<Vec<Segment>> {
+    let total: usize = heights.iter().sum();
     let ranges = ranges.min(total).max(1);
     let (mut frame, mut row) = (0, 0);
     (0..ranges)
@@ -640,7 +652,7 @@ fn row_ranges(frames: &[EventFrame], ranges: usize) -> Vec<Vec<Segment>> {
             let mut wanted = (r + 1) * total / ranges - r * total / ranges;
             let mut segments = Vec::new();
             while wanted > 0 {
-                let height = frames[frame].height();
+                let height = heights[frame];
                 let take = (height - row).min(wanted);
                 if take > 0 {
                     segments.push((frame, row..row + take));
@@ -751,8 +763,10 @@ fn recompute_in_ranges(
     events: (i64, i64),
     windows: (i64, i64),
 ) -> Recomputed {
-    let ranges = row_ranges(frames, ranges);
-    let columns: Vec<MetricColumns<'_>> = frames.iter().map(|f| f.columns(metric)).collect();
+    // Each frame's chunks, as parts: rows are addressed (part, row).
+    let (heights, columns): (Vec<usize>, Vec<MetricColumns<'_>>) =
+        frames.iter().flat_map(|f| f.parts(metric)).unzip();
+    let ranges = row_ranges(&heights, ranges);
     match metric.window.session_gap_ms() {
         Some(gap) => recompute_sessions(metric, &columns, &ranges, events, windows, gap),
         None => recompute_fixed(metric, &columns, &ranges, events, windows),
@@ -1408,8 +1422,9 @@ mod tests {
     #[test]
     fn row_ranges_cover_every_row_once_in_order() {
         let (_, frames) = frames_per_metric().remove(0);
+        let heights: Vec<usize> = frames.iter().map(EventFrame::height).collect();
         for ranges in [1, 2, 3, 7, 100_000] {
-            let cut = row_ranges(&frames, ranges);
+            let cut = row_ranges(&heights, ranges);
             let rows: Vec<(usize, usize)> = cut
                 .iter()
                 .flatten()
