@@ -15,23 +15,14 @@ use rdkafka::mocking::MockCluster;
 use serde_json::{Map, Value as Json};
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use strata_registry::LocalRegistry;
-use support::{TestEnv, expected, http_get, run_ok, terminate, wait_until};
+use support::{TestEnv, expected, http_get, query_rows, run_ok, terminate, wait_until};
 
 const MINUTE: i64 = 60_000;
 
+/// The API's rows for `metric`, in a fixed order (the twin metrics' rows
+/// are compared as sets).
 fn answer(port: u16, metric: &str) -> Vec<Map<String, Json>> {
-    let answer = http_get(
-        port,
-        &format!("/v1/metrics/{metric}/query?from=2026-11-22T09:00:00Z&to=2026-11-22T13:00:00Z"),
-        &[],
-    );
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    let mut rows: Vec<Map<String, Json>> = answer.json()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_object().unwrap().clone())
-        .collect();
+    let mut rows = query_rows(port, metric);
     rows.sort_by_key(|r| Json::Object(r.clone()).to_string());
     rows
 }

@@ -10,10 +10,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use support::expected;
-use support::{TestEnv, http_get, terminate, wait_until};
+use support::{TestEnv, query_rows, terminate, wait_until};
 
 const MINUTE: i64 = 60_000;
 
@@ -23,21 +23,6 @@ const LATENESS_MS: i64 = 30_000;
 
 fn ms(text: &Json) -> i64 {
     strata_schemas::value::parse_rfc3339_ms(text.as_str().unwrap()).unwrap()
-}
-
-fn rows(port: u16, metric: &str) -> Vec<Map<String, Json>> {
-    let answer = http_get(
-        port,
-        &format!("/v1/metrics/{metric}/query?from=2026-11-22T09:00:00Z&to=2026-11-22T13:00:00Z"),
-        &[],
-    );
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    answer.json()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_object().unwrap().clone())
-        .collect()
 }
 
 #[tokio::test]
@@ -98,7 +83,7 @@ async fn generator_to_api_across_the_batch_speed_boundary() {
 
     // page_views_per_minute
     let (_, w) = env.published("page_views_per_minute").await;
-    let got = rows(port, "page_views_per_minute");
+    let got = query_rows(port, "page_views_per_minute");
     let mut want = BTreeMap::new();
     for (k, v) in &batch_truth.per_minute {
         if k.0 < w {
@@ -138,7 +123,7 @@ async fn generator_to_api_across_the_batch_speed_boundary() {
 
     // active_users_5m
     let (_, w) = env.published("active_users_5m").await;
-    let got: BTreeMap<(i64, String), (u64, String)> = rows(port, "active_users_5m")
+    let got: BTreeMap<(i64, String), (u64, String)> = query_rows(port, "active_users_5m")
         .iter()
         .map(|r| {
             (
@@ -168,7 +153,7 @@ async fn generator_to_api_across_the_batch_speed_boundary() {
 
     // user_sessions
     let (_, w) = env.published("user_sessions").await;
-    let got: WithSource<(String, i64, i64), String> = rows(port, "user_sessions")
+    let got: WithSource<(String, i64, i64), String> = query_rows(port, "user_sessions")
         .iter()
         .map(|r| {
             (

@@ -220,6 +220,23 @@ impl HttpAnswer {
     }
 }
 
+/// The rows the API answers for `metric` over the reference data's hours
+/// (2026-11-22 09:00 to 13:00 UTC), in the API's order.
+pub fn query_rows(port: u16, metric: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let answer = http_get(
+        port,
+        &format!("/v1/metrics/{metric}/query?from=2026-11-22T09:00:00Z&to=2026-11-22T13:00:00Z"),
+        &[],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer.json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_object().unwrap().clone())
+        .collect()
+}
+
 /// A minimal HTTP/1.1 GET (the tests need no client library): `target` is
 /// sent as is, so tests can send raw, hostile request targets.
 pub fn http_get(port: u16, target: &str, headers: &[(&str, &str)]) -> HttpAnswer {
