@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use apache_avro::schema::{Name, ResolvedSchema, Schema};
 
 use crate::contract::{Contract, UnknownFieldPolicy};
-use crate::decode::{DecodeError, DecodeErrorKind, Decoder, Event, Raw, Slots};
+use crate::decode::{DecodeError, DecodeErrorKind, Decoder, Event, Raw, SlotBuffer, Slots};
 use crate::value::{FieldType, Value};
 
 /// First byte of every Confluent-framed record.
@@ -674,9 +674,10 @@ impl Decoder {
         let contract = self.contract();
         let id = schema_id(payload, contract)?;
         debug_assert_eq!(id, writer.id, "decoded with another writer schema");
-        let mut slots: Slots<'_> = smallvec::smallvec![None; contract.fields.len()];
+        let mut buffer = SlotBuffer::new();
+        let slots = buffer.slots(contract.fields.len());
         writer
-            .fill(&payload[HEADER_LEN..], &mut slots)
+            .fill(&payload[HEADER_LEN..], slots)
             .map_err(|e| {
                 DecodeError::new(
                     DecodeErrorKind::CorruptAvro,
@@ -686,7 +687,7 @@ impl Decoder {
                     ),
                 )
             })?;
-        self.finish(&mut slots, event)
+        self.finish(slots, event)
     }
 }
 

@@ -1,9 +1,9 @@
 //! JSON payload → typed [`Event`], checked against a contract.
 //!
-//! The decoder streams the JSON object once with serde over sonic-rs's
-//! SIMD parser (no intermediate value tree), slotting each key into its
-//! contract position, then converts every slot to the field's declared
-//! type, into an [`Event`] whose strings are reused from record to record
+//! The decoder reads the JSON object once with its own reader
+//! ([`crate::json`]: no value tree, no serde visitor, strings borrowed from
+//! the payload), slotting each key into its contract position, then
+//! converts every slot to the field's declared type, into an [`Event`] whose strings are reused from record to record
 //! ([`Decoder::decode_into`]). Every error names
 //! the field, the expected type and the value seen, because the message ends
 //! up in a dead-letter header that a producer team has to act on.
@@ -12,9 +12,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-
 use crate::contract::{Contract, FieldSpec, TimestampFormat, UnknownFieldPolicy};
+use crate::json;
 use crate::value::{FieldType, Value, parse_rfc3339_ms};
 
 /// A decoded, valid event.
@@ -133,6 +132,7 @@ pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 #[derive(Clone, Debug)]
 pub struct Decoder {
     contract: Arc<Contract>,
+    keys: KeyProbes,
     event_time_index: usize,
     max_event_bytes: usize,
 }
@@ -142,6 +142,7 @@ impl Decoder {
     /// required timestamp field; config validation guarantees it).
     pub fn new(contract: Arc<Contract>, event_time_index: usize, max_event_bytes: usize) -> Self {
         Decoder {
+            keys: KeyProbes::new(&contract),
             contract,
             event_time_index,
             max_event_bytes,
@@ -166,26 +167,12 @@ impl Decoder {
     /// longest values seen. On error `event` holds no meaningful values.
     pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
         self.check_size(payload)?;
-        let contract = &*self.contract;
-        // On the stack for contracts of up to 16 fields.
-        let mut slots: Slots<'_> = smallvec::smallvec![None; contract.fields.len()];
-        let mut deserializer = sonic_rs::Deserializer::from_slice(payload);
-        let seed = ObjectSeed {
-            contract,
-            slots: &mut slots,
-            problem: None,
-        };
-        let problem = match seed.deserialize(&mut deserializer) {
-            Ok(problem) => problem,
-            Err(e) => return Err(json_error(&e, contract)),
-        };
-        if let Err(e) = deserializer.end() {
-            return Err(json_error(&e, contract));
-        }
-        if let Some(problem) = problem {
+        let mut buffer = SlotBuffer::new();
+        let slots = buffer.slots(self.contract.fields.len());
+        if let Some(problem) = read_object(payload, &self.contract, &self.keys, slots)? {
             return Err(problem);
         }
-        self.finish(&mut slots, event)
+        self.finish(slots, event)
     }
 
     /// Refuses a payload over the source's `max_event_bytes`.
@@ -261,26 +248,164 @@ impl EventDecoder for Decoder {
     }
 }
 
-/// One slot per contract field, filled while the object streams by.
-pub(crate) type Slots<'de> = smallvec::SmallVec<[Option<Raw<'de>>; 16]>;
+/// One slot per contract field, filled while the payload is read.
+pub(crate) type Slots<'de> = [Option<Raw<'de>>];
 
-fn json_error(e: &sonic_rs::Error, contract: &Contract) -> DecodeError {
-    if e.classify() == sonic_rs::error::Category::TypeUnmatched {
-        DecodeError::new(
-            DecodeErrorKind::NotAnObject,
-            None,
-            format!(
-                "payload is JSON but not an object ({e}); {} events are JSON objects",
-                contract.label()
-            ),
-        )
-    } else {
+/// The storage of a payload's [`Slots`]: on the stack for contracts of up
+/// to 16 fields, written in place (a `SmallVec` returned by value copied
+/// its 512 bytes per event).
+pub(crate) struct SlotBuffer<'de> {
+    inline: [Option<Raw<'de>>; 16],
+    spilled: Vec<Option<Raw<'de>>>,
+}
+
+impl<'de> SlotBuffer<'de> {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        SlotBuffer {
+            inline: [const { None }; 16],
+            spilled: Vec::new(),
+        }
+    }
+
+    /// `fields` empty slots.
+    #[inline(always)]
+    pub(crate) fn slots(&mut self, fields: usize) -> &mut Slots<'de> {
+        if fields <= self.inline.len() {
+            &mut self.inline[..fields]
+        } else {
+            self.spilled.resize(fields, None);
+            &mut self.spilled
+        }
+    }
+}
+
+/// The contract's field names as the reader's keys are compared with them:
+/// length and first eight bytes in one comparison, the rest only for
+/// longer names (comparing names as strings called `memcmp` per field).
+#[derive(Clone, Debug)]
+struct KeyProbes {
+    /// In contract order.
+    probes: Vec<KeyProbe>,
+}
+
+#[derive(Clone, Debug)]
+struct KeyProbe {
+    head: json::KeyHead,
+    /// The name's bytes after the eighth.
+    tail: Box<[u8]>,
+}
+
+impl KeyProbes {
+    fn new(contract: &Contract) -> Self {
+        let probes = contract
+            .fields
+            .iter()
+            .map(|field| {
+                let name = field.name.as_bytes();
+                KeyProbe {
+                    head: json::KeyHead::of(name),
+                    tail: name.get(8..).unwrap_or_default().into(),
+                }
+            })
+            .collect();
+        KeyProbes { probes }
+    }
+
+    #[inline(always)]
+    fn matches(&self, index: usize, key: &json::Key<'_>) -> bool {
+        self.probes.get(index).is_some_and(|probe| {
+            probe.head == key.head
+                && (probe.tail.is_empty() || *probe.tail == key.text.as_bytes()[8..])
+        })
+    }
+
+    /// The contract position of `key`, trying `guess` first.
+    #[inline]
+    fn find(&self, key: &json::Key<'_>, guess: usize) -> Option<usize> {
+        if self.matches(guess, key) {
+            return Some(guess);
+        }
+        (0..self.probes.len()).find(|&i| self.matches(i, key))
+    }
+}
+
+/// Reads the payload's top-level object into contract slots. Contract
+/// violations found while reading (unknown or duplicate keys) are kept as
+/// the first problem and returned after the whole payload is known to be
+/// well-formed JSON, so a truncated payload is always reported as
+/// malformed.
+#[inline]
+fn read_object<'a>(
+    payload: &'a [u8],
+    contract: &Contract,
+    keys: &KeyProbes,
+    slots: &mut Slots<'a>,
+) -> Result<Option<DecodeError>, DecodeError> {
+    let malformed = |e: json::Malformed| {
         DecodeError::new(
             DecodeErrorKind::MalformedJson,
             None,
-            format!("payload is not valid JSON: {e}"),
+            format!(
+                "payload is not valid JSON: {e} (near {})",
+                json::excerpt(payload, e.at)
+            ),
         )
+    };
+    let mut reader = json::Reader::new(payload).map_err(malformed)?;
+    if !reader.begin_object().map_err(malformed)? {
+        return Err(DecodeError::new(
+            DecodeErrorKind::NotAnObject,
+            None,
+            format!(
+                "payload is JSON but not an object; {} events are JSON objects",
+                contract.label()
+            ),
+        ));
     }
+    let mut problem = None;
+    // Producers send fields in one order, usually the contract's: the field
+    // after the last one found is tried first, before the full lookup.
+    let mut next_guess = 0;
+    let mut first = true;
+    while let Some(key) = reader.next_key(first).map_err(malformed)? {
+        let name = &key.text;
+        first = false;
+        match keys.find(&key, next_guess) {
+            Some(i) => {
+                let value = reader.value().map_err(malformed)?;
+                if slots[i].is_some() {
+                    problem.get_or_insert_with(|| {
+                        DecodeError::new(
+                            DecodeErrorKind::DuplicateField,
+                            Some(name),
+                            format!("field {name:?} appears twice; send each field once"),
+                        )
+                    });
+                }
+                slots[i] = Some(value);
+                next_guess = i + 1;
+            }
+            None => {
+                reader.ignore_value().map_err(malformed)?;
+                if contract.unknown_fields == UnknownFieldPolicy::Reject {
+                    problem.get_or_insert_with(|| {
+                        DecodeError::new(
+                            DecodeErrorKind::UnknownField,
+                            Some(name),
+                            format!(
+                                "field {name:?} is not in contract {} (fields: {}); remove it from the producer or add it to a new contract version",
+                                contract.label(),
+                                contract.field_names()
+                            ),
+                        )
+                    });
+                }
+            }
+        }
+    }
+    reader.end().map_err(malformed)?;
+    Ok(problem)
 }
 
 /// A scalar as seen on the wire, borrowed from the payload when possible.
@@ -319,148 +444,6 @@ impl fmt::Display for Raw<'_> {
             Raw::Array => f.write_str("an array"),
             Raw::Object => f.write_str("an object"),
         }
-    }
-}
-
-struct RawVisitor;
-
-impl<'de> Visitor<'de> for RawVisitor {
-    type Value = Raw<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Raw<'de>, E> {
-        Ok(Raw::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Raw<'de>, E> {
-        Ok(Raw::Null)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw<'de>, E> {
-        Ok(Raw::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw<'de>, E> {
-        Ok(Raw::I64(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw<'de>, E> {
-        Ok(Raw::U64(v))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw<'de>, E> {
-        Ok(Raw::F64(v))
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Raw<'de>, E> {
-        Ok(Raw::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw<'de>, E> {
-        Ok(Raw::Str(Cow::Owned(v.to_string())))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw<'de>, E> {
-        Ok(Raw::Str(Cow::Owned(v)))
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Raw<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Raw::Array)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Raw::Object)
-    }
-}
-
-// The decoder's per-event work: `#[inline]` keeps these in
-// `Decoder::decode` whichever codegen unit they land in (a crate layout
-// change once moved them out of line and cost 7 % of decoding).
-impl<'de> de::Deserialize<'de> for Raw<'de> {
-    #[inline]
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(RawVisitor)
-    }
-}
-
-/// Object keys, borrowed when unescaped.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-/// Streams the top-level object into contract slots. Contract violations
-/// found while streaming (unknown or duplicate keys) are kept as the first
-/// problem and reported after the JSON is known to be well-formed, so a
-/// truncated payload is always reported as malformed.
-struct ObjectSeed<'c, 's, 'de> {
-    contract: &'c Contract,
-    slots: &'s mut Slots<'de>,
-    problem: Option<DecodeError>,
-}
-
-impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_, 'de> {
-    type Value = Option<DecodeError>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ObjectSeed<'_, '_, 'de> {
-    type Value = Option<DecodeError>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    #[inline]
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            match self.contract.field_index(&key) {
-                Some(i) => {
-                    let value: Raw<'de> = map.next_value()?;
-                    if self.slots[i].is_some() {
-                        self.problem.get_or_insert_with(|| {
-                            DecodeError::new(
-                                DecodeErrorKind::DuplicateField,
-                                Some(&key),
-                                format!("field {key:?} appears twice; send each field once"),
-                            )
-                        });
-                    }
-                    self.slots[i] = Some(value);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                    if self.contract.unknown_fields == UnknownFieldPolicy::Reject {
-                        let contract = self.contract;
-                        self.problem.get_or_insert_with(|| {
-                            DecodeError::new(
-                                DecodeErrorKind::UnknownField,
-                                Some(&key),
-                                format!(
-                                    "field {key:?} is not in contract {} (fields: {}); remove it from the producer or add it to a new contract version",
-                                    contract.label(),
-                                    contract.field_names()
-                                ),
-                            )
-                        });
-                    }
-                }
-            }
-        }
-        Ok(self.problem)
     }
 }
 
@@ -811,6 +794,55 @@ mod tests {
             (reused.time_ms, &reused.values[1]),
             (5, &Value::String("u3".into()))
         );
+    }
+
+    #[test]
+    fn keys_are_matched_on_every_byte_in_any_order() {
+        // Keys sharing a field's length, its first eight bytes or its
+        // prefix are not that field.
+        for key in [
+            "event_timf",
+            "event_time_",
+            "event_tim",
+            "duration_mz",
+            "user_ie",
+            "user_i",
+        ] {
+            let e = decode(&format!(r#"{{"event_time":1,"user_id":"u","{key}":2}}"#)).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::UnknownField, "{key}");
+            assert_eq!(e.field.as_deref(), Some(key));
+        }
+        // Every order of the fields (the reader guesses the next one).
+        let fields = [
+            r#""event_time":7"#,
+            r#""user_id":"u""#,
+            r#""duration_ms":3"#,
+            r#""score":0.5"#,
+            r#""bot":true"#,
+        ];
+        let decoder = Decoder::new(contract(), 0, 200);
+        for rotation in 0..fields.len() {
+            for reversed in [false, true] {
+                let mut order: Vec<&str> = fields.to_vec();
+                order.rotate_left(rotation);
+                if reversed {
+                    order.reverse();
+                }
+                let json = format!("{{{}}}", order.join(","));
+                let e = decoder.decode(json.as_bytes()).unwrap();
+                assert_eq!(
+                    e.values,
+                    vec![
+                        Value::Timestamp(7),
+                        Value::String("u".into()),
+                        Value::Int(3),
+                        Value::Float(0.5),
+                        Value::Bool(true)
+                    ],
+                    "{json}"
+                );
+            }
+        }
     }
 
     #[test]

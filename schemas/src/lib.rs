@@ -24,6 +24,7 @@ pub mod decode;
 pub mod duration;
 pub mod filter;
 pub mod group_key;
+mod json;
 pub mod leb128;
 pub mod problem;
 pub mod sketch;
