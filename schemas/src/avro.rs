@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use apache_avro::schema::{Name, ResolvedSchema, Schema};
 
 use crate::contract::{Contract, UnknownFieldPolicy};
-use crate::decode::{DecodeError, DecodeErrorKind, Decoder, Event, Raw, SlotBuffer, Slots};
+use crate::decode::{DecodeError, DecodeErrorKind, Decoder, Event, Raw, Slots, slots_in};
 use crate::value::{FieldType, Value};
 
 /// First byte of every Confluent-framed record.
@@ -674,8 +674,9 @@ impl Decoder {
         let contract = self.contract();
         let id = schema_id(payload, contract)?;
         debug_assert_eq!(id, writer.id, "decoded with another writer schema");
-        let mut buffer = SlotBuffer::new();
-        let slots = buffer.slots(contract.fields.len());
+        let mut inline = [const { None }; 16];
+        let mut spilled = Vec::new();
+        let slots = slots_in(contract.fields.len(), &mut inline, &mut spilled);
         writer
             .fill(&payload[HEADER_LEN..], slots)
             .map_err(|e| {

@@ -167,8 +167,9 @@ impl Decoder {
     /// longest values seen. On error `event` holds no meaningful values.
     pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
         self.check_size(payload)?;
-        let mut buffer = SlotBuffer::new();
-        let slots = buffer.slots(self.contract.fields.len());
+        let mut inline = [const { None }; 16];
+        let mut spilled = Vec::new();
+        let slots = slots_in(self.contract.fields.len(), &mut inline, &mut spilled);
         if let Some(problem) = read_object(payload, &self.contract, &self.keys, slots)? {
             return Err(problem);
         }
@@ -251,32 +252,20 @@ impl EventDecoder for Decoder {
 /// One slot per contract field, filled while the payload is read.
 pub(crate) type Slots<'de> = [Option<Raw<'de>>];
 
-/// The storage of a payload's [`Slots`]: on the stack for contracts of up
-/// to 16 fields, written in place (a `SmallVec` returned by value copied
-/// its 512 bytes per event).
-pub(crate) struct SlotBuffer<'de> {
-    inline: [Option<Raw<'de>>; 16],
-    spilled: Vec<Option<Raw<'de>>>,
-}
-
-impl<'de> SlotBuffer<'de> {
-    #[inline(always)]
-    pub(crate) fn new() -> Self {
-        SlotBuffer {
-            inline: [const { None }; 16],
-            spilled: Vec::new(),
-        }
-    }
-
-    /// `fields` empty slots.
-    #[inline(always)]
-    pub(crate) fn slots(&mut self, fields: usize) -> &mut Slots<'de> {
-        if fields <= self.inline.len() {
-            &mut self.inline[..fields]
-        } else {
-            self.spilled.resize(fields, None);
-            &mut self.spilled
-        }
+/// A payload's [`Slots`]: `inline` (on the caller's stack, declared there
+/// so that it is written in place, not moved) for contracts of up to 16
+/// fields, `spilled` beyond.
+#[inline(always)]
+pub(crate) fn slots_in<'s, 'de>(
+    fields: usize,
+    inline: &'s mut [Option<Raw<'de>>; 16],
+    spilled: &'s mut Vec<Option<Raw<'de>>>,
+) -> &'s mut Slots<'de> {
+    if fields <= inline.len() {
+        &mut inline[..fields]
+    } else {
+        spilled.resize(fields, None);
+        spilled
     }
 }
 
@@ -487,18 +476,28 @@ fn convert_into(
     contract: &Contract,
     out: &mut Value,
 ) -> Result<(), DecodeError> {
-    if let (FieldType::String, Some(Raw::Str(s))) = (spec.ty, &slot) {
-        if let Some(max) = spec.max_length
-            && s.len() > max
-        {
-            return Err(too_long(spec, s.len(), max, contract));
+    let text = match (&slot, &spec.default) {
+        (Some(Raw::Str(s)), _) if spec.ty == FieldType::String => {
+            if let Some(max) = spec.max_length
+                && s.len() > max
+            {
+                return Err(too_long(spec, s.len(), max, contract));
+            }
+            Some(&**s)
         }
+        // An absent optional string with a default: copied like a value.
+        (None | Some(Raw::Null), Some(Value::String(default))) if !spec.required => {
+            Some(default.as_str())
+        }
+        _ => None,
+    };
+    if let Some(text) = text {
         match out {
             Value::String(buffer) => {
                 buffer.clear();
-                buffer.push_str(s);
+                buffer.push_str(text);
             }
-            _ => *out = Value::String(s.to_string()),
+            _ => *out = Value::String(text.to_string()),
         }
         return Ok(());
     }
@@ -793,6 +792,44 @@ mod tests {
         assert_eq!(
             (reused.time_ms, &reused.values[1]),
             (5, &Value::String("u3".into()))
+        );
+    }
+
+    #[test]
+    fn the_first_problem_in_contract_order_is_reported_whatever_the_key_order() {
+        let kind_and_field = |json: &str| {
+            let e = decode(json).unwrap_err();
+            (e.kind, e.field)
+        };
+        let field = |name: &str| Some(name.to_string());
+        // Two invalid values: the field declared first.
+        assert_eq!(
+            kind_and_field(r#"{"score":"abc","user_id":"far too long","event_time":1}"#),
+            (DecodeErrorKind::InvalidValue, field("user_id"))
+        );
+        // A missing required field declared before the invalid one.
+        assert_eq!(
+            kind_and_field(r#"{"score":"abc","event_time":1}"#),
+            (DecodeErrorKind::MissingField, field("user_id"))
+        );
+        // An invalid value declared before the missing field.
+        assert_eq!(
+            kind_and_field(r#"{"user_id":"u","event_time":"never"}"#),
+            (DecodeErrorKind::WrongType, field("event_time"))
+        );
+        // Unknown and duplicate keys come before values.
+        assert_eq!(
+            kind_and_field(r#"{"score":"abc","event_time":1,"user_id":"u","zzz":1}"#),
+            (DecodeErrorKind::UnknownField, field("zzz"))
+        );
+        assert_eq!(
+            kind_and_field(r#"{"score":"abc","score":1,"event_time":1,"user_id":"u"}"#),
+            (DecodeErrorKind::DuplicateField, field("score"))
+        );
+        // And a payload cut short is malformed, whatever came before.
+        assert_eq!(
+            kind_and_field(r#"{"score":"abc","zzz":1,"event_time":"#),
+            (DecodeErrorKind::MalformedJson, None)
         );
     }
 
