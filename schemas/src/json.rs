@@ -178,7 +178,7 @@ impl<'a> Reader<'a> {
 
     /// The next key of the top-level object, and its `:`; `None` after the
     /// closing brace. `first` is true for the first call.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn next_key(&mut self, first: bool) -> Result<Option<Key<'a>>, Malformed> {
         self.skip_whitespace();
         match self.peek() {
@@ -223,7 +223,7 @@ impl<'a> Reader<'a> {
 
     /// The value after a key, as a scalar ([`Raw::Array`] and
     /// [`Raw::Object`] for skipped containers).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn value(&mut self) -> Result<Raw<'a>, Malformed> {
         self.skip_whitespace();
         match self.peek() {
@@ -262,7 +262,7 @@ impl<'a> Reader<'a> {
 
     /// A string starting at the opening quote; borrowed unless it has
     /// escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Result<Cow<'a, str>, Malformed> {
         let start = self.pos + 1;
         let end = self.string_end(start)?;
@@ -389,7 +389,7 @@ impl<'a> Reader<'a> {
     /// A number: `I64` for negative integers, `U64` for others, `F64` for
     /// fractions, exponents, `-0` and integers beyond 64 bits (as
     /// serde_json reads them).
-    #[inline]
+    #[inline(always)]
     fn number(&mut self) -> Result<Raw<'a>, Malformed> {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
