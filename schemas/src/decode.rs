@@ -270,8 +270,8 @@ pub(crate) fn slots_in<'s, 'de>(
 }
 
 /// The contract's field names as the reader's keys are compared with them:
-/// length and first eight bytes in one comparison, the rest only for
-/// longer names (comparing names as strings called `memcmp` per field).
+/// length and first sixteen bytes at once, the rest only for longer names
+/// (comparing names as strings called `memcmp` per field).
 #[derive(Clone, Debug)]
 struct KeyProbes {
     /// In contract order.
@@ -281,7 +281,7 @@ struct KeyProbes {
 #[derive(Clone, Debug)]
 struct KeyProbe {
     head: json::KeyHead,
-    /// The name's bytes after the eighth.
+    /// The name's bytes after the head's.
     tail: Box<[u8]>,
 }
 
@@ -294,7 +294,7 @@ impl KeyProbes {
                 let name = field.name.as_bytes();
                 KeyProbe {
                     head: json::KeyHead::of(name),
-                    tail: name.get(8..).unwrap_or_default().into(),
+                    tail: name.get(json::KeyHead::BYTES..).unwrap_or_default().into(),
                 }
             })
             .collect();
@@ -305,7 +305,8 @@ impl KeyProbes {
     fn matches(&self, index: usize, key: &json::Key<'_>) -> bool {
         self.probes.get(index).is_some_and(|probe| {
             probe.head == key.head
-                && (probe.tail.is_empty() || *probe.tail == key.text.as_bytes()[8..])
+                && (probe.tail.is_empty()
+                    || *probe.tail == key.text.as_bytes()[json::KeyHead::BYTES..])
         })
     }
 
@@ -848,6 +849,47 @@ mod tests {
             let e = decode(&format!(r#"{{"event_time":1,"user_id":"u","{key}":2}}"#)).unwrap_err();
             assert_eq!(e.kind, DecodeErrorKind::UnknownField, "{key}");
             assert_eq!(e.field.as_deref(), Some(key));
+        }
+        // Names longer than the sixteen bytes compared at once.
+        let long = Arc::new(
+            Contract::from_json(
+                r#"{"name": "long", "version": 1, "fields": [
+                    {"name": "t", "type": "timestamp", "required": true, "formats": ["epoch_ms"]},
+                    {"name": "sixteen_bytes_ab", "type": "int"},
+                    {"name": "seventeen_bytes_x", "type": "int"},
+                    {"name": "a_name_of_twenty_six_bytes", "type": "int"}
+                ]}"#,
+                "long.json",
+                None,
+            )
+            .unwrap(),
+        );
+        let long = Decoder::new(long, 0, 500);
+        let e = long
+            .decode(br#"{"a_name_of_twenty_six_bytes":3,"seventeen_bytes_x":2,"sixteen_bytes_ab":1,"t":5}"#)
+            .unwrap();
+        assert_eq!(
+            e.values,
+            vec![
+                Value::Timestamp(5),
+                Value::Int(1),
+                Value::Int(2),
+                Value::Int(3)
+            ]
+        );
+        for key in [
+            "sixteen_bytes_ac",
+            "sixteen_bytes_abc",
+            "seventeen_bytes_y",
+            "seventeen_bytes_",
+            "a_name_of_twenty_six_bytez",
+            "a_name_of_twenty_six_byte",
+            "a_name_of_twenty_six_bytes_",
+        ] {
+            let e = long
+                .decode(format!(r#"{{"t":1,"{key}":2}}"#).as_bytes())
+                .unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::UnknownField, "{key}");
         }
         // Every order of the fields (the reader guesses the next one).
         let fields = [

@@ -61,46 +61,64 @@ pub(crate) struct Key<'a> {
     pub head: KeyHead,
 }
 
-/// A key's length and first eight bytes (zero-padded), compared at once.
+/// A key's length and first sixteen bytes (zero-padded), compared at once:
+/// names of up to 16 bytes need no other comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct KeyHead {
     len: usize,
-    word: u64,
+    words: [u64; 2],
 }
 
 impl KeyHead {
+    /// How many bytes the head holds.
+    pub(crate) const BYTES: usize = 16;
+
     pub(crate) fn of(bytes: &[u8]) -> Self {
-        let mut word = [0u8; 8];
-        for (to, from) in word.iter_mut().zip(bytes) {
+        let mut head = [0u8; Self::BYTES];
+        for (to, from) in head.iter_mut().zip(bytes) {
             *to = *from;
         }
+        Self::from_bytes(bytes.len(), head)
+    }
+
+    #[inline(always)]
+    fn from_bytes(len: usize, head: [u8; Self::BYTES]) -> Self {
+        let (low, high) = head.split_at(8);
         KeyHead {
-            len: bytes.len(),
-            word: u64::from_le_bytes(word),
+            len,
+            words: [word(low), word(high)],
         }
     }
 
-    /// The head of the `len` bytes at `start` of `payload`: one load and a
-    /// mask when eight bytes are there (a short key is followed by at
-    /// least its closing quote, `:`, a value and `}`).
+    /// The head of the `len` bytes at `start` of `payload`: two loads and a
+    /// mask when sixteen bytes are there (a key is followed by at least its
+    /// closing quote, `:`, a value and `}`).
     #[inline(always)]
     fn at(payload: &[u8], start: usize, len: usize) -> Self {
-        match payload.get(start..start + 8) {
+        match payload.get(start..start + Self::BYTES) {
             Some(chunk) => {
-                let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-                let mask = if len >= 8 {
-                    u64::MAX
+                let (low, high) = chunk.split_at(8);
+                let (low, high) = (word(low), word(high));
+                // The low `n` bytes of a word, for n < 8.
+                let keep = |n: usize| (1u64 << (8 * n)) - 1;
+                let words = if len >= Self::BYTES {
+                    [low, high]
+                } else if len >= 8 {
+                    [low, high & keep(len - 8)]
                 } else {
-                    (1u64 << (8 * len)) - 1
+                    [low & keep(len), 0]
                 };
-                KeyHead {
-                    len,
-                    word: word & mask,
-                }
+                KeyHead { len, words }
             }
             None => Self::of(&payload[start..start + len]),
         }
     }
+}
+
+/// Eight bytes as a little-endian word.
+#[inline(always)]
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]))
 }
 
 /// A cursor over one payload.
@@ -414,13 +432,17 @@ impl<'a> Reader<'a> {
         match self.peek() {
             Some(b'0') => self.pos += 1,
             Some(b'1'..=b'9') => {
+                let digits_start = self.pos;
+                // Any 19 digits fit in a u64: no overflow check per digit.
                 while let Some(b @ b'0'..=b'9') = self.peek() {
-                    let digit = u64::from(b - b'0');
-                    match magnitude.checked_mul(10).and_then(|m| m.checked_add(digit)) {
-                        Some(m) => magnitude = m,
-                        None => overflow = true,
-                    }
+                    magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
                     self.pos += 1;
+                }
+                if self.pos - digits_start > 19 {
+                    overflow = self.text[digits_start..self.pos].parse::<u64>().is_err();
+                    magnitude = self.text[digits_start..self.pos]
+                        .parse()
+                        .unwrap_or(u64::MAX);
                 }
             }
             _ => return self.fail("invalid number, expected a digit"),
