@@ -1,7 +1,7 @@
 //! JSON payload → typed [`Event`], checked against a contract.
 //!
 //! The decoder reads the JSON object once with its own reader
-//! ([`crate::json`]: no value tree, no serde visitor, strings borrowed from
+//! (the private `json` module: no value tree, no serde visitor, strings borrowed from
 //! the payload), slotting each key into its contract position, then
 //! converts every slot to the field's declared type, into an [`Event`] whose strings are reused from record to record
 //! ([`Decoder::decode_into`]). Every error names
