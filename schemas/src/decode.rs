@@ -1,12 +1,13 @@
 //! JSON payload → typed [`Event`], checked against a contract.
 //!
-//! The decoder reads the JSON object once with its own reader
-//! (the private `json` module: no value tree, no serde visitor, strings borrowed from
-//! the payload), slotting each key into its contract position, then
-//! converts every slot to the field's declared type, into an [`Event`] whose strings are reused from record to record
-//! ([`Decoder::decode_into`]). Every error names
-//! the field, the expected type and the value seen, because the message ends
-//! up in a dead-letter header that a producer team has to act on.
+//! The decoder reads the JSON object once with the crate's own reader (the
+//! private `json` module: no value tree, no serde visitor, strings borrowed
+//! from the payload), slotting each value into its contract position, then
+//! converts every slot to the field's declared type, into an [`Event`]
+//! whose strings are reused from record to record
+//! ([`Decoder::decode_into`]). Every error names the field, the expected
+//! type and the value seen, because the message ends up in a dead-letter
+//! header that a producer team has to act on.
 
 use std::borrow::Cow;
 use std::fmt;
