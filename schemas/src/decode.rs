@@ -944,9 +944,16 @@ mod tests {
 
     #[test]
     fn malformed_oversized_and_non_objects() {
+        let e = decode(r#"{"event_time":1,"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::MalformedJson);
         assert_eq!(
-            decode(r#"{"event_time":1,"#).unwrap_err().kind,
-            DecodeErrorKind::MalformedJson
+            e.message,
+            r#"payload is not valid JSON: expected a string key at byte 16 (near "{\"event_time\":1,")"#
+        );
+        let e = decode(r#"{"event_time":1, "user_id": "a long user id" "page": 3}"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            r#"payload is not valid JSON: expected ',' or '}' after an object value at byte 45 (near …"a long user id\" \"page\": 3}")"#
         );
         assert_eq!(
             decode("not json").unwrap_err().kind,
