@@ -773,26 +773,32 @@ fn recompute_in_ranges(
     }
 }
 
-type WindowKey = (i64, u32);
-
 /// The states of one row range's fixed windows. The range's rows are
 /// handed over in time order (`TimeBuckets`), so only the few windows
 /// open at that time are looked up, each with a dense table from key id to
 /// state: a row finds its state by two array reads that stay in cache,
 /// where a map of every state of the range would miss the cache on every
-/// row. Closed windows move their states to `closed`, in window order.
+/// row. A closed window keeps its own states (`closed`, in window order):
+/// they are never copied into one growing array, whose doublings touched
+/// fresh memory for every state again.
 struct FixedStates {
     /// Open windows, ascending by start.
     open: Vec<OpenWindow>,
-    /// Emptied windows, reused with their tables' memory.
+    /// Emptied windows, reused with their key tables' memory.
     spare: Vec<OpenWindow>,
-    closed: Vec<(WindowKey, Window, Accumulator)>,
+    closed: Vec<ClosedWindow>,
 }
 
 struct OpenWindow {
     window: Window,
     /// Key id -> 1 + position of its state in `states` (0: none yet).
     slots: Vec<u32>,
+    states: Vec<(u32, Accumulator)>,
+}
+
+/// A closed window's states: (key id, then key rank once ranked, state).
+struct ClosedWindow {
+    window: Window,
     states: Vec<(u32, Accumulator)>,
 }
 
@@ -831,11 +837,16 @@ impl FixedStates {
             .take_while(|w| w.window.end_ms <= t)
             .count();
         for mut open in self.open.drain(..ended) {
-            let window = open.window;
-            for (key, acc) in open.states.drain(..) {
-                open.slots[key as usize] = 0;
-                self.closed.push(((window.start_ms, key), window, acc));
+            for (key, _) in &open.states {
+                open.slots[*key as usize] = 0;
             }
+            // The next window likely has as many keys: sized like this one.
+            let keys_seen = open.states.len();
+            let states = std::mem::replace(&mut open.states, Vec::with_capacity(keys_seen));
+            self.closed.push(ClosedWindow {
+                window: open.window,
+                states,
+            });
             self.spare.push(open);
         }
     }
@@ -875,8 +886,8 @@ impl FixedStates {
         }
     }
 
-    /// Every state, the open windows' last.
-    fn into_states(mut self) -> Vec<(WindowKey, Window, Accumulator)> {
+    /// Every window, in start order, the open ones closed last.
+    fn into_closed(mut self) -> Vec<ClosedWindow> {
         self.close_before(i64::MAX);
         self.closed
     }
@@ -997,7 +1008,7 @@ fn recompute_fixed(
 ) -> Recomputed {
     struct RangeStates {
         keys: Keys,
-        states: Vec<(WindowKey, Window, Accumulator)>,
+        windows: Vec<ClosedWindow>,
         events_read: u64,
     }
     let Some(window_step_ms) = metric.window.start_step_ms() else {
@@ -1041,7 +1052,7 @@ fn recompute_fixed(
             }
             RangeStates {
                 keys: keys.keys,
-                states: states.into_states(),
+                windows: states.into_closed(),
                 events_read: buckets.events_read,
             }
         })
@@ -1051,92 +1062,71 @@ fn recompute_fixed(
     let ranks = keys.ranks();
     let by_rank = keys.by_rank(&ranks);
     let events_read = parts.iter().map(|p| p.events_read).sum();
-    // Each range's states sorted by (window start, key rank), in parallel:
-    // windows closed in start order, so only each window's states are
-    // sorted by key. The runs are then merged, folding a window and key
-    // several ranges saw.
-    let runs: Vec<Vec<(WindowKey, Window, Accumulator)>> = parts
+    // Each range's windows get their states sorted by key rank, in
+    // parallel; the ranges' windows are then merged by start, and a
+    // window several ranges saw has its states merged by rank, folding a
+    // key's states in range order.
+    let runs: Vec<Vec<ClosedWindow>> = parts
         .into_par_iter()
         .zip(remaps)
         .map(|(part, remap)| {
-            let mut states = part.states;
-            for ((_, key), _, _) in &mut states {
-                *key = ranks[remap[*key as usize] as usize];
-            }
-            if !states.is_sorted_by_key(|((start, _), _, _)| *start) {
-                states.sort_by_key(|((start, _), _, _)| *start);
-            }
-            let mut order = Vec::new();
-            for window in states.chunk_by_mut(|a, b| a.0.0 == b.0.0) {
-                order.clear();
-                order.extend(
-                    window
-                        .iter()
-                        .enumerate()
-                        .map(|(at, ((_, rank), _, _))| (*rank, at)),
-                );
-                order.sort_unstable();
-                let sorted: Vec<_> = order
-                    .iter()
-                    .map(|&(_, at)| {
-                        (
-                            window[at].0,
-                            window[at].1,
-                            std::mem::take(&mut window[at].2),
-                        )
-                    })
-                    .collect();
-                for (slot, state) in window.iter_mut().zip(sorted) {
-                    *slot = state;
+            let mut windows = part.windows;
+            for window in &mut windows {
+                for (key, _) in &mut window.states {
+                    *key = ranks[remap[*key as usize] as usize];
                 }
+                window.states.sort_unstable_by_key(|(rank, _)| *rank);
             }
-            states
+            windows
         })
         .collect();
-    let mut windows: Vec<WindowResult> = Vec::with_capacity(runs.iter().map(Vec::len).sum());
-    let mut last = None;
-    let mut runs: Vec<_> = runs.into_iter().map(Vec::into_iter).collect();
-    loop {
-        // The run with the smallest head, and the smallest head of the
-        // others: everything in that run below it comes next, in a block.
-        let mut smallest: Option<(WindowKey, usize)> = None;
-        let mut bound: Option<WindowKey> = None;
-        for (i, run) in runs.iter().enumerate() {
-            let Some((head, _, _)) = run.as_slice().first() else {
-                continue;
-            };
-            match smallest {
-                Some((least, _)) if *head >= least => {
-                    bound = Some(bound.map_or(*head, |b| b.min(*head)));
-                }
-                _ => {
-                    if let Some((least, _)) = smallest {
-                        bound = Some(bound.map_or(least, |b| b.min(least)));
-                    }
-                    smallest = Some((*head, i));
-                }
+    let mut windows: Vec<WindowResult> = Vec::with_capacity(
+        runs.iter()
+            .flat_map(|run| run.iter().map(|w| w.states.len()))
+            .sum(),
+    );
+    let mut runs: Vec<std::iter::Peekable<std::vec::IntoIter<ClosedWindow>>> = runs
+        .into_iter()
+        .map(|run| run.into_iter().peekable())
+        .collect();
+    let mut same_start: Vec<std::iter::Peekable<std::vec::IntoIter<(u32, Accumulator)>>> =
+        Vec::new();
+    while let Some(start) = runs
+        .iter_mut()
+        .filter_map(|run| run.peek().map(|w| w.window.start_ms))
+        .min()
+    {
+        // This start's window from every range that saw it, in range order.
+        let mut window = None;
+        same_start.clear();
+        for run in &mut runs {
+            if let Some(closed) = run.next_if(|w| w.window.start_ms == start) {
+                window = Some(closed.window);
+                same_start.push(closed.states.into_iter().peekable());
             }
         }
-        let Some((_, i)) = smallest else { break };
-        let block = match bound {
-            None => runs[i].as_slice().len(),
-            // At least one: a head equal to another run's is folded when
-            // that run's comes.
-            Some(bound) => runs[i]
-                .as_slice()
-                .partition_point(|(k, _, _)| *k < bound)
-                .max(1),
-        };
-        for (key, window, acc) in runs[i].by_ref().take(block) {
-            match windows.last_mut() {
-                Some(previous) if last == Some(key) => previous.acc.merge(&acc),
-                _ => windows.push(WindowResult {
-                    window,
-                    key: by_rank[key.1 as usize].clone(),
-                    acc,
-                }),
+        let Some(window) = window else { break };
+        while let Some(rank) = same_start
+            .iter_mut()
+            .filter_map(|states| states.peek().map(|(rank, _)| *rank))
+            .min()
+        {
+            let mut folded: Option<Accumulator> = None;
+            for states in &mut same_start {
+                if let Some((_, acc)) = states.next_if(|(r, _)| *r == rank) {
+                    match &mut folded {
+                        Some(into) => into.merge(&acc),
+                        None => folded = Some(acc),
+                    }
+                }
             }
-            last = Some(key);
+            if let Some(acc) = folded {
+                windows.push(WindowResult {
+                    window,
+                    key: by_rank[rank as usize].clone(),
+                    acc,
+                });
+            }
         }
     }
     Recomputed {
