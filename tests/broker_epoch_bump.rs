@@ -133,9 +133,12 @@ async fn an_idempotent_producer_that_bumps_its_epoch_keeps_producing() {
         "the broker never acknowledged a record"
     );
     // Bursts until one bumps the epoch; flush() serves every delivery
-    // report and log line in between.
+    // report and log line in between. A burst is 500 produce requests, so
+    // its tail waits far longer than 30 ms even on an idle machine's fast
+    // broker (bursts of 50 requests all went through in time once, and
+    // nothing was bumped).
     for _ in 0..20 {
-        for _ in 0..5_000 {
+        for _ in 0..50_000 {
             send_one(&producer);
         }
         let _ = producer.flush(Duration::from_secs(30));

@@ -542,7 +542,7 @@ enum Combinations {
 
 /// A row's words of several columns, hashed word by word: an array of
 /// integers is hashed as one run of bytes, through the hasher's slower
-/// byte path (7 % of the per-minute metric's recompute).
+/// byte path (7 % of the per-minute metric's profile).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Words<const N: usize>([u128; N]);
 
