@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use strata_generator::clickstream::{Clickstream, ClickstreamConfig, RecordKind};
 use support::expected::{self, Expected};
-use support::{TestEnv, http_get, rows_at, terminate, try_rows_at, wait_until};
+use support::{TestEnv, query_rows, rows_at, terminate, try_rows_at, wait_until};
 
 const MINUTE: i64 = 60_000;
 const LATENESS_MS: i64 = 30_000;
@@ -173,21 +173,6 @@ fn ms(text: &Json) -> i64 {
     strata_schemas::value::parse_rfc3339_ms(text.as_str().unwrap()).unwrap()
 }
 
-fn api_rows(port: u16, metric: &str) -> Vec<Map<String, Json>> {
-    let answer = http_get(
-        port,
-        &format!("/v1/metrics/{metric}/query?from=2026-11-22T09:00:00Z&to=2026-11-22T13:00:00Z"),
-        &[],
-    );
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    answer.json()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_object().unwrap().clone())
-        .collect()
-}
-
 /// tests/e2e.rs on a cluster: generate → speed + archive → batch → API,
 /// exact numbers on both sides of the batch watermark.
 async fn end_to_end(name: &str, cluster: &'static str) -> (TestEnv, ClusterDatabase) {
@@ -244,7 +229,7 @@ async fn end_to_end(name: &str, cluster: &'static str) -> (TestEnv, ClusterDatab
     let (server, port) = env.start_server().await;
 
     let (_, w) = env.published("page_views_per_minute").await;
-    let got = api_rows(port, "page_views_per_minute");
+    let got = query_rows(port, "page_views_per_minute");
     let mut want = BTreeMap::new();
     for (k, v) in &batch_truth.per_minute {
         if k.0 < w {
@@ -280,7 +265,7 @@ async fn end_to_end(name: &str, cluster: &'static str) -> (TestEnv, ClusterDatab
     assert_eq!(got_map, want, "page_views_per_minute across {w}");
 
     let (_, w) = env.published("active_users_5m").await;
-    let got: BTreeMap<(i64, String), (u64, String)> = api_rows(port, "active_users_5m")
+    let got: BTreeMap<(i64, String), (u64, String)> = query_rows(port, "active_users_5m")
         .iter()
         .map(|r| {
             (
@@ -309,7 +294,7 @@ async fn end_to_end(name: &str, cluster: &'static str) -> (TestEnv, ClusterDatab
     assert_eq!(got, want, "active_users_5m across {w}");
 
     let (_, w) = env.published("user_sessions").await;
-    let got: WithSource<(String, i64, i64), String> = api_rows(port, "user_sessions")
+    let got: WithSource<(String, i64, i64), String> = query_rows(port, "user_sessions")
         .iter()
         .map(|r| {
             (

@@ -13,20 +13,10 @@ use support::views::{
     MINUTE, S, W1, W2, advance, events, expected_active, expected_per_minute, expected_sessions,
     fill,
 };
-use support::{HttpAnswer, TestEnv, http_get, rows_at};
+use support::{HttpAnswer, TestEnv, answer_rows, http_get, rows_at};
 
 fn query(port: u16, metric: &str, params: &str) -> HttpAnswer {
     http_get(port, &format!("/v1/metrics/{metric}/query?{params}"), &[])
-}
-
-fn rows(answer: &HttpAnswer) -> Vec<Map<String, Json>> {
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    answer.json()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_object().unwrap().clone())
-        .collect()
 }
 
 fn ms(text: &Json) -> i64 {
@@ -121,7 +111,7 @@ async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
     let answer = query(port, "page_views_per_minute", RANGE);
     let body = answer.json();
     assert_eq!(body["batch_watermark"], "2026-11-22T10:30:00.000Z");
-    let got = rows(&answer);
+    let got = answer_rows(&answer);
     assert_eq!(got.len(), want.len(), "one row per window and group");
     assert_eq!(per_minute_of(&got), want);
     check_sources(&got, W1);
@@ -132,7 +122,7 @@ async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
     }
 
     // Hopping distinct counts and sessions.
-    let active = rows(&query(port, "active_users_5m", RANGE));
+    let active = answer_rows(&query(port, "active_users_5m", RANGE));
     let got_active: BTreeMap<(i64, String), u64> = active
         .iter()
         .map(|r| {
@@ -151,7 +141,7 @@ async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
         .collect();
     assert_eq!(got_active, want_active);
     check_sources(&active, W1);
-    let sessions = rows(&query(
+    let sessions = answer_rows(&query(
         port,
         "user_sessions",
         "from=2026-11-22T09:00:00Z&to=2026-11-22T11:00:00Z",
@@ -177,7 +167,7 @@ async fn merged_answers_equal_independent_aggregates_across_the_watermark() {
 
     // The watermark advances between two queries: same numbers, more batch.
     advance(&env, &config, &events).await;
-    let after = rows(&query(port, "page_views_per_minute", RANGE));
+    let after = answer_rows(&query(port, "page_views_per_minute", RANGE));
     assert_eq!(per_minute_of(&after), want);
     check_sources(&after, W2);
 
@@ -271,7 +261,7 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
         b.0 += n;
         b.1 += d;
     }
-    let got = rows(&query(
+    let got = answer_rows(&query(
         port,
         "page_views_per_minute",
         &format!("{RANGE}&granularity=5m"),
@@ -291,7 +281,7 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
             b.1 += d;
         }
     }
-    let got = rows(&query(
+    let got = answer_rows(&query(
         port,
         "page_views_per_minute",
         &format!("{RANGE}&group_by=country&country=DE&country=JP"),
@@ -334,7 +324,7 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
     }
     // (window, page, country, views) of a page_views_per_minute answer.
     let views_of = |params: &str| -> Vec<(i64, String, String, u64)> {
-        rows(&query(
+        answer_rows(&query(
             port,
             "page_views_per_minute",
             &format!("{RANGE}&{params}"),
@@ -361,7 +351,7 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
     // Ranking by a value that can be null (avg), per window and per 5-minute
     // bucket: the top rows of the full answer, ranked here.
     for extra in ["", "&granularity=5m"] {
-        let all = rows(&query(
+        let all = answer_rows(&query(
             port,
             "page_views_per_minute",
             &format!("{RANGE}{extra}"),
@@ -369,7 +359,7 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
         assert_eq!(
             top_by(&all, "avg_duration_ms", 3),
             top_by(
-                &rows(&query(
+                &answer_rows(&query(
                     port,
                     "page_views_per_minute",
                     &format!("{RANGE}{extra}&top=3&order_by=avg_duration_ms"),
@@ -383,11 +373,11 @@ async fn reaggregation_subsets_filters_top_n_and_formats() {
 
     // limit cuts and says so.
     let limited = query(port, "page_views_per_minute", &format!("{RANGE}&limit=7"));
-    assert_eq!(rows(&limited).len(), 7);
+    assert_eq!(answer_rows(&limited).len(), 7);
     assert_eq!(limited.json()["truncated"], true);
 
     // CSV: same rows as JSON.
-    let json_rows = rows(&query(port, "page_views_per_minute", RANGE));
+    let json_rows = answer_rows(&query(port, "page_views_per_minute", RANGE));
     let csv = query(
         port,
         "page_views_per_minute",
@@ -629,7 +619,7 @@ async fn hostile_input_gets_4xx_and_leaves_clickhouse_untouched() {
             &format!("{RANGE}&country={}", encode(value)),
         );
         assert_eq!(answer.status, 200, "country={value:?}: {}", answer.text());
-        assert_eq!(rows(&answer).len(), 0);
+        assert_eq!(answer_rows(&answer).len(), 0);
     }
     // Unknown parameters and fields list the valid choices.
     let unknown = query(
@@ -713,7 +703,7 @@ async fn hostile_input_gets_4xx_and_leaves_clickhouse_untouched() {
     assert_eq!(snapshot(&env).await, before, "no table changed");
     // The server still answers correctly.
     assert_eq!(
-        per_minute_of(&rows(&query(port, "page_views_per_minute", RANGE))),
+        per_minute_of(&answer_rows(&query(port, "page_views_per_minute", RANGE))),
         expected_per_minute(&events())
     );
     env.drop_database().await;

@@ -228,6 +228,11 @@ pub fn query_rows(port: u16, metric: &str) -> Vec<serde_json::Map<String, serde_
         &format!("/v1/metrics/{metric}/query?from=2026-11-22T09:00:00Z&to=2026-11-22T13:00:00Z"),
         &[],
     );
+    answer_rows(&answer)
+}
+
+/// The `rows` of a 200 answer of the query API.
+pub fn answer_rows(answer: &HttpAnswer) -> Vec<serde_json::Map<String, serde_json::Value>> {
     assert_eq!(answer.status, 200, "{}", answer.text());
     answer.json()["rows"]
         .as_array()
