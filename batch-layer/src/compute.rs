@@ -25,7 +25,7 @@
 //! two ranges saw is added in another order, so it may differ in its last
 //! bits). Peak memory: each range holds its own states (a window seen by
 //! two ranges twice) until they are merged, its rows' positions in time
-//! order (12 bytes a row) while it aggregates fixed windows, and sessions
+//! order (4 bytes a row) while it aggregates fixed windows, and sessions
 //! hold their rows twice while they are grouped by key.
 
 use std::collections::HashSet;
@@ -823,8 +823,11 @@ pub fn recompute(
     windows_to: i64,
 ) -> Recomputed {
     let rows: usize = frames.iter().map(EventFrame::height).sum();
-    // One range per thread of the pool, fewer for small inputs.
-    let ranges = rayon::current_num_threads().min(rows / MIN_ROWS_PER_RANGE);
+    // One range per thread of the pool, fewer for small inputs, and enough
+    // that no range has 2^32 rows (a row's position in a range is a u32).
+    let ranges = rayon::current_num_threads()
+        .min(rows / MIN_ROWS_PER_RANGE)
+        .max(rows.div_ceil(u32::MAX as usize));
     recompute_in_ranges(
         metric,
         frames,
@@ -981,14 +984,18 @@ impl FixedStates {
 /// The rows of a range in time order, as far as windows care: grouped by
 /// the step between window starts (a counting sort on the step's index),
 /// so every row of a group is at or after the start of the group, and the
-/// windows ending before it are complete.
+/// windows ending before it are complete. A row is held as its position
+/// among the range's rows (4 bytes; a (part, row) pair took 8, and each
+/// row's bucket 4 more until the sort).
 struct TimeBuckets {
     /// Start of the first bucket, and the time each bucket spans.
     base_ms: i64,
     step_ms: i64,
-    /// Row `j` of bucket `b` is `rows[starts[b] + j]`, as (frame, row).
+    /// Row `j` of bucket `b` is at position `rows[starts[b] + j]`.
     starts: Vec<usize>,
-    rows: Vec<(u32, u32)>,
+    rows: Vec<u32>,
+    /// Position of each segment's first row, then the range's row count.
+    segment_starts: Vec<usize>,
     /// Rows in the time range that passed the filter.
     events_read: u64,
 }
@@ -1005,6 +1012,14 @@ impl TimeBuckets {
         (from, to): (i64, i64),
         window_step_ms: i64,
     ) -> TimeBuckets {
+        let mut segment_starts = Vec::with_capacity(segments.len() + 1);
+        let mut total = 0;
+        for (_, rows) in segments {
+            segment_starts.push(total);
+            total += rows.len();
+        }
+        segment_starts.push(total);
+        debug_assert!(u32::try_from(total).is_ok(), "ranges hold under 2^32 rows");
         let in_range = |f: usize, i: usize| columns[f].time(i).filter(|t| *t >= from && *t < to);
         let (mut first, mut last) = (i64::MAX, i64::MIN);
         for (f, rows) in segments {
@@ -1021,6 +1036,7 @@ impl TimeBuckets {
                 step_ms: window_step_ms,
                 starts: vec![0],
                 rows: Vec::new(),
+                segment_starts,
                 events_read: 0,
             };
         }
@@ -1028,37 +1044,48 @@ impl TimeBuckets {
         let steps = (last - base_ms) / window_step_ms + 1;
         let step_ms = window_step_ms * ((steps + MAX_BUCKETS - 1) / MAX_BUCKETS);
         let buckets = ((last - base_ms) / step_ms + 1) as usize;
-        // Each row's bucket (u32::MAX: not counted), then the counting sort.
-        let mut bucket_of_row = Vec::with_capacity(segments.iter().map(|(_, r)| r.len()).sum());
+        let bucket_of = |t: i64| ((t - base_ms) / step_ms) as usize;
+        // Rows counted per bucket, then placed. The filter is evaluated
+        // once: rows that fail it are marked (a bit each) for the second
+        // pass, which reads the time again rather than keep a bucket per
+        // row.
+        let mut failed = if metric.filter.is_empty() {
+            Vec::new()
+        } else {
+            vec![0u64; total.div_ceil(64)]
+        };
         let mut starts = vec![0usize; buckets + 1];
+        let mut pos = 0;
         for (f, rows) in segments {
             let columns = &columns[*f];
             for i in rows.clone() {
-                let bucket = match in_range(*f, i) {
-                    Some(t) if columns.passes(metric, i) => {
-                        let b = ((t - base_ms) / step_ms) as u32;
-                        starts[b as usize + 1] += 1;
-                        b
+                if let Some(t) = in_range(*f, i) {
+                    if failed.is_empty() || columns.passes(metric, i) {
+                        starts[bucket_of(t) + 1] += 1;
+                    } else {
+                        failed[pos / 64] |= 1 << (pos % 64);
                     }
-                    _ => u32::MAX,
-                };
-                bucket_of_row.push(bucket);
+                }
+                pos += 1;
             }
         }
         for b in 1..starts.len() {
             starts[b] += starts[b - 1];
         }
         let events_read = starts[buckets];
-        let mut rows = vec![(0u32, 0u32); events_read];
+        let mut rows = vec![0u32; events_read];
         let mut next = starts.clone();
-        let mut bucket_of_row = bucket_of_row.into_iter();
+        let mut pos = 0;
         for (f, range) in segments {
             for i in range.clone() {
-                let b = bucket_of_row.next().unwrap_or(u32::MAX);
-                if b != u32::MAX {
-                    rows[next[b as usize]] = (*f as u32, i as u32);
-                    next[b as usize] += 1;
+                if let Some(t) = in_range(*f, i)
+                    && (failed.is_empty() || failed[pos / 64] & (1 << (pos % 64)) == 0)
+                {
+                    let b = bucket_of(t);
+                    rows[next[b]] = pos as u32;
+                    next[b] += 1;
                 }
+                pos += 1;
             }
         }
         TimeBuckets {
@@ -1066,18 +1093,33 @@ impl TimeBuckets {
             step_ms,
             starts,
             rows,
+            segment_starts,
             events_read: events_read as u64,
         }
     }
 
-    /// (bucket start, its rows) in time order.
-    fn buckets(&self) -> impl Iterator<Item = (i64, &[(u32, u32)])> + '_ {
+    /// (bucket start, its rows' positions) in time order.
+    fn buckets(&self) -> impl Iterator<Item = (i64, &[u32])> + '_ {
         self.starts.windows(2).enumerate().map(|(b, at)| {
             (
                 self.base_ms + b as i64 * self.step_ms,
                 &self.rows[at[0]..at[1]],
             )
         })
+    }
+
+    /// The (part, row) at position `pos`. `segment` is the segment of the
+    /// previous position: a bucket's positions ascend, so it is usually
+    /// still the right one.
+    #[inline]
+    fn locate(&self, segments: &[Segment], segment: &mut usize, pos: u32) -> (usize, usize) {
+        let pos = pos as usize;
+        let starts = &self.segment_starts;
+        if pos < starts[*segment] || pos >= starts[*segment + 1] {
+            *segment = starts.partition_point(|&start| start <= pos) - 1;
+        }
+        let (part, rows) = &segments[*segment];
+        (*part, rows.start + (pos - starts[*segment]))
     }
 }
 
@@ -1108,10 +1150,11 @@ fn recompute_fixed(
             let mut keys = RowKeys::new(metric);
             let mut states = FixedStates::new();
             let mut prepared = PreparedEvent::default();
+            let mut segment = 0;
             for (bucket_start, rows) in buckets.buckets() {
                 states.close_before(bucket_start);
-                for &(f, i) in rows {
-                    let (f, i) = (f as usize, i as usize);
+                for &pos in rows {
+                    let (f, i) = buckets.locate(segments, &mut segment, pos);
                     let columns = &columns[f];
                     let Some(t) = columns.time(i) else { continue };
                     let key = keys.key_of(columns, i);
