@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Batch recompute benchmark: Strata (Polars read + shared aggregates) against
 # DuckDB, Polars' lazy engine and chDB (ClickHouse in process) over the same
-# 10 M archived events, with the same number of threads. Ends with a table
-# per metric (seconds, rows, peak RSS, Strata / fastest peer). Prints
-# figures; asserts nothing.
+# 10 M archived events, with the same number of threads, every engine run 3
+# times per metric (STRATA_BENCH_ROUNDS). Ends with a table per metric (the
+# median run's seconds with the range, rows, peak RSS, Strata / fastest
+# peer). Prints figures; asserts nothing.
 #   scripts/bench-batch.sh            (STRATA_BENCH_EVENTS=1000000 for a quick run)
 set -euo pipefail
 cd "$(dirname "$0")/.."

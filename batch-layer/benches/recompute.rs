@@ -10,13 +10,17 @@
 //! - Strata, the three metrics concurrently (sharing the pools), as
 //!   `strata batch run` recomputes them.
 //!
-//! With `--peers <python>` it then runs `scripts/bench_peers.py` once per
+//! With `--peers <python>` it also runs `scripts/bench_peers.py` per
 //! (engine, metric) for DuckDB, Polars' lazy engine and chDB over the same
 //! files, each engine held to the thread count of Strata's Polars reader,
 //! and ends with a table per metric: seconds, result rows, peak RSS, CPU
-//! cores used, and Strata's time over the fastest peer's. Row counts (and
-//! the sum of each metric's first aggregate) are checked to agree across
-//! engines; a difference prints a MISMATCH line and does not fail the run.
+//! cores used, and Strata's time over the fastest peer's. Every (engine,
+//! metric) runs `STRATA_BENCH_ROUNDS` times (default 3), the engines of a
+//! metric one after another in each round, and the table gives each one's
+//! median run with the range of its times: on a shared or virtual machine
+//! one run of a second is noise as much as figure. Row counts (and the sum
+//! of each metric's first aggregate) are checked to agree across engines;
+//! a difference prints a MISMATCH line and does not fail the run.
 //!
 //!   scripts/bench-batch.sh   (installs the peers; STRATA_BENCH_EVENTS=1000000 for a quick run)
 //!   cargo bench -p strata-batch --bench recompute -- --peers .strata/tools/bench-venv/bin/python
@@ -460,19 +464,22 @@ fn main() {
         command.args(["--bench", "--strata-child", which]);
         command
     };
-    let mut results: BTreeMap<(&str, &str), Figures> = BTreeMap::new();
-    for metric in REFERENCE {
-        if let Some(f) = run_child(strata_child(metric), &format!("strata {metric}")) {
-            results.insert(("strata", metric), f);
-        }
-    }
-    let concurrent = run_child(strata_child("all"), "strata, all metrics");
-
-    if let Some(python) = &peers {
-        let script = bench.repo.join("scripts/bench_peers.py");
-        let glob = data_dir.join("**/*.parquet");
-        for engine in PEERS {
-            for metric in REFERENCE {
+    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    let script = bench.repo.join("scripts/bench_peers.py");
+    let glob = data_dir.join("**/*.parquet");
+    let mut runs: BTreeMap<(&str, &str), Vec<Figures>> = BTreeMap::new();
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        for metric in REFERENCE {
+            if let Some(f) = run_child(strata_child(metric), &format!("strata {metric}")) {
+                runs.entry(("strata", metric)).or_default().push(f);
+            }
+            let Some(python) = &peers else { continue };
+            for engine in PEERS {
                 let mut command = Command::new(python);
                 command
                     .arg(&script)
@@ -480,20 +487,26 @@ fn main() {
                     .arg(&glob)
                     .arg(threads.to_string());
                 if let Some(f) = run_child(command, &format!("{engine} {metric}")) {
-                    results.insert((engine, metric), f);
+                    runs.entry((engine, metric)).or_default().push(f);
                 }
             }
         }
     }
-    table(&results, peers.is_some(), threads);
+    let concurrent = run_child(strata_child("all"), "strata, all metrics");
+    let results: BTreeMap<(&str, &str), Median> = runs
+        .into_iter()
+        .map(|(at, figures)| (at, Median::of(figures)))
+        .collect();
+    table(&results, peers.is_some(), threads, rounds);
     if let Some(all) = concurrent {
         let alone: f64 = REFERENCE
             .iter()
-            .filter_map(|m| results.get(&("strata", *m)).map(|f| f.secs))
+            .filter_map(|m| results.get(&("strata", *m)).map(|f| f.median.secs))
             .sum();
         println!(
             "strata, the three metrics concurrently (sharing the pools, as `strata batch run`): \
-             {:.2}s on {:.1} cores, peak RSS {:.0} MiB (each alone, one after another: {alone:.2}s)",
+             {:.2}s on {:.1} cores, peak RSS {:.0} MiB (each alone, one after another, \
+             medians: {alone:.2}s)",
             all.secs,
             all.cpu.unwrap_or(0.0) / all.secs.max(1e-9),
             all.peak_mib
@@ -501,8 +514,36 @@ fn main() {
     }
 }
 
+/// The runs of one (engine, metric): the median one by time, and the
+/// fastest and slowest times.
+struct Median {
+    median: Figures,
+    fastest: f64,
+    slowest: f64,
+    runs: usize,
+}
+
+impl Median {
+    fn of(mut figures: Vec<Figures>) -> Median {
+        figures.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        let (fastest, slowest) = (figures[0].secs, figures[figures.len() - 1].secs);
+        let runs = figures.len();
+        Median {
+            median: figures.swap_remove(runs / 2),
+            fastest,
+            slowest,
+            runs,
+        }
+    }
+}
+
 /// The closing table, the ratios and the agreement checks.
-fn table(results: &BTreeMap<(&str, &str), Figures>, with_peers: bool, threads: usize) {
+fn table(
+    results: &BTreeMap<(&str, &str), Median>,
+    with_peers: bool,
+    threads: usize,
+    rounds: usize,
+) {
     let engines: &[&str] = if with_peers {
         &["strata", "duckdb", "polars", "chdb"]
     } else {
@@ -510,32 +551,37 @@ fn table(results: &BTreeMap<(&str, &str), Figures>, with_peers: bool, threads: u
     };
     println!();
     println!(
-        "Per metric, each run alone in a fresh process, {threads} threads each; \
-         seconds = read Parquet + compute + materialise the full result"
+        "Per metric, each run alone in a fresh process, {threads} threads each, {rounds} \
+         rounds; seconds = read Parquet + compute + materialise the full result, the median \
+         run (its peak RSS and cores) and the range of all runs"
     );
     println!(
-        "{:<24} {:<8} {:>9} {:>10} {:>13} {:>6}",
-        "metric", "engine", "seconds", "rows", "peak RSS MiB", "cores"
+        "{:<24} {:<8} {:>9} {:>13} {:>10} {:>13} {:>6}",
+        "metric", "engine", "seconds", "range", "rows", "peak RSS MiB", "cores"
     );
     let mut notes = Vec::new();
     for metric in REFERENCE {
         for &engine in engines {
             match results.get(&(engine, metric)) {
-                Some(f) => println!(
-                    "{metric:<24} {engine:<8} {:>9.2} {:>10} {:>13.0} {:>6}",
-                    f.secs,
-                    f.rows,
-                    f.peak_mib,
-                    f.cpu
-                        .map_or_else(|| "-".to_string(), |c| format!("{:.1}", c / f.secs))
-                ),
+                Some(m) => {
+                    let f = &m.median;
+                    println!(
+                        "{metric:<24} {engine:<8} {:>9.2} {:>13} {:>10} {:>13.0} {:>6}",
+                        f.secs,
+                        format!("{:.2}-{:.2} ({})", m.fastest, m.slowest, m.runs),
+                        f.rows,
+                        f.peak_mib,
+                        f.cpu
+                            .map_or_else(|| "-".to_string(), |c| format!("{:.1}", c / f.secs))
+                    );
+                }
                 None => println!("{metric:<24} {engine:<8} {:>9}", "failed"),
             }
         }
-        let strata = results.get(&("strata", metric));
+        let strata = results.get(&("strata", metric)).map(|m| &m.median);
         let fastest = PEERS
             .iter()
-            .filter_map(|&e| results.get(&(e, metric)).map(|f| (e, f.secs)))
+            .filter_map(|&e| results.get(&(e, metric)).map(|m| (e, m.median.secs)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
         if let (Some(s), Some((peer, secs))) = (strata, fastest) {
             println!(
@@ -550,7 +596,7 @@ fn table(results: &BTreeMap<(&str, &str), Figures>, with_peers: bool, threads: u
         // sum only has to come within 2 %.
         let present: Vec<(&str, &Figures)> = engines
             .iter()
-            .filter_map(|&e| results.get(&(e, metric)).map(|f| (e, f)))
+            .filter_map(|&e| results.get(&(e, metric)).map(|m| (e, &m.median)))
             .collect();
         let Some((_, first)) = present.first() else {
             continue;
@@ -603,7 +649,7 @@ fn table(results: &BTreeMap<(&str, &str), Figures>, with_peers: bool, threads: u
     let rows_agree = REFERENCE.iter().all(|m| {
         let rows: Vec<u64> = engines
             .iter()
-            .filter_map(|&e| results.get(&(e, *m)).map(|f| f.rows))
+            .filter_map(|&e| results.get(&(e, *m)).map(|r| r.median.rows))
             .collect();
         rows.windows(2).all(|w| w[0] == w[1])
     });
