@@ -6,7 +6,8 @@
 //! - A client that trusts the CA and gives the right SCRAM-SHA-256 or -512
 //!   credentials gets metadata; one that does not trust the CA (the system
 //!   trust store), speaks plaintext to the TLS port, gives a wrong password
-//!   or no SASL at all, gets none.
+//!   or no SASL at all, gets none; nor does one that reaches the listener
+//!   under a name the certificate does not hold.
 //! - The speed layer end to end over TLS: `strata generate` produces
 //!   zstd-compressed batches, `strata speed` consumes them (and commits its
 //!   offsets) through TLS, and the speed view equals aggregates computed
@@ -55,9 +56,14 @@ impl rdkafka::consumer::ConsumerContext for Errors {}
 /// Broker count in the metadata a client with `properties` gets, or the
 /// error with every reason librdkafka gave for it.
 fn metadata(properties: &[(&str, &str)]) -> Result<usize, String> {
+    metadata_from(&brokers(), properties)
+}
+
+/// [`metadata`] through the bootstrap servers `bootstrap`.
+fn metadata_from(bootstrap: &str, properties: &[(&str, &str)]) -> Result<usize, String> {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
         .set("log_level", "0");
     for (k, v) in properties {
@@ -127,6 +133,45 @@ fn only_a_client_trusting_the_ca_with_the_right_credentials_gets_metadata() {
             .as_ref()
             .is_err_and(|e| e.contains("brokers are down")),
         "plaintext to a TLS port should be closed: {plaintext:?}"
+    );
+}
+
+/// librdkafka checks the broker's host name against its certificate: the
+/// test certificate names 127.0.0.1 and localhost, and `127.1` reaches the
+/// same listener under a name it does not hold. The same client with the
+/// check switched off gets metadata, so the refusal is the host name's.
+#[test]
+fn a_broker_reached_under_a_name_its_certificate_does_not_hold_is_refused() {
+    let (ca, user, password) = (ca(), user(), password());
+    let port = brokers()
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_string())
+        .expect("the TLS brokers are host:port");
+    let elsewhere = format!("127.1:{port}");
+    let client = |identification: &'static str| {
+        metadata_from(
+            &elsewhere,
+            &[
+                ("security.protocol", "sasl_ssl"),
+                ("ssl.ca.location", &ca),
+                ("ssl.endpoint.identification.algorithm", identification),
+                ("sasl.mechanism", "SCRAM-SHA-256"),
+                ("sasl.username", &user),
+                ("sasl.password", &password),
+            ],
+        )
+    };
+    let checked = client("https");
+    assert!(
+        checked
+            .as_ref()
+            .is_err_and(|e| e.contains("certificate verify failed")),
+        "a certificate for 127.0.0.1 and localhost must not pass for 127.1: {checked:?}"
+    );
+    assert_eq!(
+        client("none"),
+        Ok(1),
+        "the same client without the host check"
     );
 }
 
