@@ -12,21 +12,25 @@
 //! row gives are those an event of it gives, with no event built per row.
 //!
 //! A recompute runs on rayon's global pool (`RAYON_NUM_THREADS`, else one
-//! thread per core): the rows are cut into contiguous ranges, one per
-//! thread, each aggregated with its own key dictionary and states. Fixed
-//! windows take a range's rows in time order (`TimeBuckets`), so only
-//! the windows open at that time are looked up (`FixedStates`); sessions
-//! group a range's rows by key. The dictionaries are then merged and the
-//! accumulators of a window seen by two ranges merged
+//! thread per core), one range per thread, each aggregated with its own
+//! key dictionary and states. Fixed windows cut the rows by time (spans
+//! between window-step boundaries holding about as many rows each) and
+//! take a span's rows in time order (`TimeBuckets`), so only the windows
+//! open at that time are looked up (`FixedStates`); they can be fed a
+//! group of files at a time ([`FixedRecompute`]), each group's columns
+//! dropped once aggregated. Sessions cut the rows into contiguous ranges
+//! and group a range's rows by key. The dictionaries are then merged and
+//! the accumulators of a window seen by two ranges merged
 //! ([`Accumulator::merge`] is associative and commutative). Results are
 //! ordered by window start and key encoding, so the result, order included,
 //! does not depend on the number of threads (exactly for counts, integer
 //! sums, min/max and distinct counts; a float sum or average of a window
 //! two ranges saw is added in another order, so it may differ in its last
 //! bits). Peak memory: each range holds its own states (a window seen by
-//! two ranges twice) until they are merged, its rows' positions in time
-//! order (4 bytes a row) while it aggregates fixed windows, and sessions
-//! hold their rows twice while they are grouped by key.
+//! two ranges twice) until they are merged, the positions of its rows in
+//! time order (4 bytes a row; a recompute holds under 2^32 rows) while it
+//! aggregates fixed windows, and sessions hold their rows twice while they
+//! are grouped by key.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -822,19 +826,70 @@ pub fn recompute(
     windows_from: i64,
     windows_to: i64,
 ) -> Recomputed {
-    let rows: usize = frames.iter().map(EventFrame::height).sum();
-    // One range per thread of the pool, fewer for small inputs, and enough
-    // that no range has 2^32 rows (a row's position in a range is a u32).
-    let ranges = rayon::current_num_threads()
-        .min(rows / MIN_ROWS_PER_RANGE)
-        .max(rows.div_ceil(u32::MAX as usize));
     recompute_in_ranges(
         metric,
         frames,
-        ranges,
+        range_count(frames),
         (events_from, events_to),
         (windows_from, windows_to),
     )
+}
+
+/// One range per thread of the pool, fewer for small inputs.
+fn range_count(frames: &[EventFrame]) -> usize {
+    let rows: usize = frames.iter().map(EventFrame::height).sum();
+    rayon::current_num_threads().min(rows / MIN_ROWS_PER_RANGE)
+}
+
+/// A tumbling or hopping recompute fed its frames a group at a time, so
+/// that each group's decoded columns can be dropped once aggregated: a
+/// chunk then holds the columns of one group and the states, not every
+/// column of its range. The result is [`recompute`]'s over all the
+/// groups' frames. Groups should each cover their own span of time (an
+/// hour directory's files): a window that two groups hold is kept twice
+/// until [`FixedRecompute::finish`] folds it.
+pub struct FixedRecompute {
+    events: (i64, i64),
+    windows: (i64, i64),
+    ranges: Vec<RangeStates>,
+}
+
+impl FixedRecompute {
+    /// A recompute applying events with time in `[events_from,
+    /// events_to)` to the windows starting in `[windows_from, windows_to)`.
+    pub fn new(events_from: i64, events_to: i64, windows_from: i64, windows_to: i64) -> Self {
+        FixedRecompute {
+            events: (events_from, events_to),
+            windows: (windows_from, windows_to),
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Aggregates one group's frames (on rayon's pool, like [`recompute`]).
+    /// `metric` must have tumbling or hopping windows, the same for every
+    /// group.
+    pub fn add(&mut self, metric: &MetricDef, frames: &[EventFrame]) {
+        assert!(
+            metric.window.session_gap_ms().is_none(),
+            "sessions are recomputed by recompute"
+        );
+        let (heights, columns): (Vec<usize>, Vec<MetricColumns<'_>>) =
+            frames.iter().flat_map(|f| f.parts(metric)).unzip();
+        let rows = all_rows(&heights);
+        let spans = time_spans(metric, &columns, &rows, self.events, range_count(frames));
+        self.ranges.extend(fixed_range_states(
+            metric,
+            &columns,
+            &rows,
+            &spans,
+            self.windows,
+        ));
+    }
+
+    /// The recomputed windows of every group.
+    pub fn finish(self) -> Recomputed {
+        merge_fixed(self.ranges)
+    }
 }
 
 /// [`recompute`] over `ranges` row ranges.
@@ -848,11 +903,61 @@ fn recompute_in_ranges(
     // Each frame's chunks, as parts: rows are addressed (part, row).
     let (heights, columns): (Vec<usize>, Vec<MetricColumns<'_>>) =
         frames.iter().flat_map(|f| f.parts(metric)).unzip();
-    let ranges = row_ranges(&heights, ranges);
     match metric.window.session_gap_ms() {
-        Some(gap) => recompute_sessions(metric, &columns, &ranges, events, windows, gap),
-        None => recompute_fixed(metric, &columns, &ranges, events, windows),
+        Some(gap) => {
+            let ranges = row_ranges(&heights, ranges);
+            recompute_sessions(metric, &columns, &ranges, events, windows, gap)
+        }
+        None => {
+            let rows = all_rows(&heights);
+            let spans = time_spans(metric, &columns, &rows, events, ranges);
+            merge_fixed(fixed_range_states(metric, &columns, &rows, &spans, windows))
+        }
     }
+}
+
+/// Every row of parts of `heights` rows, as one segment per part.
+fn all_rows(heights: &[usize]) -> Vec<Segment> {
+    heights
+        .iter()
+        .enumerate()
+        .map(|(part, h)| (part, 0..*h))
+        .collect()
+}
+
+/// Cuts `[from, to)` into up to `count` spans of about as many of `rows`
+/// each, at window-step boundaries (found from every 64th row's time), for
+/// fixed windows to be aggregated one span per thread. Cut by time, not by
+/// rows, the threads hold different windows: by rows, two threads reading
+/// files of the same hour (one per partition) both held nearly every
+/// window of it, each state twice until merged.
+fn time_spans(
+    metric: &MetricDef,
+    columns: &[MetricColumns<'_>],
+    rows: &[Segment],
+    (from, to): (i64, i64),
+    count: usize,
+) -> Vec<(i64, i64)> {
+    let step = metric.window.start_step_ms().unwrap_or(1).max(1);
+    let mut sample: Vec<i64> = rows
+        .iter()
+        .flat_map(|(part, rows)| rows.clone().step_by(64).map(move |i| (*part, i)))
+        .filter_map(|(part, i)| columns[part].time(i))
+        .filter(|t| *t >= from && *t < to)
+        .collect();
+    sample.sort_unstable();
+    let mut bounds = vec![from];
+    for k in 1..count.max(1) {
+        let Some(&t) = sample.get(k * sample.len() / count) else {
+            break;
+        };
+        let cut = boundary_at_or_before(t, step);
+        if cut > *bounds.last().unwrap_or(&from) && cut < to {
+            bounds.push(cut);
+        }
+    }
+    bounds.push(to);
+    bounds.windows(2).map(|b| (b[0], b[1])).collect()
 }
 
 /// The states of one row range's fixed windows. The range's rows are
@@ -1019,7 +1124,10 @@ impl TimeBuckets {
             total += rows.len();
         }
         segment_starts.push(total);
-        debug_assert!(u32::try_from(total).is_ok(), "ranges hold under 2^32 rows");
+        debug_assert!(
+            u32::try_from(total).is_ok(),
+            "a recompute holds under 2^32 rows"
+        );
         let in_range = |f: usize, i: usize| columns[f].time(i).filter(|t| *t >= from && *t < to);
         let (mut first, mut last) = (i64::MAX, i64::MIN);
         for (f, rows) in segments {
@@ -1123,29 +1231,33 @@ impl TimeBuckets {
     }
 }
 
-/// Tumbling and hopping windows: each range aggregates its rows, in time
-/// order, into (window start, key) states (`FixedStates`); all states,
-/// sorted, are folded per window and key.
-fn recompute_fixed(
+/// What one row range aggregated into fixed windows: its key dictionary,
+/// its closed windows (key ids, not yet ranks) and its row count.
+struct RangeStates {
+    keys: Keys,
+    windows: Vec<ClosedWindow>,
+    events_read: u64,
+}
+
+/// Tumbling and hopping windows: the rows of each span of time, in time
+/// order, aggregated into (window start, key) states (`FixedStates`) on
+/// its own thread (each thread reads every row's time, and aggregates its
+/// span's rows); [`merge_fixed`] then folds them per window and key.
+fn fixed_range_states(
     metric: &MetricDef,
     columns: &[MetricColumns<'_>],
-    ranges: &[Vec<Segment>],
-    events: (i64, i64),
+    segments: &[Segment],
+    spans: &[(i64, i64)],
     (windows_from, windows_to): (i64, i64),
-) -> Recomputed {
-    struct RangeStates {
-        keys: Keys,
-        windows: Vec<ClosedWindow>,
-        events_read: u64,
-    }
+) -> Vec<RangeStates> {
     let Some(window_step_ms) = metric.window.start_step_ms() else {
         unreachable!("sessions are recomputed by recompute_sessions");
     };
     // A hopping row updates several windows: its inputs are read once.
     let hopping = matches!(metric.window, WindowKind::Hopping { .. });
-    let parts: Vec<RangeStates> = ranges
+    spans
         .par_iter()
-        .map(|segments| {
+        .map(|&events| {
             let buckets = TimeBuckets::sort(metric, columns, segments, events, window_step_ms);
             let mut keys = RowKeys::new(metric);
             let mut states = FixedStates::new();
@@ -1184,7 +1296,12 @@ fn recompute_fixed(
                 events_read: buckets.events_read,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The windows of every range's states, ordered by (start, key encoding):
+/// the dictionaries merged, a window several ranges saw folded.
+fn merge_fixed(parts: Vec<RangeStates>) -> Recomputed {
     let mut keys = Keys::default();
     let remaps: Vec<Vec<u32>> = parts.iter().map(|p| keys.absorb(&p.keys)).collect();
     let ranks = keys.ranks();

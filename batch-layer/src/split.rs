@@ -42,7 +42,8 @@ use strata_warehouse::run_log::{ChunkRow, PlanRow};
 use strata_warehouse::{self as warehouse, BATCH_CHUNKS_TABLE, BATCH_PLANS_TABLE, View};
 
 use crate::BatchError;
-use crate::compute::{EventFrame, Recomputed, recompute};
+use crate::compute::{EventFrame, FixedRecompute, Recomputed, recompute};
+use crate::lake::{DataFile, Lake};
 use crate::metrics as m;
 use crate::run::{BatchContext, typed_key};
 
@@ -287,10 +288,8 @@ pub async fn recompute_chunk(
     Ok(match metric.window.session_gap_ms() {
         None => {
             let events_to = metric.window.events_end(chunk_to, horizon);
-            let frames = read_frames(ctx, metric, chunk_from, events_to, None).await?;
-            recompute_off_thread(metric, frames, chunk_from, events_to, chunk_from, chunk_to)
+            recompute_fixed_by_hour(ctx, metric, (chunk_from, events_to), (chunk_from, chunk_to))
                 .await?
-                .1
         }
         Some(gap) => {
             // The first chunk starts where the whole run starts (which
@@ -364,6 +363,77 @@ async fn recompute_off_thread(
     .map_err(|e| BatchError::Usage(format!("recompute task failed: {e}")))
 }
 
+/// A tumbling or hopping chunk, an hour directory's files at a time: each
+/// hour's files are decoded (up to 8 downloaded and decoded at once, the
+/// next hour's while this one aggregates), aggregated into the chunk's
+/// states ([`FixedRecompute`]) and dropped, so a chunk holds one hour's
+/// columns and its states rather than every column of its range. The
+/// archive writes each event under its event time's hour, so the hours
+/// hold different windows (a hopping window across an hour's end is held
+/// twice until the end).
+async fn recompute_fixed_by_hour(
+    ctx: &BatchContext,
+    metric: &Arc<MetricDef>,
+    (from_ms, to_ms): (i64, i64),
+    (windows_from, windows_to): (i64, i64),
+) -> Result<Recomputed, BatchError> {
+    let files = committed_files(ctx, metric, from_ms, to_ms).await?;
+    let mut decoded = futures::stream::iter(files.into_iter().map(|f| {
+        let hour = hour_of(f.path.as_ref());
+        // Spawned, so downloads and decoding go on while an hour
+        // aggregates.
+        let task = tokio::spawn(read_file(
+            ctx.lake.clone(),
+            metric.clone(),
+            f,
+            (from_ms, to_ms),
+            None,
+        ));
+        async move { (hour, task.await) }
+    }))
+    .buffered(8);
+    let mut fixed = FixedRecompute::new(from_ms, to_ms, windows_from, windows_to);
+    let mut hour_frames: Vec<EventFrame> = Vec::new();
+    let mut current_hour: Option<String> = None;
+    while let Some((hour, frame)) = decoded.next().await {
+        let frame = frame.map_err(|e| BatchError::Usage(format!("read task failed: {e}")))??;
+        if current_hour.as_ref() != Some(&hour) && !hour_frames.is_empty() {
+            fixed = add_off_thread(metric, fixed, std::mem::take(&mut hour_frames)).await?;
+        }
+        current_hour = Some(hour);
+        if frame.height() > 0 {
+            hour_frames.push(frame);
+        }
+    }
+    if !hour_frames.is_empty() {
+        fixed = add_off_thread(metric, fixed, hour_frames).await?;
+    }
+    tokio::task::spawn_blocking(move || fixed.finish())
+        .await
+        .map_err(|e| BatchError::Usage(format!("recompute task failed: {e}")))
+}
+
+/// The directory of an archive file: its hour.
+fn hour_of(path: &str) -> String {
+    path.rsplit_once('/')
+        .map_or_else(String::new, |(dir, _)| dir.to_string())
+}
+
+/// [`FixedRecompute::add`] on a blocking thread.
+async fn add_off_thread(
+    metric: &Arc<MetricDef>,
+    mut fixed: FixedRecompute,
+    frames: Vec<EventFrame>,
+) -> Result<FixedRecompute, BatchError> {
+    let metric = metric.clone();
+    tokio::task::spawn_blocking(move || {
+        fixed.add(&metric, &frames);
+        fixed
+    })
+    .await
+    .map_err(|e| BatchError::Usage(format!("recompute task failed: {e}")))
+}
+
 /// Reads, with Polars, the events of the metric's source with time in
 /// `[from_ms, to_ms)`: only the committed files of the hours overlapping
 /// the range are downloaded (up to 8 at once), only the metric's columns
@@ -377,35 +447,15 @@ async fn read_frames(
     to_ms: i64,
     keys: Option<Arc<HashSet<Vec<u8>>>>,
 ) -> Result<Vec<EventFrame>, BatchError> {
-    let source = &metric.source.name;
-    let progress = ctx.lake.all_progress(source).await?;
-    let files = ctx
-        .lake
-        .committed_files(source, from_ms, to_ms, &progress)
-        .await?;
+    let files = committed_files(ctx, metric, from_ms, to_ms).await?;
     let mut pending = futures::stream::iter(files.into_iter().map(|f| {
-        let lake = ctx.lake.clone();
-        let metric = metric.clone();
-        let keys = keys.clone();
-        async move {
-            let bytes = lake.get(&f.path).await?;
-            tokio::task::spawn_blocking(move || {
-                let path: &str = f.path.as_ref();
-                let mut frame =
-                    EventFrame::read_range(&metric, path, bytes, Some((from_ms, to_ms)))?;
-                if let Some(keys) = keys {
-                    frame
-                        .retain_keys(&metric, &keys)
-                        .map_err(|e| BatchError::Read {
-                            path: path.to_string(),
-                            message: e.to_string(),
-                        })?;
-                }
-                Ok::<_, BatchError>(frame)
-            })
-            .await
-            .map_err(|e| BatchError::Usage(format!("read task failed: {e}")))?
-        }
+        read_file(
+            ctx.lake.clone(),
+            metric.clone(),
+            f,
+            (from_ms, to_ms),
+            keys.clone(),
+        )
     }))
     .buffered(8);
     let mut frames = Vec::new();
@@ -416,6 +466,49 @@ async fn read_frames(
         }
     }
     Ok(frames)
+}
+
+/// The committed files of the metric's source in the hours overlapping
+/// `[from_ms, to_ms)`, in path (so hour) order.
+async fn committed_files(
+    ctx: &BatchContext,
+    metric: &MetricDef,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<DataFile>, BatchError> {
+    let source = &metric.source.name;
+    let progress = ctx.lake.all_progress(source).await?;
+    ctx.lake
+        .committed_files(source, from_ms, to_ms, &progress)
+        .await
+}
+
+/// Downloads one file and decodes the metric's columns of its rows with
+/// time in `[from_ms, to_ms)` (and, given `keys`, of those keys only) on a
+/// blocking thread.
+async fn read_file(
+    lake: Lake,
+    metric: Arc<MetricDef>,
+    file: DataFile,
+    (from_ms, to_ms): (i64, i64),
+    keys: Option<Arc<HashSet<Vec<u8>>>>,
+) -> Result<EventFrame, BatchError> {
+    let bytes = lake.get(&file.path).await?;
+    tokio::task::spawn_blocking(move || {
+        let path: &str = file.path.as_ref();
+        let mut frame = EventFrame::read_range(&metric, path, bytes, Some((from_ms, to_ms)))?;
+        if let Some(keys) = keys {
+            frame
+                .retain_keys(&metric, &keys)
+                .map_err(|e| BatchError::Read {
+                    path: path.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok::<_, BatchError>(frame)
+    })
+    .await
+    .map_err(|e| BatchError::Usage(format!("read task failed: {e}")))?
 }
 
 /// Computes chunk `index` of `plan` with up to `attempts` attempts and
