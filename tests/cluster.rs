@@ -435,10 +435,7 @@ async fn cluster_kill_9_of_speed_neither_loses_nor_double_counts() {
     for n in 0..3 {
         let mut speed = env.spawn_speed_in_group(n, &format!("cl-kill9-run-{n}"));
         assert!(
-            wait_until(Duration::from_secs(90), || async {
-                env.speed_log(n).contains("partition assigned")
-            })
-            .await,
+            wait_until(Duration::from_secs(90), || async { env.speed_assigned(n) }).await,
             "run {n} never got partitions:\n{}",
             env.speed_log(n)
         );

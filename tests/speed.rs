@@ -227,10 +227,7 @@ async fn kill_9_at_random_moments_neither_loses_nor_double_counts() {
         // Kill while it works: after it owns partitions (a restarted member
         // waits for the killed one's session to expire first).
         assert!(
-            wait_until(Duration::from_secs(90), || async {
-                env.speed_log(n).contains("partition assigned")
-            })
-            .await,
+            wait_until(Duration::from_secs(90), || async { env.speed_assigned(n) }).await,
             "run {n} never got partitions:\n{}",
             env.speed_log(n)
         );
@@ -252,25 +249,21 @@ async fn live_rebalance_between_two_processes_keeps_the_view_exact() {
     // partitions; one leaves (SIGTERM) mid-stream, the other takes its
     // partitions over from their checkpoints.
     let env = TestEnv::new("rebalance", "");
-    env.init();
     let config = stream(60_000, 14);
+    env.init();
     env.generate(&config);
     let records: Vec<_> = Clickstream::new(config).collect();
     let expected = expected::compute(&records, Some(LATENESS_MS));
     let mut first = env.spawn_speed(0);
     assert!(
-        wait_until(Duration::from_secs(60), || async {
-            env.speed_log(0).contains("partition assigned")
-        })
-        .await
+        wait_until(Duration::from_secs(60), || async { env.speed_assigned(0) }).await,
+        "the first member never got partitions:\n{}",
+        env.speed_log(0)
     );
     // The second member joins: the group rebalances across both.
     let mut second = env.spawn_speed(1);
     assert!(
-        wait_until(Duration::from_secs(90), || async {
-            env.speed_log(1).contains("partition assigned")
-        })
-        .await,
+        wait_until(Duration::from_secs(90), || async { env.speed_assigned(1) }).await,
         "the second member never got partitions:\n{}\n{}",
         env.speed_log(0),
         env.speed_log(1)

@@ -683,6 +683,17 @@ impl TestEnv {
         std::fs::read_to_string(self.dir.path().join(format!("speed-{n}.log"))).unwrap_or_default()
     }
 
+    /// Whether speed process `n` logged a partition assignment: not the
+    /// consumer group watchdog's "no partition assigned" warning, whose
+    /// words a plain `contains("partition assigned")` also matched (a run
+    /// once took it for an assignment and waited 400 s on a member that
+    /// had none).
+    pub fn speed_assigned(&self, n: usize) -> bool {
+        self.speed_log(n)
+            .lines()
+            .any(|l| l.contains("partition assigned") && !l.contains("no partition assigned"))
+    }
+
     /// The speed layer's Prometheus text.
     pub fn scrape(&self) -> String {
         use std::io::{Read, Write};
