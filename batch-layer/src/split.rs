@@ -381,14 +381,14 @@ async fn recompute_fixed_by_hour(
     let mut decoded = futures::stream::iter(files.into_iter().map(|f| {
         let hour = hour_of(f.path.as_ref());
         // Spawned, so downloads and decoding go on while an hour
-        // aggregates.
-        let task = tokio::spawn(read_file(
+        // aggregates; aborted if the chunk fails first.
+        let task = AbortOnDrop(tokio::spawn(read_file(
             ctx.lake.clone(),
             metric.clone(),
             f,
             (from_ms, to_ms),
             None,
-        ));
+        )));
         async move { (hour, task.await) }
     }))
     .buffered(8);
@@ -411,6 +411,28 @@ async fn recompute_fixed_by_hour(
     tokio::task::spawn_blocking(move || fixed.finish())
         .await
         .map_err(|e| BatchError::Usage(format!("recompute task failed: {e}")))
+}
+
+/// A spawned task that is aborted when dropped: a chunk that fails on one
+/// file stops the downloads it started for the others, rather than leaving
+/// them running beside its retry.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 /// The directory of an archive file: its hour.
