@@ -235,14 +235,11 @@ struct Run {
     total_cpu: f64,
 }
 
-fn run_metric(metric: &MetricDef, files: &[PathBuf]) -> Run {
-    if metric.window.session_gap_ms().is_none() {
-        return run_fixed_metric(metric, files);
-    }
-    let (t, cpu) = (Instant::now(), cpu_secs());
-    // Files are decoded concurrently, as `strata batch run` does (up to 8
-    // files at once there; here on rayon's pool, in file order).
-    let frames: Vec<EventFrame> = files
+/// The metric's columns of `files`, decoded concurrently as `strata batch
+/// run` does (up to 8 files at once there; here on rayon's pool, in file
+/// order).
+fn read_files(metric: &MetricDef, files: &[PathBuf]) -> Vec<EventFrame> {
+    files
         .par_iter()
         .map(|f| {
             EventFrame::read(
@@ -252,7 +249,15 @@ fn run_metric(metric: &MetricDef, files: &[PathBuf]) -> Run {
             )
             .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+fn run_metric(metric: &MetricDef, files: &[PathBuf]) -> Run {
+    if metric.window.session_gap_ms().is_none() {
+        return run_fixed_metric(metric, files);
+    }
+    let (t, cpu) = (Instant::now(), cpu_secs());
+    let frames = read_files(metric, files);
     let (read_secs, read_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - cpu);
     // Unbounded ranges: every event counts and every session is closed, as
     // the peers see them (no chunk edges, no allowed lateness).
@@ -282,17 +287,7 @@ fn run_fixed_metric(metric: &MetricDef, files: &[PathBuf]) -> Run {
     let mut fixed = FixedRecompute::new(i64::MIN / 2, i64::MAX / 2, i64::MIN / 2, i64::MAX / 2);
     for hour in files.chunk_by(|a, b| a.parent() == b.parent()) {
         let (read_t, read_c) = (Instant::now(), cpu_secs());
-        let frames: Vec<EventFrame> = hour
-            .par_iter()
-            .map(|f| {
-                EventFrame::read(
-                    metric,
-                    &f.display().to_string(),
-                    bytes::Bytes::from(std::fs::read(f).unwrap()),
-                )
-                .unwrap()
-            })
-            .collect();
+        let frames = read_files(metric, hour);
         read_secs += read_t.elapsed().as_secs_f64();
         read_cpu += cpu_secs() - read_c;
         fixed.add(metric, &frames);
