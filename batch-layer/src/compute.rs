@@ -869,6 +869,12 @@ impl FixedRecompute {
     /// `metric` must have tumbling or hopping windows, the same for every
     /// group.
     pub fn add(&mut self, metric: &MetricDef, frames: &[EventFrame]) {
+        self.add_in_spans(metric, frames, range_count(frames));
+    }
+
+    /// [`FixedRecompute::add`] with the frames' rows cut into up to
+    /// `spans` spans of time, one per thread.
+    fn add_in_spans(&mut self, metric: &MetricDef, frames: &[EventFrame], spans: usize) {
         assert!(
             metric.window.session_gap_ms().is_none(),
             "sessions are recomputed by recompute"
@@ -876,7 +882,7 @@ impl FixedRecompute {
         let (heights, columns): (Vec<usize>, Vec<MetricColumns<'_>>) =
             frames.iter().flat_map(|f| f.parts(metric)).unzip();
         let rows = all_rows(&heights);
-        let spans = time_spans(metric, &columns, &rows, self.events, range_count(frames));
+        let spans = time_spans(metric, &columns, &rows, self.events, spans);
         self.ranges.extend(fixed_range_states(
             metric,
             &columns,
@@ -900,20 +906,16 @@ fn recompute_in_ranges(
     events: (i64, i64),
     windows: (i64, i64),
 ) -> Recomputed {
+    let Some(gap) = metric.window.session_gap_ms() else {
+        let mut fixed = FixedRecompute::new(events.0, events.1, windows.0, windows.1);
+        fixed.add_in_spans(metric, frames, ranges);
+        return fixed.finish();
+    };
     // Each frame's chunks, as parts: rows are addressed (part, row).
     let (heights, columns): (Vec<usize>, Vec<MetricColumns<'_>>) =
         frames.iter().flat_map(|f| f.parts(metric)).unzip();
-    match metric.window.session_gap_ms() {
-        Some(gap) => {
-            let ranges = row_ranges(&heights, ranges);
-            recompute_sessions(metric, &columns, &ranges, events, windows, gap)
-        }
-        None => {
-            let rows = all_rows(&heights);
-            let spans = time_spans(metric, &columns, &rows, events, ranges);
-            merge_fixed(fixed_range_states(metric, &columns, &rows, &spans, windows))
-        }
-    }
+    let ranges = row_ranges(&heights, ranges);
+    recompute_sessions(metric, &columns, &ranges, events, windows, gap)
 }
 
 /// Every row of parts of `heights` rows, as one segment per part.

@@ -379,7 +379,7 @@ async fn recompute_fixed_by_hour(
 ) -> Result<Recomputed, BatchError> {
     let files = committed_files(ctx, metric, from_ms, to_ms).await?;
     let mut decoded = futures::stream::iter(files.into_iter().map(|f| {
-        let hour = hour_of(f.path.as_ref());
+        let hour = hour_dir(f.path.as_ref());
         // Spawned, so downloads and decoding go on while an hour
         // aggregates; aborted if the chunk fails first.
         let task = AbortOnDrop(tokio::spawn(read_file(
@@ -435,8 +435,9 @@ impl<T> std::future::Future for AbortOnDrop<T> {
     }
 }
 
-/// The directory of an archive file: its hour.
-fn hour_of(path: &str) -> String {
+/// The directory of an archive file: its event hour's (`lake::hour_of`
+/// gives the hour of a time).
+fn hour_dir(path: &str) -> String {
     path.rsplit_once('/')
         .map_or_else(String::new, |(dir, _)| dir.to_string())
 }
